@@ -1,0 +1,208 @@
+//! The cart component: carts of sku lines in one currency.
+//!
+//! Storage (its own namespace): bucket `carts`, cart id → [`CartRecord`]
+//! `{id, currency, lines: [{sku, quantity}]}`. Only skus and quantities are
+//! stored: every read prices the cart afresh from the catalog (current
+//! prices) and the host's pricing engine (merchant plugins), so a cart never
+//! shows a stale price. Changes are compare-and-swap on the cart's key.
+
+mod totals;
+
+use mercato_kit::kv::{self, Change};
+use mercato_kit::types::{Cart, Error, PricedLine, SkuInfo};
+use serde::{Deserialize, Serialize};
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "mercato:commerce/cart-component",
+        with: {
+            "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
+            "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
+            "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
+            "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+            "mercato:commerce/types@0.1.0": mercato_kit::bindings::mercato::commerce::types,
+        },
+    });
+}
+
+use bindings::exports::mercato::commerce::cart::Guest;
+use bindings::mercato::commerce::{catalog, pricing_engine};
+
+/// Most units one line may hold.
+pub const MAX_LINE_QUANTITY: u32 = 1_000;
+/// Most lines one cart may hold.
+pub const MAX_LINES: usize = 200;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct LineRecord {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct CartRecord {
+    id: String,
+    currency: String,
+    lines: Vec<LineRecord>,
+}
+
+fn is_cart_id(id: &str) -> bool {
+    id.len() == 37 && id.starts_with("cart_") && id[5..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("cart {id:?}"))
+}
+
+fn check_quantity(quantity: u32) -> Result<(), Error> {
+    if quantity > MAX_LINE_QUANTITY {
+        return Err(Error::InvalidQuantity(format!(
+            "quantity: at most {MAX_LINE_QUANTITY} units per line"
+        )));
+    }
+    Ok(())
+}
+
+/// Price a stored cart now: current catalog prices, then plugin adjustments.
+fn price(record: &CartRecord) -> Result<Cart, Error> {
+    let skus: Vec<String> = record.lines.iter().map(|l| l.sku.clone()).collect();
+    let infos = if skus.is_empty() { Vec::new() } else { catalog::lookup_skus(&skus)? };
+    // A sku the merchant has since removed drops out of the priced cart.
+    let lines: Vec<(u32, SkuInfo)> = record
+        .lines
+        .iter()
+        .zip(infos)
+        .filter_map(|(l, info)| info.map(|i| (l.quantity, i)))
+        .collect();
+    let priced: Vec<PricedLine> = lines
+        .iter()
+        .map(|(quantity, info)| PricedLine {
+            sku: info.sku.clone(),
+            product_id: info.product_id.clone(),
+            merchant_id: info.merchant_id.clone(),
+            quantity: *quantity,
+            unit_price: info.price.clone(),
+        })
+        .collect();
+    let adjustments = if priced.is_empty() {
+        Vec::new()
+    } else {
+        pricing_engine::adjust(&record.currency, &priced)?
+    };
+    totals::build_cart(&record.id, &record.currency, &lines, adjustments)
+}
+
+/// Load, change and store a cart with compare-and-swap, then price it.
+fn modify(
+    id: &str,
+    f: impl Fn(&mut CartRecord) -> Result<(), Error>,
+) -> Result<Cart, Error> {
+    if !is_cart_id(id) {
+        return Err(not_found(id));
+    }
+    let carts = kv::open("carts")?;
+    let record = kv::update(&carts, id, |current: Option<CartRecord>| {
+        let mut record = current.ok_or_else(|| not_found(id))?;
+        f(&mut record)?;
+        Ok(Change::Write(record.clone(), record))
+    })?;
+    price(&record)
+}
+
+struct CartComponent;
+
+impl Guest for CartComponent {
+    fn create_cart(currency: String) -> Result<Cart, Error> {
+        mercato_kit::money::check_currency("currency", &currency)?;
+        let record = CartRecord {
+            id: mercato_kit::random_id("cart_"),
+            currency,
+            lines: Vec::new(),
+        };
+        let carts = kv::open("carts")?;
+        if !kv::insert_if_absent(&carts, &record.id, &record)? {
+            return Err(Error::Conflict("cart id collision; try again".to_string()));
+        }
+        price(&record)
+    }
+
+    fn get_cart(id: String) -> Result<Cart, Error> {
+        if !is_cart_id(&id) {
+            return Err(not_found(&id));
+        }
+        let carts = kv::open("carts")?;
+        let record: CartRecord = kv::get(&carts, &id)?.ok_or_else(|| not_found(&id))?;
+        price(&record)
+    }
+
+    fn add_item(id: String, sku: String, quantity: u32) -> Result<Cart, Error> {
+        if quantity == 0 {
+            return Err(Error::InvalidQuantity("quantity: must be at least 1".to_string()));
+        }
+        check_quantity(quantity)?;
+        if !is_cart_id(&id) {
+            return Err(not_found(&id));
+        }
+        // Check the sku once, before the read-modify-write loop.
+        let info = catalog::lookup_skus(std::slice::from_ref(&sku))?
+            .pop()
+            .flatten()
+            .ok_or_else(|| Error::UnknownSku(format!("sku {sku:?} is not in the catalog")))?;
+        modify(&id, |cart| {
+            if info.price.currency != cart.currency {
+                return Err(Error::CurrencyMismatch(format!(
+                    "sku {sku:?} is priced in {}, the cart is in {}",
+                    info.price.currency, cart.currency
+                )));
+            }
+            match cart.lines.iter_mut().find(|l| l.sku == sku) {
+                Some(line) => {
+                    let total = line.quantity.saturating_add(quantity);
+                    check_quantity(total)?;
+                    line.quantity = total;
+                }
+                None => {
+                    if cart.lines.len() >= MAX_LINES {
+                        return Err(Error::InvalidInput(format!(
+                            "a cart holds at most {MAX_LINES} lines"
+                        )));
+                    }
+                    cart.lines.push(LineRecord { sku: sku.clone(), quantity });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_quantity(id: String, sku: String, quantity: u32) -> Result<Cart, Error> {
+        check_quantity(quantity)?;
+        modify(&id, |cart| {
+            let pos = cart
+                .lines
+                .iter()
+                .position(|l| l.sku == sku)
+                .ok_or_else(|| Error::NotFound(format!("sku {sku:?} is not in the cart")))?;
+            if quantity == 0 {
+                cart.lines.remove(pos);
+            } else {
+                cart.lines[pos].quantity = quantity;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_item(id: String, sku: String) -> Result<Cart, Error> {
+        modify(&id, |cart| {
+            let before = cart.lines.len();
+            cart.lines.retain(|l| l.sku != sku);
+            if cart.lines.len() == before {
+                return Err(Error::NotFound(format!("sku {sku:?} is not in the cart")));
+            }
+            Ok(())
+        })
+    }
+}
+
+bindings::export!(CartComponent with_types_in bindings);

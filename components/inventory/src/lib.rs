@@ -1,0 +1,226 @@
+//! The inventory component: stock per sku and reservations.
+//!
+//! Storage (its own namespace):
+//! - bucket `stock`: sku → [`StockRecord`] `{merchant, on_hand, reserved}`;
+//!   every change is a compare-and-swap on that one key, so concurrent
+//!   reservations can never take more than `on_hand - reserved`.
+//! - bucket `reservations`: reservation id → [`ReservationRecord`].
+//!
+//! A reservation takes its lines one key at a time; if a line cannot be
+//! served, the lines already taken are given back before the error returns,
+//! so a reservation is all or nothing. A reservation whose holder dies is
+//! released by `sweep-expired`.
+
+mod stock;
+
+use mercato_kit::kv::{self, Change};
+use mercato_kit::types::{Error, Reservation, ReservationLine, Shortage, StockLevel};
+use serde::{Deserialize, Serialize};
+use stock::StockRecord;
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "mercato:commerce/inventory-component",
+        with: {
+            "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
+            "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
+            "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
+            "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
+            "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+            "mercato:commerce/types@0.1.0": mercato_kit::bindings::mercato::commerce::types,
+        },
+    });
+}
+
+use bindings::exports::mercato::commerce::inventory::Guest;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct LineRecord {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct ReservationRecord {
+    id: String,
+    lines: Vec<LineRecord>,
+    expires_at: u64,
+}
+
+fn level(sku: &str, record: Option<&StockRecord>) -> StockLevel {
+    let (on_hand, reserved) = record.map_or((0, 0), |r| (r.on_hand, r.reserved));
+    StockLevel {
+        sku: sku.to_string(),
+        on_hand,
+        reserved,
+        available: on_hand.saturating_sub(reserved),
+    }
+}
+
+/// Apply `f` to the stock of `sku` with compare-and-swap.
+fn change_stock(
+    bucket: &kv::Bucket,
+    sku: &str,
+    f: impl Fn(&StockRecord) -> Result<StockRecord, Error>,
+) -> Result<StockRecord, Error> {
+    kv::update(bucket, sku, |current: Option<StockRecord>| {
+        let current = current.ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))?;
+        let next = f(&current)?;
+        Ok(Change::Write(next.clone(), next))
+    })
+}
+
+/// Give back `lines` taken by a reservation that is released or failed.
+fn unreserve(bucket: &kv::Bucket, lines: &[LineRecord]) -> Result<(), Error> {
+    for line in lines {
+        change_stock(bucket, &line.sku, |s| Ok(s.released(line.quantity)))?;
+    }
+    Ok(())
+}
+
+struct Inventory;
+
+impl Guest for Inventory {
+    fn levels(skus: Vec<String>) -> Result<Vec<StockLevel>, Error> {
+        let bucket = kv::open("stock")?;
+        let records: Vec<Option<StockRecord>> = kv::get_many(&bucket, &skus)?;
+        Ok(skus
+            .iter()
+            .zip(records.iter())
+            .map(|(sku, r)| level(sku, r.as_ref()))
+            .collect())
+    }
+
+    fn register_sku(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
+        let bucket = kv::open("stock")?;
+        let record = kv::update(&bucket, &sku, |current: Option<StockRecord>| match current {
+            Some(existing) if existing.merchant == merchant => Ok(Change::Keep(existing)),
+            Some(_) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
+            None => {
+                let fresh = StockRecord::new(&merchant, on_hand);
+                Ok(Change::Write(fresh.clone(), fresh))
+            }
+        })?;
+        Ok(level(&sku, Some(&record)))
+    }
+
+    fn set_on_hand(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
+        let bucket = kv::open("stock")?;
+        let record = change_stock(&bucket, &sku, |s| {
+            if s.merchant != merchant {
+                return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
+            }
+            s.with_on_hand(on_hand)
+        })?;
+        Ok(level(&sku, Some(&record)))
+    }
+
+    fn reserve(lines: Vec<ReservationLine>, ttl_ms: u64) -> Result<Reservation, Error> {
+        let lines = stock::merge_lines(&lines)?;
+        let bucket = kv::open("stock")?;
+        let mut taken: Vec<LineRecord> = Vec::new();
+        let mut shortages: Vec<Shortage> = Vec::new();
+        for line in &lines {
+            let result = kv::update(&bucket, &line.sku, |current: Option<StockRecord>| {
+                let Some(s) = current else {
+                    return Ok(Change::Keep(Err(0)));
+                };
+                match s.reserved_more(line.quantity) {
+                    Some(next) => Ok(Change::Write(next, Ok(()))),
+                    None => Ok(Change::Keep(Err(s.available()))),
+                }
+            });
+            match result {
+                Ok(Ok(())) => taken.push(LineRecord { sku: line.sku.clone(), quantity: line.quantity }),
+                Ok(Err(available)) => shortages.push(Shortage {
+                    sku: line.sku.clone(),
+                    requested: line.quantity,
+                    available,
+                }),
+                Err(e) => {
+                    unreserve(&bucket, &taken)?;
+                    return Err(e);
+                }
+            }
+        }
+        if !shortages.is_empty() {
+            unreserve(&bucket, &taken)?;
+            return Err(Error::OutOfStock(shortages));
+        }
+        let record = ReservationRecord {
+            id: mercato_kit::random_id("res_"),
+            lines: taken,
+            expires_at: mercato_kit::now_ms().saturating_add(ttl_ms),
+        };
+        let reservations = kv::open("reservations")?;
+        if let Err(e) = kv::put(&reservations, &record.id, &record) {
+            unreserve(&bucket, &record.lines)?;
+            return Err(e);
+        }
+        Ok(Reservation {
+            id: record.id,
+            lines: record
+                .lines
+                .into_iter()
+                .map(|l| ReservationLine { sku: l.sku, quantity: l.quantity })
+                .collect(),
+            expires_at: record.expires_at,
+        })
+    }
+
+    fn commit(reservation_id: String) -> Result<(), Error> {
+        let reservations = kv::open("reservations")?;
+        let record: ReservationRecord = kv::get(&reservations, &reservation_id)?
+            .ok_or_else(|| Error::NotFound(format!("reservation {reservation_id:?}")))?;
+        // Remove the reservation first: whoever deletes it owns its lines, so a
+        // concurrent sweep cannot release what is being committed.
+        kv::delete(&reservations, &reservation_id)?;
+        let bucket = kv::open("stock")?;
+        for line in &record.lines {
+            change_stock(&bucket, &line.sku, |s| Ok(s.committed(line.quantity)))?;
+        }
+        Ok(())
+    }
+
+    fn release(reservation_id: String) -> Result<(), Error> {
+        let reservations = kv::open("reservations")?;
+        let Some(record) = kv::get::<ReservationRecord>(&reservations, &reservation_id)? else {
+            return Ok(());
+        };
+        kv::delete(&reservations, &reservation_id)?;
+        unreserve(&kv::open("stock")?, &record.lines)
+    }
+
+    fn restock(lines: Vec<ReservationLine>) -> Result<(), Error> {
+        let lines = stock::merge_lines(&lines)?;
+        let bucket = kv::open("stock")?;
+        for line in &lines {
+            change_stock(&bucket, &line.sku, |s| s.restocked(line.quantity))?;
+        }
+        Ok(())
+    }
+
+    fn sweep_expired(now: u64) -> Result<u32, Error> {
+        let reservations = kv::open("reservations")?;
+        let mut released = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let (keys, next) = kv::list_keys(&reservations, cursor.as_deref())?;
+            let records: Vec<Option<ReservationRecord>> = kv::get_many(&reservations, &keys)?;
+            for record in records.into_iter().flatten() {
+                if record.expires_at <= now {
+                    Self::release(record.id)?;
+                    released += 1;
+                }
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(released),
+            }
+        }
+    }
+}
+
+bindings::export!(Inventory with_types_in bindings);

@@ -1,0 +1,58 @@
+//! The shared toolkit of mercato's components.
+//!
+//! Each component generates bindings for its own world, but the interfaces they
+//! all import — `wasi:keyvalue`, `wasi:logging`, `wasi:random`, `wasi:clocks` and
+//! the shared `mercato:commerce/types` — are generated once, here, and mapped
+//! with `with:` in the components. That keeps one Rust type per WIT type across
+//! components and lets the helpers below (typed storage, money, ids) be shared.
+
+pub mod kv;
+pub mod money;
+
+/// Bindings for the imports every component shares.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        inline: "
+            package mercato:kit;
+            world kit {
+                import wasi:keyvalue/store@0.2.0-draft2;
+                import wasi:keyvalue/atomics@0.2.0-draft2;
+                import wasi:keyvalue/batch@0.2.0-draft2;
+                import wasi:logging/logging@0.1.0-draft;
+                import wasi:random/random@0.2.12;
+                import wasi:clocks/wall-clock@0.2.12;
+                import mercato:commerce/types@0.1.0;
+            }
+        ",
+        world: "mercato:kit/kit",
+        generate_all,
+    });
+}
+
+pub use bindings::mercato::commerce::types;
+pub use types::Error;
+
+/// Unix time in milliseconds, from the host's wall clock.
+pub fn now_ms() -> u64 {
+    let t = bindings::wasi::clocks::wall_clock::now();
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(u64::from(t.nanoseconds / 1_000_000))
+}
+
+/// A random identifier: `prefix` followed by 128 random bits in hex.
+pub fn random_id(prefix: &str) -> String {
+    let a = bindings::wasi::random::random::get_random_u64();
+    let b = bindings::wasi::random::random::get_random_u64();
+    format!("{prefix}{a:016x}{b:016x}")
+}
+
+/// Log through the host (`wasi:logging`), which attaches the component's name.
+pub fn log_warn(context: &str, message: &str) {
+    bindings::wasi::logging::logging::log(
+        bindings::wasi::logging::logging::Level::Warn,
+        context,
+        message,
+    );
+}

@@ -1,0 +1,73 @@
+//! Builds the components the host bundles, so that `cargo build` (or `cargo run`)
+//! on a fresh clone is the only step. The components are compiled for
+//! `wasm32-wasip2` by a nested cargo into `target/wasm/` (a separate target
+//! directory, so the nested build never waits on the outer build's lock), and
+//! copied into `OUT_DIR`, from where `runtime::bundled` includes them.
+//!
+//! Test-only components (`tests/components/*`) are built in the same run; the
+//! host does not bundle them, tests find them through `MERCATO_TEST_COMPONENTS`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (crate, file name in OUT_DIR)
+const BUNDLED: &[(&str, &str)] = &[
+    ("mercato-catalog", "catalog.wasm"),
+    ("mercato-cart", "cart.wasm"),
+    ("mercato-inventory", "inventory.wasm"),
+];
+const TEST_ONLY: &[(&str, &str)] = &[("mercato-probe", "probe.wasm")];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    for dir in ["components", "wit", "tests/components"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("wasm");
+
+    let mut cmd = Command::new(env("CARGO"));
+    cmd.current_dir(&root)
+        .args(["build", "--locked", "--target", "wasm32-wasip2", "--profile", "component"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for (krate, _) in BUNDLED.iter().chain(TEST_ONLY) {
+        cmd.args(["-p", krate]);
+    }
+    // The outer build's settings are for the host, not for the guests.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo for the components");
+    assert!(status.success(), "building the components for wasm32-wasip2 failed");
+
+    let built = target_dir.join("wasm32-wasip2").join("component");
+    for (krate, file) in BUNDLED.iter().chain(TEST_ONLY) {
+        let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
+        copy(&from, &out_dir.join(file));
+    }
+    println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by cargo"))
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+}

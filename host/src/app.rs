@@ -1,0 +1,99 @@
+//! Assembling the host: database, runtime, admin token, demo data, router.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::AppState;
+use crate::runtime::{ComponentKind, ComponentSource, Limits, Runtime, bundled};
+use crate::storage::Db;
+
+/// A built host, ready to serve.
+pub struct App {
+    pub state: AppState,
+    pub config: Config,
+    /// Things to show the operator once (a generated admin token, demo
+    /// merchant tokens); `mercato serve` prints them.
+    pub notices: Vec<String>,
+}
+
+fn sources(config: &Config) -> anyhow::Result<Vec<ComponentSource>> {
+    ComponentKind::ALL
+        .iter()
+        .map(|&kind| {
+            let path = match kind {
+                ComponentKind::Catalog => &config.components.catalog,
+                ComponentKind::Cart => &config.components.cart,
+                ComponentKind::Inventory => &config.components.inventory,
+            };
+            let bytes = match path {
+                Some(p) => std::fs::read(p).with_context(|| format!("read component {}", p.display()))?,
+                None => bundled::bytes(kind).to_vec(),
+            };
+            Ok(ComponentSource { kind, bytes })
+        })
+        .collect()
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        crate::telemetry::metrics();
+        let db = Db::connect(config.database_url.as_deref(), &config.data_dir)
+            .await
+            .context("open the database")?;
+        let limits = Limits {
+            deadline: Duration::from_millis(config.components.deadline_ms),
+            memory_bytes: config.components.memory_mib.saturating_mul(1024 * 1024),
+            max_instances: config.components.max_instances,
+        };
+        let sources = sources(&config)?;
+        let cache_dir = config.data_dir.join("cache");
+        let rt_db = db.clone();
+        // Compiling is CPU-bound: keep it off the async workers.
+        let runtime = tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, &cache_dir, &sources))
+            .await
+            .context("component compilation panicked")??;
+
+        let mut notices = Vec::new();
+        let admin_token_hash = match &config.admin_token {
+            Some(token) if !token.0.is_empty() => crate::auth::hash(&token.0),
+            _ => {
+                let token = format!("at.{}", crate::auth::new_secret());
+                let mine = crate::auth::hash(&token);
+                let stored = db.setting_insert_or_get(crate::auth::ADMIN_HASH_KEY, &mine).await?;
+                if stored == mine {
+                    notices.push(format!("admin token (shown once, keep it): {token}"));
+                }
+                stored
+            }
+        };
+        if !config.no_demo {
+            for (name, token) in crate::demo::seed_if_empty(&runtime, &db).await? {
+                notices.push(format!("demo merchant {name:?} token: {token}"));
+            }
+        }
+        let state = AppState {
+            runtime,
+            admin_token_hash: Arc::from(admin_token_hash),
+            body_limit: config.body_limit,
+        };
+        Ok(App { state, config, notices })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        crate::http::app(self.state.clone())
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, then finish in-flight
+    /// requests and close the database.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let router = self.router();
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        self.state.runtime.db().close().await;
+        Ok(())
+    }
+}

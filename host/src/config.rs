@@ -1,0 +1,170 @@
+//! Configuration: defaults, then a TOML file (`--config`), then `MERCATO_*`
+//! environment variables (nested keys with `__`, e.g.
+//! `MERCATO_COMPONENTS__DEADLINE_MS`), then command-line flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./mercato-data";
+/// Largest request body, in bytes.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Wall-clock budget of one request across the components it calls.
+pub const DEFAULT_DEADLINE_MS: u64 = 2_000;
+/// Linear-memory cap of one component instance.
+pub const DEFAULT_MEMORY_MIB: usize = 64;
+/// Component instances that may exist at once.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+/// Sandbox settings of the service components.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentsConfig {
+    pub deadline_ms: u64,
+    pub memory_mib: usize,
+    pub max_instances: u32,
+    /// Run this file instead of the bundled catalog component.
+    pub catalog: Option<PathBuf>,
+    /// Run this file instead of the bundled cart component.
+    pub cart: Option<PathBuf>,
+    /// Run this file instead of the bundled inventory component.
+    pub inventory: Option<PathBuf>,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig {
+            deadline_ms: DEFAULT_DEADLINE_MS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            catalog: None,
+            cart: None,
+            inventory: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and precompiled components.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL; unset for SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    /// Do not seed the demo catalog on an empty database.
+    pub no_demo: bool,
+    /// The admin token; generated (and printed once) when unset.
+    pub admin_token: Option<Secret>,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// Log as JSON lines.
+    pub log_json: bool,
+    pub components: ComponentsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            database_url: None,
+            no_demo: false,
+            admin_token: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            log_json: false,
+            components: ComponentsConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_demo: Option<bool>,
+}
+
+/// Environment variables that are not configuration keys.
+const NOT_KEYS: &[&str] = &["CONFIG", "TOKEN", "SERVER", "NO_DEMO"];
+
+impl Config {
+    /// Load: defaults ← `file` ← `MERCATO_*` ← `overrides`.
+    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("MERCATO_").split("__").filter(|k| !NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))))
+            .merge(Serialized::defaults(overrides));
+        figment.extract().map_err(Box::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./mercato-data"));
+        assert!(c.database_url.is_none() && !c.no_demo);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Config { admin_token: Some(Secret("hunter2".into())), ..Config::default() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "listen = \"127.0.0.1:9000\"\nno_demo = true\n[components]\ndeadline_ms = 500\n")?;
+            jail.set_env("MERCATO_DATA_DIR", "/tmp/from-env");
+            jail.set_env("MERCATO_COMPONENTS__MEMORY_MIB", "32");
+            let flags = Overrides { listen: Some("127.0.0.1:9001".parse().map_err(|e| format!("{e}"))?), ..Default::default() };
+            let c = Config::load(Some(std::path::Path::new("m.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/from-env"));
+            assert!(c.no_demo);
+            assert_eq!((c.components.deadline_ms, c.components.memory_mib), (500, 32));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "lisen = \"127.0.0.1:9000\"\n")?;
+            assert!(Config::load(Some(std::path::Path::new("m.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

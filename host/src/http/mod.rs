@@ -1,0 +1,68 @@
+//! The HTTP API (SPEC §4). [`app`] builds the router from one small router
+//! per area; tests drive it over a real socket via `spawn_app`.
+
+pub mod error;
+pub mod extract;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+
+use crate::runtime::Runtime;
+pub use error::{ApiError, ApiResult};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Runtime,
+    /// SHA-256 (hex) of the admin token.
+    pub admin_token_hash: Arc<str>,
+    pub body_limit: usize,
+}
+
+/// Call an export of a fresh instance of a component (see
+/// [`crate::runtime::call`]), turning faults and domain errors into [`ApiError`]s.
+macro_rules! invoke {
+    ($state:expr, $($call:tt)+) => {{
+        match crate::runtime::call!($state.runtime, $($call)+) {
+            Ok(Ok(v)) => Ok::<_, crate::http::ApiError>(v),
+            Ok(Err(domain)) => Err(crate::http::ApiError::from(domain)),
+            Err(fault) => Err(crate::http::ApiError::from(fault)),
+        }
+    }};
+}
+pub(crate) use invoke;
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .merge(routes::products::router())
+        .merge(routes::carts::router())
+        .merge(routes::merchants::router())
+        .merge(routes::ops::router())
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Count and time every request by its route template.
+async fn observe(State(_): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(req).await;
+    crate::telemetry::http_request(&method, &route, response.status().as_u16(), started);
+    response
+}

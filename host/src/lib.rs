@@ -1,0 +1,33 @@
+//! mercato: a marketplace commerce backend whose business logic runs as
+//! sandboxed WebAssembly components inside this host.
+//!
+//! - [`config`]: settings from defaults, file, environment and flags.
+//! - [`storage`]: SQLite / PostgreSQL, the components' key-value data and the host's tables.
+//! - [`runtime`]: the wasmtime engine, component versions, stores and limits.
+//! - [`capabilities`]: the WIT interfaces the host provides to components.
+//! - [`http`]: the JSON API. [`auth`]: tokens. [`telemetry`]: logs and metrics.
+//! - [`app`]: wires it all together; [`demo`]: the demo catalog.
+
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod bindings;
+pub mod capabilities;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod runtime;
+pub mod storage;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

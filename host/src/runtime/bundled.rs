@@ -1,0 +1,27 @@
+//! The components built by `build.rs` and shipped inside the binary.
+
+use super::{ComponentKind, ComponentSource};
+
+const CATALOG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/catalog.wasm"));
+const CART: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cart.wasm"));
+const INVENTORY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inventory.wasm"));
+
+/// The bundled bytes of `kind`.
+pub fn bytes(kind: ComponentKind) -> &'static [u8] {
+    match kind {
+        ComponentKind::Catalog => CATALOG,
+        ComponentKind::Cart => CART,
+        ComponentKind::Inventory => INVENTORY,
+    }
+}
+
+/// Sources for every component from the bundle.
+pub fn sources() -> Vec<ComponentSource> {
+    ComponentKind::ALL
+        .iter()
+        .map(|&kind| ComponentSource { kind, bytes: bytes(kind).to_vec() })
+        .collect()
+}
+
+/// Directory of the test-only components built alongside (for tests).
+pub const TEST_COMPONENTS_DIR: &str = env!("MERCATO_TEST_COMPONENTS");

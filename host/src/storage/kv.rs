@@ -1,0 +1,369 @@
+//! Key-value operations behind the `wasi:keyvalue` capability, on both backends.
+//!
+//! Rows are `(namespace, bucket, key) → (value, version)`. The namespace is
+//! chosen by the host (the component's name), never by the guest. Every write
+//! sets a fresh random `version`; compare-and-swap is a single conditional
+//! statement (`UPDATE … WHERE version = ?` or `INSERT … ON CONFLICT DO
+//! NOTHING`), so it is atomic on SQLite and PostgreSQL alike.
+
+use sqlx::{AssertSqlSafe, QueryBuilder, Row};
+
+use super::{Db, Result, StorageError};
+
+/// Keys per `list-keys` page.
+pub const LIST_PAGE: usize = 500;
+/// Most keys one batch call may name.
+pub const MAX_BATCH: usize = 10_000;
+/// Keys per SQL statement within a batch.
+const CHUNK: usize = 500;
+
+/// Where a key lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    pub namespace: &'a str,
+    pub bucket: &'a str,
+}
+
+/// A value and the version it was read at.
+#[derive(Clone, Debug)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: i64,
+}
+
+fn new_version() -> i64 {
+    rand::random::<i64>()
+}
+
+fn check_batch(n: usize) -> Result<()> {
+    if n > MAX_BATCH {
+        return Err(StorageError::Invalid(format!(
+            "a batch may name at most {MAX_BATCH} keys (got {n})"
+        )));
+    }
+    Ok(())
+}
+
+impl Db {
+    pub async fn kv_get(&self, s: Scope<'_>, key: &str) -> Result<Option<Versioned>> {
+        let row = match self {
+            Db::Sqlite { read, .. } => {
+                sqlx::query("SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .fetch_optional(read)
+                    .await?
+                    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1)))
+            }
+            Db::Postgres(pool) => sqlx::query(
+                "SELECT value, version FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3",
+            )
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1))),
+        };
+        Ok(row.map(|(value, version)| Versioned { value, version }))
+    }
+
+    pub async fn kv_set(&self, s: Scope<'_>, key: &str, value: &[u8]) -> Result<()> {
+        match self {
+            Db::Sqlite { write, .. } => {
+                sqlx::query(
+                    "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                )
+                .bind(s.namespace)
+                .bind(s.bucket)
+                .bind(key)
+                .bind(value)
+                .bind(new_version())
+                .execute(write)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                )
+                .bind(s.namespace)
+                .bind(s.bucket)
+                .bind(key)
+                .bind(value)
+                .bind(new_version())
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn kv_delete(&self, s: Scope<'_>, key: &str) -> Result<()> {
+        match self {
+            Db::Sqlite { write, .. } => {
+                sqlx::query("DELETE FROM kv WHERE namespace = ? AND bucket = ? AND key = ?")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .execute(write)
+                    .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys after `after` in byte order, one page, and whether more follow.
+    pub async fn kv_list(&self, s: Scope<'_>, after: Option<&str>) -> Result<(Vec<String>, bool)> {
+        let after = after.unwrap_or("");
+        let limit = (LIST_PAGE + 1) as i64;
+        let mut keys: Vec<String> = match self {
+            Db::Sqlite { read, .. } => {
+                sqlx::query_scalar(
+                    "SELECT key FROM kv WHERE namespace = ? AND bucket = ? AND key > ? ORDER BY key LIMIT ?",
+                )
+                .bind(s.namespace)
+                .bind(s.bucket)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(read)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT key FROM kv WHERE namespace = $1 AND bucket = $2 AND key > $3 ORDER BY key LIMIT $4",
+                )
+                .bind(s.namespace)
+                .bind(s.bucket)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        let more = keys.len() > LIST_PAGE;
+        keys.truncate(LIST_PAGE);
+        Ok((keys, more))
+    }
+
+    /// Write `value` only if the key's version is still `expected` (`None`:
+    /// only if the key is absent). Returns whether it was written.
+    pub async fn kv_swap(
+        &self,
+        s: Scope<'_>,
+        key: &str,
+        expected: Option<i64>,
+        value: &[u8],
+    ) -> Result<bool> {
+        let version = new_version();
+        let done = match (self, expected) {
+            (Db::Sqlite { write, .. }, Some(old)) => sqlx::query(
+                "UPDATE kv SET value = ?, version = ? WHERE namespace = ? AND bucket = ? AND key = ? AND version = ?",
+            )
+            .bind(value)
+            .bind(version)
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(key)
+            .bind(old)
+            .execute(write)
+            .await?
+            .rows_affected(),
+            (Db::Sqlite { write, .. }, None) => sqlx::query(
+                "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(key)
+            .bind(value)
+            .bind(version)
+            .execute(write)
+            .await?
+            .rows_affected(),
+            (Db::Postgres(pool), Some(old)) => sqlx::query(
+                "UPDATE kv SET value = $1, version = $2 WHERE namespace = $3 AND bucket = $4 AND key = $5 AND version = $6",
+            )
+            .bind(value)
+            .bind(version)
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(key)
+            .bind(old)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            (Db::Postgres(pool), None) => sqlx::query(
+                "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(key)
+            .bind(value)
+            .bind(version)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(done == 1)
+    }
+
+    /// Atomically add `delta` to the decimal integer at `key` (absent = 0).
+    pub async fn kv_increment(&self, s: Scope<'_>, key: &str, delta: i64) -> Result<i64> {
+        loop {
+            let current = self.kv_get(s, key).await?;
+            let (old, expected) = match &current {
+                None => (0, None),
+                Some(v) => {
+                    let n = std::str::from_utf8(&v.value)
+                        .ok()
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            StorageError::Invalid(format!("value of {key:?} is not an integer"))
+                        })?;
+                    (n, Some(v.version))
+                }
+            };
+            let new = old.checked_add(delta).ok_or_else(|| {
+                StorageError::Invalid(format!("incrementing {key:?} overflows"))
+            })?;
+            if self.kv_swap(s, key, expected, new.to_string().as_bytes()).await? {
+                return Ok(new);
+            }
+        }
+    }
+
+    /// Values of `keys`, in the order given.
+    pub async fn kv_get_many(&self, s: Scope<'_>, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        check_batch(keys.len())?;
+        let mut found: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        for chunk in keys.chunks(CHUNK) {
+            let rows: Vec<(String, Vec<u8>)> = match self {
+                Db::Sqlite { read, .. } => {
+                    let mut q = QueryBuilder::new("SELECT key, value FROM kv WHERE namespace = ");
+                    q.push_bind(s.namespace).push(" AND bucket = ").push_bind(s.bucket);
+                    q.push(" AND key IN (");
+                    let mut sep = q.separated(", ");
+                    for k in chunk {
+                        sep.push_bind(k.as_str());
+                    }
+                    q.push(")");
+                    q.build_query_as().fetch_all(read).await?
+                }
+                Db::Postgres(pool) => {
+                    sqlx::query_as(
+                        "SELECT key, value FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)",
+                    )
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(chunk)
+                    .fetch_all(pool)
+                    .await?
+                }
+            };
+            found.extend(rows);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    /// Set all pairs in one transaction.
+    pub async fn kv_set_many(&self, s: Scope<'_>, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        check_batch(pairs.len())?;
+        match self {
+            Db::Sqlite { write, .. } => {
+                let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+                for (key, value) in pairs {
+                    sqlx::query(
+                        "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) \
+                         ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    )
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .bind(value)
+                    .bind(new_version())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for (key, value) in pairs {
+                    sqlx::query(
+                        "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    )
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .bind(value)
+                    .bind(new_version())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete all keys in one transaction.
+    pub async fn kv_delete_many(&self, s: Scope<'_>, keys: &[String]) -> Result<()> {
+        check_batch(keys.len())?;
+        match self {
+            Db::Sqlite { write, .. } => {
+                let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+                for chunk in keys.chunks(CHUNK) {
+                    let mut q = QueryBuilder::new("DELETE FROM kv WHERE namespace = ");
+                    q.push_bind(s.namespace).push(" AND bucket = ").push_bind(s.bucket);
+                    q.push(" AND key IN (");
+                    let mut sep = q.separated(", ");
+                    for k in chunk {
+                        sep.push_bind(k.as_str());
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(keys)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of keys in a namespace (for tests and diagnostics).
+    pub async fn kv_count(&self, namespace: &str) -> Result<i64> {
+        let sql = "SELECT COUNT(*) FROM kv WHERE namespace = ";
+        Ok(match self {
+            Db::Sqlite { read, .. } => {
+                sqlx::query_scalar(AssertSqlSafe(format!("{sql}?")))
+                    .bind(namespace)
+                    .fetch_one(read)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(AssertSqlSafe(format!("{sql}$1")))
+                    .bind(namespace)
+                    .fetch_one(pool)
+                    .await?
+            }
+        })
+    }
+}

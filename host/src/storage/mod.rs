@@ -1,0 +1,134 @@
+//! The host's database: SQLite (embedded default) or PostgreSQL (several
+//! replicas). It holds the components' key-value data ([`kv`]) and the host's
+//! own tables ([`accounts`]).
+//!
+//! SQLite runs in WAL mode with one writer connection and a pool of readers:
+//! writes are serialized in-process (no `SQLITE_BUSY` storms), multi-statement
+//! writes use `BEGIN IMMEDIATE`, and `busy_timeout` covers other processes.
+//! `synchronous = NORMAL` in WAL mode survives a killed process (every commit
+//! is in the WAL before it is acknowledged); only an OS crash could lose the
+//! last commits.
+
+pub mod accounts;
+pub mod kv;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+/// How long a connection waits for a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const SQLITE_READERS: u32 = 8;
+const POSTGRES_CONNECTIONS: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A connected, migrated database.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Open `database_url` (`postgres://…`) or, without one, `mercato.db`
+    /// under `data_dir`; then run the migrations.
+    pub async fn connect(database_url: Option<&str>, data_dir: &Path) -> Result<Db> {
+        let db = match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(POSTGRES_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
+                Db::Postgres(pool)
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                Self::sqlite(SqliteConnectOptions::from_str(url)?).await?
+            }
+            Some(other) => {
+                return Err(StorageError::Invalid(format!(
+                    "database URL must start with postgres:// or sqlite: (got {:?})",
+                    other.split(':').next().unwrap_or_default()
+                )));
+            }
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    StorageError::Invalid(format!("create {}: {e}", data_dir.display()))
+                })?;
+                Self::sqlite(SqliteConnectOptions::new().filename(data_dir.join("mercato.db")))
+                    .await?
+            }
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn sqlite(options: SqliteConnectOptions) -> Result<Db> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(SQLITE_READERS)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Db::Sqlite { read, write })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match self {
+            Db::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Db::Sqlite { read, .. } => sqlx::query("SELECT 1").execute(read).await.map(drop)?,
+            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite { .. } => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
