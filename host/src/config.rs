@@ -108,8 +108,11 @@ pub struct Overrides {
     pub no_demo: Option<bool>,
 }
 
-/// Environment variables that are not configuration keys.
-const NOT_KEYS: &[&str] = &["CONFIG", "TOKEN", "SERVER", "NO_DEMO"];
+/// The top-level keys read from `MERCATO_*`. Other `MERCATO_*` variables
+/// (`MERCATO_CONFIG`, the CLI's `MERCATO_TOKEN`, test settings) are not
+/// configuration keys. `MERCATO_NO_DEMO` is read by the command line, which
+/// accepts `1`/`true`/`yes`.
+const ENV_KEYS: &[&str] = &["listen", "data_dir", "database_url", "admin_token", "body_limit", "log_json", "components"];
 
 impl Config {
     /// Load: defaults ← `file` ← `MERCATO_*` ← `overrides`.
@@ -119,7 +122,10 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment
-            .merge(Env::prefixed("MERCATO_").split("__").filter(|k| !NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))))
+            .merge(Env::prefixed("MERCATO_").split("__").filter(|k| {
+                let top = k.as_str().split("__").next().unwrap_or_default().split('.').next().unwrap_or_default();
+                ENV_KEYS.iter().any(|n| top.eq_ignore_ascii_case(n))
+            }))
             .merge(Serialized::defaults(overrides));
         figment.extract().map_err(Box::new)
     }
@@ -155,6 +161,16 @@ mod tests {
             assert_eq!(c.data_dir, PathBuf::from("/tmp/from-env"));
             assert!(c.no_demo);
             assert_eq!((c.components.deadline_ms, c.components.memory_mib), (500, 32));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unrelated_environment_variables_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MERCATO_TOKEN", "for the CLI");
+            jail.set_env("MERCATO_SOMETHING_ELSE", "x");
+            assert!(Config::load(None, &Overrides::default()).is_ok());
             Ok(())
         });
     }

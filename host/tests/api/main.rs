@@ -1,0 +1,13 @@
+//! Host integration tests: one binary, one `spawn_app` (helpers.rs), a real
+//! server on a loopback port and a fresh database per test, on SQLite and on
+//! PostgreSQL.
+
+mod helpers;
+
+mod carts;
+mod merchants;
+mod ops;
+mod products;
+mod restart;
+mod sandbox;
+mod storage;
