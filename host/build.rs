@@ -1,4 +1,6 @@
 //! Builds the components the host bundles, so that `cargo build` (or `cargo run`)
+
+#![allow(clippy::expect_used, clippy::panic)] // a build script fails by panicking
 //! on a fresh clone is the only step. The components are compiled for
 //! `wasm32-wasip2` by a nested cargo into `target/wasm/` (a separate target
 //! directory, so the nested build never waits on the outer build's lock), and
@@ -20,12 +22,18 @@ const TEST_ONLY: &[(&str, &str)] = &[("mercato-probe", "probe.wasm")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf();
     let out_dir = PathBuf::from(env("OUT_DIR"));
     for dir in ["components", "wit", "tests/components"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -34,7 +42,14 @@ fn main() {
 
     let mut cmd = Command::new(env("CARGO"));
     cmd.current_dir(&root)
-        .args(["build", "--locked", "--target", "wasm32-wasip2", "--profile", "component"])
+        .args([
+            "build",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "component",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for (krate, _) in BUNDLED.iter().chain(TEST_ONLY) {
@@ -53,14 +68,20 @@ fn main() {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo for the components");
-    assert!(status.success(), "building the components for wasm32-wasip2 failed");
+    assert!(
+        status.success(),
+        "building the components for wasm32-wasip2 failed"
+    );
 
     let built = target_dir.join("wasm32-wasip2").join("component");
     for (krate, file) in BUNDLED.iter().chain(TEST_ONLY) {
         let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
         copy(&from, &out_dir.join(file));
     }
-    println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
+    println!(
+        "cargo:rustc-env=MERCATO_TEST_COMPONENTS={}",
+        out_dir.display()
+    );
 }
 
 fn env(name: &str) -> String {

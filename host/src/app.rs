@@ -31,7 +31,9 @@ fn sources(config: &Config) -> anyhow::Result<Vec<ComponentSource>> {
                 ComponentKind::Inventory => &config.components.inventory,
             };
             let bytes = match path {
-                Some(p) => std::fs::read(p).with_context(|| format!("read component {}", p.display()))?,
+                Some(p) => {
+                    std::fs::read(p).with_context(|| format!("read component {}", p.display()))?
+                }
                 None => bundled::bytes(kind).to_vec(),
             };
             Ok(ComponentSource { kind, bytes })
@@ -54,9 +56,10 @@ impl App {
         let cache_dir = config.data_dir.join("cache");
         let rt_db = db.clone();
         // Compiling is CPU-bound: keep it off the async workers.
-        let runtime = tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, &cache_dir, &sources))
-            .await
-            .context("component compilation panicked")??;
+        let runtime =
+            tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, &cache_dir, &sources))
+                .await
+                .context("component compilation panicked")??;
 
         let mut notices = Vec::new();
         let admin_token_hash = match &config.admin_token {
@@ -64,7 +67,9 @@ impl App {
             _ => {
                 let token = format!("at.{}", crate::auth::new_secret());
                 let mine = crate::auth::hash(&token);
-                let stored = db.setting_insert_or_get(crate::auth::ADMIN_HASH_KEY, &mine).await?;
+                let stored = db
+                    .setting_insert_or_get(crate::auth::ADMIN_HASH_KEY, &mine)
+                    .await?;
                 if stored == mine {
                     notices.push(format!("admin token (shown once, keep it): {token}"));
                 }
@@ -81,7 +86,11 @@ impl App {
             admin_token_hash: Arc::from(admin_token_hash),
             body_limit: config.body_limit,
         };
-        Ok(App { state, config, notices })
+        Ok(App {
+            state,
+            config,
+            notices,
+        })
     }
 
     pub fn router(&self) -> axum::Router {
@@ -90,9 +99,15 @@ impl App {
 
     /// Serve on `listener` until `shutdown` resolves, then finish in-flight
     /// requests and close the database.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let router = self.router();
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         self.state.runtime.db().close().await;
         Ok(())
     }

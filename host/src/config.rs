@@ -83,7 +83,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: None,
             no_demo: false,
@@ -112,18 +114,36 @@ pub struct Overrides {
 /// (`MERCATO_CONFIG`, the CLI's `MERCATO_TOKEN`, test settings) are not
 /// configuration keys. `MERCATO_NO_DEMO` is read by the command line, which
 /// accepts `1`/`true`/`yes`.
-const ENV_KEYS: &[&str] = &["listen", "data_dir", "database_url", "admin_token", "body_limit", "log_json", "components"];
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "admin_token",
+    "body_limit",
+    "log_json",
+    "components",
+];
 
 impl Config {
     /// Load: defaults ← `file` ← `MERCATO_*` ← `overrides`.
-    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, Box<figment::Error>> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment
             .merge(Env::prefixed("MERCATO_").split("__").filter(|k| {
-                let top = k.as_str().split("__").next().unwrap_or_default().split('.').next().unwrap_or_default();
+                let top = k
+                    .as_str()
+                    .split("__")
+                    .next()
+                    .unwrap_or_default()
+                    .split('.')
+                    .next()
+                    .unwrap_or_default();
                 ENV_KEYS.iter().any(|n| top.eq_ignore_ascii_case(n))
             }))
             .merge(Serialized::defaults(overrides));
@@ -132,6 +152,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail error type
 mod tests {
     use super::*;
 
@@ -145,22 +166,35 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let c = Config { admin_token: Some(Secret("hunter2".into())), ..Config::default() };
+        let c = Config {
+            admin_token: Some(Secret("hunter2".into())),
+            ..Config::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]
     fn file_then_env_then_flags() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("m.toml", "listen = \"127.0.0.1:9000\"\nno_demo = true\n[components]\ndeadline_ms = 500\n")?;
+            jail.create_file(
+                "m.toml",
+                "listen = \"127.0.0.1:9000\"\nno_demo = true\n[components]\ndeadline_ms = 500\n",
+            )?;
             jail.set_env("MERCATO_DATA_DIR", "/tmp/from-env");
             jail.set_env("MERCATO_COMPONENTS__MEMORY_MIB", "32");
-            let flags = Overrides { listen: Some("127.0.0.1:9001".parse().map_err(|e| format!("{e}"))?), ..Default::default() };
-            let c = Config::load(Some(std::path::Path::new("m.toml")), &flags).map_err(|e| e.to_string())?;
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9001".parse().map_err(|e| format!("{e}"))?),
+                ..Default::default()
+            };
+            let c = Config::load(Some(std::path::Path::new("m.toml")), &flags)
+                .map_err(|e| e.to_string())?;
             assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
             assert_eq!(c.data_dir, PathBuf::from("/tmp/from-env"));
             assert!(c.no_demo);
-            assert_eq!((c.components.deadline_ms, c.components.memory_mib), (500, 32));
+            assert_eq!(
+                (c.components.deadline_ms, c.components.memory_mib),
+                (500, 32)
+            );
             Ok(())
         });
     }
@@ -179,7 +213,9 @@ mod tests {
     fn unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("m.toml", "lisen = \"127.0.0.1:9000\"\n")?;
-            assert!(Config::load(Some(std::path::Path::new("m.toml")), &Overrides::default()).is_err());
+            assert!(
+                Config::load(Some(std::path::Path::new("m.toml")), &Overrides::default()).is_err()
+            );
             Ok(())
         });
     }

@@ -68,7 +68,11 @@ fn check_quantity(quantity: u32) -> Result<(), Error> {
 /// Price a stored cart now: current catalog prices, then plugin adjustments.
 fn price(record: &CartRecord) -> Result<Cart, Error> {
     let skus: Vec<String> = record.lines.iter().map(|l| l.sku.clone()).collect();
-    let infos = if skus.is_empty() { Vec::new() } else { catalog::lookup_skus(&skus)? };
+    let infos = if skus.is_empty() {
+        Vec::new()
+    } else {
+        catalog::lookup_skus(&skus)?
+    };
     // A sku the merchant has since removed drops out of the priced cart.
     let lines: Vec<(u32, SkuInfo)> = record
         .lines
@@ -95,10 +99,7 @@ fn price(record: &CartRecord) -> Result<Cart, Error> {
 }
 
 /// Load, change and store a cart with compare-and-swap, then price it.
-fn modify(
-    id: &str,
-    f: impl Fn(&mut CartRecord) -> Result<(), Error>,
-) -> Result<Cart, Error> {
+fn modify(id: &str, f: impl Fn(&mut CartRecord) -> Result<(), Error>) -> Result<Cart, Error> {
     if !is_cart_id(id) {
         return Err(not_found(id));
     }
@@ -139,7 +140,9 @@ impl Guest for CartComponent {
 
     fn add_item(id: String, sku: String, quantity: u32) -> Result<Cart, Error> {
         if quantity == 0 {
-            return Err(Error::InvalidQuantity("quantity: must be at least 1".to_string()));
+            return Err(Error::InvalidQuantity(
+                "quantity: must be at least 1".to_string(),
+            ));
         }
         check_quantity(quantity)?;
         if !is_cart_id(&id) {
@@ -169,7 +172,10 @@ impl Guest for CartComponent {
                             "a cart holds at most {MAX_LINES} lines"
                         )));
                     }
-                    cart.lines.push(LineRecord { sku: sku.clone(), quantity });
+                    cart.lines.push(LineRecord {
+                        sku: sku.clone(),
+                        quantity,
+                    });
                 }
             }
             Ok(())
@@ -205,4 +211,6 @@ impl Guest for CartComponent {
     }
 }
 
+// Exports are wasm symbols; a native build (unit tests) has none.
+#[cfg(target_family = "wasm")]
 bindings::export!(CartComponent with_types_in bindings);

@@ -131,11 +131,7 @@ fn load(products: &kv::Bucket, id: &str) -> Result<ProductRecord, Error> {
 
 /// Claim `skus` for product `id` in the sku index and register them with
 /// inventory. On any failure the claims made so far are undone.
-fn claim_skus(
-    merchant: &str,
-    id: &str,
-    variants: &[(String, Option<u32>)],
-) -> Result<(), Error> {
+fn claim_skus(merchant: &str, id: &str, variants: &[(String, Option<u32>)]) -> Result<(), Error> {
     let index = kv::open("skus")?;
     let mut claimed: Vec<&str> = Vec::new();
     let result = (|| {
@@ -335,4 +331,6 @@ impl Guest for Catalog {
     }
 }
 
+// Exports are wasm symbols; a native build (unit tests) has none.
+#[cfg(target_family = "wasm")]
 bindings::export!(Catalog with_types_in bindings);

@@ -95,14 +95,18 @@ impl Guest for Inventory {
 
     fn register_sku(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
         let bucket = kv::open("stock")?;
-        let record = kv::update(&bucket, &sku, |current: Option<StockRecord>| match current {
-            Some(existing) if existing.merchant == merchant => Ok(Change::Keep(existing)),
-            Some(_) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
-            None => {
-                let fresh = StockRecord::new(&merchant, on_hand);
-                Ok(Change::Write(fresh.clone(), fresh))
-            }
-        })?;
+        let record = kv::update(
+            &bucket,
+            &sku,
+            |current: Option<StockRecord>| match current {
+                Some(existing) if existing.merchant == merchant => Ok(Change::Keep(existing)),
+                Some(_) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
+                None => {
+                    let fresh = StockRecord::new(&merchant, on_hand);
+                    Ok(Change::Write(fresh.clone(), fresh))
+                }
+            },
+        )?;
         Ok(level(&sku, Some(&record)))
     }
 
@@ -110,7 +114,9 @@ impl Guest for Inventory {
         let bucket = kv::open("stock")?;
         let record = change_stock(&bucket, &sku, |s| {
             if s.merchant != merchant {
-                return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
+                return Err(Error::Forbidden(format!(
+                    "sku {sku:?} belongs to another merchant"
+                )));
             }
             s.with_on_hand(on_hand)
         })?;
@@ -133,7 +139,10 @@ impl Guest for Inventory {
                 }
             });
             match result {
-                Ok(Ok(())) => taken.push(LineRecord { sku: line.sku.clone(), quantity: line.quantity }),
+                Ok(Ok(())) => taken.push(LineRecord {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                }),
                 Ok(Err(available)) => shortages.push(Shortage {
                     sku: line.sku.clone(),
                     requested: line.quantity,
@@ -164,7 +173,10 @@ impl Guest for Inventory {
             lines: record
                 .lines
                 .into_iter()
-                .map(|l| ReservationLine { sku: l.sku, quantity: l.quantity })
+                .map(|l| ReservationLine {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                })
                 .collect(),
             expires_at: record.expires_at,
         })
@@ -223,4 +235,6 @@ impl Guest for Inventory {
     }
 }
 
+// Exports are wasm symbols; a native build (unit tests) has none.
+#[cfg(target_family = "wasm")]
 bindings::export!(Inventory with_types_in bindings);

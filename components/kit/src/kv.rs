@@ -69,7 +69,10 @@ pub fn get_many<T: DeserializeOwned>(
 
 /// One page of keys after `cursor` (mercato's host returns keys in ascending
 /// order and takes any key as a cursor: the page starts after it).
-pub fn list_keys(bucket: &Bucket, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), Error> {
+pub fn list_keys(
+    bucket: &Bucket,
+    cursor: Option<&str>,
+) -> Result<(Vec<String>, Option<String>), Error> {
     let page = bucket
         .list_keys(cursor.map(str::to_string).as_deref())
         .map_err(storage)?;

@@ -140,9 +140,18 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        assert!(matches!(times(&eur(i64::MAX / 2), 3), Err(Error::InvalidInput(_))));
-        assert!(matches!(add(&eur(i64::MAX), &eur(1)), Err(Error::InvalidInput(_))));
-        assert!(matches!(sub(&eur(i64::MIN), &eur(1)), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            times(&eur(i64::MAX / 2), 3),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            add(&eur(i64::MAX), &eur(1)),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            sub(&eur(i64::MIN), &eur(1)),
+            Err(Error::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -151,8 +160,14 @@ mod tests {
             amount: 1,
             currency: "USD".into(),
         };
-        assert!(matches!(add(&eur(1), &usd), Err(Error::CurrencyMismatch(_))));
-        assert!(matches!(sum("EUR", &[usd]), Err(Error::CurrencyMismatch(_))));
+        assert!(matches!(
+            add(&eur(1), &usd),
+            Err(Error::CurrencyMismatch(_))
+        ));
+        assert!(matches!(
+            sum("EUR", &[usd]),
+            Err(Error::CurrencyMismatch(_))
+        ));
     }
 
     #[test]

@@ -18,22 +18,41 @@ fn trap(f: Fault) -> wasmtime::Error {
 }
 
 impl Ctx {
-    async fn catalog_peer(&mut self) -> wasmtime::Result<&mut crate::runtime::Instance<crate::bindings::catalog::CatalogComponent>> {
+    async fn catalog_peer(
+        &mut self,
+    ) -> wasmtime::Result<&mut crate::runtime::Instance<crate::bindings::catalog::CatalogComponent>>
+    {
         if self.peers.catalog.is_none() {
-            let instance = self.rt.instantiate_catalog(self.deadline).await.map_err(trap)?;
+            let instance = self
+                .rt
+                .instantiate_catalog(self.deadline)
+                .await
+                .map_err(trap)?;
             self.peers.catalog = Some(instance);
         }
-        self.peers.catalog.as_mut().ok_or_else(|| wasmtime::format_err!("catalog peer missing"))
+        self.peers
+            .catalog
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!("catalog peer missing"))
     }
 
     async fn inventory_peer(
         &mut self,
-    ) -> wasmtime::Result<&mut crate::runtime::Instance<crate::bindings::inventory::InventoryComponent>> {
+    ) -> wasmtime::Result<
+        &mut crate::runtime::Instance<crate::bindings::inventory::InventoryComponent>,
+    > {
         if self.peers.inventory.is_none() {
-            let instance = self.rt.instantiate_inventory(self.deadline).await.map_err(trap)?;
+            let instance = self
+                .rt
+                .instantiate_inventory(self.deadline)
+                .await
+                .map_err(trap)?;
             self.peers.inventory = Some(instance);
         }
-        self.peers.inventory.as_mut().ok_or_else(|| wasmtime::format_err!("inventory peer missing"))
+        self.peers
+            .inventory
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!("inventory peer missing"))
     }
 }
 
@@ -49,57 +68,155 @@ macro_rules! peer_call {
 }
 
 impl catalog::Host for Ctx {
-    async fn list_products(&mut self, limit: u32, cursor: Option<String>, merchant: Option<String>) -> Answer<ProductPage> {
-        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_list_products(limit, cursor.as_deref(), merchant.as_ref()))
+    async fn list_products(
+        &mut self,
+        limit: u32,
+        cursor: Option<String>,
+        merchant: Option<String>,
+    ) -> Answer<ProductPage> {
+        peer_call!(
+            self,
+            catalog_peer,
+            mercato_commerce_catalog,
+            "catalog",
+            call_list_products(limit, cursor.as_deref(), merchant.as_ref())
+        )
     }
 
     async fn get_product(&mut self, id: String) -> Answer<Product> {
-        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_get_product(&id))
+        peer_call!(
+            self,
+            catalog_peer,
+            mercato_commerce_catalog,
+            "catalog",
+            call_get_product(&id)
+        )
     }
 
     async fn lookup_skus(&mut self, skus: Vec<String>) -> Answer<Vec<Option<SkuInfo>>> {
-        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_lookup_skus(&skus))
+        peer_call!(
+            self,
+            catalog_peer,
+            mercato_commerce_catalog,
+            "catalog",
+            call_lookup_skus(&skus)
+        )
     }
 
     async fn create_product(&mut self, merchant: String, input: ProductInput) -> Answer<Product> {
-        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_create_product(&merchant, &input))
+        peer_call!(
+            self,
+            catalog_peer,
+            mercato_commerce_catalog,
+            "catalog",
+            call_create_product(&merchant, &input)
+        )
     }
 
-    async fn update_product(&mut self, merchant: String, id: String, input: ProductInput) -> Answer<Product> {
-        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_update_product(&merchant, &id, &input))
+    async fn update_product(
+        &mut self,
+        merchant: String,
+        id: String,
+        input: ProductInput,
+    ) -> Answer<Product> {
+        peer_call!(
+            self,
+            catalog_peer,
+            mercato_commerce_catalog,
+            "catalog",
+            call_update_product(&merchant, &id, &input)
+        )
     }
 }
 
 impl inventory::Host for Ctx {
     async fn levels(&mut self, skus: Vec<String>) -> Answer<Vec<StockLevel>> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_levels(&skus))
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_levels(&skus)
+        )
     }
 
-    async fn register_sku(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_register_sku(&merchant, &sku, on_hand))
+    async fn register_sku(
+        &mut self,
+        merchant: String,
+        sku: String,
+        on_hand: u32,
+    ) -> Answer<StockLevel> {
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_register_sku(&merchant, &sku, on_hand)
+        )
     }
 
-    async fn set_on_hand(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_set_on_hand(&merchant, &sku, on_hand))
+    async fn set_on_hand(
+        &mut self,
+        merchant: String,
+        sku: String,
+        on_hand: u32,
+    ) -> Answer<StockLevel> {
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_set_on_hand(&merchant, &sku, on_hand)
+        )
     }
 
     async fn reserve(&mut self, lines: Vec<ReservationLine>, ttl_ms: u64) -> Answer<Reservation> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_reserve(&lines, ttl_ms))
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_reserve(&lines, ttl_ms)
+        )
     }
 
     async fn commit(&mut self, reservation_id: String) -> Answer<()> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_commit(&reservation_id))
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_commit(&reservation_id)
+        )
     }
 
     async fn release(&mut self, reservation_id: String) -> Answer<()> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_release(&reservation_id))
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_release(&reservation_id)
+        )
     }
 
     async fn restock(&mut self, lines: Vec<ReservationLine>) -> Answer<()> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_restock(&lines))
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_restock(&lines)
+        )
     }
 
     async fn sweep_expired(&mut self, now: u64) -> Answer<u32> {
-        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_sweep_expired(now))
+        peer_call!(
+            self,
+            inventory_peer,
+            mercato_commerce_inventory,
+            "inventory",
+            call_sweep_expired(now)
+        )
     }
 }

@@ -30,16 +30,22 @@ where
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("body is not valid JSON: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("body is not valid JSON: {}", e.body_text()),
+        ),
         JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_request", e.body_text()),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ),
         other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
     }
 }

@@ -19,7 +19,10 @@ pub fn bytes(kind: ComponentKind) -> &'static [u8] {
 pub fn sources() -> Vec<ComponentSource> {
     ComponentKind::ALL
         .iter()
-        .map(|&kind| ComponentSource { kind, bytes: bytes(kind).to_vec() })
+        .map(|&kind| ComponentSource {
+            kind,
+            bytes: bytes(kind).to_vec(),
+        })
         .collect()
 }
 

@@ -41,7 +41,12 @@ impl ArtifactCache {
 
     /// The component for `bytes` (whose digest is `digest`): loaded from the
     /// cache if present, else compiled and stored.
-    pub fn load(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> anyhow::Result<(Component, Origin)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, Origin)> {
         let path = self.path(digest);
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an
@@ -51,7 +56,9 @@ impl ArtifactCache {
             let loaded = unsafe { Component::deserialize_file(engine, &path) };
             match loaded {
                 Ok(c) => return Ok((c, Origin::Cached)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "discarding unreadable precompiled artifact"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "discarding unreadable precompiled artifact")
+                }
             }
         }
         let component = Component::new(engine, bytes)?;

@@ -31,14 +31,27 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.cap {
-            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired }));
+            return Err(wasmtime::Error::new(MemoryCapExceeded {
+                cap: self.cap,
+                desired,
+            }));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -68,12 +81,18 @@ impl Inner {
     /// A fresh store for one instance of `kind`, with its memory cap and the
     /// request's deadline. WASI is granted inert: no files, no environment,
     /// no arguments, no network; stdout/stderr are discarded.
-    pub(crate) fn new_store(self: &Arc<Self>, kind: ComponentKind, deadline: Instant) -> Store<Ctx> {
+    pub(crate) fn new_store(
+        self: &Arc<Self>,
+        kind: ComponentKind,
+        deadline: Instant,
+    ) -> Store<Ctx> {
         let ctx = Ctx {
             kind,
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: self.limits.memory_bytes },
+            limiter: MemoryLimiter {
+                cap: self.limits.memory_bytes,
+            },
             deadline,
             rt: self.clone(),
             peers: Peers::default(),

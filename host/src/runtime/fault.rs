@@ -43,7 +43,10 @@ pub enum Fault {
     #[error("{component}: no instance slot free")]
     Overloaded { component: &'static str },
     #[error("{component}: trapped: {detail}")]
-    Trap { component: &'static str, detail: String },
+    Trap {
+        component: &'static str,
+        detail: String,
+    },
 }
 
 impl Fault {
@@ -61,7 +64,10 @@ impl Fault {
         } else if has(|c| c.is::<wasmtime::PoolConcurrencyLimitError>()) {
             Fault::Overloaded { component }
         } else {
-            Fault::Trap { component, detail: format!("{e:?}") }
+            Fault::Trap {
+                component,
+                detail: format!("{e:?}"),
+            }
         }
     }
 

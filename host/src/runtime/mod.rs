@@ -62,7 +62,11 @@ pub enum ComponentKind {
 }
 
 impl ComponentKind {
-    pub const ALL: [ComponentKind; 3] = [ComponentKind::Catalog, ComponentKind::Cart, ComponentKind::Inventory];
+    pub const ALL: [ComponentKind; 3] = [
+        ComponentKind::Catalog,
+        ComponentKind::Cart,
+        ComponentKind::Inventory,
+    ];
 
     /// Its name, which is also its storage namespace.
     pub fn name(self) -> &'static str {
@@ -139,9 +143,18 @@ fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
 fn base_linker(engine: &Engine) -> anyhow::Result<Linker<Ctx>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::bindings::keyvalue::wasi::keyvalue::store::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-    crate::bindings::keyvalue::wasi::keyvalue::atomics::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-    crate::bindings::keyvalue::wasi::keyvalue::batch::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+    crate::bindings::keyvalue::wasi::keyvalue::store::add_to_linker::<Ctx, HasSelf<Ctx>>(
+        &mut linker,
+        |c| c,
+    )?;
+    crate::bindings::keyvalue::wasi::keyvalue::atomics::add_to_linker::<Ctx, HasSelf<Ctx>>(
+        &mut linker,
+        |c| c,
+    )?;
+    crate::bindings::keyvalue::wasi::keyvalue::batch::add_to_linker::<Ctx, HasSelf<Ctx>>(
+        &mut linker,
+        |c| c,
+    )?;
     host::wasi::logging::logging::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
 }
@@ -152,11 +165,20 @@ fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx
     let mut linker = base_linker(engine)?;
     match kind {
         ComponentKind::Catalog => {
-            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(
+                &mut linker,
+                |c| c,
+            )?;
         }
         ComponentKind::Cart => {
-            host::mercato::commerce::catalog::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-            host::mercato::commerce::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+            host::mercato::commerce::catalog::add_to_linker::<Ctx, HasSelf<Ctx>>(
+                &mut linker,
+                |c| c,
+            )?;
+            host::mercato::commerce::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(
+                &mut linker,
+                |c| c,
+            )?;
         }
         ComponentKind::Inventory => {}
     }
@@ -175,9 +197,14 @@ fn prepare<P>(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| anyhow::anyhow!("{}: cannot link: {e:#}", source.kind.name()))?;
-    let pre = wrap(pre).map_err(|e| anyhow::anyhow!("{}: does not export its world: {e:#}", source.kind.name()))?;
+    let pre = wrap(pre)
+        .map_err(|e| anyhow::anyhow!("{}: does not export its world: {e:#}", source.kind.name()))?;
     tracing::info!(component = source.kind.name(), %digest, ?origin, "component ready");
-    Ok(Active { digest, origin, pre })
+    Ok(Active {
+        digest,
+        origin,
+        pre,
+    })
 }
 
 impl Runtime {
@@ -196,9 +223,24 @@ impl Runtime {
                 .find(|s| s.kind == kind)
                 .ok_or_else(|| anyhow::anyhow!("no source for component {}", kind.name()))
         };
-        let catalog = prepare(&engine, &cache, find(ComponentKind::Catalog)?, catalog::CatalogComponentPre::new)?;
-        let cart = prepare(&engine, &cache, find(ComponentKind::Cart)?, cart::CartComponentPre::new)?;
-        let inventory = prepare(&engine, &cache, find(ComponentKind::Inventory)?, inventory::InventoryComponentPre::new)?;
+        let catalog = prepare(
+            &engine,
+            &cache,
+            find(ComponentKind::Catalog)?,
+            catalog::CatalogComponentPre::new,
+        )?;
+        let cart = prepare(
+            &engine,
+            &cache,
+            find(ComponentKind::Cart)?,
+            cart::CartComponentPre::new,
+        )?;
+        let inventory = prepare(
+            &engine,
+            &cache,
+            find(ComponentKind::Inventory)?,
+            inventory::InventoryComponentPre::new,
+        )?;
         let ticker = engine::EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -243,7 +285,10 @@ impl Runtime {
         Instant::now() + self.inner.limits.deadline
     }
 
-    pub async fn catalog(&self, deadline: Instant) -> Result<Instance<catalog::CatalogComponent>, Fault> {
+    pub async fn catalog(
+        &self,
+        deadline: Instant,
+    ) -> Result<Instance<catalog::CatalogComponent>, Fault> {
         self.inner.instantiate_catalog(deadline).await
     }
 
@@ -251,7 +296,10 @@ impl Runtime {
         self.inner.instantiate_cart(deadline).await
     }
 
-    pub async fn inventory(&self, deadline: Instant) -> Result<Instance<inventory::InventoryComponent>, Fault> {
+    pub async fn inventory(
+        &self,
+        deadline: Instant,
+    ) -> Result<Instance<inventory::InventoryComponent>, Fault> {
         self.inner.instantiate_inventory(deadline).await
     }
 }
@@ -259,7 +307,10 @@ impl Runtime {
 /// `Inner::$name(deadline)`: a fresh instance of the active version of a component.
 macro_rules! instantiate_fn {
     ($name:ident, $field:ident, $kind:expr, $bindings:ty) => {
-        pub(crate) async fn $name(self: &Arc<Self>, deadline: Instant) -> Result<Instance<$bindings>, Fault> {
+        pub(crate) async fn $name(
+            self: &Arc<Self>,
+            deadline: Instant,
+        ) -> Result<Instance<$bindings>, Fault> {
             let active = read(&self.$field);
             let mut store = self.new_store($kind, deadline);
             let bindings = active
@@ -273,7 +324,22 @@ macro_rules! instantiate_fn {
 }
 
 impl Inner {
-    instantiate_fn!(instantiate_catalog, catalog, ComponentKind::Catalog, catalog::CatalogComponent);
-    instantiate_fn!(instantiate_cart, cart, ComponentKind::Cart, cart::CartComponent);
-    instantiate_fn!(instantiate_inventory, inventory, ComponentKind::Inventory, inventory::InventoryComponent);
+    instantiate_fn!(
+        instantiate_catalog,
+        catalog,
+        ComponentKind::Catalog,
+        catalog::CatalogComponent
+    );
+    instantiate_fn!(
+        instantiate_cart,
+        cart,
+        ComponentKind::Cart,
+        cart::CartComponent
+    );
+    instantiate_fn!(
+        instantiate_inventory,
+        inventory,
+        ComponentKind::Inventory,
+        inventory::InventoryComponent
+    );
 }

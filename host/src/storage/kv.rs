@@ -47,15 +47,15 @@ fn check_batch(n: usize) -> Result<()> {
 impl Db {
     pub async fn kv_get(&self, s: Scope<'_>, key: &str) -> Result<Option<Versioned>> {
         let row = match self {
-            Db::Sqlite { read, .. } => {
-                sqlx::query("SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?")
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(key)
-                    .fetch_optional(read)
-                    .await?
-                    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1)))
-            }
+            Db::Sqlite { read, .. } => sqlx::query(
+                "SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?",
+            )
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(key)
+            .fetch_optional(read)
+            .await?
+            .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1))),
             Db::Postgres(pool) => sqlx::query(
                 "SELECT value, version FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3",
             )
@@ -233,10 +233,13 @@ impl Db {
                     (n, Some(v.version))
                 }
             };
-            let new = old.checked_add(delta).ok_or_else(|| {
-                StorageError::Invalid(format!("incrementing {key:?} overflows"))
-            })?;
-            if self.kv_swap(s, key, expected, new.to_string().as_bytes()).await? {
+            let new = old
+                .checked_add(delta)
+                .ok_or_else(|| StorageError::Invalid(format!("incrementing {key:?} overflows")))?;
+            if self
+                .kv_swap(s, key, expected, new.to_string().as_bytes())
+                .await?
+            {
                 return Ok(new);
             }
         }
@@ -325,7 +328,9 @@ impl Db {
                 let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
                 for chunk in keys.chunks(CHUNK) {
                     let mut q = QueryBuilder::new("DELETE FROM kv WHERE namespace = ");
-                    q.push_bind(s.namespace).push(" AND bucket = ").push_bind(s.bucket);
+                    q.push_bind(s.namespace)
+                        .push(" AND bucket = ")
+                        .push_bind(s.bucket);
                     q.push(" AND key IN (");
                     let mut sep = q.separated(", ");
                     for k in chunk {
@@ -337,12 +342,14 @@ impl Db {
                 tx.commit().await?;
             }
             Db::Postgres(pool) => {
-                sqlx::query("DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)")
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(keys)
-                    .execute(pool)
-                    .await?;
+                sqlx::query(
+                    "DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)",
+                )
+                .bind(s.namespace)
+                .bind(s.bucket)
+                .bind(keys)
+                .execute(pool)
+                .await?;
             }
         }
         Ok(())

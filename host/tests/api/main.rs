@@ -2,6 +2,8 @@
 //! server on a loopback port and a fresh database per test, on SQLite and on
 //! PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod helpers;
 
 mod carts;

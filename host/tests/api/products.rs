@@ -12,8 +12,16 @@ async fn pages_through_every_product(backend: Backend) {
     let (a, token_a) = app.merchant("A").await;
     let (_, token_b) = app.merchant("B").await;
     for i in 0..13 {
-        app.product(&token_a, product_body(&format!("A{i}"), &[&format!("A-{i}")], 100 + i, "EUR")).await;
-        app.product(&token_b, product_body(&format!("B{i}"), &[&format!("B-{i}")], 100 + i, "EUR")).await;
+        app.product(
+            &token_a,
+            product_body(&format!("A{i}"), &[&format!("A-{i}")], 100 + i, "EUR"),
+        )
+        .await;
+        app.product(
+            &token_b,
+            product_body(&format!("B{i}"), &[&format!("B-{i}")], 100 + i, "EUR"),
+        )
+        .await;
     }
     let mut seen: Vec<String> = Vec::new();
     let mut path = "/v1/products?limit=10".to_string();
@@ -38,11 +46,18 @@ async fn pages_through_every_product(backend: Backend) {
     assert_eq!(seen, sorted, "pages come in creation order");
 
     // Filter by merchant, also paginated.
-    let (_, page) = app.get(&format!("/v1/products?limit=5&merchant_id={a}")).await;
+    let (_, page) = app
+        .get(&format!("/v1/products?limit=5&merchant_id={a}"))
+        .await;
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 5);
     assert!(items.iter().all(|p| p["merchant_id"] == a.as_str()));
-    let (_, rest) = app.get(&format!("/v1/products?limit=100&merchant_id={a}&cursor={}", s(&page["next_cursor"]))).await;
+    let (_, rest) = app
+        .get(&format!(
+            "/v1/products?limit=100&merchant_id={a}&cursor={}",
+            s(&page["next_cursor"])
+        ))
+        .await;
     assert_eq!(rest["items"].as_array().map(Vec::len), Some(8));
     assert_eq!(rest["next_cursor"], Value::Null);
 }
@@ -51,7 +66,12 @@ both_backends!(pagination, pages_through_every_product);
 async fn get_one_and_not_found(backend: Backend) {
     let app = spawn_app(backend).await;
     let (m, token) = app.merchant("M").await;
-    let created = app.product(&token, product_body("Mug", &["MUG-1", "MUG-2"], 1999, "EUR")).await;
+    let created = app
+        .product(
+            &token,
+            product_body("Mug", &["MUG-1", "MUG-2"], 1999, "EUR"),
+        )
+        .await;
     let id = s(&created["id"]);
     let (status, product) = app.get(&format!("/v1/products/{id}")).await;
     assert_eq!(status, 200);
@@ -60,7 +80,11 @@ async fn get_one_and_not_found(backend: Backend) {
     assert_eq!(product["variants"][0]["price"]["currency"], "EUR");
     assert_eq!(product["variants"][1]["available"], 10);
     for missing in ["p000000009999", "nope", "..%2Fcart", "p1"] {
-        assert_error(&app.get(&format!("/v1/products/{missing}")).await, 404, "not_found");
+        assert_error(
+            &app.get(&format!("/v1/products/{missing}")).await,
+            404,
+            "not_found",
+        );
     }
 }
 both_backends!(get_product, get_one_and_not_found);
@@ -68,8 +92,21 @@ both_backends!(get_product, get_one_and_not_found);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_query_parameters_are_422() {
     let app = spawn_app(Backend::Sqlite).await;
-    for q in ["limit=0", "limit=101", "limit=abc", "limit=-1", "limit=1.5", "cursor=garbage", "cursor=c1.p1", "colour=red"] {
-        assert_error(&app.get(&format!("/v1/products?{q}")).await, 422, "invalid_request");
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "limit=-1",
+        "limit=1.5",
+        "cursor=garbage",
+        "cursor=c1.p1",
+        "colour=red",
+    ] {
+        assert_error(
+            &app.get(&format!("/v1/products?{q}")).await,
+            422,
+            "invalid_request",
+        );
     }
     let (status, page) = app.get("/v1/products").await;
     assert_eq!(status, 200);
@@ -85,10 +122,19 @@ async fn demo_catalog_is_seeded_once_on_an_empty_database() {
     assert!(items.len() >= 20, "20+ demo products, got {}", items.len());
     let merchants: HashSet<_> = items.iter().map(|p| s(&p["merchant_id"])).collect();
     assert!(merchants.len() >= 3, "several merchants");
-    assert!(items.iter().any(|p| p["variants"].as_array().map_or(0, Vec::len) > 1), "variants");
-    assert!(items.iter().all(|p| p["variants"].as_array().expect("variants").iter().all(|v| {
-        v["price"]["currency"] == "EUR" && v["available"].as_u64().unwrap_or(0) > 0
-    })));
+    assert!(
+        items
+            .iter()
+            .any(|p| p["variants"].as_array().map_or(0, Vec::len) > 1),
+        "variants"
+    );
+    assert!(items.iter().all(|p| {
+        p["variants"]
+            .as_array()
+            .expect("variants")
+            .iter()
+            .all(|v| v["price"]["currency"] == "EUR" && v["available"].as_u64().unwrap_or(0) > 0)
+    }));
     assert_eq!(app.db.merchant_count().await.expect("count"), 3);
     // A restart on the same database does not seed again.
     let (dir, pg, config) = app.stop().await;

@@ -33,17 +33,24 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.runtime.db().ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "database": state.runtime.db().backend(), "components": components })),
+            Json(
+                json!({ "status": "ready", "database": state.runtime.db().backend(), "components": components }),
+            ),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": "database unreachable" })))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "reason": "database unreachable" })),
+            )
         }
     }
 }
 
 async fn metrics() -> impl IntoResponse {
-    let body = crate::telemetry::metrics().map(|h| h.render()).unwrap_or_default();
+    let body = crate::telemetry::metrics()
+        .map(|h| h.render())
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -52,5 +59,9 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
