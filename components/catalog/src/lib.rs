@@ -83,6 +83,18 @@ impl From<&StoredMoney> for Money {
     }
 }
 
+fn variant_records(input: &ProductInput) -> Vec<VariantRecord> {
+    input
+        .variants
+        .iter()
+        .map(|v| VariantRecord {
+            sku: v.sku.clone(),
+            title: v.title.clone(),
+            price: StoredMoney::from(&v.price),
+        })
+        .collect()
+}
+
 fn product_key(seq: i64) -> String {
     format!("p{seq:012}")
 }
@@ -256,20 +268,13 @@ impl Guest for Catalog {
             .collect();
         claim_skus(&merchant, &id, &variants)?;
         let now = mercato_kit::now_ms();
+        let variants = variant_records(&input);
         let record = ProductRecord {
             id: id.clone(),
             merchant_id: merchant,
             title: input.title,
             description: input.description,
-            variants: input
-                .variants
-                .iter()
-                .map(|v| VariantRecord {
-                    sku: v.sku.clone(),
-                    title: v.title.clone(),
-                    price: StoredMoney::from(&v.price),
-                })
-                .collect(),
+            variants,
             created_at: now,
             updated_at: now,
         };
@@ -303,15 +308,7 @@ impl Guest for Catalog {
             let record = ProductRecord {
                 title: input.title.clone(),
                 description: input.description.clone(),
-                variants: input
-                    .variants
-                    .iter()
-                    .map(|v| VariantRecord {
-                        sku: v.sku.clone(),
-                        title: v.title.clone(),
-                        price: StoredMoney::from(&v.price),
-                    })
-                    .collect(),
+                variants: variant_records(&input),
                 updated_at: now,
                 ..current
             };

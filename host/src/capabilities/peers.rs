@@ -5,11 +5,13 @@
 //! calls in the same request reuse that instance. A fault in the callee
 //! (trap, deadline) is returned as a trap to the caller: it is not an answer.
 
+use crate::bindings::catalog::CatalogComponent;
 use crate::bindings::host::mercato::commerce::{catalog, inventory};
+use crate::bindings::inventory::InventoryComponent;
 use crate::bindings::types::{
     Error, Product, ProductInput, ProductPage, Reservation, ReservationLine, SkuInfo, StockLevel,
 };
-use crate::runtime::{Ctx, Fault};
+use crate::runtime::{Ctx, Fault, Instance};
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
@@ -17,42 +19,33 @@ fn trap(f: Fault) -> wasmtime::Error {
     wasmtime::Error::new(f)
 }
 
+/// The instance in `slot`, made by `make` on first use.
+async fn peer<B>(
+    slot: &mut Option<Instance<B>>,
+    make: impl Future<Output = Result<Instance<B>, Fault>>,
+) -> wasmtime::Result<&mut Instance<B>> {
+    if slot.is_none() {
+        *slot = Some(make.await.map_err(trap)?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| wasmtime::format_err!("peer instance missing"))
+}
+
 impl Ctx {
-    async fn catalog_peer(
-        &mut self,
-    ) -> wasmtime::Result<&mut crate::runtime::Instance<crate::bindings::catalog::CatalogComponent>>
-    {
-        if self.peers.catalog.is_none() {
-            let instance = self
-                .rt
-                .instantiate_catalog(self.deadline)
-                .await
-                .map_err(trap)?;
-            self.peers.catalog = Some(instance);
-        }
-        self.peers
-            .catalog
-            .as_mut()
-            .ok_or_else(|| wasmtime::format_err!("catalog peer missing"))
+    async fn catalog_peer(&mut self) -> wasmtime::Result<&mut Instance<CatalogComponent>> {
+        let (rt, deadline) = (self.rt.clone(), self.deadline);
+        peer(&mut self.peers.catalog, async move {
+            rt.instantiate_catalog(deadline).await
+        })
+        .await
     }
 
-    async fn inventory_peer(
-        &mut self,
-    ) -> wasmtime::Result<
-        &mut crate::runtime::Instance<crate::bindings::inventory::InventoryComponent>,
-    > {
-        if self.peers.inventory.is_none() {
-            let instance = self
-                .rt
-                .instantiate_inventory(self.deadline)
-                .await
-                .map_err(trap)?;
-            self.peers.inventory = Some(instance);
-        }
-        self.peers
-            .inventory
-            .as_mut()
-            .ok_or_else(|| wasmtime::format_err!("inventory peer missing"))
+    async fn inventory_peer(&mut self) -> wasmtime::Result<&mut Instance<InventoryComponent>> {
+        let (rt, deadline) = (self.rt.clone(), self.deadline);
+        peer(&mut self.peers.inventory, async move {
+            rt.instantiate_inventory(deadline).await
+        })
+        .await
     }
 }
 

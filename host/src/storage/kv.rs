@@ -6,7 +6,7 @@
 //! statement (`UPDATE … WHERE version = ?` or `INSERT … ON CONFLICT DO
 //! NOTHING`), so it is atomic on SQLite and PostgreSQL alike.
 
-use sqlx::{AssertSqlSafe, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{Db, Result, StorageError};
 
@@ -29,6 +29,11 @@ pub struct Scope<'a> {
 pub struct Versioned {
     pub value: Vec<u8>,
     pub version: i64,
+}
+
+/// Keys as a JSON array, for SQLite's `json_each`.
+fn json_array(keys: &[String]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| "[]".to_string())
 }
 
 fn new_version() -> i64 {
@@ -252,15 +257,17 @@ impl Db {
         for chunk in keys.chunks(CHUNK) {
             let rows: Vec<(String, Vec<u8>)> = match self {
                 Db::Sqlite { read, .. } => {
-                    let mut q = QueryBuilder::new("SELECT key, value FROM kv WHERE namespace = ");
-                    q.push_bind(s.namespace).push(" AND bucket = ").push_bind(s.bucket);
-                    q.push(" AND key IN (");
-                    let mut sep = q.separated(", ");
-                    for k in chunk {
-                        sep.push_bind(k.as_str());
-                    }
-                    q.push(")");
-                    q.build_query_as().fetch_all(read).await?
+                    // One fixed statement, prepared once per connection: the
+                    // keys travel as a JSON array.
+                    sqlx::query_as(
+                        "SELECT key, value FROM kv WHERE namespace = ? AND bucket = ? \
+                         AND key IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(json_array(chunk))
+                    .fetch_all(read)
+                    .await?
                 }
                 Db::Postgres(pool) => {
                     sqlx::query_as(
@@ -327,17 +334,15 @@ impl Db {
             Db::Sqlite { write, .. } => {
                 let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
                 for chunk in keys.chunks(CHUNK) {
-                    let mut q = QueryBuilder::new("DELETE FROM kv WHERE namespace = ");
-                    q.push_bind(s.namespace)
-                        .push(" AND bucket = ")
-                        .push_bind(s.bucket);
-                    q.push(" AND key IN (");
-                    let mut sep = q.separated(", ");
-                    for k in chunk {
-                        sep.push_bind(k.as_str());
-                    }
-                    q.push(")");
-                    q.build().execute(&mut *tx).await?;
+                    sqlx::query(
+                        "DELETE FROM kv WHERE namespace = ? AND bucket = ? \
+                         AND key IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(json_array(chunk))
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
             }

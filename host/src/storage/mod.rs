@@ -52,6 +52,7 @@ impl Db {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let options = PgConnectOptions::from_str(url)?;
                 let pool = PgPoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(POSTGRES_CONNECTIONS)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
@@ -86,12 +87,15 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No ping before each acquire: it doubles the round trips of a read.
         let write = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await?;
         let read = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(SQLITE_READERS)
             .connect_with(options.read_only(true))
             .await?;
