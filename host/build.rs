@@ -17,23 +17,19 @@ const BUNDLED: &[(&str, &str)] = &[
     ("mercato-catalog", "catalog.wasm"),
     ("mercato-cart", "cart.wasm"),
     ("mercato-inventory", "inventory.wasm"),
+    ("mercato-payment", "payment.wasm"),
+    ("mercato-order", "order.wasm"),
 ];
 const TEST_ONLY: &[(&str, &str)] = &[("mercato-probe", "probe.wasm")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf();
+    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
     let out_dir = PathBuf::from(env("OUT_DIR"));
     for dir in ["components", "wit", "tests/components"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -42,14 +38,7 @@ fn main() {
 
     let mut cmd = Command::new(env("CARGO"));
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-            "--profile",
-            "component",
-        ])
+        .args(["build", "--locked", "--target", "wasm32-wasip2", "--profile", "component"])
         .arg("--target-dir")
         .arg(&target_dir);
     for (krate, _) in BUNDLED.iter().chain(TEST_ONLY) {
@@ -68,20 +57,14 @@ fn main() {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo for the components");
-    assert!(
-        status.success(),
-        "building the components for wasm32-wasip2 failed"
-    );
+    assert!(status.success(), "building the components for wasm32-wasip2 failed");
 
     let built = target_dir.join("wasm32-wasip2").join("component");
     for (krate, file) in BUNDLED.iter().chain(TEST_ONLY) {
         let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
         copy(&from, &out_dir.join(file));
     }
-    println!(
-        "cargo:rustc-env=MERCATO_TEST_COMPONENTS={}",
-        out_dir.display()
-    );
+    println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
 }
 
 fn env(name: &str) -> String {
@@ -89,6 +72,5 @@ fn env(name: &str) -> String {
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }

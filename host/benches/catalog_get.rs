@@ -20,14 +20,8 @@ use mercato::storage::Db;
 use mercato::storage::kv::Scope;
 use serde_json::{Value, json};
 
-const PRODUCTS: Scope<'static> = Scope {
-    namespace: "catalog",
-    bucket: "products",
-};
-const STOCK: Scope<'static> = Scope {
-    namespace: "inventory",
-    bucket: "stock",
-};
+const PRODUCTS: Scope<'static> = Scope { namespace: "catalog", bucket: "products" };
+const STOCK: Scope<'static> = Scope { namespace: "inventory", bucket: "stock" };
 
 struct Stats {
     median: Duration,
@@ -50,15 +44,8 @@ where
         samples.push(t.elapsed());
     }
     samples.sort();
-    let stats = Stats {
-        median: samples[n / 2],
-        p99: samples[(n * 99) / 100],
-    };
-    println!(
-        "{label:<62} median {:>9.1} µs   p99 {:>9.1} µs",
-        micros(stats.median),
-        micros(stats.p99)
-    );
+    let stats = Stats { median: samples[n / 2], p99: samples[(n * 99) / 100] };
+    println!("{label:<62} median {:>9.1} µs   p99 {:>9.1} µs", micros(stats.median), micros(stats.p99));
     stats
 }
 
@@ -70,20 +57,13 @@ fn micros(d: Duration) -> f64 {
 async fn native_get_product(db: &Db, id: &str) -> Option<Value> {
     let record = db.kv_get(PRODUCTS, id).await.ok()??;
     let mut product: Value = serde_json::from_slice(&record.value).ok()?;
-    let skus: Vec<String> = product["variants"]
-        .as_array()?
-        .iter()
-        .filter_map(|v| v["sku"].as_str().map(String::from))
-        .collect();
+    let skus: Vec<String> =
+        product["variants"].as_array()?.iter().filter_map(|v| v["sku"].as_str().map(String::from)).collect();
     let levels = db.kv_get_many(STOCK, &skus).await.ok()?;
     for (variant, level) in product["variants"].as_array_mut()?.iter_mut().zip(levels) {
-        let stock: Value = level
-            .and_then(|l| serde_json::from_slice(&l).ok())
-            .unwrap_or(Value::Null);
-        let available = stock["on_hand"]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(stock["reserved"].as_u64().unwrap_or(0));
+        let stock: Value = level.and_then(|l| serde_json::from_slice(&l).ok()).unwrap_or(Value::Null);
+        let available =
+            stock["on_hand"].as_u64().unwrap_or(0).saturating_sub(stock["reserved"].as_u64().unwrap_or(0));
         variant["available"] = json!(available);
     }
     Some(product)
@@ -98,10 +78,7 @@ async fn plain_handler(State(db): State<Db>, Path(id): Path<String>) -> axum::re
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(run());
 }
 
@@ -118,102 +95,65 @@ async fn run() {
     let id = "p000000000006".to_string(); // a demo product with three variants
 
     println!("\n== in process (SQLite, demo catalog, product {id})");
-    let inst = measure(
-        "component: store + instantiate + drop (no call)",
-        200,
-        2_000,
-        || {
-            let runtime = runtime.clone();
-            async move {
-                let instance = runtime
-                    .catalog(runtime.request_deadline())
-                    .await
-                    .expect("instantiate");
-                drop(instance);
-            }
-        },
-    )
+    let inst = measure("component: store + instantiate + drop (no call)", 200, 2_000, || {
+        let runtime = runtime.clone();
+        async move {
+            let instance = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            drop(instance);
+        }
+    })
     .await;
-    let comp = measure(
-        "component: store + instantiate + get-product + drop",
-        200,
-        2_000,
-        || {
-            let runtime = runtime.clone();
-            let id = id.clone();
-            async move {
-                let mut i = runtime
-                    .catalog(runtime.request_deadline())
-                    .await
-                    .expect("instantiate");
-                let p = i
-                    .bindings
-                    .mercato_commerce_catalog()
-                    .call_get_product(&mut i.store, &id)
-                    .await
-                    .expect("call")
-                    .expect("found");
-                assert_eq!(p.variants.len(), 3);
-            }
-        },
-    )
+    let comp = measure("component: store + instantiate + get-product + drop", 200, 2_000, || {
+        let runtime = runtime.clone();
+        let id = id.clone();
+        async move {
+            let mut i = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let p = i
+                .bindings
+                .mercato_commerce_catalog()
+                .call_get_product(&mut i.store, &id)
+                .await
+                .expect("call")
+                .expect("found");
+            assert_eq!(p.variants.len(), 3);
+        }
+    })
     .await;
-    measure(
-        "component: instantiate + get-product(invalid id, no I/O)",
-        200,
-        2_000,
-        || {
-            let runtime = runtime.clone();
-            async move {
-                let mut i = runtime
-                    .catalog(runtime.request_deadline())
-                    .await
-                    .expect("instantiate");
-                let r = i
-                    .bindings
-                    .mercato_commerce_catalog()
-                    .call_get_product(&mut i.store, &"nope".to_string())
-                    .await
-                    .expect("call");
-                assert!(r.is_err());
-            }
-        },
-    )
+    measure("component: instantiate + get-product(invalid id, no I/O)", 200, 2_000, || {
+        let runtime = runtime.clone();
+        async move {
+            let mut i = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let r = i
+                .bindings
+                .mercato_commerce_catalog()
+                .call_get_product(&mut i.store, &"nope".to_string())
+                .await
+                .expect("call");
+            assert!(r.is_err());
+        }
+    })
     .await;
-    measure(
-        "component: instantiate + lookup-skus(1 unknown: 1 read)",
-        200,
-        2_000,
-        || {
-            let runtime = runtime.clone();
-            async move {
-                let mut i = runtime
-                    .catalog(runtime.request_deadline())
-                    .await
-                    .expect("instantiate");
-                let r = i
-                    .bindings
-                    .mercato_commerce_catalog()
-                    .call_lookup_skus(&mut i.store, &["nope".to_string()])
-                    .await
-                    .expect("call");
-                assert!(r.is_ok());
-            }
-        },
-    )
+    measure("component: instantiate + lookup-skus(1 unknown: 1 read)", 200, 2_000, || {
+        let runtime = runtime.clone();
+        async move {
+            let mut i = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let r = i
+                .bindings
+                .mercato_commerce_catalog()
+                .call_lookup_skus(&mut i.store, &["nope".to_string()])
+                .await
+                .expect("call");
+            assert!(r.is_ok());
+        }
+    })
     .await;
-    measure(
-        "storage: one key read (SQLite reader pool)",
-        200,
-        2_000,
-        || {
-            let db = db.clone();
-            let id = id.clone();
-            async move {
-                assert!(db.kv_get(PRODUCTS, &id).await.expect("read").is_some());
-            }
-        },
-    )
+    measure("storage: one key read (SQLite reader pool)", 200, 2_000, || {
+        let db = db.clone();
+        let id = id.clone();
+        async move {
+            assert!(db.kv_get(PRODUCTS, &id).await.expect("read").is_some());
+        }
+    })
     .await;
     let native = measure("native: same storage reads + JSON", 200, 2_000, || {
         let db = db.clone();
@@ -225,9 +165,7 @@ async fn run() {
     })
     .await;
 
-    let host_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let host_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let host_addr = host_listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.serve(host_listener, async move {
@@ -236,9 +174,7 @@ async fn run() {
     let plain = axum::Router::new()
         .route("/v1/products/{id}", axum::routing::get(plain_handler))
         .with_state(db.clone());
-    let plain_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let plain_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let plain_addr = plain_listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(plain_listener, plain).await });
 
@@ -257,38 +193,18 @@ async fn run() {
             }
         }
     };
-    let http_host = measure(
-        "GET /v1/products/{id} through the host",
-        200,
-        2_000,
-        get(host_addr),
-    )
-    .await;
-    let http_plain = measure(
-        "GET /v1/products/{id} plain axum + native reads",
-        200,
-        2_000,
-        get(plain_addr),
-    )
-    .await;
+    let http_host = measure("GET /v1/products/{id} through the host", 200, 2_000, get(host_addr)).await;
+    let http_plain =
+        measure("GET /v1/products/{id} plain axum + native reads", 200, 2_000, get(plain_addr)).await;
 
     let ratio = |a: &Stats, b: &Stats| a.median.as_secs_f64() / b.median.as_secs_f64();
     println!("\n== ratios (medians)");
-    println!(
-        "component get-product / native             {:>6.2}×",
-        ratio(&comp, &native)
-    );
+    println!("component get-product / native             {:>6.2}×", ratio(&comp, &native));
     println!(
         "component overhead (component − native)    {:>6.1} µs",
         micros(comp.median) - micros(native.median)
     );
-    println!(
-        "instantiate+drop alone                     {:>6.1} µs",
-        micros(inst.median)
-    );
-    println!(
-        "HTTP host / HTTP plain axum                {:>6.2}×",
-        ratio(&http_host, &http_plain)
-    );
+    println!("instantiate+drop alone                     {:>6.1} µs", micros(inst.median));
+    println!("HTTP host / HTTP plain axum                {:>6.2}×", ratio(&http_host, &http_plain));
     let _ = stop_tx.send(());
 }

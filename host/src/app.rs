@@ -29,11 +29,11 @@ fn sources(config: &Config) -> anyhow::Result<Vec<ComponentSource>> {
                 ComponentKind::Catalog => &config.components.catalog,
                 ComponentKind::Cart => &config.components.cart,
                 ComponentKind::Inventory => &config.components.inventory,
+                ComponentKind::Payment => &config.components.payment,
+                ComponentKind::Order => &config.components.order,
             };
             let bytes = match path {
-                Some(p) => {
-                    std::fs::read(p).with_context(|| format!("read component {}", p.display()))?
-                }
+                Some(p) => std::fs::read(p).with_context(|| format!("read component {}", p.display()))?,
                 None => bundled::bytes(kind).to_vec(),
             };
             Ok(ComponentSource { kind, bytes })
@@ -56,10 +56,9 @@ impl App {
         let cache_dir = config.data_dir.join("cache");
         let rt_db = db.clone();
         // Compiling is CPU-bound: keep it off the async workers.
-        let runtime =
-            tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, &cache_dir, &sources))
-                .await
-                .context("component compilation panicked")??;
+        let runtime = tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, &cache_dir, &sources))
+            .await
+            .context("component compilation panicked")??;
 
         let mut notices = Vec::new();
         let admin_token_hash = match &config.admin_token {
@@ -67,9 +66,7 @@ impl App {
             _ => {
                 let token = format!("at.{}", crate::auth::new_secret());
                 let mine = crate::auth::hash(&token);
-                let stored = db
-                    .setting_insert_or_get(crate::auth::ADMIN_HASH_KEY, &mine)
-                    .await?;
+                let stored = db.setting_insert_or_get(crate::auth::ADMIN_HASH_KEY, &mine).await?;
                 if stored == mine {
                     notices.push(format!("admin token (shown once, keep it): {token}"));
                 }
@@ -85,12 +82,9 @@ impl App {
             runtime,
             admin_token_hash: Arc::from(admin_token_hash),
             body_limit: config.body_limit,
+            checkout: config.checkout.clone(),
         };
-        Ok(App {
-            state,
-            config,
-            notices,
-        })
+        Ok(App { state, config, notices })
     }
 
     pub fn router(&self) -> axum::Router {
@@ -105,10 +99,31 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let sweeper = tokio::spawn(sweep_reservations(
+            self.state.runtime.clone(),
+            Duration::from_millis(self.config.checkout.sweep_interval_ms.max(10)),
+        ));
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        sweeper.abort();
+        served?;
         self.state.runtime.db().close().await;
         Ok(())
+    }
+}
+
+/// Release expired reservations every `interval` (the inventory component
+/// decides which have expired).
+async fn sweep_reservations(runtime: crate::runtime::Runtime, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = u64::try_from(crate::now_ms()).unwrap_or(0);
+        match crate::runtime::call!(runtime, inventory, mercato_commerce_inventory, call_sweep_expired(now)) {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(released = n, "expired reservations released"),
+            Ok(Err(e)) => tracing::warn!(error = ?e, "reservation sweep failed"),
+            Err(fault) => crate::telemetry::fault_seen(&fault),
+        }
     }
 }

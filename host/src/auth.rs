@@ -35,10 +35,7 @@ pub fn verify(presented: &str, stored_hash: &str) -> bool {
 /// The bearer token of an `Authorization` header value.
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// A new merchant: its id, the token to show once, and the row to store.
@@ -46,19 +43,12 @@ pub fn new_merchant(name: &str) -> (String, MerchantRow) {
     let id = format!("m_{}", hex::encode(rand::random::<[u8; 8]>()));
     let secret = new_secret();
     let token = format!("mt.{id}.{secret}");
-    let row = MerchantRow {
-        id,
-        name: name.to_string(),
-        token_hash: hash(&secret),
-    };
+    let row = MerchantRow { id, name: name.to_string(), token_hash: hash(&secret) };
     (token, row)
 }
 
 /// Verify a merchant token; `Some(merchant id)` if it is valid.
-pub async fn merchant(
-    db: &Db,
-    token: &str,
-) -> Result<Option<String>, crate::storage::StorageError> {
+pub async fn merchant(db: &Db, token: &str) -> Result<Option<String>, crate::storage::StorageError> {
     let mut parts = token.splitn(3, '.');
     let (Some("mt"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(None);

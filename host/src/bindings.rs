@@ -87,4 +87,40 @@ pub mod inventory {
     });
 }
 
+/// The payment component's world.
+pub mod payment {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mercato:commerce/payment-component",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
+            "wasi:logging": crate::bindings::host::wasi::logging,
+            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+        },
+    });
+}
+
+/// The order component's world.
+pub mod order {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mercato:commerce/order-component",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
+            "wasi:logging": crate::bindings::host::wasi::logging,
+            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+            "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
+            "mercato:commerce/payment": crate::bindings::host::mercato::commerce::payment,
+            "mercato:commerce/cart": crate::bindings::host::mercato::commerce::cart,
+        },
+    });
+}
+
 pub use host::mercato::commerce::types;

@@ -18,6 +18,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_DEADLINE_MS: u64 = 2_000;
 /// Linear-memory cap of one component instance.
 pub const DEFAULT_MEMORY_MIB: usize = 64;
+/// How long a checkout's reserved stock is held if it never completes.
+pub const DEFAULT_RESERVATION_TTL_MS: u64 = 10 * 60 * 1000;
+/// How often expired reservations are released.
+pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 10_000;
 /// Component instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 
@@ -45,6 +49,10 @@ pub struct ComponentsConfig {
     pub cart: Option<PathBuf>,
     /// Run this file instead of the bundled inventory component.
     pub inventory: Option<PathBuf>,
+    /// Run this file instead of the bundled payment component.
+    pub payment: Option<PathBuf>,
+    /// Run this file instead of the bundled order component.
+    pub order: Option<PathBuf>,
 }
 
 impl Default for ComponentsConfig {
@@ -56,6 +64,25 @@ impl Default for ComponentsConfig {
             catalog: None,
             cart: None,
             inventory: None,
+            payment: None,
+            order: None,
+        }
+    }
+}
+
+/// Checkout settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutConfig {
+    pub reservation_ttl_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for CheckoutConfig {
+    fn default() -> Self {
+        CheckoutConfig {
+            reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
+            sweep_interval_ms: DEFAULT_SWEEP_INTERVAL_MS,
         }
     }
 }
@@ -78,14 +105,13 @@ pub struct Config {
     /// Log as JSON lines.
     pub log_json: bool,
     pub components: ComponentsConfig,
+    pub checkout: CheckoutConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: None,
             no_demo: false,
@@ -93,6 +119,7 @@ impl Default for Config {
             body_limit: DEFAULT_BODY_LIMIT,
             log_json: false,
             components: ComponentsConfig::default(),
+            checkout: CheckoutConfig::default(),
         }
     }
 }
@@ -122,6 +149,7 @@ const ENV_KEYS: &[&str] = &[
     "body_limit",
     "log_json",
     "components",
+    "checkout",
 ];
 
 impl Config {
@@ -136,14 +164,8 @@ impl Config {
         }
         figment = figment
             .merge(Env::prefixed("MERCATO_").split("__").filter(|k| {
-                let top = k
-                    .as_str()
-                    .split("__")
-                    .next()
-                    .unwrap_or_default()
-                    .split('.')
-                    .next()
-                    .unwrap_or_default();
+                let top =
+                    k.as_str().split("__").next().unwrap_or_default().split('.').next().unwrap_or_default();
                 ENV_KEYS.iter().any(|n| top.eq_ignore_ascii_case(n))
             }))
             .merge(Serialized::defaults(overrides));
@@ -166,10 +188,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let c = Config {
-            admin_token: Some(Secret("hunter2".into())),
-            ..Config::default()
-        };
+        let c = Config { admin_token: Some(Secret("hunter2".into())), ..Config::default() };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 
@@ -186,15 +205,11 @@ mod tests {
                 listen: Some("127.0.0.1:9001".parse().map_err(|e| format!("{e}"))?),
                 ..Default::default()
             };
-            let c = Config::load(Some(std::path::Path::new("m.toml")), &flags)
-                .map_err(|e| e.to_string())?;
+            let c = Config::load(Some(std::path::Path::new("m.toml")), &flags).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
             assert_eq!(c.data_dir, PathBuf::from("/tmp/from-env"));
             assert!(c.no_demo);
-            assert_eq!(
-                (c.components.deadline_ms, c.components.memory_mib),
-                (500, 32)
-            );
+            assert_eq!((c.components.deadline_ms, c.components.memory_mib), (500, 32));
             Ok(())
         });
     }
@@ -213,9 +228,7 @@ mod tests {
     fn unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("m.toml", "lisen = \"127.0.0.1:9000\"\n")?;
-            assert!(
-                Config::load(Some(std::path::Path::new("m.toml")), &Overrides::default()).is_err()
-            );
+            assert!(Config::load(Some(std::path::Path::new("m.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }

@@ -22,11 +22,7 @@ const fn p(
     description: &'static str,
     variants: &'static [(&'static str, &'static str, i64, u32)],
 ) -> DemoProduct {
-    DemoProduct {
-        title,
-        description,
-        variants,
-    }
+    DemoProduct { title, description, variants }
 }
 
 const MERCHANTS: &[(&str, &str, &[DemoProduct])] = &[
@@ -37,64 +33,38 @@ const MERCHANTS: &[(&str, &str, &[DemoProduct])] = &[
             p(
                 "Stoneware mug",
                 "Hand-thrown, 350 ml.",
-                &[
-                    ("MUG-SND", "Sand", 1800, 40),
-                    ("MUG-SLT", "Slate", 1800, 25),
-                ],
+                &[("MUG-SND", "Sand", 1800, 40), ("MUG-SLT", "Slate", 1800, 25)],
             ),
             p(
                 "Linen tea towel",
                 "Stonewashed linen, 50×70 cm.",
-                &[
-                    ("TOWEL-NAT", "Natural", 1200, 60),
-                    ("TOWEL-RST", "Rust", 1200, 30),
-                ],
+                &[("TOWEL-NAT", "Natural", 1200, 60), ("TOWEL-RST", "Rust", 1200, 30)],
             ),
             p(
                 "Oak serving board",
                 "Oiled oak.",
-                &[
-                    ("BOARD-S", "Small", 3500, 15),
-                    ("BOARD-L", "Large", 5500, 8),
-                ],
+                &[("BOARD-S", "Small", 3500, 15), ("BOARD-L", "Large", 5500, 8)],
             ),
             p(
                 "Wool throw",
                 "Merino, 130×180 cm.",
-                &[
-                    ("THROW-GRY", "Grey", 8900, 10),
-                    ("THROW-OCH", "Ochre", 8900, 6),
-                ],
+                &[("THROW-GRY", "Grey", 8900, 10), ("THROW-OCH", "Ochre", 8900, 6)],
             ),
-            p(
-                "Beeswax candles",
-                "Set of two, 25 cm.",
-                &[("CANDLE-2", "Pair", 1450, 50)],
-            ),
+            p("Beeswax candles", "Set of two, 25 cm.", &[("CANDLE-2", "Pair", 1450, 50)]),
             p(
                 "Ceramic vase",
                 "Matte glaze.",
-                &[
-                    ("VASE-S", "Small", 2900, 12),
-                    ("VASE-M", "Medium", 4200, 9),
-                    ("VASE-L", "Large", 5900, 4),
-                ],
+                &[("VASE-S", "Small", 2900, 12), ("VASE-M", "Medium", 4200, 9), ("VASE-L", "Large", 5900, 4)],
             ),
             p(
                 "Cotton cushion cover",
                 "45×45 cm.",
-                &[
-                    ("CUSH-IND", "Indigo", 2400, 20),
-                    ("CUSH-SAG", "Sage", 2400, 18),
-                ],
+                &[("CUSH-IND", "Indigo", 2400, 20), ("CUSH-SAG", "Sage", 2400, 18)],
             ),
             p(
                 "Brass hook",
                 "Solid brass.",
-                &[
-                    ("HOOK-1", "Single", 900, 100),
-                    ("HOOK-3", "Set of three", 2400, 30),
-                ],
+                &[("HOOK-1", "Single", 900, 100), ("HOOK-3", "Set of three", 2400, 30)],
             ),
         ],
     ),
@@ -105,113 +75,49 @@ const MERCHANTS: &[(&str, &str, &[DemoProduct])] = &[
             p(
                 "House espresso",
                 "Chocolate, hazelnut.",
-                &[
-                    ("ESP-250", "250 g", 950, 80),
-                    ("ESP-1000", "1 kg", 3200, 20),
-                ],
+                &[("ESP-250", "250 g", 950, 80), ("ESP-1000", "1 kg", 3200, 20)],
             ),
             p(
                 "Ethiopia Guji",
                 "Bergamot, peach.",
-                &[
-                    ("GUJI-250", "250 g", 1350, 40),
-                    ("GUJI-1000", "1 kg", 4600, 10),
-                ],
+                &[("GUJI-250", "250 g", 1350, 40), ("GUJI-1000", "1 kg", 4600, 10)],
             ),
             p(
                 "Colombia Huila",
                 "Caramel, red apple.",
-                &[
-                    ("HUILA-250", "250 g", 1150, 45),
-                    ("HUILA-1000", "1 kg", 3900, 12),
-                ],
+                &[("HUILA-250", "250 g", 1150, 45), ("HUILA-1000", "1 kg", 3900, 12)],
             ),
-            p(
-                "Decaf Brazil",
-                "Swiss water process.",
-                &[("DECAF-250", "250 g", 1050, 30)],
-            ),
+            p("Decaf Brazil", "Swiss water process.", &[("DECAF-250", "250 g", 1050, 30)]),
             p(
                 "Pour-over dripper",
                 "Porcelain, size 02.",
-                &[
-                    ("DRIP-WHT", "White", 2600, 15),
-                    ("DRIP-BLK", "Black", 2600, 15),
-                ],
+                &[("DRIP-WHT", "White", 2600, 15), ("DRIP-BLK", "Black", 2600, 15)],
             ),
-            p(
-                "Paper filters",
-                "100 pieces.",
-                &[("FILT-100", "Size 02", 650, 200)],
-            ),
-            p(
-                "Hand grinder",
-                "Steel burrs.",
-                &[("GRIND-1", "Standard", 7900, 7)],
-            ),
-            p(
-                "Tasting flight",
-                "Four 100 g bags.",
-                &[("FLIGHT-4", "Four origins", 2900, 25)],
-            ),
+            p("Paper filters", "100 pieces.", &[("FILT-100", "Size 02", 650, 200)]),
+            p("Hand grinder", "Steel burrs.", &[("GRIND-1", "Standard", 7900, 7)]),
+            p("Tasting flight", "Four 100 g bags.", &[("FLIGHT-4", "Four origins", 2900, 25)]),
         ],
     ),
     (
         "Velo Werk",
         "VELO",
         &[
-            p(
-                "Bar tape",
-                "Cork, 2.5 mm.",
-                &[
-                    ("TAPE-BLK", "Black", 1900, 35),
-                    ("TAPE-TAN", "Tan", 1900, 20),
-                ],
-            ),
+            p("Bar tape", "Cork, 2.5 mm.", &[("TAPE-BLK", "Black", 1900, 35), ("TAPE-TAN", "Tan", 1900, 20)]),
             p(
                 "Bottle cage",
                 "Aluminium, 38 g.",
-                &[
-                    ("CAGE-SLV", "Silver", 1500, 40),
-                    ("CAGE-BLK", "Black", 1500, 40),
-                ],
+                &[("CAGE-SLV", "Silver", 1500, 40), ("CAGE-BLK", "Black", 1500, 40)],
             ),
-            p(
-                "Rear light",
-                "USB-C, 50 lm.",
-                &[("LIGHT-R", "Rear", 2900, 25)],
-            ),
-            p(
-                "Mini pump",
-                "Presta and Schrader.",
-                &[("PUMP-MINI", "Mini", 2400, 30)],
-            ),
+            p("Rear light", "USB-C, 50 lm.", &[("LIGHT-R", "Rear", 2900, 25)]),
+            p("Mini pump", "Presta and Schrader.", &[("PUMP-MINI", "Mini", 2400, 30)]),
             p(
                 "Chain",
                 "11-speed, 116 links.",
-                &[
-                    ("CHAIN-11", "11-speed", 3400, 18),
-                    ("CHAIN-12", "12-speed", 4200, 12),
-                ],
+                &[("CHAIN-11", "11-speed", 3400, 18), ("CHAIN-12", "12-speed", 4200, 12)],
             ),
-            p(
-                "Inner tube",
-                "700×25–32c.",
-                &[
-                    ("TUBE-700", "700c", 700, 120),
-                    ("TUBE-650", "650b", 750, 60),
-                ],
-            ),
-            p(
-                "Multi-tool",
-                "14 functions.",
-                &[("TOOL-14", "14 in 1", 2800, 22)],
-            ),
-            p(
-                "Cycling cap",
-                "Cotton.",
-                &[("CAP-S", "S/M", 2200, 15), ("CAP-L", "L/XL", 2200, 15)],
-            ),
+            p("Inner tube", "700×25–32c.", &[("TUBE-700", "700c", 700, 120), ("TUBE-650", "650b", 750, 60)]),
+            p("Multi-tool", "14 functions.", &[("TOOL-14", "14 in 1", 2800, 22)]),
+            p("Cycling cap", "Cotton.", &[("CAP-S", "S/M", 2200, 15), ("CAP-L", "L/XL", 2200, 15)]),
         ],
     ),
 ];
@@ -241,10 +147,7 @@ pub async fn seed_if_empty(runtime: &Runtime, db: &Db) -> anyhow::Result<Vec<(St
                     .map(|(sku, title, cents, stock)| VariantInput {
                         sku: format!("{prefix}-{sku}"),
                         title: title.to_string(),
-                        price: Money {
-                            amount: *cents,
-                            currency: "EUR".to_string(),
-                        },
+                        price: Money { amount: *cents, currency: "EUR".to_string() },
                         stock: Some(*stock),
                     })
                     .collect(),
@@ -262,10 +165,6 @@ pub async fn seed_if_empty(runtime: &Runtime, db: &Db) -> anyhow::Result<Vec<(St
         }
         tokens.push((name.to_string(), token));
     }
-    tracing::info!(
-        merchants = MERCHANTS.len(),
-        products = count,
-        "demo catalog seeded"
-    );
+    tracing::info!(merchants = MERCHANTS.len(), products = count, "demo catalog seeded");
     Ok(tokens)
 }

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use mercato::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(
-    name = "mercato",
-    version,
-    about = "Marketplace commerce backend on WebAssembly components"
-)]
+#[command(name = "mercato", version, about = "Marketplace commerce backend on WebAssembly components")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -22,8 +22,8 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0,
                 ])
                 .ok()
                 .and_then(|b| b.install_recorder().ok())
@@ -35,14 +35,8 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
 /// `json` is set.
 pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Record the duration of one component call. (Faults are counted once, by
@@ -59,12 +53,13 @@ pub fn component_call(component: &'static str, function: &'static str, started: 
 /// Count a fault and log it with its cause.
 pub fn fault_seen(fault: &Fault) {
     let component = match fault {
-        Fault::Deadline { component }
-        | Fault::Memory { component }
-        | Fault::Overloaded { component } => *component,
+        Fault::Deadline { component } | Fault::Memory { component } | Fault::Overloaded { component } => {
+            *component
+        }
         Fault::Trap { component, .. } => *component,
     };
-    metrics::counter!("mercato_component_faults_total", "component" => component, "kind" => fault.kind()).increment(1);
+    metrics::counter!("mercato_component_faults_total", "component" => component, "kind" => fault.kind())
+        .increment(1);
     tracing::warn!(component, kind = fault.kind(), "component fault: {fault}");
 }
 

@@ -58,9 +58,7 @@ fn not_found(id: &str) -> Error {
 
 fn check_quantity(quantity: u32) -> Result<(), Error> {
     if quantity > MAX_LINE_QUANTITY {
-        return Err(Error::InvalidQuantity(format!(
-            "quantity: at most {MAX_LINE_QUANTITY} units per line"
-        )));
+        return Err(Error::InvalidQuantity(format!("quantity: at most {MAX_LINE_QUANTITY} units per line")));
     }
     Ok(())
 }
@@ -68,18 +66,10 @@ fn check_quantity(quantity: u32) -> Result<(), Error> {
 /// Price a stored cart now: current catalog prices, then plugin adjustments.
 fn price(record: &CartRecord) -> Result<Cart, Error> {
     let skus: Vec<String> = record.lines.iter().map(|l| l.sku.clone()).collect();
-    let infos = if skus.is_empty() {
-        Vec::new()
-    } else {
-        catalog::lookup_skus(&skus)?
-    };
+    let infos = if skus.is_empty() { Vec::new() } else { catalog::lookup_skus(&skus)? };
     // A sku the merchant has since removed drops out of the priced cart.
-    let lines: Vec<(u32, SkuInfo)> = record
-        .lines
-        .iter()
-        .zip(infos)
-        .filter_map(|(l, info)| info.map(|i| (l.quantity, i)))
-        .collect();
+    let lines: Vec<(u32, SkuInfo)> =
+        record.lines.iter().zip(infos).filter_map(|(l, info)| info.map(|i| (l.quantity, i))).collect();
     let priced: Vec<PricedLine> = lines
         .iter()
         .map(|(quantity, info)| PricedLine {
@@ -90,11 +80,8 @@ fn price(record: &CartRecord) -> Result<Cart, Error> {
             unit_price: info.price.clone(),
         })
         .collect();
-    let adjustments = if priced.is_empty() {
-        Vec::new()
-    } else {
-        pricing_engine::adjust(&record.currency, &priced)?
-    };
+    let adjustments =
+        if priced.is_empty() { Vec::new() } else { pricing_engine::adjust(&record.currency, &priced)? };
     totals::build_cart(&record.id, &record.currency, &lines, adjustments)
 }
 
@@ -117,11 +104,7 @@ struct CartComponent;
 impl Guest for CartComponent {
     fn create_cart(currency: String) -> Result<Cart, Error> {
         mercato_kit::money::check_currency("currency", &currency)?;
-        let record = CartRecord {
-            id: mercato_kit::random_id("cart_"),
-            currency,
-            lines: Vec::new(),
-        };
+        let record = CartRecord { id: mercato_kit::random_id("cart_"), currency, lines: Vec::new() };
         let carts = kv::open("carts")?;
         if !kv::insert_if_absent(&carts, &record.id, &record)? {
             return Err(Error::Conflict("cart id collision; try again".to_string()));
@@ -140,9 +123,7 @@ impl Guest for CartComponent {
 
     fn add_item(id: String, sku: String, quantity: u32) -> Result<Cart, Error> {
         if quantity == 0 {
-            return Err(Error::InvalidQuantity(
-                "quantity: must be at least 1".to_string(),
-            ));
+            return Err(Error::InvalidQuantity("quantity: must be at least 1".to_string()));
         }
         check_quantity(quantity)?;
         if !is_cart_id(&id) {
@@ -168,14 +149,9 @@ impl Guest for CartComponent {
                 }
                 None => {
                     if cart.lines.len() >= MAX_LINES {
-                        return Err(Error::InvalidInput(format!(
-                            "a cart holds at most {MAX_LINES} lines"
-                        )));
+                        return Err(Error::InvalidInput(format!("a cart holds at most {MAX_LINES} lines")));
                     }
-                    cart.lines.push(LineRecord {
-                        sku: sku.clone(),
-                        quantity,
-                    });
+                    cart.lines.push(LineRecord { sku: sku.clone(), quantity });
                 }
             }
             Ok(())

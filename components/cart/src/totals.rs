@@ -21,16 +21,10 @@ pub fn build_cart(
                 info.sku, info.price.currency
             )));
         }
-        let mine: Vec<Adjustment> = adjustments
-            .iter()
-            .filter(|a| a.sku == info.sku)
-            .map(|a| a.adjustment.clone())
-            .collect();
+        let mine: Vec<Adjustment> =
+            adjustments.iter().filter(|a| a.sku == info.sku).map(|a| a.adjustment.clone()).collect();
         let gross = money::times(&info.price, *quantity)?;
-        let line_total = money::add(
-            &gross,
-            &money::sum(currency, mine.iter().map(|a| &a.amount))?,
-        )?;
+        let line_total = money::add(&gross, &money::sum(currency, mine.iter().map(|a| &a.amount))?)?;
         out.push(CartLine {
             sku: info.sku.clone(),
             product_id: info.product_id.clone(),
@@ -42,10 +36,8 @@ pub fn build_cart(
             line_total,
         });
     }
-    let gross: Vec<_> = out
-        .iter()
-        .map(|l| money::times(&l.unit_price, l.quantity))
-        .collect::<Result<_, _>>()?;
+    let gross: Vec<_> =
+        out.iter().map(|l| money::times(&l.unit_price, l.quantity)).collect::<Result<_, _>>()?;
     let subtotal = money::sum(currency, &gross)?;
     let total = money::sum(currency, out.iter().map(|l| &l.line_total))?;
     let discount_total = money::sub(&subtotal, &total)?;
@@ -66,10 +58,7 @@ mod tests {
     use mercato_kit::types::Money;
 
     fn eur(amount: i64) -> Money {
-        Money {
-            amount,
-            currency: "EUR".into(),
-        }
+        Money { amount, currency: "EUR".into() }
     }
 
     fn info(sku: &str, price: i64) -> SkuInfo {
@@ -84,13 +73,7 @@ mod tests {
 
     #[test]
     fn totals_are_exact_integers() {
-        let cart = build_cart(
-            "c",
-            "EUR",
-            &[(3, info("a", 1999)), (1, info("b", 1))],
-            vec![],
-        )
-        .expect("valid");
+        let cart = build_cart("c", "EUR", &[(3, info("a", 1999)), (1, info("b", 1))], vec![]).expect("valid");
         assert_eq!(cart.subtotal.amount, 5998);
         assert_eq!(cart.discount_total.amount, 0);
         assert_eq!(cart.total.amount, 5998);
@@ -101,52 +84,26 @@ mod tests {
     fn adjustments_reduce_their_line_only() {
         let adj = LineAdjustment {
             sku: "a".into(),
-            adjustment: Adjustment {
-                label: "3 for 2".into(),
-                amount: eur(-1999),
-                source: "plugin:x".into(),
-            },
+            adjustment: Adjustment { label: "3 for 2".into(), amount: eur(-1999), source: "plugin:x".into() },
         };
-        let cart = build_cart(
-            "c",
-            "EUR",
-            &[(3, info("a", 1999)), (1, info("b", 500))],
-            vec![adj],
-        )
-        .expect("valid");
+        let cart =
+            build_cart("c", "EUR", &[(3, info("a", 1999)), (1, info("b", 500))], vec![adj]).expect("valid");
         assert_eq!(cart.lines[0].line_total.amount, 3998);
         assert_eq!(cart.lines[1].line_total.amount, 500);
-        assert_eq!(
-            (
-                cart.subtotal.amount,
-                cart.discount_total.amount,
-                cart.total.amount
-            ),
-            (6497, 1999, 4498)
-        );
+        assert_eq!((cart.subtotal.amount, cart.discount_total.amount, cart.total.amount), (6497, 1999, 4498));
     }
 
     #[test]
     fn empty_cart_is_zero() {
         let cart = build_cart("c", "EUR", &[], vec![]).expect("valid");
-        assert_eq!(
-            (
-                cart.subtotal.amount,
-                cart.total.amount,
-                cart.subtotal.currency.as_str()
-            ),
-            (0, 0, "EUR")
-        );
+        assert_eq!((cart.subtotal.amount, cart.total.amount, cart.subtotal.currency.as_str()), (0, 0, "EUR"));
     }
 
     #[test]
     fn foreign_currency_line_is_refused() {
         let mut usd = info("a", 100);
         usd.price.currency = "USD".into();
-        assert!(matches!(
-            build_cart("c", "EUR", &[(1, usd)], vec![]),
-            Err(Error::CurrencyMismatch(_))
-        ));
+        assert!(matches!(build_cart("c", "EUR", &[(1, usd)], vec![]), Err(Error::CurrencyMismatch(_))));
     }
 
     #[test]

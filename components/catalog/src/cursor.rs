@@ -37,25 +37,16 @@ mod tests {
 
     #[test]
     fn rejects_foreign_or_tampered_cursors() {
-        for bad in [
-            "",
-            "c1.",
-            "c2.p000000000042",
-            "p000000000042",
-            "c1.p42",
-            "c1.p00000000004x",
-            "c1.../cart",
-        ] {
+        for bad in
+            ["", "c1.", "c2.p000000000042", "p000000000042", "c1.p42", "c1.p00000000004x", "c1.../cart"]
+        {
             assert!(decode(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
     #[test]
     fn product_ids_sort_in_creation_order() {
-        let ids: Vec<String> = [9, 10, 100, 1_000_000]
-            .iter()
-            .map(|n| format!("p{n:012}"))
-            .collect();
+        let ids: Vec<String> = [9, 10, 100, 1_000_000].iter().map(|n| format!("p{n:012}")).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);

@@ -15,9 +15,7 @@ mod cursor;
 mod validate;
 
 use mercato_kit::kv::{self, Change};
-use mercato_kit::types::{
-    Error, Money, Product, ProductInput, ProductPage, ProductVariant, SkuInfo,
-};
+use mercato_kit::types::{Error, Money, Product, ProductInput, ProductPage, ProductVariant, SkuInfo};
 use serde::{Deserialize, Serialize};
 
 mod bindings {
@@ -67,19 +65,13 @@ struct ProductRecord {
 
 impl From<&Money> for StoredMoney {
     fn from(m: &Money) -> Self {
-        StoredMoney {
-            amount: m.amount,
-            currency: m.currency.clone(),
-        }
+        StoredMoney { amount: m.amount, currency: m.currency.clone() }
     }
 }
 
 impl From<&StoredMoney> for Money {
     fn from(m: &StoredMoney) -> Self {
-        Money {
-            amount: m.amount,
-            currency: m.currency.clone(),
-        }
+        Money { amount: m.amount, currency: m.currency.clone() }
     }
 }
 
@@ -101,15 +93,8 @@ fn product_key(seq: i64) -> String {
 
 /// Attach availability from inventory to stored records.
 fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
-    let skus: Vec<String> = records
-        .iter()
-        .flat_map(|r| r.variants.iter().map(|v| v.sku.clone()))
-        .collect();
-    let levels = if skus.is_empty() {
-        Vec::new()
-    } else {
-        inventory::levels(&skus)?
-    };
+    let skus: Vec<String> = records.iter().flat_map(|r| r.variants.iter().map(|v| v.sku.clone())).collect();
+    let levels = if skus.is_empty() { Vec::new() } else { inventory::levels(&skus)? };
     let mut available = levels.into_iter().map(|l| l.available);
     Ok(records
         .into_iter()
@@ -176,9 +161,7 @@ impl Guest for Catalog {
         merchant: Option<String>,
     ) -> Result<ProductPage, Error> {
         if limit == 0 || limit > MAX_PAGE {
-            return Err(Error::InvalidInput(format!(
-                "limit: must be from 1 to {MAX_PAGE}"
-            )));
+            return Err(Error::InvalidInput(format!("limit: must be from 1 to {MAX_PAGE}")));
         }
         let after = match cursor.as_deref() {
             None => None,
@@ -206,23 +189,14 @@ impl Guest for Catalog {
                 None => break,
             }
         }
-        let next_cursor = if more {
-            page.last().map(|r| cursor::encode(&r.id))
-        } else {
-            None
-        };
-        Ok(ProductPage {
-            items: with_stock(page)?,
-            next_cursor,
-        })
+        let next_cursor = if more { page.last().map(|r| cursor::encode(&r.id)) } else { None };
+        Ok(ProductPage { items: with_stock(page)?, next_cursor })
     }
 
     fn get_product(id: String) -> Result<Product, Error> {
         let products = kv::open("products")?;
         let record = load(&products, &id)?;
-        with_stock(vec![record])?
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("product {id:?}")))
+        with_stock(vec![record])?.pop().ok_or_else(|| Error::NotFound(format!("product {id:?}")))
     }
 
     fn lookup_skus(skus: Vec<String>) -> Result<Vec<Option<SkuInfo>>, Error> {
@@ -261,11 +235,8 @@ impl Guest for Catalog {
         let products = kv::open("products")?;
         let seq = kv::increment(&meta, "product-seq", 1)?;
         let id = product_key(seq);
-        let variants: Vec<(String, Option<u32>)> = input
-            .variants
-            .iter()
-            .map(|v| (v.sku.clone(), v.stock))
-            .collect();
+        let variants: Vec<(String, Option<u32>)> =
+            input.variants.iter().map(|v| (v.sku.clone(), v.stock)).collect();
         claim_skus(&merchant, &id, &variants)?;
         let now = mercato_kit::now_ms();
         let variants = variant_records(&input);
@@ -279,9 +250,7 @@ impl Guest for Catalog {
             updated_at: now,
         };
         kv::put(&products, &id, &record)?;
-        with_stock(vec![record])?
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("product {id:?}")))
+        with_stock(vec![record])?.pop().ok_or_else(|| Error::NotFound(format!("product {id:?}")))
     }
 
     fn update_product(merchant: String, id: String, input: ProductInput) -> Result<Product, Error> {
@@ -289,9 +258,7 @@ impl Guest for Catalog {
         let products = kv::open("products")?;
         let existing = load(&products, &id)?;
         if existing.merchant_id != merchant {
-            return Err(Error::Forbidden(format!(
-                "product {id:?} belongs to another merchant"
-            )));
+            return Err(Error::Forbidden(format!("product {id:?} belongs to another merchant")));
         }
         let added: Vec<(String, Option<u32>)> = input
             .variants
@@ -322,9 +289,7 @@ impl Guest for Catalog {
                 kv::delete(&index, &old.sku)?;
             }
         }
-        with_stock(vec![updated])?
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("product {id:?}")))
+        with_stock(vec![updated])?.pop().ok_or_else(|| Error::NotFound(format!("product {id:?}")))
     }
 }
 

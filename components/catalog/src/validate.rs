@@ -19,26 +19,19 @@ pub fn is_sku(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SKU
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 pub fn product(input: &ProductInput) -> Result<(), Error> {
     let title = input.title.trim();
     if title.is_empty() || title.chars().count() > MAX_TITLE {
-        return Err(invalid(format!(
-            "title: must be 1 to {MAX_TITLE} characters"
-        )));
+        return Err(invalid(format!("title: must be 1 to {MAX_TITLE} characters")));
     }
     if input.description.chars().count() > MAX_DESCRIPTION {
-        return Err(invalid(format!(
-            "description: at most {MAX_DESCRIPTION} characters"
-        )));
+        return Err(invalid(format!("description: at most {MAX_DESCRIPTION} characters")));
     }
     if input.variants.is_empty() || input.variants.len() > MAX_VARIANTS {
-        return Err(invalid(format!(
-            "variants: must have 1 to {MAX_VARIANTS} entries"
-        )));
+        return Err(invalid(format!("variants: must have 1 to {MAX_VARIANTS} entries")));
     }
     let currency = &input.variants[0].price.currency;
     for (i, v) in input.variants.iter().enumerate() {
@@ -49,9 +42,7 @@ pub fn product(input: &ProductInput) -> Result<(), Error> {
             )));
         }
         if v.title.chars().count() > MAX_TITLE {
-            return Err(invalid(format!(
-                "variants[{i}].title: at most {MAX_TITLE} characters"
-            )));
+            return Err(invalid(format!("variants[{i}].title: at most {MAX_TITLE} characters")));
         }
         money::check_price(&format!("variants[{i}].price"), &v.price)?;
         if &v.price.currency != currency {
@@ -63,10 +54,7 @@ pub fn product(input: &ProductInput) -> Result<(), Error> {
             return Err(invalid(format!("variants[{i}].stock: at most {MAX_STOCK}")));
         }
         if input.variants[..i].iter().any(|o| o.sku == v.sku) {
-            return Err(invalid(format!(
-                "variants[{i}].sku: {:?} appears twice",
-                v.sku
-            )));
+            return Err(invalid(format!("variants[{i}].sku: {:?} appears twice", v.sku)));
         }
     }
     Ok(())
@@ -86,10 +74,7 @@ mod tests {
                 .map(|s| VariantInput {
                     sku: s.to_string(),
                     title: String::new(),
-                    price: Money {
-                        amount: 1200,
-                        currency: "EUR".into(),
-                    },
+                    price: Money { amount: 1200, currency: "EUR".into() },
                     stock: Some(5),
                 })
                 .collect(),

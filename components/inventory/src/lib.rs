@@ -51,12 +51,7 @@ struct ReservationRecord {
 
 fn level(sku: &str, record: Option<&StockRecord>) -> StockLevel {
     let (on_hand, reserved) = record.map_or((0, 0), |r| (r.on_hand, r.reserved));
-    StockLevel {
-        sku: sku.to_string(),
-        on_hand,
-        reserved,
-        available: on_hand.saturating_sub(reserved),
-    }
+    StockLevel { sku: sku.to_string(), on_hand, reserved, available: on_hand.saturating_sub(reserved) }
 }
 
 /// Apply `f` to the stock of `sku` with compare-and-swap.
@@ -86,27 +81,29 @@ impl Guest for Inventory {
     fn levels(skus: Vec<String>) -> Result<Vec<StockLevel>, Error> {
         let bucket = kv::open("stock")?;
         let records: Vec<Option<StockRecord>> = kv::get_many(&bucket, &skus)?;
-        Ok(skus
-            .iter()
-            .zip(records.iter())
-            .map(|(sku, r)| level(sku, r.as_ref()))
-            .collect())
+        Ok(skus.iter().zip(records.iter()).map(|(sku, r)| level(sku, r.as_ref())).collect())
+    }
+
+    fn stock_of(merchant: String, sku: String) -> Result<StockLevel, Error> {
+        let bucket = kv::open("stock")?;
+        let record: StockRecord =
+            kv::get(&bucket, &sku)?.ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))?;
+        if record.merchant != merchant {
+            return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
+        }
+        Ok(level(&sku, Some(&record)))
     }
 
     fn register_sku(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
         let bucket = kv::open("stock")?;
-        let record = kv::update(
-            &bucket,
-            &sku,
-            |current: Option<StockRecord>| match current {
-                Some(existing) if existing.merchant == merchant => Ok(Change::Keep(existing)),
-                Some(_) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
-                None => {
-                    let fresh = StockRecord::new(&merchant, on_hand);
-                    Ok(Change::Write(fresh.clone(), fresh))
-                }
-            },
-        )?;
+        let record = kv::update(&bucket, &sku, |current: Option<StockRecord>| match current {
+            Some(existing) if existing.merchant == merchant => Ok(Change::Keep(existing)),
+            Some(_) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
+            None => {
+                let fresh = StockRecord::new(&merchant, on_hand);
+                Ok(Change::Write(fresh.clone(), fresh))
+            }
+        })?;
         Ok(level(&sku, Some(&record)))
     }
 
@@ -114,9 +111,7 @@ impl Guest for Inventory {
         let bucket = kv::open("stock")?;
         let record = change_stock(&bucket, &sku, |s| {
             if s.merchant != merchant {
-                return Err(Error::Forbidden(format!(
-                    "sku {sku:?} belongs to another merchant"
-                )));
+                return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
             }
             s.with_on_hand(on_hand)
         })?;
@@ -139,15 +134,10 @@ impl Guest for Inventory {
                 }
             });
             match result {
-                Ok(Ok(())) => taken.push(LineRecord {
-                    sku: line.sku.clone(),
-                    quantity: line.quantity,
-                }),
-                Ok(Err(available)) => shortages.push(Shortage {
-                    sku: line.sku.clone(),
-                    requested: line.quantity,
-                    available,
-                }),
+                Ok(Ok(())) => taken.push(LineRecord { sku: line.sku.clone(), quantity: line.quantity }),
+                Ok(Err(available)) => {
+                    shortages.push(Shortage { sku: line.sku.clone(), requested: line.quantity, available })
+                }
                 Err(e) => {
                     unreserve(&bucket, &taken)?;
                     return Err(e);
@@ -173,10 +163,7 @@ impl Guest for Inventory {
             lines: record
                 .lines
                 .into_iter()
-                .map(|l| ReservationLine {
-                    sku: l.sku,
-                    quantity: l.quantity,
-                })
+                .map(|l| ReservationLine { sku: l.sku, quantity: l.quantity })
                 .collect(),
             expires_at: record.expires_at,
         })

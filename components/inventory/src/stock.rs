@@ -13,11 +13,7 @@ pub struct StockRecord {
 
 impl StockRecord {
     pub fn new(merchant: &str, on_hand: u32) -> Self {
-        StockRecord {
-            merchant: merchant.to_string(),
-            on_hand,
-            reserved: 0,
-        }
+        StockRecord { merchant: merchant.to_string(), on_hand, reserved: 0 }
     }
 
     pub fn available(&self) -> u32 {
@@ -32,26 +28,17 @@ impl StockRecord {
                 self.reserved
             )));
         }
-        Ok(StockRecord {
-            on_hand,
-            ..self.clone()
-        })
+        Ok(StockRecord { on_hand, ..self.clone() })
     }
 
     /// Reserve `q` more units, or `None` if fewer are available.
     pub fn reserved_more(&self, q: u32) -> Option<Self> {
-        (q <= self.available()).then(|| StockRecord {
-            reserved: self.reserved + q,
-            ..self.clone()
-        })
+        (q <= self.available()).then(|| StockRecord { reserved: self.reserved + q, ..self.clone() })
     }
 
     /// Give back `q` reserved units.
     pub fn released(&self, q: u32) -> Self {
-        StockRecord {
-            reserved: self.reserved.saturating_sub(q),
-            ..self.clone()
-        }
+        StockRecord { reserved: self.reserved.saturating_sub(q), ..self.clone() }
     }
 
     /// A paid order takes `q` reserved units off the shelf.
@@ -69,10 +56,7 @@ impl StockRecord {
             .on_hand
             .checked_add(q)
             .ok_or_else(|| Error::InvalidQuantity("on_hand would overflow".to_string()))?;
-        Ok(StockRecord {
-            on_hand,
-            ..self.clone()
-        })
+        Ok(StockRecord { on_hand, ..self.clone() })
     }
 }
 
@@ -81,16 +65,14 @@ pub fn merge_lines(lines: &[ReservationLine]) -> Result<Vec<ReservationLine>, Er
     let mut merged: Vec<ReservationLine> = Vec::new();
     for line in lines {
         if line.quantity == 0 {
-            return Err(Error::InvalidQuantity(format!(
-                "{}: quantity must be at least 1",
-                line.sku
-            )));
+            return Err(Error::InvalidQuantity(format!("{}: quantity must be at least 1", line.sku)));
         }
         match merged.iter_mut().find(|m| m.sku == line.sku) {
             Some(m) => {
-                m.quantity = m.quantity.checked_add(line.quantity).ok_or_else(|| {
-                    Error::InvalidQuantity(format!("{}: quantity too large", line.sku))
-                })?
+                m.quantity = m
+                    .quantity
+                    .checked_add(line.quantity)
+                    .ok_or_else(|| Error::InvalidQuantity(format!("{}: quantity too large", line.sku)))?
             }
             None => merged.push(line.clone()),
         }
@@ -133,16 +115,10 @@ mod tests {
 
     #[test]
     fn lines_merge_and_sort() {
-        let l = |sku: &str, quantity| ReservationLine {
-            sku: sku.into(),
-            quantity,
-        };
+        let l = |sku: &str, quantity| ReservationLine { sku: sku.into(), quantity };
         let merged = merge_lines(&[l("b", 1), l("a", 2), l("b", 3)]).expect("valid");
         assert_eq!(
-            merged
-                .iter()
-                .map(|m| (m.sku.as_str(), m.quantity))
-                .collect::<Vec<_>>(),
+            merged.iter().map(|m| (m.sku.as_str(), m.quantity)).collect::<Vec<_>>(),
             vec![("a", 2), ("b", 4)]
         );
         assert!(merge_lines(&[l("a", 0)]).is_err());

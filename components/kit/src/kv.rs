@@ -32,9 +32,7 @@ pub fn open(name: &str) -> Result<Bucket, Error> {
 pub fn get<T: DeserializeOwned>(bucket: &Bucket, key: &str) -> Result<Option<T>, Error> {
     match bucket.get(key).map_err(storage)? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(key, e)),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(key, e)),
     }
 }
 
@@ -48,10 +46,7 @@ pub fn delete(bucket: &Bucket, key: &str) -> Result<(), Error> {
 }
 
 /// Values of `keys` in order; absent keys give `None`.
-pub fn get_many<T: DeserializeOwned>(
-    bucket: &Bucket,
-    keys: &[String],
-) -> Result<Vec<Option<T>>, Error> {
+pub fn get_many<T: DeserializeOwned>(bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<T>>, Error> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -60,22 +55,15 @@ pub fn get_many<T: DeserializeOwned>(
         .into_iter()
         .map(|(key, value)| match value {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| corrupt(&key, e)),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(&key, e)),
         })
         .collect()
 }
 
 /// One page of keys after `cursor` (mercato's host returns keys in ascending
 /// order and takes any key as a cursor: the page starts after it).
-pub fn list_keys(
-    bucket: &Bucket,
-    cursor: Option<&str>,
-) -> Result<(Vec<String>, Option<String>), Error> {
-    let page = bucket
-        .list_keys(cursor.map(str::to_string).as_deref())
-        .map_err(storage)?;
+pub fn list_keys(bucket: &Bucket, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), Error> {
+    let page = bucket.list_keys(cursor.map(str::to_string).as_deref()).map_err(storage)?;
     Ok((page.keys, page.cursor))
 }
 
@@ -112,8 +100,7 @@ where
         match f(current)? {
             Change::Keep(r) => return Ok(r),
             Change::Write(value, r) => {
-                let bytes =
-                    serde_json::to_vec(&value).map_err(|e| Error::Storage(e.to_string()))?;
+                let bytes = serde_json::to_vec(&value).map_err(|e| Error::Storage(e.to_string()))?;
                 match atomics::swap(cas, &bytes) {
                     Ok(()) => return Ok(r),
                     Err(atomics::CasError::CasFailed(fresh)) => cas = fresh,
@@ -122,9 +109,7 @@ where
             }
         }
     }
-    Err(Error::Conflict(format!(
-        "{key:?} kept changing under concurrent updates; try again"
-    )))
+    Err(Error::Conflict(format!("{key:?} kept changing under concurrent updates; try again")))
 }
 
 /// Write `value` at `key` only if the key is absent. Returns whether it was written.

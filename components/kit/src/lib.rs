@@ -27,6 +27,17 @@ pub mod bindings {
         ",
         world: "mercato:kit/kit",
         generate_all,
+        // Records that components store as they are (JSON in key-value).
+        additional_type_attributes: {
+            "mercato:commerce/types@0.1.0/money": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/adjustment": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/order-line": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/order": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/order-status": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/payment": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/payment-status": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/provenance-entry": [#[derive(serde::Serialize, serde::Deserialize)]],
+        },
     });
 }
 
@@ -36,9 +47,7 @@ pub use types::Error;
 /// Unix time in milliseconds, from the host's wall clock.
 pub fn now_ms() -> u64 {
     let t = bindings::wasi::clocks::wall_clock::now();
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(u64::from(t.nanoseconds / 1_000_000))
+    t.seconds.saturating_mul(1000).saturating_add(u64::from(t.nanoseconds / 1_000_000))
 }
 
 /// A random identifier: `prefix` followed by 128 random bits in hex.
@@ -50,9 +59,5 @@ pub fn random_id(prefix: &str) -> String {
 
 /// Log through the host (`wasi:logging`), which attaches the component's name.
 pub fn log_warn(context: &str, message: &str) {
-    bindings::wasi::logging::logging::log(
-        bindings::wasi::logging::logging::Level::Warn,
-        context,
-        message,
-    );
+    bindings::wasi::logging::logging::log(bindings::wasi::logging::logging::Level::Warn, context, message);
 }

@@ -5,18 +5,17 @@ use crate::types::{Error, Money};
 
 /// Active ISO 4217 currency codes.
 const ISO_4217: &[&str] = &[
-    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
-    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
-    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
-    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
-    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
-    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
-    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
-    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
-    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR",
-    "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB",
-    "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS",
-    "VES", "VND", "VUV", "WST", "XAF", "XCD", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWL",
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD",
+    "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHF", "CLP", "CNY",
+    "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP",
+    "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
+    "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
+    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR",
+    "MVR", "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK",
+    "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD",
+    "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY",
+    "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS", "VES", "VND", "VUV", "WST", "XAF", "XCD", "XOF",
+    "XPF", "YER", "ZAR", "ZMW", "ZWL",
 ];
 
 /// The largest unit price a variant may have, in minor units (10 billion EUR).
@@ -32,9 +31,7 @@ pub fn check_currency(field: &str, code: &str) -> Result<(), Error> {
     if is_currency(code) {
         Ok(())
     } else {
-        Err(Error::InvalidInput(format!(
-            "{field}: {code:?} is not an ISO 4217 currency code"
-        )))
+        Err(Error::InvalidInput(format!("{field}: {code:?} is not an ISO 4217 currency code")))
     }
 }
 
@@ -50,10 +47,7 @@ pub fn check_price(field: &str, price: &Money) -> Result<(), Error> {
 }
 
 pub fn zero(currency: &str) -> Money {
-    Money {
-        amount: 0,
-        currency: currency.to_string(),
-    }
+    Money { amount: 0, currency: currency.to_string() }
 }
 
 fn overflow() -> Error {
@@ -64,10 +58,7 @@ fn same_currency(a: &Money, b: &Money) -> Result<(), Error> {
     if a.currency == b.currency {
         Ok(())
     } else {
-        Err(Error::CurrencyMismatch(format!(
-            "cannot combine {} with {}",
-            a.currency, b.currency
-        )))
+        Err(Error::CurrencyMismatch(format!("cannot combine {} with {}", a.currency, b.currency)))
     }
 }
 
@@ -75,39 +66,25 @@ fn same_currency(a: &Money, b: &Money) -> Result<(), Error> {
 pub fn add(a: &Money, b: &Money) -> Result<Money, Error> {
     same_currency(a, b)?;
     let amount = a.amount.checked_add(b.amount).ok_or_else(overflow)?;
-    Ok(Money {
-        amount,
-        currency: a.currency.clone(),
-    })
+    Ok(Money { amount, currency: a.currency.clone() })
 }
 
 /// `a - b`, same currency, checked.
 pub fn sub(a: &Money, b: &Money) -> Result<Money, Error> {
     same_currency(a, b)?;
     let amount = a.amount.checked_sub(b.amount).ok_or_else(overflow)?;
-    Ok(Money {
-        amount,
-        currency: a.currency.clone(),
-    })
+    Ok(Money { amount, currency: a.currency.clone() })
 }
 
 /// `unit × quantity`, checked.
 pub fn times(unit: &Money, quantity: u32) -> Result<Money, Error> {
-    let amount = unit
-        .amount
-        .checked_mul(i64::from(quantity))
-        .ok_or_else(overflow)?;
-    Ok(Money {
-        amount,
-        currency: unit.currency.clone(),
-    })
+    let amount = unit.amount.checked_mul(i64::from(quantity)).ok_or_else(overflow)?;
+    Ok(Money { amount, currency: unit.currency.clone() })
 }
 
 /// Sum of `items` in `currency` (zero when empty), checked.
 pub fn sum<'a>(currency: &str, items: impl IntoIterator<Item = &'a Money>) -> Result<Money, Error> {
-    items
-        .into_iter()
-        .try_fold(zero(currency), |acc, m| add(&acc, m))
+    items.into_iter().try_fold(zero(currency), |acc, m| add(&acc, m))
 }
 
 #[cfg(test)]
@@ -115,10 +92,7 @@ mod tests {
     use super::*;
 
     fn eur(amount: i64) -> Money {
-        Money {
-            amount,
-            currency: "EUR".into(),
-        }
+        Money { amount, currency: "EUR".into() }
     }
 
     #[test]
@@ -140,34 +114,16 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        assert!(matches!(
-            times(&eur(i64::MAX / 2), 3),
-            Err(Error::InvalidInput(_))
-        ));
-        assert!(matches!(
-            add(&eur(i64::MAX), &eur(1)),
-            Err(Error::InvalidInput(_))
-        ));
-        assert!(matches!(
-            sub(&eur(i64::MIN), &eur(1)),
-            Err(Error::InvalidInput(_))
-        ));
+        assert!(matches!(times(&eur(i64::MAX / 2), 3), Err(Error::InvalidInput(_))));
+        assert!(matches!(add(&eur(i64::MAX), &eur(1)), Err(Error::InvalidInput(_))));
+        assert!(matches!(sub(&eur(i64::MIN), &eur(1)), Err(Error::InvalidInput(_))));
     }
 
     #[test]
     fn currencies_never_mix() {
-        let usd = Money {
-            amount: 1,
-            currency: "USD".into(),
-        };
-        assert!(matches!(
-            add(&eur(1), &usd),
-            Err(Error::CurrencyMismatch(_))
-        ));
-        assert!(matches!(
-            sum("EUR", &[usd]),
-            Err(Error::CurrencyMismatch(_))
-        ));
+        let usd = Money { amount: 1, currency: "USD".into() };
+        assert!(matches!(add(&eur(1), &usd), Err(Error::CurrencyMismatch(_))));
+        assert!(matches!(sum("EUR", &[usd]), Err(Error::CurrencyMismatch(_))));
     }
 
     #[test]
@@ -176,10 +132,7 @@ mod tests {
         assert!(check_price("price", &eur(MAX_UNIT_AMOUNT)).is_ok());
         assert!(check_price("price", &eur(-1)).is_err());
         assert!(check_price("price", &eur(MAX_UNIT_AMOUNT + 1)).is_err());
-        let bad = Money {
-            amount: 1,
-            currency: "EURO".into(),
-        };
+        let bad = Money { amount: 1, currency: "EURO".into() };
         assert!(check_price("price", &bad).is_err());
     }
 }

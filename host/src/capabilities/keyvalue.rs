@@ -36,9 +36,7 @@ pub fn is_bucket_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn other(e: StorageError) -> store::Error {
@@ -48,18 +46,14 @@ fn other(e: StorageError) -> store::Error {
 
 fn check_key(key: &str) -> Result<(), store::Error> {
     if key.is_empty() || key.len() > MAX_KEY {
-        return Err(store::Error::Other(format!(
-            "keys must be 1 to {MAX_KEY} bytes"
-        )));
+        return Err(store::Error::Other(format!("keys must be 1 to {MAX_KEY} bytes")));
     }
     Ok(())
 }
 
 fn check_value(value: &[u8]) -> Result<(), store::Error> {
     if value.len() > MAX_VALUE {
-        return Err(store::Error::Other(format!(
-            "values must be at most {MAX_VALUE} bytes"
-        )));
+        return Err(store::Error::Other(format!("values must be at most {MAX_VALUE} bytes")));
     }
     Ok(())
 }
@@ -70,10 +64,7 @@ impl Ctx {
     }
 
     fn scope<'a>(&self, bucket: &'a str) -> Scope<'a> {
-        Scope {
-            namespace: self.kind.name(),
-            bucket,
-        }
+        Scope { namespace: self.kind.name(), bucket }
     }
 }
 
@@ -82,49 +73,29 @@ impl store::Host for Ctx {
         if !is_bucket_name(&identifier) {
             let reaches_out = identifier.contains(['/', ':', '.', '\\']);
             tracing::warn!(component = self.kind.name(), bucket = %identifier, "bucket refused");
-            return Ok(Err(if reaches_out {
-                store::Error::AccessDenied
-            } else {
-                store::Error::NoSuchStore
-            }));
+            return Ok(Err(if reaches_out { store::Error::AccessDenied } else { store::Error::NoSuchStore }));
         }
         Ok(Ok(self.table.push(BucketHandle { name: identifier })?))
     }
 }
 
 impl store::HostBucket for Ctx {
-    async fn get(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-    ) -> KvResult<Option<Vec<u8>>> {
+    async fn get(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<Option<Vec<u8>>> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_get(self.scope(&name), &key)
-            .await
-            .map(|v| v.map(|v| v.value))
-            .map_err(other))
+        Ok(db.kv_get(self.scope(&name), &key).await.map(|v| v.map(|v| v.value)).map_err(other))
     }
 
-    async fn set(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-        value: Vec<u8>,
-    ) -> KvResult<()> {
+    async fn set(&mut self, bucket: Resource<BucketHandle>, key: String, value: Vec<u8>) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key).and_then(|()| check_value(&value)) {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_set(self.scope(&name), &key, &value)
-            .await
-            .map_err(other))
+        Ok(db.kv_set(self.scope(&name), &key, &value).await.map_err(other))
     }
 
     async fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<()> {
@@ -136,11 +107,7 @@ impl store::HostBucket for Ctx {
     async fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<bool> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_get(self.scope(&name), &key)
-            .await
-            .map(|v| v.is_some())
-            .map_err(other))
+        Ok(db.kv_get(self.scope(&name), &key).await.map(|v| v.is_some()).map_err(other))
     }
 
     async fn list_keys(
@@ -167,33 +134,20 @@ impl store::HostBucket for Ctx {
 }
 
 impl atomics::HostCas for Ctx {
-    async fn new(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-    ) -> KvResult<Resource<CasHandle>> {
+    async fn new(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<Resource<CasHandle>> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
         match db.kv_get(self.scope(&name), &key).await {
-            Ok(current) => Ok(Ok(self.table.push(CasHandle {
-                bucket: name,
-                key,
-                current,
-            })?)),
+            Ok(current) => Ok(Ok(self.table.push(CasHandle { bucket: name, key, current })?)),
             Err(e) => Ok(Err(other(e))),
         }
     }
 
     async fn current(&mut self, cas: Resource<CasHandle>) -> KvResult<Option<Vec<u8>>> {
-        Ok(Ok(self
-            .table
-            .get(&cas)?
-            .current
-            .as_ref()
-            .map(|v| v.value.clone())))
+        Ok(Ok(self.table.get(&cas)?.current.as_ref().map(|v| v.value.clone())))
     }
 
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
@@ -203,21 +157,13 @@ impl atomics::HostCas for Ctx {
 }
 
 impl atomics::Host for Ctx {
-    async fn increment(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-        delta: i64,
-    ) -> KvResult<i64> {
+    async fn increment(&mut self, bucket: Resource<BucketHandle>, key: String, delta: i64) -> KvResult<i64> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_increment(self.scope(&name), &key, delta)
-            .await
-            .map_err(other))
+        Ok(db.kv_increment(self.scope(&name), &key, delta).await.map_err(other))
     }
 
     async fn swap(
@@ -269,30 +215,17 @@ impl batch::Host for Ctx {
         pairs: Vec<(String, Vec<u8>)>,
     ) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
-        if let Err(e) = pairs
-            .iter()
-            .try_for_each(|(k, v)| check_key(k).and_then(|()| check_value(v)))
-        {
+        if let Err(e) = pairs.iter().try_for_each(|(k, v)| check_key(k).and_then(|()| check_value(v))) {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_set_many(self.scope(&name), &pairs)
-            .await
-            .map_err(other))
+        Ok(db.kv_set_many(self.scope(&name), &pairs).await.map_err(other))
     }
 
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        keys: Vec<String>,
-    ) -> KvResult<()> {
+    async fn delete_many(&mut self, bucket: Resource<BucketHandle>, keys: Vec<String>) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_delete_many(self.scope(&name), &keys)
-            .await
-            .map_err(other))
+        Ok(db.kv_delete_many(self.scope(&name), &keys).await.map_err(other))
     }
 }
 
@@ -305,16 +238,7 @@ mod tests {
         for ok in ["products", "skus", "a", "carts-v2", "x_1"] {
             assert!(is_bucket_name(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "cart/carts",
-            "cart:carts",
-            "../cart",
-            "Carts",
-            "a.b",
-            "-x",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "cart/carts", "cart:carts", "../cart", "Carts", "a.b", "-x", &"a".repeat(64)] {
             assert!(!is_bucket_name(bad), "{bad}");
         }
     }

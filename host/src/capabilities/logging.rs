@@ -5,12 +5,7 @@ use crate::bindings::host::wasi::logging::logging::{Host, Level};
 use crate::runtime::Ctx;
 
 impl Host for Ctx {
-    async fn log(
-        &mut self,
-        level: Level,
-        context: String,
-        message: String,
-    ) -> wasmtime::Result<()> {
+    async fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
         let component = self.kind.name();
         match level {
             Level::Trace => tracing::trace!(component, %context, "{message}"),

@@ -5,11 +5,14 @@
 //! calls in the same request reuse that instance. A fault in the callee
 //! (trap, deadline) is returned as a trap to the caller: it is not an answer.
 
+use crate::bindings::cart::CartComponent;
 use crate::bindings::catalog::CatalogComponent;
-use crate::bindings::host::mercato::commerce::{catalog, inventory};
+use crate::bindings::host::mercato::commerce::{cart, catalog, inventory, payment};
 use crate::bindings::inventory::InventoryComponent;
+use crate::bindings::payment::PaymentComponent;
 use crate::bindings::types::{
-    Error, Product, ProductInput, ProductPage, Reservation, ReservationLine, SkuInfo, StockLevel,
+    Cart, Error, Money, Payment, PaymentRequest, Product, ProductInput, ProductPage, Reservation,
+    ReservationLine, SkuInfo, StockLevel,
 };
 use crate::runtime::{Ctx, Fault, Instance};
 
@@ -27,25 +30,28 @@ async fn peer<B>(
     if slot.is_none() {
         *slot = Some(make.await.map_err(trap)?);
     }
-    slot.as_mut()
-        .ok_or_else(|| wasmtime::format_err!("peer instance missing"))
+    slot.as_mut().ok_or_else(|| wasmtime::format_err!("peer instance missing"))
 }
 
 impl Ctx {
     async fn catalog_peer(&mut self) -> wasmtime::Result<&mut Instance<CatalogComponent>> {
         let (rt, deadline) = (self.rt.clone(), self.deadline);
-        peer(&mut self.peers.catalog, async move {
-            rt.instantiate_catalog(deadline).await
-        })
-        .await
+        peer(&mut self.peers.catalog, async move { rt.instantiate_catalog(deadline).await }).await
     }
 
     async fn inventory_peer(&mut self) -> wasmtime::Result<&mut Instance<InventoryComponent>> {
         let (rt, deadline) = (self.rt.clone(), self.deadline);
-        peer(&mut self.peers.inventory, async move {
-            rt.instantiate_inventory(deadline).await
-        })
-        .await
+        peer(&mut self.peers.inventory, async move { rt.instantiate_inventory(deadline).await }).await
+    }
+
+    async fn cart_peer(&mut self) -> wasmtime::Result<&mut Instance<CartComponent>> {
+        let (rt, deadline) = (self.rt.clone(), self.deadline);
+        peer(&mut self.peers.cart, async move { rt.instantiate_cart(deadline).await }).await
+    }
+
+    async fn payment_peer(&mut self) -> wasmtime::Result<&mut Instance<PaymentComponent>> {
+        let (rt, deadline) = (self.rt.clone(), self.deadline);
+        peer(&mut self.peers.payment, async move { rt.instantiate_payment(deadline).await }).await
     }
 }
 
@@ -77,23 +83,11 @@ impl catalog::Host for Ctx {
     }
 
     async fn get_product(&mut self, id: String) -> Answer<Product> {
-        peer_call!(
-            self,
-            catalog_peer,
-            mercato_commerce_catalog,
-            "catalog",
-            call_get_product(&id)
-        )
+        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_get_product(&id))
     }
 
     async fn lookup_skus(&mut self, skus: Vec<String>) -> Answer<Vec<Option<SkuInfo>>> {
-        peer_call!(
-            self,
-            catalog_peer,
-            mercato_commerce_catalog,
-            "catalog",
-            call_lookup_skus(&skus)
-        )
+        peer_call!(self, catalog_peer, mercato_commerce_catalog, "catalog", call_lookup_skus(&skus))
     }
 
     async fn create_product(&mut self, merchant: String, input: ProductInput) -> Answer<Product> {
@@ -106,12 +100,7 @@ impl catalog::Host for Ctx {
         )
     }
 
-    async fn update_product(
-        &mut self,
-        merchant: String,
-        id: String,
-        input: ProductInput,
-    ) -> Answer<Product> {
+    async fn update_product(&mut self, merchant: String, id: String, input: ProductInput) -> Answer<Product> {
         peer_call!(
             self,
             catalog_peer,
@@ -124,21 +113,20 @@ impl catalog::Host for Ctx {
 
 impl inventory::Host for Ctx {
     async fn levels(&mut self, skus: Vec<String>) -> Answer<Vec<StockLevel>> {
+        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_levels(&skus))
+    }
+
+    async fn stock_of(&mut self, merchant: String, sku: String) -> Answer<StockLevel> {
         peer_call!(
             self,
             inventory_peer,
             mercato_commerce_inventory,
             "inventory",
-            call_levels(&skus)
+            call_stock_of(&merchant, &sku)
         )
     }
 
-    async fn register_sku(
-        &mut self,
-        merchant: String,
-        sku: String,
-        on_hand: u32,
-    ) -> Answer<StockLevel> {
+    async fn register_sku(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
         peer_call!(
             self,
             inventory_peer,
@@ -148,12 +136,7 @@ impl inventory::Host for Ctx {
         )
     }
 
-    async fn set_on_hand(
-        &mut self,
-        merchant: String,
-        sku: String,
-        on_hand: u32,
-    ) -> Answer<StockLevel> {
+    async fn set_on_hand(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
         peer_call!(
             self,
             inventory_peer,
@@ -194,22 +177,53 @@ impl inventory::Host for Ctx {
     }
 
     async fn restock(&mut self, lines: Vec<ReservationLine>) -> Answer<()> {
-        peer_call!(
-            self,
-            inventory_peer,
-            mercato_commerce_inventory,
-            "inventory",
-            call_restock(&lines)
-        )
+        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_restock(&lines))
     }
 
     async fn sweep_expired(&mut self, now: u64) -> Answer<u32> {
+        peer_call!(self, inventory_peer, mercato_commerce_inventory, "inventory", call_sweep_expired(now))
+    }
+}
+
+impl cart::Host for Ctx {
+    async fn create_cart(&mut self, currency: String) -> Answer<Cart> {
+        peer_call!(self, cart_peer, mercato_commerce_cart, "cart", call_create_cart(&currency))
+    }
+
+    async fn get_cart(&mut self, id: String) -> Answer<Cart> {
+        peer_call!(self, cart_peer, mercato_commerce_cart, "cart", call_get_cart(&id))
+    }
+
+    async fn add_item(&mut self, id: String, sku: String, quantity: u32) -> Answer<Cart> {
+        peer_call!(self, cart_peer, mercato_commerce_cart, "cart", call_add_item(&id, &sku, quantity))
+    }
+
+    async fn set_quantity(&mut self, id: String, sku: String, quantity: u32) -> Answer<Cart> {
+        peer_call!(self, cart_peer, mercato_commerce_cart, "cart", call_set_quantity(&id, &sku, quantity))
+    }
+
+    async fn remove_item(&mut self, id: String, sku: String) -> Answer<Cart> {
+        peer_call!(self, cart_peer, mercato_commerce_cart, "cart", call_remove_item(&id, &sku))
+    }
+}
+
+impl payment::Host for Ctx {
+    async fn authorize(&mut self, request: PaymentRequest) -> Answer<Payment> {
+        peer_call!(self, payment_peer, mercato_commerce_payment, "payment", call_authorize(&request))
+    }
+
+    async fn refund(
+        &mut self,
+        payment_id: String,
+        amount: Money,
+        idempotency_key: String,
+    ) -> Answer<Payment> {
         peer_call!(
             self,
-            inventory_peer,
-            mercato_commerce_inventory,
-            "inventory",
-            call_sweep_expired(now)
+            payment_peer,
+            mercato_commerce_payment,
+            "payment",
+            call_refund(&payment_id, &amount, &idempotency_key)
         )
     }
 }

@@ -20,12 +20,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-        }
+        ApiError { status, code, message: message.into(), details: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -43,11 +38,7 @@ impl ApiError {
     /// An internal failure: logged in full, answered opaquely.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(cause = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 }
 
@@ -55,15 +46,9 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> ApiError {
         use StatusCode as S;
         match e {
-            DomainError::NotFound(m) => {
-                ApiError::new(S::NOT_FOUND, "not_found", format!("{m} not found"))
-            }
-            DomainError::InvalidInput(m) => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", m)
-            }
-            DomainError::InvalidQuantity(m) => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_quantity", m)
-            }
+            DomainError::NotFound(m) => ApiError::new(S::NOT_FOUND, "not_found", format!("{m} not found")),
+            DomainError::InvalidInput(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", m),
+            DomainError::InvalidQuantity(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_quantity", m),
             DomainError::UnknownSku(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "unknown_sku", m),
             DomainError::Forbidden(m) => ApiError::new(S::FORBIDDEN, "forbidden", m),
             DomainError::Conflict(m) => ApiError::new(S::CONFLICT, "conflict", m),
@@ -77,23 +62,13 @@ impl From<DomainError> for ApiError {
                     .collect();
                 ApiError {
                     details: Some(serde_json::Value::Array(details)),
-                    ..ApiError::new(
-                        S::CONFLICT,
-                        "out_of_stock",
-                        "not enough stock for some lines",
-                    )
+                    ..ApiError::new(S::CONFLICT, "out_of_stock", "not enough stock for some lines")
                 }
             }
-            DomainError::PaymentDeclined(m) => {
-                ApiError::new(S::PAYMENT_REQUIRED, "payment_declined", m)
-            }
+            DomainError::PaymentDeclined(m) => ApiError::new(S::PAYMENT_REQUIRED, "payment_declined", m),
             DomainError::ProviderUnavailable(m) => {
                 tracing::warn!(cause = %m, "payment provider unavailable");
-                ApiError::new(
-                    S::BAD_GATEWAY,
-                    "payment_provider_error",
-                    "the payment provider failed",
-                )
+                ApiError::new(S::BAD_GATEWAY, "payment_provider_error", "the payment provider failed")
             }
             DomainError::ProviderTimeout(m) => {
                 tracing::warn!(cause = %m, "payment provider timed out");
@@ -103,6 +78,7 @@ impl From<DomainError> for ApiError {
                     "the payment provider did not answer in time",
                 )
             }
+            DomainError::EmptyCart(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "empty_cart", m),
             DomainError::IdempotencyKeyReuse(m) => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, "idempotency_key_reuse", m)
             }
@@ -133,16 +109,12 @@ impl From<Fault> for ApiError {
                 "component_memory_exceeded",
                 "the request needed more memory than allowed and was stopped",
             ),
-            Fault::Overloaded { .. } => ApiError::new(
-                S::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "the server is busy; try again",
-            ),
-            Fault::Trap { .. } => ApiError::new(
-                S::INTERNAL_SERVER_ERROR,
-                "component_fault",
-                "a component failed",
-            ),
+            Fault::Overloaded { .. } => {
+                ApiError::new(S::SERVICE_UNAVAILABLE, "overloaded", "the server is busy; try again")
+            }
+            Fault::Trap { .. } => {
+                ApiError::new(S::INTERNAL_SERVER_ERROR, "component_fault", "a component failed")
+            }
         }
     }
 }

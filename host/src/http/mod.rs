@@ -23,6 +23,7 @@ pub struct AppState {
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
     pub body_limit: usize,
+    pub checkout: crate::config::CheckoutConfig,
 }
 
 /// Call an export of a fresh instance of a component (see
@@ -45,6 +46,8 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::products::router())
         .merge(routes::carts::router())
         .merge(routes::merchants::router())
+        .merge(routes::orders::router())
+        .merge(routes::inventory::router())
         .merge(routes::ops::router())
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)

@@ -28,10 +28,7 @@ impl ArtifactCache {
         // that changes generated code; artifacts of another engine never load.
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        ArtifactCache {
-            dir: dir.to_path_buf(),
-            engine_key: format!("{:016x}", h.finish()),
-        }
+        ArtifactCache { dir: dir.to_path_buf(), engine_key: format!("{:016x}", h.finish()) }
     }
 
     fn path(&self, digest: &str) -> PathBuf {
@@ -41,12 +38,7 @@ impl ArtifactCache {
 
     /// The component for `bytes` (whose digest is `digest`): loaded from the
     /// cache if present, else compiled and stored.
-    pub fn load(
-        &self,
-        engine: &Engine,
-        digest: &str,
-        bytes: &[u8],
-    ) -> anyhow::Result<(Component, Origin)> {
+    pub fn load(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> anyhow::Result<(Component, Origin)> {
         let path = self.path(digest);
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an

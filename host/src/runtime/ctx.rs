@@ -9,7 +9,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::fault::{DeadlineExceeded, MemoryCapExceeded};
 use super::{ComponentKind, Inner};
-use crate::bindings::{catalog::CatalogComponent, inventory::InventoryComponent};
+use crate::bindings::{
+    cart::CartComponent, catalog::CatalogComponent, inventory::InventoryComponent, payment::PaymentComponent,
+};
 
 /// A component instance and the store it lives in.
 pub struct Instance<B> {
@@ -23,6 +25,8 @@ pub struct Instance<B> {
 pub struct Peers {
     pub catalog: Option<Instance<CatalogComponent>>,
     pub inventory: Option<Instance<InventoryComponent>>,
+    pub cart: Option<Instance<CartComponent>>,
+    pub payment: Option<Instance<PaymentComponent>>,
 }
 
 /// Refuses linear-memory growth past the cap, with an error that says so.
@@ -38,10 +42,7 @@ impl ResourceLimiter for MemoryLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.cap {
-            return Err(wasmtime::Error::new(MemoryCapExceeded {
-                cap: self.cap,
-                desired,
-            }));
+            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired }));
         }
         Ok(true)
     }
@@ -70,10 +71,7 @@ pub struct Ctx {
 
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -81,18 +79,12 @@ impl Inner {
     /// A fresh store for one instance of `kind`, with its memory cap and the
     /// request's deadline. WASI is granted inert: no files, no environment,
     /// no arguments, no network; stdout/stderr are discarded.
-    pub(crate) fn new_store(
-        self: &Arc<Self>,
-        kind: ComponentKind,
-        deadline: Instant,
-    ) -> Store<Ctx> {
+    pub(crate) fn new_store(self: &Arc<Self>, kind: ComponentKind, deadline: Instant) -> Store<Ctx> {
         let ctx = Ctx {
             kind,
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                cap: self.limits.memory_bytes,
-            },
+            limiter: MemoryLimiter { cap: self.limits.memory_bytes },
             deadline,
             rt: self.clone(),
             peers: Peers::default(),

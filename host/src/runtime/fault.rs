@@ -43,10 +43,7 @@ pub enum Fault {
     #[error("{component}: no instance slot free")]
     Overloaded { component: &'static str },
     #[error("{component}: trapped: {detail}")]
-    Trap {
-        component: &'static str,
-        detail: String,
-    },
+    Trap { component: &'static str, detail: String },
 }
 
 impl Fault {
@@ -64,10 +61,7 @@ impl Fault {
         } else if has(|c| c.is::<wasmtime::PoolConcurrencyLimitError>()) {
             Fault::Overloaded { component }
         } else {
-            Fault::Trap {
-                component,
-                detail: format!("{e:?}"),
-            }
+            Fault::Trap { component, detail: format!("{e:?}") }
         }
     }
 

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use crate::bindings::{cart, catalog, host, inventory};
+use crate::bindings::{cart, catalog, host, inventory, order, payment};
 use crate::storage::Db;
 pub use cache::{ArtifactCache, Origin};
 pub use ctx::{Ctx, Instance};
@@ -59,13 +59,17 @@ pub enum ComponentKind {
     Catalog,
     Cart,
     Inventory,
+    Payment,
+    Order,
 }
 
 impl ComponentKind {
-    pub const ALL: [ComponentKind; 3] = [
+    pub const ALL: [ComponentKind; 5] = [
         ComponentKind::Catalog,
         ComponentKind::Cart,
         ComponentKind::Inventory,
+        ComponentKind::Payment,
+        ComponentKind::Order,
     ];
 
     /// Its name, which is also its storage namespace.
@@ -74,6 +78,8 @@ impl ComponentKind {
             ComponentKind::Catalog => "catalog",
             ComponentKind::Cart => "cart",
             ComponentKind::Inventory => "inventory",
+            ComponentKind::Payment => "payment",
+            ComponentKind::Order => "order",
         }
     }
 
@@ -82,6 +88,8 @@ impl ComponentKind {
             ComponentKind::Catalog => "mercato:commerce/catalog-component",
             ComponentKind::Cart => "mercato:commerce/cart-component",
             ComponentKind::Inventory => "mercato:commerce/inventory-component",
+            ComponentKind::Payment => "mercato:commerce/payment-component",
+            ComponentKind::Order => "mercato:commerce/order-component",
         }
     }
 }
@@ -122,6 +130,8 @@ pub struct Inner {
     catalog: RwLock<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
     cart: RwLock<Arc<Active<cart::CartComponentPre<Ctx>>>>,
     inventory: RwLock<Arc<Active<inventory::InventoryComponentPre<Ctx>>>>,
+    payment: RwLock<Arc<Active<payment::PaymentComponentPre<Ctx>>>>,
+    order: RwLock<Arc<Active<order::OrderComponentPre<Ctx>>>>,
     _ticker: engine::EpochTicker,
 }
 
@@ -143,18 +153,12 @@ fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
 fn base_linker(engine: &Engine) -> anyhow::Result<Linker<Ctx>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::bindings::keyvalue::wasi::keyvalue::store::add_to_linker::<Ctx, HasSelf<Ctx>>(
-        &mut linker,
-        |c| c,
-    )?;
+    crate::bindings::keyvalue::wasi::keyvalue::store::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
     crate::bindings::keyvalue::wasi::keyvalue::atomics::add_to_linker::<Ctx, HasSelf<Ctx>>(
         &mut linker,
         |c| c,
     )?;
-    crate::bindings::keyvalue::wasi::keyvalue::batch::add_to_linker::<Ctx, HasSelf<Ctx>>(
-        &mut linker,
-        |c| c,
-    )?;
+    crate::bindings::keyvalue::wasi::keyvalue::batch::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
     host::wasi::logging::logging::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
 }
@@ -165,22 +169,18 @@ fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx
     let mut linker = base_linker(engine)?;
     match kind {
         ComponentKind::Catalog => {
-            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(
-                &mut linker,
-                |c| c,
-            )?;
+            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
         }
         ComponentKind::Cart => {
-            host::mercato::commerce::catalog::add_to_linker::<Ctx, HasSelf<Ctx>>(
-                &mut linker,
-                |c| c,
-            )?;
-            host::mercato::commerce::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(
-                &mut linker,
-                |c| c,
-            )?;
+            host::mercato::commerce::catalog::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+            host::mercato::commerce::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
         }
-        ComponentKind::Inventory => {}
+        ComponentKind::Order => {
+            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+            host::mercato::commerce::payment::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+            host::mercato::commerce::cart::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+        }
+        ComponentKind::Inventory | ComponentKind::Payment => {}
     }
     Ok(linker)
 }
@@ -197,14 +197,10 @@ fn prepare<P>(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| anyhow::anyhow!("{}: cannot link: {e:#}", source.kind.name()))?;
-    let pre = wrap(pre)
-        .map_err(|e| anyhow::anyhow!("{}: does not export its world: {e:#}", source.kind.name()))?;
+    let pre =
+        wrap(pre).map_err(|e| anyhow::anyhow!("{}: does not export its world: {e:#}", source.kind.name()))?;
     tracing::info!(component = source.kind.name(), %digest, ?origin, "component ready");
-    Ok(Active {
-        digest,
-        origin,
-        pre,
-    })
+    Ok(Active { digest, origin, pre })
 }
 
 impl Runtime {
@@ -223,24 +219,14 @@ impl Runtime {
                 .find(|s| s.kind == kind)
                 .ok_or_else(|| anyhow::anyhow!("no source for component {}", kind.name()))
         };
-        let catalog = prepare(
-            &engine,
-            &cache,
-            find(ComponentKind::Catalog)?,
-            catalog::CatalogComponentPre::new,
-        )?;
-        let cart = prepare(
-            &engine,
-            &cache,
-            find(ComponentKind::Cart)?,
-            cart::CartComponentPre::new,
-        )?;
-        let inventory = prepare(
-            &engine,
-            &cache,
-            find(ComponentKind::Inventory)?,
-            inventory::InventoryComponentPre::new,
-        )?;
+        let catalog =
+            prepare(&engine, &cache, find(ComponentKind::Catalog)?, catalog::CatalogComponentPre::new)?;
+        let cart = prepare(&engine, &cache, find(ComponentKind::Cart)?, cart::CartComponentPre::new)?;
+        let inventory =
+            prepare(&engine, &cache, find(ComponentKind::Inventory)?, inventory::InventoryComponentPre::new)?;
+        let payment =
+            prepare(&engine, &cache, find(ComponentKind::Payment)?, payment::PaymentComponentPre::new)?;
+        let order = prepare(&engine, &cache, find(ComponentKind::Order)?, order::OrderComponentPre::new)?;
         let ticker = engine::EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -251,6 +237,8 @@ impl Runtime {
                 catalog: RwLock::new(Arc::new(catalog)),
                 cart: RwLock::new(Arc::new(cart)),
                 inventory: RwLock::new(Arc::new(inventory)),
+                payment: RwLock::new(Arc::new(payment)),
+                order: RwLock::new(Arc::new(order)),
                 _ticker: ticker,
             }),
         })
@@ -270,13 +258,17 @@ impl Runtime {
 
     /// The digest and origin of the active version of each component.
     pub fn versions(&self) -> Vec<(ComponentKind, String, Origin)> {
-        let c = read(&self.inner.catalog);
-        let k = read(&self.inner.cart);
-        let i = read(&self.inner.inventory);
+        fn v<P>(kind: ComponentKind, lock: &RwLock<Arc<Active<P>>>) -> (ComponentKind, String, Origin) {
+            let a = read(lock);
+            (kind, a.digest.clone(), a.origin)
+        }
+        let i = &self.inner;
         vec![
-            (ComponentKind::Catalog, c.digest.clone(), c.origin),
-            (ComponentKind::Cart, k.digest.clone(), k.origin),
-            (ComponentKind::Inventory, i.digest.clone(), i.origin),
+            v(ComponentKind::Catalog, &i.catalog),
+            v(ComponentKind::Cart, &i.cart),
+            v(ComponentKind::Inventory, &i.inventory),
+            v(ComponentKind::Payment, &i.payment),
+            v(ComponentKind::Order, &i.order),
         ]
     }
 
@@ -285,10 +277,7 @@ impl Runtime {
         Instant::now() + self.inner.limits.deadline
     }
 
-    pub async fn catalog(
-        &self,
-        deadline: Instant,
-    ) -> Result<Instance<catalog::CatalogComponent>, Fault> {
+    pub async fn catalog(&self, deadline: Instant) -> Result<Instance<catalog::CatalogComponent>, Fault> {
         self.inner.instantiate_catalog(deadline).await
     }
 
@@ -302,15 +291,20 @@ impl Runtime {
     ) -> Result<Instance<inventory::InventoryComponent>, Fault> {
         self.inner.instantiate_inventory(deadline).await
     }
+
+    pub async fn payment(&self, deadline: Instant) -> Result<Instance<payment::PaymentComponent>, Fault> {
+        self.inner.instantiate_payment(deadline).await
+    }
+
+    pub async fn order(&self, deadline: Instant) -> Result<Instance<order::OrderComponent>, Fault> {
+        self.inner.instantiate_order(deadline).await
+    }
 }
 
 /// `Inner::$name(deadline)`: a fresh instance of the active version of a component.
 macro_rules! instantiate_fn {
     ($name:ident, $field:ident, $kind:expr, $bindings:ty) => {
-        pub(crate) async fn $name(
-            self: &Arc<Self>,
-            deadline: Instant,
-        ) -> Result<Instance<$bindings>, Fault> {
+        pub(crate) async fn $name(self: &Arc<Self>, deadline: Instant) -> Result<Instance<$bindings>, Fault> {
             let active = read(&self.$field);
             let mut store = self.new_store($kind, deadline);
             let bindings = active
@@ -324,22 +318,14 @@ macro_rules! instantiate_fn {
 }
 
 impl Inner {
-    instantiate_fn!(
-        instantiate_catalog,
-        catalog,
-        ComponentKind::Catalog,
-        catalog::CatalogComponent
-    );
-    instantiate_fn!(
-        instantiate_cart,
-        cart,
-        ComponentKind::Cart,
-        cart::CartComponent
-    );
+    instantiate_fn!(instantiate_catalog, catalog, ComponentKind::Catalog, catalog::CatalogComponent);
+    instantiate_fn!(instantiate_cart, cart, ComponentKind::Cart, cart::CartComponent);
     instantiate_fn!(
         instantiate_inventory,
         inventory,
         ComponentKind::Inventory,
         inventory::InventoryComponent
     );
+    instantiate_fn!(instantiate_payment, payment, ComponentKind::Payment, payment::PaymentComponent);
+    instantiate_fn!(instantiate_order, order, ComponentKind::Order, order::OrderComponent);
 }

@@ -15,24 +15,24 @@ impl Db {
     pub async fn insert_merchant(&self, m: &MerchantRow, created_at: i64) -> Result<()> {
         match self {
             Db::Sqlite { write, .. } => {
+                sqlx::query("INSERT INTO merchants (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)")
+                    .bind(&m.id)
+                    .bind(&m.name)
+                    .bind(&m.token_hash)
+                    .bind(created_at)
+                    .execute(write)
+                    .await?;
+            }
+            Db::Postgres(pool) => {
                 sqlx::query(
-                    "INSERT INTO merchants (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO merchants (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
                 )
                 .bind(&m.id)
                 .bind(&m.name)
                 .bind(&m.token_hash)
                 .bind(created_at)
-                .execute(write)
+                .execute(pool)
                 .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("INSERT INTO merchants (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&m.id)
-                    .bind(&m.name)
-                    .bind(&m.token_hash)
-                    .bind(created_at)
-                    .execute(pool)
-                    .await?;
             }
         }
         Ok(())
@@ -40,39 +40,27 @@ impl Db {
 
     pub async fn merchant(&self, id: &str) -> Result<Option<MerchantRow>> {
         let row = match self {
-            Db::Sqlite { read, .. } => {
-                sqlx::query("SELECT id, name, token_hash FROM merchants WHERE id = ?")
-                    .bind(id)
-                    .fetch_optional(read)
-                    .await?
-                    .map(|r| (r.get(0), r.get(1), r.get(2)))
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("SELECT id, name, token_hash FROM merchants WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await?
-                    .map(|r| (r.get(0), r.get(1), r.get(2)))
-            }
+            Db::Sqlite { read, .. } => sqlx::query("SELECT id, name, token_hash FROM merchants WHERE id = ?")
+                .bind(id)
+                .fetch_optional(read)
+                .await?
+                .map(|r| (r.get(0), r.get(1), r.get(2))),
+            Db::Postgres(pool) => sqlx::query("SELECT id, name, token_hash FROM merchants WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| (r.get(0), r.get(1), r.get(2))),
         };
-        Ok(row.map(|(id, name, token_hash)| MerchantRow {
-            id,
-            name,
-            token_hash,
-        }))
+        Ok(row.map(|(id, name, token_hash)| MerchantRow { id, name, token_hash }))
     }
 
     pub async fn merchant_count(&self) -> Result<i64> {
         Ok(match self {
             Db::Sqlite { read, .. } => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM merchants")
-                    .fetch_one(read)
-                    .await?
+                sqlx::query_scalar("SELECT COUNT(*) FROM merchants").fetch_one(read).await?
             }
             Db::Postgres(pool) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM merchants")
-                    .fetch_one(pool)
-                    .await?
+                sqlx::query_scalar("SELECT COUNT(*) FROM merchants").fetch_one(pool).await?
             }
         })
     }
@@ -99,27 +87,20 @@ impl Db {
     pub async fn setting_insert_or_get(&self, key: &str, value: &str) -> Result<String> {
         match self {
             Db::Sqlite { write, .. } => {
-                sqlx::query(
-                    "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                )
-                .bind(key)
-                .bind(value)
-                .execute(write)
-                .await?;
+                sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                    .bind(key)
+                    .bind(value)
+                    .execute(write)
+                    .await?;
             }
             Db::Postgres(pool) => {
-                sqlx::query(
-                    "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                )
-                .bind(key)
-                .bind(value)
-                .execute(pool)
-                .await?;
+                sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(key)
+                    .bind(value)
+                    .execute(pool)
+                    .await?;
             }
         }
-        Ok(self
-            .setting(key)
-            .await?
-            .unwrap_or_else(|| value.to_string()))
+        Ok(self.setting(key).await?.unwrap_or_else(|| value.to_string()))
     }
 }

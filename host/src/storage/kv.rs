@@ -42,9 +42,7 @@ fn new_version() -> i64 {
 
 fn check_batch(n: usize) -> Result<()> {
     if n > MAX_BATCH {
-        return Err(StorageError::Invalid(format!(
-            "a batch may name at most {MAX_BATCH} keys (got {n})"
-        )));
+        return Err(StorageError::Invalid(format!("a batch may name at most {MAX_BATCH} keys (got {n})")));
     }
     Ok(())
 }
@@ -52,24 +50,24 @@ fn check_batch(n: usize) -> Result<()> {
 impl Db {
     pub async fn kv_get(&self, s: Scope<'_>, key: &str) -> Result<Option<Versioned>> {
         let row = match self {
-            Db::Sqlite { read, .. } => sqlx::query(
-                "SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?",
-            )
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(key)
-            .fetch_optional(read)
-            .await?
-            .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1))),
-            Db::Postgres(pool) => sqlx::query(
-                "SELECT value, version FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3",
-            )
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(key)
-            .fetch_optional(pool)
-            .await?
-            .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1))),
+            Db::Sqlite { read, .. } => {
+                sqlx::query("SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .fetch_optional(read)
+                    .await?
+                    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1)))
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("SELECT value, version FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1)))
+            }
         };
         Ok(row.map(|(value, version)| Versioned { value, version }))
     }
@@ -144,17 +142,15 @@ impl Db {
                 .fetch_all(read)
                 .await?
             }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT key FROM kv WHERE namespace = $1 AND bucket = $2 AND key > $3 ORDER BY key LIMIT $4",
-                )
-                .bind(s.namespace)
-                .bind(s.bucket)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }
+            Db::Postgres(pool) => sqlx::query_scalar(
+                "SELECT key FROM kv WHERE namespace = $1 AND bucket = $2 AND key > $3 ORDER BY key LIMIT $4",
+            )
+            .bind(s.namespace)
+            .bind(s.bucket)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
         };
         let more = keys.len() > LIST_PAGE;
         keys.truncate(LIST_PAGE);
@@ -229,22 +225,17 @@ impl Db {
             let (old, expected) = match &current {
                 None => (0, None),
                 Some(v) => {
-                    let n = std::str::from_utf8(&v.value)
-                        .ok()
-                        .and_then(|t| t.parse::<i64>().ok())
-                        .ok_or_else(|| {
-                            StorageError::Invalid(format!("value of {key:?} is not an integer"))
-                        })?;
+                    let n =
+                        std::str::from_utf8(&v.value).ok().and_then(|t| t.parse::<i64>().ok()).ok_or_else(
+                            || StorageError::Invalid(format!("value of {key:?} is not an integer")),
+                        )?;
                     (n, Some(v.version))
                 }
             };
             let new = old
                 .checked_add(delta)
                 .ok_or_else(|| StorageError::Invalid(format!("incrementing {key:?} overflows")))?;
-            if self
-                .kv_swap(s, key, expected, new.to_string().as_bytes())
-                .await?
-            {
+            if self.kv_swap(s, key, expected, new.to_string().as_bytes()).await? {
                 return Ok(new);
             }
         }
@@ -255,31 +246,30 @@ impl Db {
         check_batch(keys.len())?;
         let mut found: std::collections::HashMap<String, Vec<u8>> = Default::default();
         for chunk in keys.chunks(CHUNK) {
-            let rows: Vec<(String, Vec<u8>)> = match self {
-                Db::Sqlite { read, .. } => {
-                    // One fixed statement, prepared once per connection: the
-                    // keys travel as a JSON array.
-                    sqlx::query_as(
-                        "SELECT key, value FROM kv WHERE namespace = ? AND bucket = ? \
+            let rows: Vec<(String, Vec<u8>)> =
+                match self {
+                    Db::Sqlite { read, .. } => {
+                        // One fixed statement, prepared once per connection: the
+                        // keys travel as a JSON array.
+                        sqlx::query_as(
+                            "SELECT key, value FROM kv WHERE namespace = ? AND bucket = ? \
                          AND key IN (SELECT value FROM json_each(?))",
-                    )
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(json_array(chunk))
-                    .fetch_all(read)
-                    .await?
-                }
-                Db::Postgres(pool) => {
-                    sqlx::query_as(
+                        )
+                        .bind(s.namespace)
+                        .bind(s.bucket)
+                        .bind(json_array(chunk))
+                        .fetch_all(read)
+                        .await?
+                    }
+                    Db::Postgres(pool) => sqlx::query_as(
                         "SELECT key, value FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)",
                     )
                     .bind(s.namespace)
                     .bind(s.bucket)
                     .bind(chunk)
                     .fetch_all(pool)
-                    .await?
-                }
-            };
+                    .await?,
+                };
             found.extend(rows);
         }
         Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
@@ -347,14 +337,12 @@ impl Db {
                 tx.commit().await?;
             }
             Db::Postgres(pool) => {
-                sqlx::query(
-                    "DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)",
-                )
-                .bind(s.namespace)
-                .bind(s.bucket)
-                .bind(keys)
-                .execute(pool)
-                .await?;
+                sqlx::query("DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = ANY($3)")
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(keys)
+                    .execute(pool)
+                    .await?;
             }
         }
         Ok(())
@@ -365,16 +353,10 @@ impl Db {
         let sql = "SELECT COUNT(*) FROM kv WHERE namespace = ";
         Ok(match self {
             Db::Sqlite { read, .. } => {
-                sqlx::query_scalar(AssertSqlSafe(format!("{sql}?")))
-                    .bind(namespace)
-                    .fetch_one(read)
-                    .await?
+                sqlx::query_scalar(AssertSqlSafe(format!("{sql}?"))).bind(namespace).fetch_one(read).await?
             }
             Db::Postgres(pool) => {
-                sqlx::query_scalar(AssertSqlSafe(format!("{sql}$1")))
-                    .bind(namespace)
-                    .fetch_one(pool)
-                    .await?
+                sqlx::query_scalar(AssertSqlSafe(format!("{sql}$1"))).bind(namespace).fetch_one(pool).await?
             }
         })
     }

@@ -69,11 +69,9 @@ impl Db {
                 )));
             }
             None => {
-                std::fs::create_dir_all(data_dir).map_err(|e| {
-                    StorageError::Invalid(format!("create {}: {e}", data_dir.display()))
-                })?;
-                Self::sqlite(SqliteConnectOptions::new().filename(data_dir.join("mercato.db")))
-                    .await?
+                std::fs::create_dir_all(data_dir)
+                    .map_err(|e| StorageError::Invalid(format!("create {}: {e}", data_dir.display())))?;
+                Self::sqlite(SqliteConnectOptions::new().filename(data_dir.join("mercato.db"))).await?
             }
         };
         db.migrate().await?;

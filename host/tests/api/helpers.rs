@@ -56,21 +56,14 @@ impl PgDatabase {
         use sqlx::Connection;
         let name = format!("mercato_t_{}", hex::encode(rand::random::<[u8; 6]>()));
         let admin = postgres_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432 must be running");
+        let mut conn =
+            sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL at 127.0.0.1:5432 must be running");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin.clone());
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+        PgDatabase { url: format!("{base}/{name}"), name }
     }
 }
 
@@ -79,10 +72,7 @@ impl Drop for PgDatabase {
         let name = self.name.clone();
         // Drop on a thread of its own: this may run inside a runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async {
@@ -120,10 +110,7 @@ pub fn test_config(dir: &std::path::Path, pg: Option<&PgDatabase>) -> Config {
         database_url: pg.map(|p| p.url.clone()),
         no_demo: true,
         admin_token: Some(Secret(ADMIN_TOKEN.to_string())),
-        components: ComponentsConfig {
-            max_instances: 64,
-            ..ComponentsConfig::default()
-        },
+        components: ComponentsConfig { max_instances: 64, ..ComponentsConfig::default() },
         ..Config::default()
     }
 }
@@ -148,14 +135,10 @@ pub async fn start(config: Config, dir: tempfile::TempDir, pg: Option<PgDatabase
     if !cache.exists() {
         let _ = std::os::unix::fs::symlink(&shared, &cache);
     }
-    let app = mercato::App::build(config.clone())
-        .await
-        .expect("build app");
+    let app = mercato::App::build(config.clone()).await.expect("build app");
     let db = app.state.runtime.db().clone();
     let runtime = app.state.runtime.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -233,20 +216,14 @@ impl TestApp {
 
     /// Create a product as the merchant with `token`; returns the product.
     pub async fn product(&self, token: &str, body: Value) -> Value {
-        let (status, product) = send(
-            self.request(Method::POST, "/v1/merchant/products")
-                .bearer_auth(token)
-                .json(&body),
-        )
-        .await;
+        let (status, product) =
+            send(self.request(Method::POST, "/v1/merchant/products").bearer_auth(token).json(&body)).await;
         assert_eq!(status, 201, "{product}");
         product
     }
 
     pub async fn cart(&self, currency: &str) -> String {
-        let (status, cart) = self
-            .post("/v1/carts", json!({ "currency": currency }))
-            .await;
+        let (status, cart) = self.post("/v1/carts", json!({ "currency": currency })).await;
         assert_eq!(status, 201, "{cart}");
         s(&cart["id"])
     }
@@ -282,9 +259,7 @@ pub async fn send(req: RequestBuilder) -> (u16, Value) {
 
 /// A JSON string value as a `String`.
 pub fn s(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-        .to_string()
+    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v}")).to_string()
 }
 
 /// A product body with `skus` at `cents` each in `currency`, 10 in stock.
@@ -303,11 +278,7 @@ pub fn product_body(title: &str, skus: &[&str], cents: i64, currency: &str) -> V
 pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "status of {}", got.1);
     assert_eq!(got.1["error"]["code"], code, "code of {}", got.1);
-    assert!(
-        got.1["error"]["message"].is_string(),
-        "message of {}",
-        got.1
-    );
+    assert!(got.1["error"]["message"].is_string(), "message of {}", got.1);
 }
 
 /// Define `$name::sqlite` and `$name::postgres` tests running `$body(backend)`.

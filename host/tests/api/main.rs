@@ -7,6 +7,7 @@
 mod helpers;
 
 mod carts;
+mod checkout;
 mod merchants;
 mod ops;
 mod products;

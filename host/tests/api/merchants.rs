@@ -12,34 +12,21 @@ async fn admin_endpoints_need_the_admin_token() {
     let body = json!({"name": "Shop"});
     let none = send(app.request(Method::POST, "/v1/admin/merchants").json(&body)).await;
     assert_error(&none, 401, "unauthorized");
-    let wrong = send(
-        app.request(Method::POST, "/v1/admin/merchants")
-            .bearer_auth("nope")
-            .json(&body),
-    )
-    .await;
+    let wrong = send(app.request(Method::POST, "/v1/admin/merchants").bearer_auth("nope").json(&body)).await;
     assert_error(&wrong, 401, "unauthorized");
     let almost = send(
-        app.request(Method::POST, "/v1/admin/merchants")
-            .bearer_auth(format!("{ADMIN_TOKEN}x"))
-            .json(&body),
+        app.request(Method::POST, "/v1/admin/merchants").bearer_auth(format!("{ADMIN_TOKEN}x")).json(&body),
     )
     .await;
     assert_error(&almost, 401, "unauthorized");
     let basic = send(
-        app.request(Method::POST, "/v1/admin/merchants")
-            .basic_auth("admin", Some(ADMIN_TOKEN))
-            .json(&body),
+        app.request(Method::POST, "/v1/admin/merchants").basic_auth("admin", Some(ADMIN_TOKEN)).json(&body),
     )
     .await;
     assert_error(&basic, 401, "unauthorized");
     let (_, merchant_token) = app.merchant("Shop").await;
-    let as_merchant = send(
-        app.request(Method::POST, "/v1/admin/merchants")
-            .bearer_auth(&merchant_token)
-            .json(&body),
-    )
-    .await;
+    let as_merchant =
+        send(app.request(Method::POST, "/v1/admin/merchants").bearer_auth(&merchant_token).json(&body)).await;
     assert_error(&as_merchant, 401, "unauthorized");
     for bad in [
         json!({"name": ""}),
@@ -48,19 +35,11 @@ async fn admin_endpoints_need_the_admin_token() {
         json!({}),
         json!({"name": 3}),
     ] {
-        let got = send(
-            app.request(Method::POST, "/v1/admin/merchants")
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&bad),
-        )
-        .await;
+        let got =
+            send(app.request(Method::POST, "/v1/admin/merchants").bearer_auth(ADMIN_TOKEN).json(&bad)).await;
         assert_error(&got, 422, "invalid_request");
     }
-    assert_eq!(
-        app.db.merchant_count().await.expect("count"),
-        1,
-        "only the valid request wrote"
-    );
+    assert_eq!(app.db.merchant_count().await.expect("count"), 1, "only the valid request wrote");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,31 +56,19 @@ async fn merchants_own_their_products(backend: Backend) {
     let app = spawn_app(backend).await;
     let (a, token_a) = app.merchant("A").await;
     let (_, token_b) = app.merchant("B").await;
-    let product = app
-        .product(&token_a, product_body("Mug", &["MUG"], 1000, "EUR"))
-        .await;
+    let product = app.product(&token_a, product_body("Mug", &["MUG"], 1000, "EUR")).await;
     assert_eq!(product["merchant_id"], a.as_str());
     let id = s(&product["id"]);
     let path = format!("/v1/merchant/products/{id}");
 
     let update = product_body("Better mug", &["MUG", "MUG-XL"], 1200, "EUR");
-    let foreign = send(
-        app.request(Method::PUT, &path)
-            .bearer_auth(&token_b)
-            .json(&update),
-    )
-    .await;
+    let foreign = send(app.request(Method::PUT, &path).bearer_auth(&token_b).json(&update)).await;
     assert_error(&foreign, 403, "forbidden");
     let (_, unchanged) = app.get(&format!("/v1/products/{id}")).await;
     assert_eq!(unchanged["title"], "Mug");
     assert_eq!(unchanged["variants"].as_array().map(Vec::len), Some(1));
 
-    let (status, updated) = send(
-        app.request(Method::PUT, &path)
-            .bearer_auth(&token_a)
-            .json(&update),
-    )
-    .await;
+    let (status, updated) = send(app.request(Method::PUT, &path).bearer_auth(&token_a).json(&update)).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["title"], "Better mug");
     assert_eq!(updated["variants"][0]["price"]["amount"], 1200);
@@ -109,37 +76,42 @@ async fn merchants_own_their_products(backend: Backend) {
     assert_eq!(updated["variants"][1]["available"], 10);
 
     // B cannot take A's sku, and the failed create writes nothing.
-    let dup = send(
-        app.request(Method::POST, "/v1/merchant/products")
-            .bearer_auth(&token_b)
-            .json(&product_body("Copy", &["MUG-XL"], 1, "EUR")),
-    )
-    .await;
+    let dup =
+        send(app.request(Method::POST, "/v1/merchant/products").bearer_auth(&token_b).json(&product_body(
+            "Copy",
+            &["MUG-XL"],
+            1,
+            "EUR",
+        )))
+        .await;
     assert_error(&dup, 409, "conflict");
     let (_, all) = app.get("/v1/products?limit=100").await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(1));
 
     let missing = send(
-        app.request(Method::PUT, "/v1/merchant/products/p000000000999")
-            .bearer_auth(&token_a)
-            .json(&update),
+        app.request(Method::PUT, "/v1/merchant/products/p000000000999").bearer_auth(&token_a).json(&update),
     )
     .await;
     assert_error(&missing, 404, "not_found");
     let anonymous = send(app.request(Method::PUT, &path).json(&update)).await;
     assert_error(&anonymous, 401, "unauthorized");
     let tampered = format!("{}0", &token_a[..token_a.len() - 1]);
-    let forged = send(
-        app.request(Method::POST, "/v1/merchant/products")
-            .bearer_auth(&tampered)
-            .json(&product_body("X", &["X"], 1, "EUR")),
-    )
-    .await;
+    let forged =
+        send(app.request(Method::POST, "/v1/merchant/products").bearer_auth(&tampered).json(&product_body(
+            "X",
+            &["X"],
+            1,
+            "EUR",
+        )))
+        .await;
     assert_error(&forged, 401, "unauthorized");
     let admin = send(
-        app.request(Method::POST, "/v1/merchant/products")
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&product_body("X", &["X"], 1, "EUR")),
+        app.request(Method::POST, "/v1/merchant/products").bearer_auth(ADMIN_TOKEN).json(&product_body(
+            "X",
+            &["X"],
+            1,
+            "EUR",
+        )),
     )
     .await;
     assert_error(&admin, 401, "unauthorized");
@@ -150,44 +122,16 @@ async fn invalid_products_are_refused_and_not_written(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, token) = app.merchant("A").await;
     let post = |body: serde_json::Value| {
-        send(
-            app.request(Method::POST, "/v1/merchant/products")
-                .bearer_auth(&token)
-                .json(&body),
-        )
+        send(app.request(Method::POST, "/v1/merchant/products").bearer_auth(&token).json(&body))
     };
     let variant = |sku: &str, amount: serde_json::Value, currency: &str| json!({"sku": sku, "price": {"amount": amount, "currency": currency}});
     let cases = [
-        (
-            json!({"title": "X", "variants": []}),
-            422,
-            "invalid_request",
-        ),
-        (
-            json!({"title": "", "variants": [variant("A", json!(1), "EUR")]}),
-            422,
-            "invalid_request",
-        ),
-        (
-            json!({"title": "X", "variants": [variant("A", json!(-1), "EUR")]}),
-            422,
-            "invalid_request",
-        ),
-        (
-            json!({"title": "X", "variants": [variant("A", json!(1.5), "EUR")]}),
-            422,
-            "invalid_request",
-        ),
-        (
-            json!({"title": "X", "variants": [variant("A", json!(1), "EURO")]}),
-            422,
-            "invalid_request",
-        ),
-        (
-            json!({"title": "X", "variants": [variant("bad sku", json!(1), "EUR")]}),
-            422,
-            "invalid_request",
-        ),
+        (json!({"title": "X", "variants": []}), 422, "invalid_request"),
+        (json!({"title": "", "variants": [variant("A", json!(1), "EUR")]}), 422, "invalid_request"),
+        (json!({"title": "X", "variants": [variant("A", json!(-1), "EUR")]}), 422, "invalid_request"),
+        (json!({"title": "X", "variants": [variant("A", json!(1.5), "EUR")]}), 422, "invalid_request"),
+        (json!({"title": "X", "variants": [variant("A", json!(1), "EURO")]}), 422, "invalid_request"),
+        (json!({"title": "X", "variants": [variant("bad sku", json!(1), "EUR")]}), 422, "invalid_request"),
         (
             json!({"title": "X", "variants": [variant("A", json!(1), "EUR"), variant("A", json!(2), "EUR")]}),
             422,
@@ -207,22 +151,10 @@ async fn invalid_products_are_refused_and_not_written(backend: Backend) {
     ];
     for (body, status, code) in cases {
         let got = post(body.clone()).await;
-        assert_eq!(
-            (got.0, got.1["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{body} → {}",
-            got.1
-        );
+        assert_eq!((got.0, got.1["error"]["code"].as_str()), (status, Some(code)), "{body} → {}", got.1);
     }
     let (_, all) = app.get("/v1/products").await;
     assert_eq!(all["items"], json!([]), "nothing was written");
-    assert_eq!(
-        app.db.kv_count("inventory").await.expect("count"),
-        0,
-        "no stock was registered"
-    );
+    assert_eq!(app.db.kv_count("inventory").await.expect("count"), 0, "no stock was registered");
 }
-both_backends!(
-    product_validation,
-    invalid_products_are_refused_and_not_written
-);
+both_backends!(product_validation, invalid_products_are_refused_and_not_written);

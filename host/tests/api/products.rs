@@ -12,16 +12,8 @@ async fn pages_through_every_product(backend: Backend) {
     let (a, token_a) = app.merchant("A").await;
     let (_, token_b) = app.merchant("B").await;
     for i in 0..13 {
-        app.product(
-            &token_a,
-            product_body(&format!("A{i}"), &[&format!("A-{i}")], 100 + i, "EUR"),
-        )
-        .await;
-        app.product(
-            &token_b,
-            product_body(&format!("B{i}"), &[&format!("B-{i}")], 100 + i, "EUR"),
-        )
-        .await;
+        app.product(&token_a, product_body(&format!("A{i}"), &[&format!("A-{i}")], 100 + i, "EUR")).await;
+        app.product(&token_b, product_body(&format!("B{i}"), &[&format!("B-{i}")], 100 + i, "EUR")).await;
     }
     let mut seen: Vec<String> = Vec::new();
     let mut path = "/v1/products?limit=10".to_string();
@@ -46,18 +38,12 @@ async fn pages_through_every_product(backend: Backend) {
     assert_eq!(seen, sorted, "pages come in creation order");
 
     // Filter by merchant, also paginated.
-    let (_, page) = app
-        .get(&format!("/v1/products?limit=5&merchant_id={a}"))
-        .await;
+    let (_, page) = app.get(&format!("/v1/products?limit=5&merchant_id={a}")).await;
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 5);
     assert!(items.iter().all(|p| p["merchant_id"] == a.as_str()));
-    let (_, rest) = app
-        .get(&format!(
-            "/v1/products?limit=100&merchant_id={a}&cursor={}",
-            s(&page["next_cursor"])
-        ))
-        .await;
+    let (_, rest) =
+        app.get(&format!("/v1/products?limit=100&merchant_id={a}&cursor={}", s(&page["next_cursor"]))).await;
     assert_eq!(rest["items"].as_array().map(Vec::len), Some(8));
     assert_eq!(rest["next_cursor"], Value::Null);
 }
@@ -66,12 +52,7 @@ both_backends!(pagination, pages_through_every_product);
 async fn get_one_and_not_found(backend: Backend) {
     let app = spawn_app(backend).await;
     let (m, token) = app.merchant("M").await;
-    let created = app
-        .product(
-            &token,
-            product_body("Mug", &["MUG-1", "MUG-2"], 1999, "EUR"),
-        )
-        .await;
+    let created = app.product(&token, product_body("Mug", &["MUG-1", "MUG-2"], 1999, "EUR")).await;
     let id = s(&created["id"]);
     let (status, product) = app.get(&format!("/v1/products/{id}")).await;
     assert_eq!(status, 200);
@@ -80,11 +61,7 @@ async fn get_one_and_not_found(backend: Backend) {
     assert_eq!(product["variants"][0]["price"]["currency"], "EUR");
     assert_eq!(product["variants"][1]["available"], 10);
     for missing in ["p000000009999", "nope", "..%2Fcart", "p1"] {
-        assert_error(
-            &app.get(&format!("/v1/products/{missing}")).await,
-            404,
-            "not_found",
-        );
+        assert_error(&app.get(&format!("/v1/products/{missing}")).await, 404, "not_found");
     }
 }
 both_backends!(get_product, get_one_and_not_found);
@@ -102,11 +79,7 @@ async fn bad_query_parameters_are_422() {
         "cursor=c1.p1",
         "colour=red",
     ] {
-        assert_error(
-            &app.get(&format!("/v1/products?{q}")).await,
-            422,
-            "invalid_request",
-        );
+        assert_error(&app.get(&format!("/v1/products?{q}")).await, 422, "invalid_request");
     }
     let (status, page) = app.get("/v1/products").await;
     assert_eq!(status, 200);
@@ -122,12 +95,7 @@ async fn demo_catalog_is_seeded_once_on_an_empty_database() {
     assert!(items.len() >= 20, "20+ demo products, got {}", items.len());
     let merchants: HashSet<_> = items.iter().map(|p| s(&p["merchant_id"])).collect();
     assert!(merchants.len() >= 3, "several merchants");
-    assert!(
-        items
-            .iter()
-            .any(|p| p["variants"].as_array().map_or(0, Vec::len) > 1),
-        "variants"
-    );
+    assert!(items.iter().any(|p| p["variants"].as_array().map_or(0, Vec::len) > 1), "variants");
     assert!(items.iter().all(|p| {
         p["variants"]
             .as_array()

@@ -9,8 +9,7 @@ use crate::helpers::*;
 const DEADLINE_MS: u64 = 1_500;
 
 async fn probe_app() -> TestApp {
-    let probe =
-        std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("probe.wasm");
+    let probe = std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("probe.wasm");
     spawn_app_with(Backend::Sqlite, |c| {
         c.components.catalog = Some(probe);
         c.components.deadline_ms = DEADLINE_MS;
@@ -29,15 +28,10 @@ async fn an_endless_loop_is_stopped_at_its_deadline_while_others_are_served() {
     for _ in 0..5 {
         let (status, body) = app.get("/v1/products").await;
         assert_eq!(status, 200, "{body}");
-        let (status, body) = app
-            .post("/v1/carts", serde_json::json!({"currency": "EUR"}))
-            .await;
+        let (status, body) = app.post("/v1/carts", serde_json::json!({"currency": "EUR"})).await;
         assert_eq!(status, 201, "{body}");
     }
-    assert!(
-        !looping.is_finished(),
-        "the loop was still running while the others were served"
-    );
+    assert!(!looping.is_finished(), "the loop was still running while the others were served");
     let got = looping.await.expect("task");
     let elapsed = started.elapsed();
     assert_error(&got, 503, "component_timeout");
@@ -45,21 +39,11 @@ async fn an_endless_loop_is_stopped_at_its_deadline_while_others_are_served() {
         elapsed >= Duration::from_millis(DEADLINE_MS - 50),
         "stopped at, not before, the deadline: {elapsed:?}"
     );
-    assert!(
-        elapsed < Duration::from_millis(DEADLINE_MS + 5_000),
-        "stopped near the deadline: {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_millis(DEADLINE_MS + 5_000), "stopped near the deadline: {elapsed:?}");
     let (status, _) = app.get("/v1/products").await;
     assert_eq!(status, 200, "the host keeps serving");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics =
+        app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.contains("mercato_component_faults_total{component=\"catalog\",kind=\"deadline\"}"),
         "{metrics}"
@@ -73,15 +57,8 @@ async fn unbounded_allocation_hits_the_memory_cap() {
     assert_error(&got, 503, "component_memory_exceeded");
     let (status, _) = app.get("/v1/products").await;
     assert_eq!(status, 200, "the host keeps serving");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics =
+        app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.contains("mercato_component_faults_total{component=\"catalog\",kind=\"memory\"}"),
         "{metrics}"
@@ -92,11 +69,7 @@ async fn unbounded_allocation_hits_the_memory_cap() {
 async fn a_component_cannot_read_another_components_namespace() {
     let app = probe_app().await;
     let cart = app.cart("EUR").await;
-    assert_eq!(
-        app.db.kv_count("cart").await.expect("count"),
-        1,
-        "the cart component stored the cart"
-    );
+    assert_eq!(app.db.kv_count("cart").await.expect("count"), 1, "the cart component stored the cart");
     let (status, verdict) = app.get(&format!("/v1/products/peek-{cart}")).await;
     assert_eq!(status, 200, "{verdict}");
     let title = s(&verdict["title"]);

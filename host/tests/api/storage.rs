@@ -9,21 +9,13 @@ use mercato::storage::kv::{LIST_PAGE, MAX_BATCH, Scope};
 use crate::both_backends;
 use crate::helpers::*;
 
-const A: Scope<'static> = Scope {
-    namespace: "alpha",
-    bucket: "things",
-};
-const B: Scope<'static> = Scope {
-    namespace: "beta",
-    bucket: "things",
-};
+const A: Scope<'static> = Scope { namespace: "alpha", bucket: "things" };
+const B: Scope<'static> = Scope { namespace: "beta", bucket: "things" };
 
 async fn db(backend: Backend) -> (Db, tempfile::TempDir, Option<PgDatabase>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pg = fresh_database(backend).await;
-    let db = Db::connect(pg.as_ref().map(|p| p.url.as_str()), dir.path())
-        .await
-        .expect("connect");
+    let db = Db::connect(pg.as_ref().map(|p| p.url.as_str()), dir.path()).await.expect("connect");
     (db, dir, pg)
 }
 
@@ -32,32 +24,15 @@ async fn basics_and_namespaces(backend: Backend) {
     assert!(db.kv_get(A, "k").await.expect("get").is_none());
     db.kv_set(A, "k", b"one").await.expect("set");
     db.kv_set(B, "k", b"other").await.expect("set");
-    assert_eq!(
-        db.kv_get(A, "k").await.expect("get").map(|v| v.value),
-        Some(b"one".to_vec())
-    );
-    assert_eq!(
-        db.kv_get(B, "k").await.expect("get").map(|v| v.value),
-        Some(b"other".to_vec())
-    );
+    assert_eq!(db.kv_get(A, "k").await.expect("get").map(|v| v.value), Some(b"one".to_vec()));
+    assert_eq!(db.kv_get(B, "k").await.expect("get").map(|v| v.value), Some(b"other".to_vec()));
     db.kv_set(A, "k", b"two").await.expect("overwrite");
-    assert_eq!(
-        db.kv_get(A, "k").await.expect("get").map(|v| v.value),
-        Some(b"two".to_vec())
-    );
+    assert_eq!(db.kv_get(A, "k").await.expect("get").map(|v| v.value), Some(b"two".to_vec()));
     db.kv_delete(A, "k").await.expect("delete");
     assert!(db.kv_get(A, "k").await.expect("get").is_none());
-    assert!(
-        db.kv_get(B, "k").await.expect("get").is_some(),
-        "another namespace is untouched"
-    );
-    db.kv_delete(A, "absent")
-        .await
-        .expect("deleting an absent key succeeds");
-    let other_bucket = Scope {
-        namespace: "alpha",
-        bucket: "else",
-    };
+    assert!(db.kv_get(B, "k").await.expect("get").is_some(), "another namespace is untouched");
+    db.kv_delete(A, "absent").await.expect("deleting an absent key succeeds");
+    let other_bucket = Scope { namespace: "alpha", bucket: "else" };
     assert!(db.kv_get(other_bucket, "k").await.expect("get").is_none());
 }
 both_backends!(kv_basics, basics_and_namespaces);
@@ -69,9 +44,7 @@ async fn list_pages_in_byte_order(backend: Backend) {
     db.kv_set_many(A, &pairs).await.expect("set many");
     db.kv_set(A, "K-upper", b"x").await.expect("set");
     db.kv_set(A, "k_", b"x").await.expect("set");
-    db.kv_set(B, "k00001x", b"x")
-        .await
-        .expect("other namespace");
+    db.kv_set(B, "k00001x", b"x").await.expect("other namespace");
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
@@ -96,44 +69,21 @@ both_backends!(kv_list, list_pages_in_byte_order);
 
 async fn compare_and_swap_is_exact(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
-    assert!(
-        db.kv_swap(A, "c", None, b"1").await.expect("insert"),
-        "insert-if-absent on an absent key"
-    );
-    assert!(
-        !db.kv_swap(A, "c", None, b"2").await.expect("insert"),
-        "insert-if-absent on a present key"
-    );
+    assert!(db.kv_swap(A, "c", None, b"1").await.expect("insert"), "insert-if-absent on an absent key");
+    assert!(!db.kv_swap(A, "c", None, b"2").await.expect("insert"), "insert-if-absent on a present key");
     let v1 = db.kv_get(A, "c").await.expect("get").expect("present");
-    assert!(
-        db.kv_swap(A, "c", Some(v1.version), b"2")
-            .await
-            .expect("swap")
-    );
-    assert!(
-        !db.kv_swap(A, "c", Some(v1.version), b"3")
-            .await
-            .expect("swap"),
-        "a stale version loses"
-    );
+    assert!(db.kv_swap(A, "c", Some(v1.version), b"2").await.expect("swap"));
+    assert!(!db.kv_swap(A, "c", Some(v1.version), b"3").await.expect("swap"), "a stale version loses");
     let v2 = db.kv_get(A, "c").await.expect("get").expect("present");
     assert_eq!(v2.value, b"2");
     // ABA: delete and recreate; the old handle must not match the new key.
     db.kv_delete(A, "c").await.expect("delete");
     db.kv_set(A, "c", b"2").await.expect("recreate");
-    assert!(
-        !db.kv_swap(A, "c", Some(v2.version), b"4")
-            .await
-            .expect("swap")
-    );
+    assert!(!db.kv_swap(A, "c", Some(v2.version), b"4").await.expect("swap"));
     // A plain set also invalidates handles.
     let v3 = db.kv_get(A, "c").await.expect("get").expect("present");
     db.kv_set(A, "c", b"5").await.expect("set");
-    assert!(
-        !db.kv_swap(A, "c", Some(v3.version), b"6")
-            .await
-            .expect("swap")
-    );
+    assert!(!db.kv_swap(A, "c", Some(v3.version), b"6").await.expect("swap"));
 }
 both_backends!(kv_cas, compare_and_swap_is_exact);
 
@@ -145,14 +95,11 @@ async fn concurrent_cas_loses_no_update(backend: Backend) {
             tokio::spawn(async move {
                 loop {
                     let current = db.kv_get(A, "counter").await.expect("get");
-                    let n: u64 = current.as_ref().map_or(0, |v| {
-                        String::from_utf8_lossy(&v.value).parse().expect("number")
-                    });
+                    let n: u64 = current
+                        .as_ref()
+                        .map_or(0, |v| String::from_utf8_lossy(&v.value).parse().expect("number"));
                     let expected = current.map(|v| v.version);
-                    if db
-                        .kv_swap(A, "counter", expected, (n + 1).to_string().as_bytes())
-                        .await
-                        .expect("swap")
+                    if db.kv_swap(A, "counter", expected, (n + 1).to_string().as_bytes()).await.expect("swap")
                     {
                         return;
                     }
@@ -163,11 +110,7 @@ async fn concurrent_cas_loses_no_update(backend: Backend) {
     for t in tasks {
         t.await.expect("task");
     }
-    let v = db
-        .kv_get(A, "counter")
-        .await
-        .expect("get")
-        .expect("present");
+    let v = db.kv_get(A, "counter").await.expect("get").expect("present");
     assert_eq!(v.value, b"24");
 }
 both_backends!(kv_cas_concurrency, concurrent_cas_loses_no_update);
@@ -191,54 +134,31 @@ async fn increments_are_atomic(backend: Backend) {
         all.extend(t.await.expect("task"));
     }
     let unique: HashSet<_> = all.iter().collect();
-    assert_eq!(
-        unique.len(),
-        100,
-        "every increment returned a distinct value"
-    );
+    assert_eq!(unique.len(), 100, "every increment returned a distinct value");
     assert_eq!(all.iter().max(), Some(&100));
     assert_eq!(db.kv_increment(A, "seq", -10).await.expect("decrement"), 90);
     db.kv_set(A, "text", b"abc").await.expect("set");
-    assert!(
-        db.kv_increment(A, "text", 1).await.is_err(),
-        "a non-integer value is an error"
-    );
-    db.kv_set(A, "max", i64::MAX.to_string().as_bytes())
-        .await
-        .expect("set");
-    assert!(
-        db.kv_increment(A, "max", 1).await.is_err(),
-        "overflow is an error"
-    );
+    assert!(db.kv_increment(A, "text", 1).await.is_err(), "a non-integer value is an error");
+    db.kv_set(A, "max", i64::MAX.to_string().as_bytes()).await.expect("set");
+    assert!(db.kv_increment(A, "max", 1).await.is_err(), "overflow is an error");
 }
 both_backends!(kv_increment, increments_are_atomic);
 
 async fn batches(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
-    let pairs: Vec<(String, Vec<u8>)> = (0..700)
-        .map(|i| (format!("b{i}"), i.to_string().into_bytes()))
-        .collect();
+    let pairs: Vec<(String, Vec<u8>)> =
+        (0..700).map(|i| (format!("b{i}"), i.to_string().into_bytes())).collect();
     db.kv_set_many(A, &pairs).await.expect("set many");
     let keys: Vec<String> = vec!["b699".into(), "missing".into(), "b0".into()];
     let values = db.kv_get_many(A, &keys).await.expect("get many");
-    assert_eq!(
-        values,
-        vec![Some(b"699".to_vec()), None, Some(b"0".to_vec())]
-    );
+    assert_eq!(values, vec![Some(b"699".to_vec()), None, Some(b"0".to_vec())]);
     let all: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(
-        db.kv_get_many(A, &all)
-            .await
-            .expect("get many")
-            .iter()
-            .flatten()
-            .count(),
+        db.kv_get_many(A, &all).await.expect("get many").iter().flatten().count(),
         700,
         "chunked reads"
     );
-    db.kv_delete_many(A, &all[..650])
-        .await
-        .expect("delete many");
+    db.kv_delete_many(A, &all[..650]).await.expect("delete many");
     assert_eq!(db.kv_count("alpha").await.expect("count"), 50);
     let too_many: Vec<String> = (0..=MAX_BATCH).map(|i| format!("x{i}")).collect();
     assert!(db.kv_get_many(A, &too_many).await.is_err());

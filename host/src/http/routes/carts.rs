@@ -56,22 +56,12 @@ async fn create(
     State(state): State<AppState>,
     extract::Json(body): extract::Json<NewCart>,
 ) -> ApiResult<(StatusCode, Json<Cart>)> {
-    let cart = invoke!(
-        state,
-        cart,
-        mercato_commerce_cart,
-        call_create_cart(&body.currency)
-    )?;
+    let cart = invoke!(state, cart, mercato_commerce_cart, call_create_cart(&body.currency))?;
     Ok((StatusCode::CREATED, Json(cart)))
 }
 
 async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Cart>> {
-    Ok(Json(invoke!(
-        state,
-        cart,
-        mercato_commerce_cart,
-        call_get_cart(&id)
-    )?))
+    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_get_cart(&id))?))
 }
 
 async fn add(
@@ -80,12 +70,7 @@ async fn add(
     extract::Json(body): extract::Json<AddItem>,
 ) -> ApiResult<Json<Cart>> {
     let q = quantity(&body.quantity)?;
-    Ok(Json(invoke!(
-        state,
-        cart,
-        mercato_commerce_cart,
-        call_add_item(&id, &body.sku, q)
-    )?))
+    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_add_item(&id, &body.sku, q))?))
 }
 
 async fn set(
@@ -94,24 +79,14 @@ async fn set(
     extract::Json(body): extract::Json<SetQuantity>,
 ) -> ApiResult<Json<Cart>> {
     let q = quantity(&body.quantity)?;
-    Ok(Json(invoke!(
-        state,
-        cart,
-        mercato_commerce_cart,
-        call_set_quantity(&id, &sku, q)
-    )?))
+    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_set_quantity(&id, &sku, q))?))
 }
 
 async fn remove(
     State(state): State<AppState>,
     Path((id, sku)): Path<(String, String)>,
 ) -> ApiResult<Json<Cart>> {
-    Ok(Json(invoke!(
-        state,
-        cart,
-        mercato_commerce_cart,
-        call_remove_item(&id, &sku)
-    )?))
+    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_remove_item(&id, &sku))?))
 }
 
 #[cfg(test)]
@@ -123,14 +98,7 @@ mod tests {
     fn quantities_must_be_whole_non_negative_and_fit() {
         assert_eq!(quantity(&json!(3)).ok(), Some(3));
         assert_eq!(quantity(&json!(0)).ok(), Some(0));
-        for bad in [
-            json!(-1),
-            json!(1.5),
-            json!("3"),
-            json!(null),
-            json!(1e30),
-            json!(4_294_967_296u64),
-        ] {
+        for bad in [json!(-1), json!(1.5), json!("3"), json!(null), json!(1e30), json!(4_294_967_296u64)] {
             let e = quantity(&bad).err().map(|e| e.code);
             assert_eq!(e, Some("invalid_quantity"), "{bad}");
         }

@@ -66,10 +66,7 @@ impl From<ProductBody> for ProductInput {
                 .map(|v| VariantInput {
                     sku: v.sku,
                     title: v.title,
-                    price: Money {
-                        amount: v.price.amount,
-                        currency: v.price.currency,
-                    },
+                    price: Money { amount: v.price.amount, currency: v.price.currency },
                     stock: v.stock,
                 })
                 .collect(),
@@ -90,17 +87,9 @@ async fn create_merchant(
         ));
     }
     let (token, row) = crate::auth::new_merchant(name);
-    state
-        .runtime
-        .db()
-        .insert_merchant(&row, crate::now_ms())
-        .await
-        .map_err(ApiError::internal)?;
+    state.runtime.db().insert_merchant(&row, crate::now_ms()).await.map_err(ApiError::internal)?;
     tracing::info!(merchant = %row.id, "merchant created");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": row.id, "name": row.name, "token": token })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "id": row.id, "name": row.name, "token": token }))))
 }
 
 async fn create_product(
@@ -109,12 +98,7 @@ async fn create_product(
     extract::Json(body): extract::Json<ProductBody>,
 ) -> ApiResult<(StatusCode, Json<Product>)> {
     let input = ProductInput::from(body);
-    let product = invoke!(
-        state,
-        catalog,
-        mercato_commerce_catalog,
-        call_create_product(&merchant, &input)
-    )?;
+    let product = invoke!(state, catalog, mercato_commerce_catalog, call_create_product(&merchant, &input))?;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
@@ -125,10 +109,5 @@ async fn update_product(
     extract::Json(body): extract::Json<ProductBody>,
 ) -> ApiResult<Json<Product>> {
     let input = ProductInput::from(body);
-    Ok(Json(invoke!(
-        state,
-        catalog,
-        mercato_commerce_catalog,
-        call_update_product(&merchant, &id, &input)
-    )?))
+    Ok(Json(invoke!(state, catalog, mercato_commerce_catalog, call_update_product(&merchant, &id, &input))?))
 }

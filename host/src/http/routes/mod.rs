@@ -1,6 +1,8 @@
 //! One router per area of the API.
 
 pub mod carts;
+pub mod inventory;
 pub mod merchants;
 pub mod ops;
+pub mod orders;
 pub mod products;

@@ -63,10 +63,7 @@ struct Probe;
 
 impl bindings::exports::mercato::commerce::catalog::Guest for Probe {
     fn list_products(_: u32, _: Option<String>, _: Option<String>) -> Result<ProductPage, Error> {
-        Ok(ProductPage {
-            items: Vec::new(),
-            next_cursor: None,
-        })
+        Ok(ProductPage { items: Vec::new(), next_cursor: None })
     }
 
     fn get_product(id: String) -> Result<Product, Error> {

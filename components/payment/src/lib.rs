@@ -1,0 +1,122 @@
+//! The payment component: payment intents and refunds, Stripe-style.
+//!
+//! This version runs the built-in **test mode** (no provider configured):
+//! Stripe's documented test tokens behave as Stripe documents them —
+//! `tok_visa`, `tok_mastercard`, `tok_amex` succeed; `tok_chargeDeclined` is
+//! declined ("Your card was declined."); `tok_chargeDeclinedInsufficientFunds`
+//! is declined for insufficient funds; `tok_chargeDeclinedExpiredCard` for an
+//! expired card. Any other token is invalid input.
+//!
+//! Storage (its own namespace):
+//! - bucket `intents`: idempotency key → [`IntentRecord`]; the same key with
+//!   the same request returns the first result (no second charge), with
+//!   another request it is refused;
+//! - bucket `payments`: payment id → idempotency key, for refunds.
+
+mod tokens;
+
+use mercato_kit::kv::{self, Change};
+use mercato_kit::types::{Error, Money, Payment, PaymentRequest, PaymentStatus};
+use serde::{Deserialize, Serialize};
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "mercato:commerce/payment-component",
+        with: {
+            "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
+            "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
+            "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+            "mercato:commerce/types@0.1.0": mercato_kit::bindings::mercato::commerce::types,
+        },
+    });
+}
+
+use bindings::exports::mercato::commerce::payment::Guest;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct IntentRecord {
+    /// What was asked, so a reused key with another request is caught.
+    fingerprint: String,
+    payment: Payment,
+    /// The decline reason, for a declined intent.
+    declined: Option<String>,
+}
+
+fn fingerprint(r: &PaymentRequest) -> String {
+    format!("{}\n{}\n{}", r.amount.amount, r.amount.currency, r.token)
+}
+
+fn outcome(record: &IntentRecord) -> Result<Payment, Error> {
+    match &record.declined {
+        Some(reason) => Err(Error::PaymentDeclined(reason.clone())),
+        None => Ok(record.payment.clone()),
+    }
+}
+
+struct PaymentComponent;
+
+impl Guest for PaymentComponent {
+    fn authorize(request: PaymentRequest) -> Result<Payment, Error> {
+        mercato_kit::money::check_currency("amount.currency", &request.amount.currency)?;
+        if request.amount.amount < 0 {
+            return Err(Error::InvalidInput("amount: must not be negative".into()));
+        }
+        if request.idempotency_key.is_empty() || request.idempotency_key.len() > 255 {
+            return Err(Error::InvalidInput("idempotency key: 1 to 255 characters".into()));
+        }
+        let verdict = tokens::test_mode(&request.token)?;
+        let intents = kv::open("intents")?;
+        let fresh = IntentRecord {
+            fingerprint: fingerprint(&request),
+            payment: Payment {
+                id: mercato_kit::random_id("pi_test_"),
+                status: if verdict.is_ok() { PaymentStatus::Succeeded } else { PaymentStatus::Declined },
+                amount: request.amount.clone(),
+            },
+            declined: verdict.err(),
+        };
+        let record =
+            kv::update(&intents, &request.idempotency_key, |current: Option<IntentRecord>| match current {
+                Some(existing) if existing.fingerprint == fresh.fingerprint => Ok(Change::Keep(existing)),
+                Some(_) => Err(Error::IdempotencyKeyReuse(
+                    "this idempotency key was used for another payment".into(),
+                )),
+                None => Ok(Change::Write(fresh.clone(), fresh.clone())),
+            })?;
+        if record.payment.id == fresh.payment.id {
+            let payments = kv::open("payments")?;
+            kv::put(&payments, &record.payment.id, &request.idempotency_key)?;
+        }
+        outcome(&record)
+    }
+
+    fn refund(payment_id: String, amount: Money, _idempotency_key: String) -> Result<Payment, Error> {
+        let payments = kv::open("payments")?;
+        let key: String = kv::get(&payments, &payment_id)?
+            .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
+        let intents = kv::open("intents")?;
+        kv::update(&intents, &key, |current: Option<IntentRecord>| {
+            let mut record = current.ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
+            match record.payment.status {
+                PaymentStatus::Refunded => Ok(Change::Keep(record.payment)),
+                PaymentStatus::Succeeded => {
+                    if amount.currency != record.payment.amount.currency
+                        || amount.amount != record.payment.amount.amount
+                    {
+                        return Err(Error::InvalidInput("refund: only full refunds are supported".into()));
+                    }
+                    record.payment.status = PaymentStatus::Refunded;
+                    let payment = record.payment.clone();
+                    Ok(Change::Write(record, payment))
+                }
+                _ => Err(Error::Conflict(format!("payment {payment_id:?} was not captured"))),
+            }
+        })
+    }
+}
+
+// Exports are wasm symbols; a native build (unit tests) has none.
+#[cfg(target_family = "wasm")]
+bindings::export!(PaymentComponent with_types_in bindings);

@@ -1,0 +1,363 @@
+//! Checkout (SPEC §3, §4, §6.1, §6.2): orders, stock, payments, idempotency.
+
+use std::collections::{HashMap, HashSet};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+/// POST a checkout with `key` (None: no header).
+async fn checkout(app: &TestApp, cart: &str, key: Option<&str>, token: &str) -> (u16, Value) {
+    let mut req = app
+        .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+        .json(&json!({"email": "shopper@example.com", "payment": {"token": token}}));
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    send(req).await
+}
+
+async fn stock(app: &TestApp, token: &str, sku: &str) -> Value {
+    let (status, level) =
+        send(app.request(Method::GET, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token)).await;
+    assert_eq!(status, 200, "{level}");
+    level
+}
+
+async fn cart_with(app: &TestApp, lines: &[(&str, u32)]) -> String {
+    let id = app.cart("EUR").await;
+    for (sku, q) in lines {
+        let (status, body) =
+            app.post(&format!("/v1/carts/{id}/items"), json!({"sku": sku, "quantity": q})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    id
+}
+
+async fn checks_out_once_per_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
+    app.product(&token, product_body("Pen", &["PEN"], 250, "EUR")).await;
+    let cart = cart_with(&app, &[("MUG", 2), ("PEN", 3)]).await;
+
+    let (status, order) = checkout(&app, &cart, Some("key-1"), "tok_visa").await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["status"], "paid");
+    assert_eq!(order["total"], json!({"amount": 2 * 1999 + 3 * 250, "currency": "EUR"}));
+    assert_eq!(order["payment"]["status"], "succeeded");
+    assert_eq!(order["email"], "shopper@example.com");
+    assert_eq!(order["lines"].as_array().map(Vec::len), Some(2));
+    let provenance: HashSet<String> =
+        order["provenance"].as_array().expect("provenance").iter().map(|p| s(&p["name"])).collect();
+    assert_eq!(
+        provenance,
+        ["catalog", "cart", "inventory", "payment", "order"].iter().map(|s| s.to_string()).collect()
+    );
+    let mug = stock(&app, &token, "MUG").await;
+    assert_eq!(
+        (mug["on_hand"].as_u64(), mug["reserved"].as_u64(), mug["available"].as_u64()),
+        (Some(8), Some(0), Some(8))
+    );
+
+    let (status, fetched) = app.get(&format!("/v1/orders/{}", s(&order["id"]))).await;
+    assert_eq!((status, &fetched), (200, &order));
+
+    // The same key and body: the same order, no second charge, no second sale.
+    let (status, again) = checkout(&app, &cart, Some("key-1"), "tok_visa").await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["id"], order["id"]);
+    assert_eq!(app.db.kv_count("payment").await.expect("count"), 2, "one intent (and its id index)");
+    assert_eq!(stock(&app, &token, "MUG").await["on_hand"], 8);
+    // The same key with another body is refused.
+    assert_error(&checkout(&app, &cart, Some("key-1"), "tok_mastercard").await, 422, "idempotency_key_reuse");
+    assert_error(&checkout(&app, &cart, None, "tok_visa").await, 400, "missing_idempotency_key");
+    // A second key is a second order.
+    let (status, second) = checkout(&app, &cart, Some("key-2"), "tok_visa").await;
+    assert_eq!(status, 201);
+    assert_ne!(second["id"], order["id"]);
+    assert_eq!(stock(&app, &token, "MUG").await["on_hand"], 6);
+}
+both_backends!(checkout_idempotent, checks_out_once_per_key);
+
+async fn failures_release_stock_and_charge_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
+    let cart = cart_with(&app, &[("MUG", 4)]).await;
+
+    let declined = checkout(&app, &cart, Some("d1"), "tok_chargeDeclined").await;
+    assert_error(&declined, 402, "payment_declined");
+    assert_eq!(declined.1["error"]["message"], "Your card was declined.");
+    let poor = checkout(&app, &cart, Some("d2"), "tok_chargeDeclinedInsufficientFunds").await;
+    assert_error(&poor, 402, "payment_declined");
+    assert!(s(&poor.1["error"]["message"]).contains("insufficient funds"));
+    assert_error(&checkout(&app, &cart, Some("d3"), "tok_bogus").await, 422, "invalid_request");
+    let mug = stock(&app, &token, "MUG").await;
+    assert_eq!((mug["on_hand"].as_u64(), mug["reserved"].as_u64()), (Some(10), Some(0)), "stock released");
+    assert_eq!(app.db.kv_count("order").await.expect("count"), 0, "no order, no key kept");
+
+    // Out of stock: 409 with details, nothing reserved.
+    app.put(&format!("/v1/carts/{cart}/items/MUG"), json!({"quantity": 11})).await;
+    let short = checkout(&app, &cart, Some("o1"), "tok_visa").await;
+    assert_error(&short, 409, "out_of_stock");
+    assert_eq!(short.1["error"]["details"], json!([{"sku": "MUG", "requested": 11, "available": 10}]));
+    // Empty cart, unknown cart, bad email.
+    let empty = app.cart("EUR").await;
+    assert_error(&checkout(&app, &empty, Some("e1"), "tok_visa").await, 422, "empty_cart");
+    assert_error(
+        &checkout(&app, "cart_00000000000000000000000000000000", Some("e2"), "tok_visa").await,
+        404,
+        "not_found",
+    );
+    let bad_email = send(
+        app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+            .header("Idempotency-Key", "e3")
+            .json(&json!({"email": "not an email", "payment": {"token": "tok_visa"}})),
+    )
+    .await;
+    assert_error(&bad_email, 422, "invalid_request");
+    // After the failures the same cart (fixed) checks out, and a failed key is usable again.
+    app.put(&format!("/v1/carts/{cart}/items/MUG"), json!({"quantity": 10})).await;
+    let (status, order) = checkout(&app, &cart, Some("o1"), "tok_visa").await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(stock(&app, &token, "MUG").await["available"], 0);
+}
+both_backends!(checkout_failures, failures_release_stock_and_charge_nothing);
+
+/// 120 concurrent checkouts of carts sharing three hot skus of 10 units each.
+async fn never_oversells(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.components.deadline_ms = 60_000;
+        c.components.max_instances = 1_000;
+    })
+    .await;
+    let (_, token) = app.merchant("Hot").await;
+    let skus = ["HOT-A", "HOT-B", "HOT-C"];
+    for sku in skus {
+        app.product(&token, product_body(sku, &[sku], 500, "EUR")).await;
+    }
+    let mut carts = Vec::new();
+    for i in 0..120usize {
+        let lines: Vec<(&str, u32)> =
+            (0..=(i % 3)).map(|j| (skus[(i + j) % 3], 1 + ((i + j) % 2) as u32)).collect();
+        carts.push((cart_with(&app, &lines).await, lines));
+    }
+    let requests: Vec<_> = carts
+        .iter()
+        .enumerate()
+        .map(|(i, (cart, _))| {
+            let req = app
+                .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", format!("k{i}"))
+                .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}}));
+            tokio::spawn(send(req))
+        })
+        .collect();
+    let mut sold: HashMap<String, u64> = HashMap::new();
+    let mut orders = 0;
+    for (handle, (_, lines)) in requests.into_iter().zip(&carts) {
+        let (status, body) = handle.await.expect("task");
+        match status {
+            201 => {
+                orders += 1;
+                for (sku, q) in lines {
+                    *sold.entry(sku.to_string()).or_default() += u64::from(*q);
+                }
+            }
+            409 => assert!(
+                ["out_of_stock", "conflict"].contains(&body["error"]["code"].as_str().unwrap_or("")),
+                "{body}"
+            ),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(orders > 0, "some checkouts succeed");
+    for sku in skus {
+        let level = stock(&app, &token, sku).await;
+        let on_hand = level["on_hand"].as_u64().expect("on_hand");
+        let sold = sold.get(sku).copied().unwrap_or(0);
+        assert!(sold <= 10, "{sku}: sold {sold} of 10");
+        assert_eq!(on_hand, 10 - sold, "{sku}: every sold unit left the shelf, no other");
+        assert_eq!(level["reserved"], 0, "{sku}: no reservation left behind");
+    }
+}
+both_backends!(no_oversell, never_oversells);
+
+async fn duplicates_make_one_order_and_one_charge(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.components.max_instances = 1_000).await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
+    let cart = cart_with(&app, &[("MUG", 1)]).await;
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let req = app
+                .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", "same")
+                .json(&json!({"email": "shopper@example.com", "payment": {"token": "tok_visa"}}));
+            tokio::spawn(send(req))
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for h in handles {
+        let (status, body) = h.await.expect("task");
+        match status {
+            201 => {
+                ids.insert(s(&body["id"]));
+            }
+            409 => assert_eq!(body["error"]["code"], "conflict", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // Whatever raced, afterwards the key answers with its one order.
+    let (status, settled) = checkout(&app, &cart, Some("same"), "tok_visa").await;
+    assert_eq!(status, 201);
+    ids.insert(s(&settled["id"]));
+    assert_eq!(ids.len(), 1, "one order: {ids:?}");
+    assert_eq!(stock(&app, &token, "MUG").await["on_hand"], 9, "sold once");
+    assert_eq!(app.db.kv_count("payment").await.expect("count"), 2, "charged once (one intent + its index)");
+}
+both_backends!(idempotency_concurrency, duplicates_make_one_order_and_one_charge);
+
+async fn order_lifecycle_and_merchant_isolation(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (a, token_a) = app.merchant("A").await;
+    let (_, token_b) = app.merchant("B").await;
+    app.product(&token_a, product_body("A", &["A-1"], 1000, "EUR")).await;
+    app.product(&token_b, product_body("B", &["B-1"], 300, "EUR")).await;
+    let both = cart_with(&app, &[("A-1", 1), ("B-1", 2)]).await;
+    let (_, order) = checkout(&app, &both, Some("o-both"), "tok_visa").await;
+    let id = s(&order["id"]);
+    let only_a = cart_with(&app, &[("A-1", 2)]).await;
+    let (_, order_a) = checkout(&app, &only_a, Some("o-a"), "tok_visa").await;
+    let id_a = s(&order_a["id"]);
+
+    // Each merchant sees only orders with their lines, and only those lines.
+    let (status, list_b) = send(app.request(Method::GET, "/v1/merchant/orders").bearer_auth(&token_b)).await;
+    assert_eq!(status, 200, "{list_b}");
+    let items = list_b["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], id.as_str());
+    assert!(items[0]["lines"].as_array().expect("lines").iter().all(|l| l["sku"] == "B-1"));
+    assert_eq!(items[0]["total"]["amount"], 600);
+    let (_, list_a) = send(app.request(Method::GET, "/v1/merchant/orders").bearer_auth(&token_a)).await;
+    assert_eq!(list_a["items"].as_array().map(Vec::len), Some(2));
+    assert!(
+        list_a["items"].as_array().expect("items").iter().all(|o| o["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .all(|l| l["merchant_id"] == a.as_str()))
+    );
+
+    // B cannot fulfill an order without B's lines.
+    let foreign =
+        send(app.request(Method::POST, &format!("/v1/orders/{id_a}/fulfill")).bearer_auth(&token_b)).await;
+    assert_error(&foreign, 404, "not_found");
+    // Fulfilment per merchant; the order is fulfilled when every line is.
+    let (status, after_a) =
+        send(app.request(Method::POST, &format!("/v1/orders/{id}/fulfill")).bearer_auth(&token_a)).await;
+    assert_eq!(status, 200, "{after_a}");
+    assert_eq!(after_a["status"], "paid");
+    assert_error(
+        &send(app.request(Method::POST, &format!("/v1/orders/{id}/fulfill")).bearer_auth(&token_a)).await,
+        409,
+        "conflict",
+    );
+    let (_, after_b) =
+        send(app.request(Method::POST, &format!("/v1/orders/{id}/fulfill")).bearer_auth(&token_b)).await;
+    assert_eq!(after_b["status"], "fulfilled");
+    // Illegal transitions are 409.
+    let cancel = |order: &str| {
+        app.request(Method::POST, &format!("/v1/orders/{order}/cancel")).bearer_auth(ADMIN_TOKEN)
+    };
+    assert_error(&send(cancel(&id)).await, 409, "conflict");
+    assert_error(
+        &send(app.request(Method::POST, &format!("/v1/orders/{id_a}/cancel")).bearer_auth(&token_a)).await,
+        401,
+        "unauthorized",
+    );
+    // Cancelling a paid order refunds it and returns the stock.
+    assert_eq!(stock(&app, &token_a, "A-1").await["on_hand"], 7);
+    let (status, cancelled) = send(cancel(&id_a)).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["payment"]["status"], "refunded");
+    assert_eq!(stock(&app, &token_a, "A-1").await["on_hand"], 9);
+    assert_error(&send(cancel(&id_a)).await, 409, "conflict");
+    assert_error(
+        &send(app.request(Method::POST, &format!("/v1/orders/{id_a}/fulfill")).bearer_auth(&token_a)).await,
+        409,
+        "conflict",
+    );
+    assert_error(&app.get("/v1/orders/ord_00000000000000000000000000000000").await, 404, "not_found");
+}
+both_backends!(order_lifecycle, order_lifecycle_and_merchant_isolation);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchants_manage_only_their_stock() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, token_a) = app.merchant("A").await;
+    let (_, token_b) = app.merchant("B").await;
+    app.product(&token_a, product_body("A", &["A-1"], 1000, "EUR")).await;
+    let put = |token: &str, sku: &str, body: Value| {
+        send(
+            app.request(Method::PUT, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token).json(&body),
+        )
+    };
+    let (status, level) = put(&token_a, "A-1", json!({"on_hand": 25})).await;
+    assert_eq!(status, 200, "{level}");
+    assert_eq!(level, json!({"sku": "A-1", "on_hand": 25, "reserved": 0, "available": 25}));
+    assert_error(&put(&token_b, "A-1", json!({"on_hand": 0})).await, 403, "forbidden");
+    assert_error(
+        &send(app.request(Method::GET, "/v1/merchant/inventory/A-1").bearer_auth(&token_b)).await,
+        403,
+        "forbidden",
+    );
+    assert_error(&put(&token_a, "NOPE", json!({"on_hand": 1})).await, 404, "not_found");
+    for bad in [
+        json!({"on_hand": -1}),
+        json!({"on_hand": 1.5}),
+        json!({"on_hand": "3"}),
+        json!({"on_hand": 5_000_000_000u64}),
+    ] {
+        assert_error(&put(&token_a, "A-1", bad).await, 422, "invalid_quantity");
+    }
+    assert_error(&send(app.request(Method::GET, "/v1/merchant/inventory/A-1")).await, 401, "unauthorized");
+    assert_eq!(stock(&app, &token_a, "A-1").await["on_hand"], 25, "nothing bad was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_reservation_expires_and_returns_its_stock() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.checkout.reservation_ttl_ms = 200;
+        c.checkout.sweep_interval_ms = 50;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
+    // A checkout that reserved and then died: reserve directly, never commit.
+    let mut inventory = app.runtime.inventory(app.runtime.request_deadline()).await.expect("instance");
+    let lines = vec![mercato::bindings::types::ReservationLine { sku: "MUG".into(), quantity: 7 }];
+    let reservation = inventory
+        .bindings
+        .mercato_commerce_inventory()
+        .call_reserve(&mut inventory.store, &lines, 200)
+        .await
+        .expect("call")
+        .expect("reserved");
+    assert_eq!(reservation.lines.len(), 1);
+    assert_eq!(stock(&app, &token, "MUG").await["available"], 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let level = stock(&app, &token, "MUG").await;
+        if level["reserved"] == 0 {
+            assert_eq!((level["on_hand"].as_u64(), level["available"].as_u64()), (Some(10), Some(10)));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reservation never expired: {level}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
