@@ -1,0 +1,196 @@
+//! Real `mercato serve` processes: several replicas on one PostgreSQL
+//! database, and `kill -9` in the middle of checkouts.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A `mercato serve` child process on a loopback port; killed when dropped.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Process {
+    fn start(data_dir: &Path, database_url: Option<&str>) -> Process {
+        let cache = data_dir.join("cache");
+        if !cache.exists() {
+            std::fs::create_dir_all(data_dir).expect("data dir");
+            let _ = std::os::unix::fs::symlink(shared_cache_dir(), &cache);
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mercato"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"])
+            .arg(data_dir)
+            .env("MERCATO_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = database_url {
+            cmd.args(["--database-url", url]);
+        }
+        let mut child = cmd.spawn().expect("spawn mercato");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("mercato listening on http://") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("mercato did not start listening");
+        Process { child, addr, client: reqwest::Client::new() }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("http://{}{}", self.addr, path))
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn merchant_with_stock(p: &Process, skus: &[&str], stock: u32) -> String {
+    let (status, m) = send(
+        p.request(Method::POST, "/v1/admin/merchants").bearer_auth(ADMIN_TOKEN).json(&json!({"name": "M"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    let token = s(&m["token"]);
+    for sku in skus {
+        let mut body = product_body(sku, &[sku], 700, "EUR");
+        body["variants"][0]["stock"] = json!(stock);
+        let (status, p) =
+            send(p.request(Method::POST, "/v1/merchant/products").bearer_auth(&token).json(&body)).await;
+        assert_eq!(status, 201, "{p}");
+    }
+    token
+}
+
+async fn cart(p: &Process, lines: &[(&str, u32)]) -> String {
+    let (status, c) = send(p.request(Method::POST, "/v1/carts").json(&json!({"currency": "EUR"}))).await;
+    assert_eq!(status, 201, "{c}");
+    let id = s(&c["id"]);
+    for (sku, q) in lines {
+        let (status, body) = send(
+            p.request(Method::POST, &format!("/v1/carts/{id}/items"))
+                .json(&json!({"sku": sku, "quantity": q})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    id
+}
+
+fn checkout(p: &Process, cart: &str, key: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+    let req = p
+        .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+        .header("Idempotency-Key", key)
+        .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}}));
+    tokio::spawn(send(req))
+}
+
+async fn level(p: &Process, token: &str, sku: &str) -> Value {
+    let (status, l) =
+        send(p.request(Method::GET, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token)).await;
+    assert_eq!(status, 200, "{l}");
+    l
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_never_oversell() {
+    let pg = PgDatabase::create().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let a = Process::start(dir_a.path(), Some(&pg.url));
+    let b = Process::start(dir_b.path(), Some(&pg.url));
+    let skus = ["TWIN-A", "TWIN-B"];
+    let token = merchant_with_stock(&a, &skus, 10).await;
+    let mut carts = Vec::new();
+    for i in 0..40usize {
+        let p = if i % 2 == 0 { &a } else { &b };
+        let lines = vec![(skus[i % 2], 1), (skus[(i + 1) % 2], 1 + (i % 2) as u32)];
+        carts.push((cart(p, &lines).await, lines));
+    }
+    let handles: Vec<_> = carts
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| checkout(if i % 2 == 0 { &a } else { &b }, c, &format!("twin-{i}")))
+        .collect();
+    let mut sold: HashMap<&str, u64> = HashMap::new();
+    for (h, (_, lines)) in handles.into_iter().zip(&carts) {
+        let (status, body) = h.await.expect("task");
+        match status {
+            201 => lines.iter().for_each(|(sku, q)| *sold.entry(sku).or_default() += u64::from(*q)),
+            409 => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(!sold.is_empty(), "some checkouts succeed");
+    for sku in skus {
+        let sold = sold.get(sku).copied().unwrap_or(0);
+        let l = level(&b, &token, sku).await;
+        assert!(sold <= 10, "{sku}: sold {sold} of 10 across two replicas");
+        assert_eq!(l["on_hand"].as_u64(), Some(10 - sold), "{sku}: {l}");
+        assert_eq!(l["reserved"], 0, "{sku}: {l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let p = Process::start(dir.path(), None);
+    let token = merchant_with_stock(&p, &["K-1"], 1_000).await;
+    let mut carts = Vec::new();
+    for _ in 0..30 {
+        carts.push(cart(&p, &[("K-1", 2)]).await);
+    }
+    // A first wave completes; a second is in flight when the process dies.
+    let first: Vec<_> =
+        carts[..15].iter().enumerate().map(|(i, c)| checkout(&p, c, &format!("k{i}"))).collect();
+    let mut acknowledged = Vec::new();
+    for h in first {
+        let (status, body) = h.await.expect("task");
+        assert_eq!(status, 201, "{body}");
+        acknowledged.push(s(&body["id"]));
+    }
+    let second: Vec<_> =
+        carts[15..].iter().enumerate().map(|(i, c)| checkout(&p, c, &format!("k{}", i + 15))).collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    p.kill9();
+    for h in second {
+        if let Ok((201, body)) = h.await {
+            acknowledged.push(s(&body["id"]));
+        }
+    }
+
+    let p = Process::start(dir.path(), None);
+    for id in &acknowledged {
+        let (status, order) = send(p.request(Method::GET, &format!("/v1/orders/{id}"))).await;
+        assert_eq!(status, 200, "acknowledged order {id} is gone after kill -9: {order}");
+        assert_eq!(order["status"], "paid");
+    }
+    let l = level(&p, &token, "K-1").await;
+    let sold_ack = 2 * acknowledged.len() as u64;
+    let on_hand = l["on_hand"].as_u64().expect("on_hand");
+    assert!(on_hand <= 1_000 - sold_ack, "stock of acknowledged orders stays sold: {l}");
+    assert!(on_hand + l["reserved"].as_u64().unwrap_or(0) >= 1_000 - 2 * 30, "{l}");
+}
