@@ -35,92 +35,80 @@ pub mod host {
     });
 }
 
-/// The catalog component's world: what the host links for it, what it exports.
-pub mod catalog {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "mercato:commerce/catalog-component",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
-            "wasi:logging": crate::bindings::host::wasi::logging,
-            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
-        },
-    });
+/// A component world's bindings. Storage, logging and the shared types, which
+/// every component imports, come from the modules above; `{ … }` maps the
+/// world's other imports.
+macro_rules! component_world {
+    ($(#[$doc:meta])* $module:ident, $world:literal, { $($extra:tt)* }) => {
+        $(#[$doc])*
+        pub mod $module {
+            wasmtime::component::bindgen!({
+                path: "../wit",
+                world: $world,
+                imports: { default: async | trappable },
+                exports: { default: async },
+                with: {
+                    "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
+                    "wasi:logging": crate::bindings::host::wasi::logging,
+                    "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
+                    $($extra)*
+                },
+            });
+        }
+    };
 }
 
-/// The cart component's world.
-pub mod cart {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "mercato:commerce/cart-component",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
-            "wasi:logging": crate::bindings::host::wasi::logging,
-            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-            "mercato:commerce/catalog": crate::bindings::host::mercato::commerce::catalog,
-            "mercato:commerce/pricing-engine": crate::bindings::host::mercato::commerce::pricing_engine,
-        },
-    });
-}
+component_world!(
+    /// The catalog component's world.
+    catalog,
+    "mercato:commerce/catalog-component",
+    {
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
+    }
+);
 
-/// The inventory component's world.
-pub mod inventory {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "mercato:commerce/inventory-component",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
-            "wasi:logging": crate::bindings::host::wasi::logging,
-            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-        },
-    });
-}
+component_world!(
+    /// The cart component's world.
+    cart,
+    "mercato:commerce/cart-component",
+    {
+        "wasi:random": wasmtime_wasi::p2::bindings::random,
+        "mercato:commerce/catalog": crate::bindings::host::mercato::commerce::catalog,
+        "mercato:commerce/pricing-engine": crate::bindings::host::mercato::commerce::pricing_engine,
+    }
+);
 
-/// The payment component's world.
-pub mod payment {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "mercato:commerce/payment-component",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
-            "wasi:logging": crate::bindings::host::wasi::logging,
-            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-        },
-    });
-}
+component_world!(
+    /// The inventory component's world.
+    inventory,
+    "mercato:commerce/inventory-component",
+    {
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "wasi:random": wasmtime_wasi::p2::bindings::random,
+    }
+);
 
-/// The order component's world.
-pub mod order {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "mercato:commerce/order-component",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
-            "wasi:logging": crate::bindings::host::wasi::logging,
-            "mercato:commerce/types": crate::bindings::host::mercato::commerce::types,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-            "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
-            "mercato:commerce/payment": crate::bindings::host::mercato::commerce::payment,
-            "mercato:commerce/cart": crate::bindings::host::mercato::commerce::cart,
-        },
-    });
-}
+component_world!(
+    /// The payment component's world.
+    payment,
+    "mercato:commerce/payment-component",
+    {
+        "wasi:random": wasmtime_wasi::p2::bindings::random,
+    }
+);
+
+component_world!(
+    /// The order component's world.
+    order,
+    "mercato:commerce/order-component",
+    {
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "wasi:random": wasmtime_wasi::p2::bindings::random,
+        "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
+        "mercato:commerce/payment": crate::bindings::host::mercato::commerce::payment,
+        "mercato:commerce/cart": crate::bindings::host::mercato::commerce::cart,
+    }
+);
 
 pub use host::mercato::commerce::types;

@@ -19,18 +19,10 @@ use serde::{Deserialize, Serialize};
 use stock::StockRecord;
 
 mod bindings {
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "mercato:commerce/inventory-component",
-        with: {
-            "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
-            "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
-            "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
-            "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
-            "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
-            "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-            "mercato:commerce/types@0.1.0": mercato_kit::bindings::mercato::commerce::types,
-        },
+    mercato_kit::component_bindings!("../../wit", "mercato:commerce/inventory-component", {
+        "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
+        "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
+        "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
     });
 }
 

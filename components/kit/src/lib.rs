@@ -42,6 +42,26 @@ pub mod bindings {
 }
 
 pub use bindings::mercato::commerce::types;
+
+/// Generate a component's bindings for `world` from the WIT at `path`, reusing
+/// the kit's bindings for the imports every component has (storage, logging,
+/// the shared types); `{ … }` maps the world's other shared imports.
+#[macro_export]
+macro_rules! component_bindings {
+    ($path:literal, $world:literal, { $($extra:tt)* }) => {
+        wit_bindgen::generate!({
+            path: $path,
+            world: $world,
+            with: {
+                "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
+                "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
+                "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
+                "mercato:commerce/types@0.1.0": mercato_kit::bindings::mercato::commerce::types,
+                $($extra)*
+            },
+        });
+    };
+}
 pub use types::Error;
 
 /// Unix time in milliseconds, from the host's wall clock.

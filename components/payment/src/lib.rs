@@ -20,16 +20,8 @@ use mercato_kit::types::{Error, Money, Payment, PaymentRequest, PaymentStatus};
 use serde::{Deserialize, Serialize};
 
 mod bindings {
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "mercato:commerce/payment-component",
-        with: {
-            "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
-            "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
-            "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
-            "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-            "mercato:commerce/types@0.1.0": mercato_kit::bindings::mercato::commerce::types,
-        },
+    mercato_kit::component_bindings!("../../wit", "mercato:commerce/payment-component", {
+        "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
     });
 }
 

@@ -1,0 +1,138 @@
+//! `cargo bench --bench checkout`: checkout throughput over HTTP on loopback.
+//! N concurrent clients, 3 lines per order over a few hot skus, on SQLite and
+//! on PostgreSQL (`MERCATO_TEST_POSTGRES`, default the local server), in one
+//! run. Prints orders/s and p50/p99 latency.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use mercato::config::{ComponentsConfig, Config, Secret};
+use serde_json::{Value, json};
+
+const CLIENTS: usize = 32;
+const ORDERS: usize = 600;
+const HOT_SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.expect("send");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn run(label: &str, database_url: Option<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_path_buf(),
+        database_url,
+        no_demo: true,
+        admin_token: Some(Secret("bench".into())),
+        components: ComponentsConfig { deadline_ms: 60_000, ..ComponentsConfig::default() },
+        ..Config::default()
+    };
+    let app = mercato::App::build(config).await.expect("build");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+
+    let (_, m) = send(
+        client
+            .post(format!("{base}/v1/admin/merchants"))
+            .bearer_auth("bench")
+            .json(&json!({"name": "Bench"})),
+    )
+    .await;
+    let token = m["token"].as_str().expect("token").to_string();
+    for sku in HOT_SKUS {
+        let body = json!({"title": sku, "variants": [{"sku": sku, "price": {"amount": 999, "currency": "EUR"}, "stock": 1_000_000}]});
+        let (status, _) =
+            send(client.post(format!("{base}/v1/merchant/products")).bearer_auth(&token).json(&body)).await;
+        assert_eq!(status, 201);
+    }
+    // Carts are prepared first; only checkouts are timed.
+    let mut carts = Vec::with_capacity(ORDERS);
+    for i in 0..ORDERS {
+        let (_, cart) = send(client.post(format!("{base}/v1/carts")).json(&json!({"currency": "EUR"}))).await;
+        let id = cart["id"].as_str().expect("id").to_string();
+        for j in 0..3 {
+            let sku = HOT_SKUS[(i + j) % HOT_SKUS.len()];
+            let (status, _) = send(
+                client.post(format!("{base}/v1/carts/{id}/items")).json(&json!({"sku": sku, "quantity": 1})),
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+        carts.push(id);
+    }
+
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(carts.into_iter().enumerate()));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (queue, client, base) = (queue.clone(), client.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0usize;
+                loop {
+                    let Some((i, cart)) = queue.lock().await.next() else { break };
+                    let t = Instant::now();
+                    let (status, _) = send(
+                        client
+                            .post(format!("{base}/v1/carts/{cart}/checkout"))
+                            .header("Idempotency-Key", format!("bench-{i}"))
+                            .json(&json!({"email": "b@example.com", "payment": {"token": "tok_visa"}})),
+                    )
+                    .await;
+                    latencies.push(t.elapsed());
+                    if status != 201 {
+                        failures += 1;
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = Vec::new();
+    let mut failures = 0;
+    for w in workers {
+        let (l, f) = w.await.expect("worker");
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "{label:<10} {ORDERS} checkouts, {CLIENTS} clients, 3 lines: {:>7.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   failures {failures}",
+        ORDERS as f64 / elapsed.as_secs_f64(),
+        pct(50),
+        pct(99),
+    );
+    let _ = stop.send(());
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        run("sqlite", None).await;
+        let admin = std::env::var("MERCATO_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("mercato_bench_{}", std::process::id());
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        run("postgres", Some(format!("{base}/{name}"))).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await;
+    });
+}
