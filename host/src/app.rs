@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::http::AppState;
-use crate::runtime::{ComponentKind, ComponentSource, Limits, Runtime, bundled};
+use crate::runtime::{ComponentKind, ComponentSource, Grants, Limits, Runtime, bundled};
 use crate::storage::Db;
 
 /// A built host, ready to serve.
@@ -41,6 +41,22 @@ fn sources(config: &Config) -> anyhow::Result<Vec<ComponentSource>> {
         .collect()
 }
 
+/// What the payment component is granted: outbound HTTP to the provider's
+/// host only, and the provider settings as `wasi:config` values.
+fn payment_grants(config: &Config) -> anyhow::Result<Grants> {
+    let p = &config.payment;
+    let Some(authority) = p.provider_authority().map_err(anyhow::Error::msg)? else {
+        return Ok(Grants::payment(Vec::new(), Vec::new()));
+    };
+    let url = p.provider_url.clone().unwrap_or_default();
+    let mut values =
+        vec![("provider_url".to_string(), url), ("timeout_ms".to_string(), p.timeout_ms.to_string())];
+    if let Some(key) = &p.secret_key {
+        values.push(("secret_key".to_string(), key.0.clone()));
+    }
+    Ok(Grants::payment(vec![authority], values))
+}
+
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         crate::telemetry::metrics();
@@ -56,9 +72,11 @@ impl App {
         let cache_dir = config.data_dir.join("cache");
         let rt_db = db.clone();
         // Compiling is CPU-bound: keep it off the async workers.
-        let runtime = tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, &cache_dir, &sources))
-            .await
-            .context("component compilation panicked")??;
+        let grants = payment_grants(&config)?;
+        let runtime =
+            tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, grants, &cache_dir, &sources))
+                .await
+                .context("component compilation panicked")??;
 
         let mut notices = Vec::new();
         let admin_token_hash = match &config.admin_token {

@@ -95,6 +95,9 @@ component_world!(
     "mercato:commerce/payment-component",
     {
         "wasi:random": wasmtime_wasi::p2::bindings::random,
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
     }
 );
 

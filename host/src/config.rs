@@ -22,6 +22,8 @@ pub const DEFAULT_MEMORY_MIB: usize = 64;
 pub const DEFAULT_RESERVATION_TTL_MS: u64 = 10 * 60 * 1000;
 /// How often expired reservations are released.
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 10_000;
+/// Time-out of one payment provider call.
+pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 10_000;
 /// Component instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 
@@ -87,6 +89,46 @@ impl Default for CheckoutConfig {
     }
 }
 
+/// The payment provider. With no `provider_url` the payment component runs
+/// its built-in test mode.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentConfig {
+    /// Base URL of a Stripe-compatible API, e.g. `https://api.stripe.com`.
+    /// Plain `http://` only for a loopback host.
+    pub provider_url: Option<String>,
+    pub secret_key: Option<Secret>,
+    /// Time-out of one provider call.
+    pub timeout_ms: u64,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        PaymentConfig { provider_url: None, secret_key: None, timeout_ms: DEFAULT_PAYMENT_TIMEOUT_MS }
+    }
+}
+
+impl PaymentConfig {
+    /// The `host[:port]` the payment component may call, after checking the URL.
+    pub fn provider_authority(&self) -> Result<Option<String>, String> {
+        let Some(url) = &self.provider_url else { return Ok(None) };
+        let uri: http::Uri = url.parse().map_err(|e| format!("payment.provider_url: {e}"))?;
+        let authority = uri.authority().ok_or("payment.provider_url: no host")?.as_str().to_ascii_lowercase();
+        let host = uri.host().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match uri.scheme_str() {
+            Some("https") => Ok(Some(authority)),
+            Some("http") if loopback => Ok(Some(authority)),
+            Some("http") => {
+                Err("payment.provider_url: plain http is allowed only for a loopback host".into())
+            }
+            _ => Err("payment.provider_url: must be an http(s) URL".into()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -106,6 +148,7 @@ pub struct Config {
     pub log_json: bool,
     pub components: ComponentsConfig,
     pub checkout: CheckoutConfig,
+    pub payment: PaymentConfig,
 }
 
 impl Default for Config {
@@ -120,6 +163,7 @@ impl Default for Config {
             log_json: false,
             components: ComponentsConfig::default(),
             checkout: CheckoutConfig::default(),
+            payment: PaymentConfig::default(),
         }
     }
 }
@@ -150,6 +194,7 @@ const ENV_KEYS: &[&str] = &[
     "log_json",
     "components",
     "checkout",
+    "payment",
 ];
 
 impl Config {
@@ -184,6 +229,16 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./mercato-data"));
         assert!(c.database_url.is_none() && !c.no_demo);
+    }
+
+    #[test]
+    fn provider_urls_are_checked() {
+        let p = |url: &str| PaymentConfig { provider_url: Some(url.into()), ..PaymentConfig::default() };
+        assert_eq!(p("https://api.stripe.com").provider_authority(), Ok(Some("api.stripe.com".into())));
+        assert_eq!(p("http://127.0.0.1:9999").provider_authority(), Ok(Some("127.0.0.1:9999".into())));
+        assert!(p("http://api.stripe.com").provider_authority().is_err(), "no secrets over plain http");
+        assert!(p("ftp://x").provider_authority().is_err());
+        assert_eq!(PaymentConfig::default().provider_authority(), Ok(None));
     }
 
     #[test]

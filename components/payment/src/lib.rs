@@ -1,6 +1,9 @@
 //! The payment component: payment intents and refunds, Stripe-style.
 //!
-//! This version runs the built-in **test mode** (no provider configured):
+//! With `provider_url` (and `secret_key`) in its `wasi:config`, it calls a
+//! Stripe-compatible API over `wasi:http` ([`provider`]): create-and-confirm a
+//! payment intent with an `Idempotency-Key`, refund. The host lets it reach
+//! that one host only. Without a provider it runs the built-in **test mode**:
 //! Stripe's documented test tokens behave as Stripe documents them —
 //! `tok_visa`, `tok_mastercard`, `tok_amex` succeed; `tok_chargeDeclined` is
 //! declined ("Your card was declined."); `tok_chargeDeclinedInsufficientFunds`
@@ -13,6 +16,7 @@
 //!   another request it is refused;
 //! - bucket `payments`: payment id → idempotency key, for refunds.
 
+mod provider;
 mod tokens;
 
 use mercato_kit::kv::{self, Change};
@@ -22,6 +26,13 @@ use serde::{Deserialize, Serialize};
 mod bindings {
     mercato_kit::component_bindings!("../../wit", "mercato:commerce/payment-component", {
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+        "wasi:config/store@0.2.0-rc.1": generate,
+        "wasi:http/types@0.2.12": generate,
+        "wasi:http/outgoing-handler@0.2.12": generate,
+        "wasi:io/poll@0.2.12": generate,
+        "wasi:io/streams@0.2.12": generate,
+        "wasi:io/error@0.2.12": generate,
+        "wasi:clocks/monotonic-clock@0.2.12": generate,
     });
 }
 
@@ -58,6 +69,9 @@ impl Guest for PaymentComponent {
         if request.idempotency_key.is_empty() || request.idempotency_key.len() > 255 {
             return Err(Error::InvalidInput("idempotency key: 1 to 255 characters".into()));
         }
+        if let Some(provider) = provider::Provider::configured()? {
+            return provider.authorize(&request);
+        }
         let verdict = tokens::test_mode(&request.token)?;
         let intents = kv::open("intents")?;
         let fresh = IntentRecord {
@@ -84,7 +98,10 @@ impl Guest for PaymentComponent {
         outcome(&record)
     }
 
-    fn refund(payment_id: String, amount: Money, _idempotency_key: String) -> Result<Payment, Error> {
+    fn refund(payment_id: String, amount: Money, idempotency_key: String) -> Result<Payment, Error> {
+        if let Some(provider) = provider::Provider::configured()? {
+            return provider.refund(&payment_id, &amount, &idempotency_key);
+        }
         let payments = kv::open("payments")?;
         let key: String = kv::get(&payments, &payment_id)?
             .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;

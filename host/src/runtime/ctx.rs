@@ -57,6 +57,47 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// Outbound HTTP policy of one instance: requests may go only to `allowed`
+/// authorities (`host:port`); everything else is denied before a socket opens.
+pub struct OutboundPolicy {
+    pub(crate) allowed: Arc<[String]>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let authority = request.uri().authority().map(|a| a.as_str().to_ascii_lowercase());
+        let allowed = authority.as_ref().is_some_and(|a| self.allowed.iter().any(|x| x == a));
+        if !allowed {
+            tracing::warn!(authority = ?authority, "outbound request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+            ))
+        })
+    }
+}
+
 /// The data of one store: one component instance serving one request.
 pub struct Ctx {
     pub(crate) kind: ComponentKind,
@@ -67,6 +108,21 @@ pub struct Ctx {
     pub(crate) deadline: Instant,
     pub(crate) rt: Arc<Inner>,
     pub(crate) peers: Peers,
+    /// `wasi:http` state; only the payment component has the interface linked.
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) outbound: OutboundPolicy,
+    /// `wasi:config` values of this component.
+    pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Ctx {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.outbound,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for Ctx {
@@ -88,6 +144,9 @@ impl Inner {
             deadline,
             rt: self.clone(),
             peers: Peers::default(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: OutboundPolicy { allowed: self.grants.outbound(kind) },
+            config: self.grants.config(kind),
         };
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|c| &mut c.limiter);
@@ -102,5 +161,34 @@ impl Inner {
             }
         });
         store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_wasi_http::WasiHttpHooks;
+
+    fn request(uri: &str) -> http::Request<wasmtime_wasi_http::WasiBody> {
+        use http_body_util::BodyExt;
+        let body =
+            http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed_unsync();
+        http::Request::post(uri).body(body).expect("request")
+    }
+
+    #[tokio::test]
+    async fn outbound_requests_go_only_to_allowed_authorities() {
+        let mut policy = OutboundPolicy { allowed: Arc::from(vec!["127.0.0.1:1".to_string()]) };
+        for denied in ["http://127.0.0.1:2/x", "http://example.com/", "https://api.stripe.com/v1"] {
+            let fut = Box::into_pin(policy.send_request(request(denied), None, Box::new(async { Ok(()) })));
+            assert!(matches!(fut.await, Err(wasmtime_wasi_http::Error::HttpRequestDenied)), "{denied}");
+        }
+        let mut nothing = OutboundPolicy { allowed: Arc::from(Vec::new()) };
+        let fut = Box::into_pin(nothing.send_request(
+            request("http://127.0.0.1:1/"),
+            None,
+            Box::new(async { Ok(()) }),
+        ));
+        assert!(matches!(fut.await, Err(wasmtime_wasi_http::Error::HttpRequestDenied)));
     }
 }

@@ -105,6 +105,41 @@ pub struct Limits {
     pub max_instances: u32,
 }
 
+/// Capabilities granted beyond the base set, per component: outbound HTTP
+/// authorities and `wasi:config` values. Only the payment component gets any.
+pub struct Grants {
+    payment_hosts: Arc<[String]>,
+    payment_config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    no_hosts: Arc<[String]>,
+    no_config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+}
+
+impl Grants {
+    /// Grant the payment component `hosts` and the `config` values.
+    pub fn payment(hosts: Vec<String>, config: Vec<(String, String)>) -> Grants {
+        Grants {
+            payment_hosts: hosts.into(),
+            payment_config: Arc::new(config.into_iter().collect()),
+            no_hosts: Arc::from(Vec::new()),
+            no_config: Arc::new(wasmtime_wasi_config::WasiConfigVariables::new()),
+        }
+    }
+
+    pub(crate) fn outbound(&self, kind: ComponentKind) -> Arc<[String]> {
+        match kind {
+            ComponentKind::Payment => self.payment_hosts.clone(),
+            _ => self.no_hosts.clone(),
+        }
+    }
+
+    pub(crate) fn config(&self, kind: ComponentKind) -> Arc<wasmtime_wasi_config::WasiConfigVariables> {
+        match kind {
+            ComponentKind::Payment => self.payment_config.clone(),
+            _ => self.no_config.clone(),
+        }
+    }
+}
+
 /// A component version ready to instantiate.
 pub struct Active<P> {
     pub digest: String,
@@ -126,6 +161,7 @@ pub struct Inner {
     pub(crate) engine: Engine,
     pub(crate) db: Db,
     pub(crate) limits: Limits,
+    pub(crate) grants: Grants,
     cache: ArtifactCache,
     catalog: RwLock<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
     cart: RwLock<Arc<Active<cart::CartComponentPre<Ctx>>>>,
@@ -180,7 +216,13 @@ fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx
             host::mercato::commerce::payment::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
             host::mercato::commerce::cart::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
         }
-        ComponentKind::Inventory | ComponentKind::Payment => {}
+        ComponentKind::Payment => {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+            wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| {
+                wasmtime_wasi_config::WasiConfig::from(&*c.config)
+            })?;
+        }
+        ComponentKind::Inventory => {}
     }
     Ok(linker)
 }
@@ -208,6 +250,7 @@ impl Runtime {
     pub fn new(
         db: Db,
         limits: Limits,
+        grants: Grants,
         cache_dir: &std::path::Path,
         sources: &[ComponentSource],
     ) -> anyhow::Result<Runtime> {
@@ -233,6 +276,7 @@ impl Runtime {
                 engine,
                 db,
                 limits,
+                grants,
                 cache,
                 catalog: RwLock::new(Arc::new(catalog)),
                 cart: RwLock::new(Arc::new(cart)),

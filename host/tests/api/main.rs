@@ -10,6 +10,7 @@ mod carts;
 mod checkout;
 mod merchants;
 mod ops;
+mod payments;
 mod processes;
 mod products;
 mod restart;
