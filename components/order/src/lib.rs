@@ -299,10 +299,21 @@ impl Guest for Orders {
     }
 
     fn cancel(id: String) -> Result<Order, Error> {
-        // Claim the transition first, so a repeated cancel cannot refund or
-        // restock twice; then refund and put the stock back.
+        // Claim the transition first (paid → cancelled), so a concurrent
+        // cancel or fulfilment cannot interleave; if the refund then fails,
+        // undo the claim so the cancel can be retried.
         let order = change(&id, status::cancel)?;
-        payment::refund(&order.payment.id, &order.payment.amount, &format!("cancel:{}", order.id))?;
+        if let Err(e) =
+            payment::refund(&order.payment.id, &order.payment.amount, &format!("cancel:{}", order.id))
+        {
+            if let Err(u) = change(&id, status::uncancel) {
+                mercato_kit::log_warn(
+                    "cancel",
+                    &format!("{id}: refund failed and the order stays cancelled: {u:?}"),
+                );
+            }
+            return Err(e);
+        }
         let lines: Vec<ReservationLine> = order
             .lines
             .iter()

@@ -1,7 +1,7 @@
 //! The order status machine (SPEC §3): `pending_payment → paid → fulfilled`,
 //! `paid → cancelled`. Every other transition is a conflict (HTTP 409).
 
-use mercato_kit::types::{Error, Order, OrderStatus};
+use mercato_kit::types::{Error, Order, OrderStatus, PaymentStatus};
 
 fn name(s: OrderStatus) -> &'static str {
     match s {
@@ -47,11 +47,20 @@ pub fn cancel(order: &mut Order) -> Result<(), Error> {
     Ok(())
 }
 
+/// Undo [`cancel`] when the refund failed: back to paid.
+pub fn uncancel(order: &mut Order) -> Result<(), Error> {
+    if order.status != OrderStatus::Cancelled || order.payment.status == PaymentStatus::Refunded {
+        return Err(refuse(order, "reopen"));
+    }
+    order.status = OrderStatus::Paid;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 mod tests {
     use super::*;
-    use mercato_kit::types::{Money, OrderLine, Payment, PaymentStatus};
+    use mercato_kit::types::{Money, OrderLine, Payment};
 
     fn order(merchants: &[&str]) -> Order {
         let eur = |amount| Money { amount, currency: "EUR".into() };

@@ -26,6 +26,7 @@ struct Ledger {
     refunds: usize,
     delay: Option<Duration>,
     fail: bool,
+    refunds_fail: bool,
 }
 
 #[derive(Clone, Default)]
@@ -75,9 +76,14 @@ async fn intents(
     })
 }
 
-async fn refunds(State(fake): State<Fake>) -> Json<Value> {
-    fake.with(|l| l.refunds += 1);
-    Json(json!({"id": "re_fake", "status": "succeeded"}))
+async fn refunds(State(fake): State<Fake>) -> (StatusCode, Json<Value>) {
+    fake.with(|l| {
+        if l.refunds_fail {
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "try later"}})));
+        }
+        l.refunds += 1;
+        (StatusCode::OK, Json(json!({"id": "re_fake", "status": "succeeded"})))
+    })
 }
 
 async fn start_fake() -> (Fake, SocketAddr) {
@@ -138,11 +144,18 @@ async fn provider_charges_once_per_key_and_gets_the_idempotency_key() {
     }
     assert_eq!(fake.with(|l| l.charges), 2, "one charge per key");
     assert_eq!(on_hand(&app, &token).await, (6, 0));
+    // A refund that fails leaves the order paid, so the cancel can be retried.
+    let cancel = || {
+        app.request(Method::POST, &format!("/v1/orders/{}/cancel", s(&order["id"]))).bearer_auth(ADMIN_TOKEN)
+    };
+    fake.with(|l| l.refunds_fail = true);
+    assert_error(&send(cancel()).await, 502, "payment_provider_error");
+    let (_, still) = app.get(&format!("/v1/orders/{}", s(&order["id"]))).await;
+    assert_eq!(still["status"], "paid");
+    assert_eq!(on_hand(&app, &token).await, (6, 0), "no stock returned without a refund");
+    fake.with(|l| l.refunds_fail = false);
     // Cancelling refunds through the provider.
-    let (status, cancelled) = send(
-        app.request(Method::POST, &format!("/v1/orders/{}/cancel", s(&order["id"]))).bearer_auth(ADMIN_TOKEN),
-    )
-    .await;
+    let (status, cancelled) = send(cancel()).await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(fake.with(|l| l.refunds), 1);
     assert_eq!(on_hand(&app, &token).await, (8, 0));
