@@ -39,6 +39,26 @@ struct ReservationRecord {
     id: String,
     lines: Vec<LineRecord>,
     expires_at: u64,
+    /// `false` once a commit or a release has claimed the reservation.
+    #[serde(default = "held")]
+    held: bool,
+}
+
+fn held() -> bool {
+    true
+}
+
+/// Claim a held reservation for a commit or a release, with compare-and-swap:
+/// exactly one caller gets `Some`, so its lines are applied once, even when a
+/// sweep (on any replica) races a commit.
+fn claim(reservations: &kv::Bucket, id: &str) -> Result<Option<ReservationRecord>, Error> {
+    kv::update(reservations, id, |current: Option<ReservationRecord>| match current {
+        Some(r) if r.held => {
+            let claimed = ReservationRecord { held: false, ..r.clone() };
+            Ok(Change::Write(claimed, Some(r)))
+        }
+        _ => Ok(Change::Keep(None)),
+    })
 }
 
 fn level(sku: &str, record: Option<&StockRecord>) -> StockLevel {
@@ -46,13 +66,19 @@ fn level(sku: &str, record: Option<&StockRecord>) -> StockLevel {
     StockLevel { sku: sku.to_string(), on_hand, reserved, available: on_hand.saturating_sub(reserved) }
 }
 
-/// Apply `f` to the stock of `sku` with compare-and-swap.
+/// Retries of a stock change that must complete once a reservation is
+/// claimed: giving up half-way through a commit or a release would leave some
+/// lines applied and others not.
+const SETTLE_RETRIES: u32 = 100_000;
+
+/// Apply `f` to the stock of `sku` with compare-and-swap, retrying through
+/// contention (the request deadline still bounds it).
 fn change_stock(
     bucket: &kv::Bucket,
     sku: &str,
     f: impl Fn(&StockRecord) -> Result<StockRecord, Error>,
 ) -> Result<StockRecord, Error> {
-    kv::update(bucket, sku, |current: Option<StockRecord>| {
+    kv::update_with_retries(bucket, sku, SETTLE_RETRIES, |current: Option<StockRecord>| {
         let current = current.ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))?;
         let next = f(&current)?;
         Ok(Change::Write(next.clone(), next))
@@ -144,6 +170,7 @@ impl Guest for Inventory {
             id: mercato_kit::random_id("res_"),
             lines: taken,
             expires_at: mercato_kit::now_ms().saturating_add(ttl_ms),
+            held: true,
         };
         let reservations = kv::open("reservations")?;
         if let Err(e) = kv::put(&reservations, &record.id, &record) {
@@ -163,25 +190,23 @@ impl Guest for Inventory {
 
     fn commit(reservation_id: String) -> Result<(), Error> {
         let reservations = kv::open("reservations")?;
-        let record: ReservationRecord = kv::get(&reservations, &reservation_id)?
-            .ok_or_else(|| Error::NotFound(format!("reservation {reservation_id:?}")))?;
-        // Remove the reservation first: whoever deletes it owns its lines, so a
-        // concurrent sweep cannot release what is being committed.
-        kv::delete(&reservations, &reservation_id)?;
+        let record = claim(&reservations, &reservation_id)?.ok_or_else(|| {
+            Error::Conflict(format!("reservation {reservation_id:?} expired or was already settled"))
+        })?;
         let bucket = kv::open("stock")?;
         for line in &record.lines {
             change_stock(&bucket, &line.sku, |s| Ok(s.committed(line.quantity)))?;
         }
-        Ok(())
+        kv::delete(&reservations, &reservation_id)
     }
 
     fn release(reservation_id: String) -> Result<(), Error> {
         let reservations = kv::open("reservations")?;
-        let Some(record) = kv::get::<ReservationRecord>(&reservations, &reservation_id)? else {
+        let Some(record) = claim(&reservations, &reservation_id)? else {
             return Ok(());
         };
-        kv::delete(&reservations, &reservation_id)?;
-        unreserve(&kv::open("stock")?, &record.lines)
+        unreserve(&kv::open("stock")?, &record.lines)?;
+        kv::delete(&reservations, &reservation_id)
     }
 
     fn restock(lines: Vec<ReservationLine>) -> Result<(), Error> {
@@ -201,7 +226,7 @@ impl Guest for Inventory {
             let (keys, next) = kv::list_keys(&reservations, cursor.as_deref())?;
             let records: Vec<Option<ReservationRecord>> = kv::get_many(&reservations, &keys)?;
             for record in records.into_iter().flatten() {
-                if record.expires_at <= now {
+                if record.held && record.expires_at <= now {
                     Self::release(record.id)?;
                     released += 1;
                 }

@@ -86,13 +86,28 @@ pub enum Change<T, R> {
 pub fn update<T, R>(
     bucket: &Bucket,
     key: &str,
+    f: impl FnMut(Option<T>) -> Result<Change<T, R>, Error>,
+) -> Result<R, Error>
+where
+    T: Serialize + DeserializeOwned,
+{
+    update_with_retries(bucket, key, MAX_CAS_RETRIES, f)
+}
+
+/// [`update`] with its own bound on retries: changes that must complete once
+/// started (settling a reservation) retry far longer than a request that may
+/// simply fail with a conflict.
+pub fn update_with_retries<T, R>(
+    bucket: &Bucket,
+    key: &str,
+    retries: u32,
     mut f: impl FnMut(Option<T>) -> Result<Change<T, R>, Error>,
 ) -> Result<R, Error>
 where
     T: Serialize + DeserializeOwned,
 {
     let mut cas = atomics::Cas::new(bucket, key).map_err(storage)?;
-    for _ in 0..MAX_CAS_RETRIES {
+    for _ in 0..retries {
         let current = match cas.current().map_err(storage)? {
             None => None,
             Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| corrupt(key, e))?),
