@@ -1,15 +1,18 @@
 //! The inventory component: stock per sku and reservations.
 //!
 //! Storage (its own namespace):
-//! - bucket `stock`: sku → [`StockRecord`] `{merchant, on_hand, reserved}`;
+//! - bucket `stock`: sku → [`StockRecord`] `{merchant, on_hand, reserved, holds}`
+//!   (`holds`: reservation id → units, which makes settling idempotent);
 //!   every change is a compare-and-swap on that one key, so concurrent
 //!   reservations can never take more than `on_hand - reserved`.
 //! - bucket `reservations`: reservation id → [`ReservationRecord`].
 //!
 //! A reservation takes its lines one key at a time; if a line cannot be
 //! served, the lines already taken are given back before the error returns,
-//! so a reservation is all or nothing. A reservation whose holder dies is
-//! released by `sweep-expired`.
+//! so a reservation is all or nothing. A commit or a release first claims the
+//! reservation (compare-and-swap on its record), so only one of them applies
+//! it. A reservation whose holder dies is released by `sweep-expired`, which
+//! also finishes a settlement whose settler died.
 
 mod stock;
 
@@ -39,26 +42,53 @@ struct ReservationRecord {
     id: String,
     lines: Vec<LineRecord>,
     expires_at: u64,
-    /// `false` once a commit or a release has claimed the reservation.
-    #[serde(default = "held")]
-    held: bool,
+    #[serde(default)]
+    state: State,
 }
 
-fn held() -> bool {
-    true
+/// Where a reservation is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum State {
+    /// Units held, waiting for a commit or for expiry.
+    #[default]
+    Held,
+    /// Claimed by a commit; its lines are being taken off the shelf.
+    Committing,
+    /// Claimed by a release; its lines are being given back.
+    Releasing,
 }
+
+/// How long after its expiry a claimed reservation that was never finished
+/// (its settler crashed or was stopped) is finished by the sweep.
+const SETTLE_GRACE_MS: u64 = 60_000;
 
 /// Claim a held reservation for a commit or a release, with compare-and-swap:
-/// exactly one caller gets `Some`, so its lines are applied once, even when a
-/// sweep (on any replica) races a commit.
-fn claim(reservations: &kv::Bucket, id: &str) -> Result<Option<ReservationRecord>, Error> {
+/// exactly one caller gets `Some`, so a sweep (on any replica) racing a
+/// commit cannot release what is being committed.
+fn claim(reservations: &kv::Bucket, id: &str, to: State) -> Result<Option<ReservationRecord>, Error> {
     kv::update(reservations, id, |current: Option<ReservationRecord>| match current {
-        Some(r) if r.held => {
-            let claimed = ReservationRecord { held: false, ..r.clone() };
-            Ok(Change::Write(claimed, Some(r)))
+        Some(r) if r.state == State::Held => {
+            let claimed = ReservationRecord { state: to, ..r.clone() };
+            Ok(Change::Write(claimed.clone(), Some(claimed)))
         }
         _ => Ok(Change::Keep(None)),
     })
+}
+
+/// Apply a claimed reservation's lines, then forget it. Every step is
+/// idempotent (holds are keyed by reservation id), so a settlement that was
+/// interrupted can simply be run again.
+fn settle(reservations: &kv::Bucket, record: &ReservationRecord) -> Result<(), Error> {
+    let stock = kv::open("stock")?;
+    for line in &record.lines {
+        change_stock(&stock, &line.sku, |s| {
+            Ok(match record.state {
+                State::Committing => s.committed(&record.id),
+                _ => s.released(&record.id),
+            })
+        })?;
+    }
+    kv::delete(reservations, &record.id)
 }
 
 fn level(sku: &str, record: Option<&StockRecord>) -> StockLevel {
@@ -85,10 +115,10 @@ fn change_stock(
     })
 }
 
-/// Give back `lines` taken by a reservation that is released or failed.
-fn unreserve(bucket: &kv::Bucket, lines: &[LineRecord]) -> Result<(), Error> {
+/// Give back the holds of reservation `id` on `lines` (a failed reserve).
+fn unreserve(bucket: &kv::Bucket, id: &str, lines: &[LineRecord]) -> Result<(), Error> {
     for line in lines {
-        change_stock(bucket, &line.sku, |s| Ok(s.released(line.quantity)))?;
+        change_stock(bucket, &line.sku, |s| Ok(s.released(id)))?;
     }
     Ok(())
 }
@@ -138,6 +168,7 @@ impl Guest for Inventory {
 
     fn reserve(lines: Vec<ReservationLine>, ttl_ms: u64) -> Result<Reservation, Error> {
         let lines = stock::merge_lines(&lines)?;
+        let id = mercato_kit::random_id("res_");
         let bucket = kv::open("stock")?;
         let mut taken: Vec<LineRecord> = Vec::new();
         let mut shortages: Vec<Shortage> = Vec::new();
@@ -146,7 +177,7 @@ impl Guest for Inventory {
                 let Some(s) = current else {
                     return Ok(Change::Keep(Err(0)));
                 };
-                match s.reserved_more(line.quantity) {
+                match s.reserved_more(&id, line.quantity) {
                     Some(next) => Ok(Change::Write(next, Ok(()))),
                     None => Ok(Change::Keep(Err(s.available()))),
                 }
@@ -157,24 +188,24 @@ impl Guest for Inventory {
                     shortages.push(Shortage { sku: line.sku.clone(), requested: line.quantity, available })
                 }
                 Err(e) => {
-                    unreserve(&bucket, &taken)?;
+                    unreserve(&bucket, &id, &taken)?;
                     return Err(e);
                 }
             }
         }
         if !shortages.is_empty() {
-            unreserve(&bucket, &taken)?;
+            unreserve(&bucket, &id, &taken)?;
             return Err(Error::OutOfStock(shortages));
         }
         let record = ReservationRecord {
-            id: mercato_kit::random_id("res_"),
+            id,
             lines: taken,
             expires_at: mercato_kit::now_ms().saturating_add(ttl_ms),
-            held: true,
+            state: State::Held,
         };
         let reservations = kv::open("reservations")?;
         if let Err(e) = kv::put(&reservations, &record.id, &record) {
-            unreserve(&bucket, &record.lines)?;
+            unreserve(&bucket, &record.id, &record.lines)?;
             return Err(e);
         }
         Ok(Reservation {
@@ -190,23 +221,18 @@ impl Guest for Inventory {
 
     fn commit(reservation_id: String) -> Result<(), Error> {
         let reservations = kv::open("reservations")?;
-        let record = claim(&reservations, &reservation_id)?.ok_or_else(|| {
+        let record = claim(&reservations, &reservation_id, State::Committing)?.ok_or_else(|| {
             Error::Conflict(format!("reservation {reservation_id:?} expired or was already settled"))
         })?;
-        let bucket = kv::open("stock")?;
-        for line in &record.lines {
-            change_stock(&bucket, &line.sku, |s| Ok(s.committed(line.quantity)))?;
-        }
-        kv::delete(&reservations, &reservation_id)
+        settle(&reservations, &record)
     }
 
     fn release(reservation_id: String) -> Result<(), Error> {
         let reservations = kv::open("reservations")?;
-        let Some(record) = claim(&reservations, &reservation_id)? else {
-            return Ok(());
-        };
-        unreserve(&kv::open("stock")?, &record.lines)?;
-        kv::delete(&reservations, &reservation_id)
+        match claim(&reservations, &reservation_id, State::Releasing)? {
+            Some(record) => settle(&reservations, &record),
+            None => Ok(()),
+        }
     }
 
     fn restock(lines: Vec<ReservationLine>) -> Result<(), Error> {
@@ -226,9 +252,19 @@ impl Guest for Inventory {
             let (keys, next) = kv::list_keys(&reservations, cursor.as_deref())?;
             let records: Vec<Option<ReservationRecord>> = kv::get_many(&reservations, &keys)?;
             for record in records.into_iter().flatten() {
-                if record.held && record.expires_at <= now {
-                    Self::release(record.id)?;
-                    released += 1;
+                match record.state {
+                    State::Held if record.expires_at <= now => {
+                        Self::release(record.id)?;
+                        released += 1;
+                    }
+                    // A settlement whose settler died: finish it the same way.
+                    State::Committing | State::Releasing
+                        if record.expires_at.saturating_add(SETTLE_GRACE_MS) <= now =>
+                    {
+                        settle(&reservations, &record)?;
+                        released += 1;
+                    }
+                    _ => {}
                 }
             }
             match next {
