@@ -1,6 +1,7 @@
-//! Service interfaces imported by components (cart → catalog, catalog →
-//! inventory), served by calling the currently active version of the
-//! component that exports them. The first call in a request instantiates it
+//! Service interfaces imported by components (cart → catalog; catalog →
+//! inventory; order → cart, inventory, payment), served by calling the
+//! currently active version of the component that exports them. The first
+//! call in a request instantiates it
 //! in its own store (own namespace, own memory cap, the same deadline); later
 //! calls in the same request reuse that instance. A fault in the callee
 //! (trap, deadline) is returned as a trap to the caller: it is not an answer.

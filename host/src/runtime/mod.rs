@@ -5,7 +5,8 @@
 //! is only held to clone an `Arc`). Each request gets a fresh [`Store`] and
 //! instance (`Inner::new_store`, `instantiate_async`), calls one export, and
 //! drops both; no guest state outlives the request except through storage.
-//! Imports that name another component (cart → catalog, catalog → inventory)
+//! Imports that name another component (cart → catalog, catalog → inventory,
+//! order → cart, inventory and payment)
 //! are served by instantiating the *currently active* version of that
 //! component in its own store (see `capabilities::peers`), so each component
 //! can be replaced on its own.
@@ -82,16 +83,6 @@ impl ComponentKind {
             ComponentKind::Order => "order",
         }
     }
-
-    pub fn world(self) -> &'static str {
-        match self {
-            ComponentKind::Catalog => "mercato:commerce/catalog-component",
-            ComponentKind::Cart => "mercato:commerce/cart-component",
-            ComponentKind::Inventory => "mercato:commerce/inventory-component",
-            ComponentKind::Payment => "mercato:commerce/payment-component",
-            ComponentKind::Order => "mercato:commerce/order-component",
-        }
-    }
 }
 
 /// Sandbox limits for service components.
@@ -162,7 +153,6 @@ pub struct Inner {
     pub(crate) db: Db,
     pub(crate) limits: Limits,
     pub(crate) grants: Grants,
-    cache: ArtifactCache,
     catalog: RwLock<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
     cart: RwLock<Arc<Active<cart::CartComponentPre<Ctx>>>>,
     inventory: RwLock<Arc<Active<inventory::InventoryComponentPre<Ctx>>>>,
@@ -277,7 +267,6 @@ impl Runtime {
                 db,
                 limits,
                 grants,
-                cache,
                 catalog: RwLock::new(Arc::new(catalog)),
                 cart: RwLock::new(Arc::new(cart)),
                 inventory: RwLock::new(Arc::new(inventory)),
@@ -290,14 +279,6 @@ impl Runtime {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.inner.engine
-    }
-
-    pub fn cache(&self) -> &ArtifactCache {
-        &self.inner.cache
     }
 
     /// The digest and origin of the active version of each component.
