@@ -20,13 +20,17 @@ const BUNDLED: &[(&str, &str)] = &[
     ("mercato-payment", "payment.wasm"),
     ("mercato-order", "order.wasm"),
 ];
-const TEST_ONLY: &[(&str, &str)] = &[("mercato-probe", "probe.wasm")];
+const TEST_ONLY: &[(&str, &str)] =
+    &[("mercato-probe", "probe.wasm"), ("mercato-plugin-bundles", "plugin-bundles.wasm")];
+/// The hostile-plugin zoo: one build per feature, `zoo-<feature>.wasm`.
+const ZOO: &[&str] =
+    &["loop", "alloc", "recursion", "panic", "huge-output", "wrong-currency", "over-discount", "foreign-sku"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
     let out_dir = PathBuf::from(env("OUT_DIR"));
-    for dir in ["components", "wit", "tests/components"] {
+    for dir in ["components", "wit", "tests/components", "tests/plugins", "examples/plugins/rust-bundles"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
@@ -36,14 +40,38 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("wasm");
 
-    let mut cmd = Command::new(env("CARGO"));
-    cmd.current_dir(&root)
-        .args(["build", "--locked", "--target", "wasm32-wasip2", "--profile", "component"])
-        .arg("--target-dir")
-        .arg(&target_dir);
+    let mut cmd = guest_build(&root, &target_dir);
     for (krate, _) in BUNDLED.iter().chain(TEST_ONLY) {
         cmd.args(["-p", krate]);
     }
+    let status = cmd.status().expect("run cargo for the components");
+    assert!(status.success(), "building the components for wasm32-wasip2 failed");
+
+    let built = target_dir.join("wasm32-wasip2").join("component");
+    for (krate, file) in BUNDLED.iter().chain(TEST_ONLY) {
+        let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
+        copy(&from, &out_dir.join(file));
+    }
+    // Features of one crate cannot be built side by side: one build each,
+    // copied out before the next overwrites it.
+    for feature in ZOO {
+        let status = guest_build(&root, &target_dir)
+            .args(["-p", "mercato-plugin-zoo", "--features", feature])
+            .status()
+            .expect("run cargo for the plugin zoo");
+        assert!(status.success(), "building zoo plugin {feature} failed");
+        copy(&built.join("mercato_plugin_zoo.wasm"), &out_dir.join(format!("zoo-{feature}.wasm")));
+    }
+    println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
+}
+
+/// `cargo build` of guests for `wasm32-wasip2` with the `component` profile.
+fn guest_build(root: &Path, target_dir: &Path) -> Command {
+    let mut cmd = Command::new(env("CARGO"));
+    cmd.current_dir(root)
+        .args(["build", "--locked", "--target", "wasm32-wasip2", "--profile", "component"])
+        .arg("--target-dir")
+        .arg(target_dir);
     // The outer build's settings are for the host, not for the guests.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -56,15 +84,7 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("run cargo for the components");
-    assert!(status.success(), "building the components for wasm32-wasip2 failed");
-
-    let built = target_dir.join("wasm32-wasip2").join("component");
-    for (krate, file) in BUNDLED.iter().chain(TEST_ONLY) {
-        let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
-        copy(&from, &out_dir.join(file));
-    }
-    println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
+    cmd
 }
 
 fn env(name: &str) -> String {

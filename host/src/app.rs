@@ -67,7 +67,9 @@ impl App {
             deadline: Duration::from_millis(config.components.deadline_ms),
             memory_bytes: config.components.memory_mib.saturating_mul(1024 * 1024),
             max_instances: config.components.max_instances,
+            plugins: config.plugins,
         };
+        config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
         let sources = sources(&config)?;
         let cache_dir = config.data_dir.join("cache");
         let rt_db = db.clone();

@@ -114,4 +114,14 @@ component_world!(
     }
 );
 
+/// The `mercato:pricing/plugin` world: what a merchant's pricing plugin
+/// exports (it imports nothing the host must implement).
+pub mod plugin {
+    wasmtime::component::bindgen!({
+        path: "../wit/pricing",
+        world: "mercato:pricing/plugin",
+        exports: { default: async },
+    });
+}
+
 pub use host::mercato::commerce::types;

@@ -149,6 +149,8 @@ pub struct Config {
     pub components: ComponentsConfig,
     pub checkout: CheckoutConfig,
     pub payment: PaymentConfig,
+    /// Default budgets of merchants' pricing plugins (`[plugins]`).
+    pub plugins: crate::plugins::PluginLimits,
 }
 
 impl Default for Config {
@@ -164,6 +166,7 @@ impl Default for Config {
             components: ComponentsConfig::default(),
             checkout: CheckoutConfig::default(),
             payment: PaymentConfig::default(),
+            plugins: crate::plugins::PluginLimits::default(),
         }
     }
 }
@@ -195,6 +198,7 @@ const ENV_KEYS: &[&str] = &[
     "components",
     "checkout",
     "payment",
+    "plugins",
 ];
 
 impl Config {

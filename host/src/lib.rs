@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod plugins;
 pub mod runtime;
 pub mod storage;
 pub mod telemetry;

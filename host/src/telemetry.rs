@@ -5,6 +5,8 @@
 //! - `mercato_http_request_duration_seconds{method, route}` (histogram)
 //! - `mercato_component_call_duration_seconds{component, function}` (histogram)
 //! - `mercato_component_faults_total{component, kind}` (traps, deadlines, memory caps)
+//! - `mercato_plugin_runs_total{outcome}` (`ok` or the error kind), with
+//!   `mercato_plugin_run_duration_seconds` and `mercato_plugin_run_instructions`
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -64,6 +66,13 @@ pub fn fault_seen(fault: &Fault) {
 }
 
 /// Record one HTTP request.
+/// One pricing plugin run: its outcome (`ok` or the error kind), time and fuel.
+pub fn plugin_run(outcome: &'static str, started: Instant, fuel_used: u64) {
+    metrics::counter!("mercato_plugin_runs_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("mercato_plugin_run_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("mercato_plugin_run_instructions").record(fuel_used as f64);
+}
+
 pub fn http_request(method: &str, route: &str, status: u16, started: Instant) {
     let (method, route) = (method.to_string(), route.to_string());
     metrics::counter!(

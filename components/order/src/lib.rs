@@ -21,8 +21,8 @@ mod status;
 use mercato_kit::kv::{self, Change};
 use mercato_kit::money;
 use mercato_kit::types::{
-    CheckoutRequest, Error, Order, OrderLine, OrderPage, OrderStatus, Payment, PaymentRequest, PaymentStatus,
-    ReservationLine,
+    Cart, CheckoutRequest, Error, Order, OrderLine, OrderPage, OrderStatus, Payment, PaymentRequest,
+    PaymentStatus, ProvenanceEntry, ReservationLine,
 };
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +123,7 @@ fn place(req: &CheckoutRequest) -> Result<Order, Error> {
         total: cart.total.clone(),
         payment: Payment { id: String::new(), status: PaymentStatus::Pending, amount: cart.total.clone() },
         created_at: mercato_kit::now_ms(),
-        provenance: req.provenance.clone(),
+        provenance: provenance(&req.provenance, &cart),
     };
     if let Err(e) = kv::put(&orders, &order.id, &order) {
         release(&reservation.id);
@@ -330,3 +330,20 @@ impl Guest for Orders {
 // Exports are wasm symbols; a native build (unit tests) has none.
 #[cfg(target_family = "wasm")]
 bindings::export!(Orders with_types_in bindings);
+
+/// The component versions that served the checkout, plus each pricing
+/// plugin whose adjustments the order carries (`source` = `plugin:<digest>`),
+/// named after its merchant.
+fn provenance(components: &[ProvenanceEntry], cart: &Cart) -> Vec<ProvenanceEntry> {
+    let mut out = components.to_vec();
+    for line in &cart.lines {
+        for a in &line.adjustments {
+            let Some(digest) = a.source.strip_prefix("plugin:") else { continue };
+            let name = format!("pricing-plugin:{}", line.merchant_id);
+            if !out.iter().any(|e| e.name == name && e.digest == digest) {
+                out.push(ProvenanceEntry { name, digest: digest.to_string() });
+            }
+        }
+    }
+    out
+}

@@ -1,7 +1,6 @@
-//! `mercato:commerce/pricing-engine`, the host side of cart pricing. It runs
-//! each merchant's pricing plugin on that merchant's lines and returns the
-//! validated adjustments. Merchant plugins arrive with the plugin issue;
-//! until a merchant uploads one, their lines have no adjustments.
+//! `mercato:commerce/pricing-engine`, the host side of cart pricing: each
+//! merchant's pricing plugin runs on that merchant's lines, and the validated
+//! discounts come back as adjustments (see `crate::plugins`).
 
 use crate::bindings::host::mercato::commerce::pricing_engine::Host;
 use crate::bindings::types::{Error, LineAdjustment, PricedLine};
@@ -10,9 +9,10 @@ use crate::runtime::Ctx;
 impl Host for Ctx {
     async fn adjust(
         &mut self,
-        _currency: String,
-        _lines: Vec<PricedLine>,
+        currency: String,
+        lines: Vec<PricedLine>,
     ) -> wasmtime::Result<Result<Vec<LineAdjustment>, Error>> {
-        Ok(Ok(Vec::new()))
+        let plugins = self.rt.plugins.clone();
+        Ok(plugins.adjust(&currency, &lines, self.deadline).await.map_err(|e| Error::Storage(e.to_string())))
     }
 }

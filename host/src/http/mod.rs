@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::merchants::router())
         .merge(routes::orders::router())
         .merge(routes::inventory::router())
+        .merge(routes::plugins::router())
         .merge(routes::ops::router())
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)

@@ -31,7 +31,7 @@ pub struct Peers {
 
 /// Refuses linear-memory growth past the cap, with an error that says so.
 pub struct MemoryLimiter {
-    cap: usize,
+    pub(crate) cap: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {

@@ -94,6 +94,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Instances that may exist at once (the pool's size).
     pub max_instances: u32,
+    /// Budgets of merchants' pricing plugins unless the operator set others.
+    pub plugins: crate::plugins::PluginLimits,
 }
 
 /// Capabilities granted beyond the base set, per component: outbound HTTP
@@ -153,6 +155,7 @@ pub struct Inner {
     pub(crate) db: Db,
     pub(crate) limits: Limits,
     pub(crate) grants: Grants,
+    pub(crate) plugins: crate::plugins::Plugins,
     catalog: RwLock<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
     cart: RwLock<Arc<Active<cart::CartComponentPre<Ctx>>>>,
     inventory: RwLock<Arc<Active<inventory::InventoryComponentPre<Ctx>>>>,
@@ -261,12 +264,14 @@ impl Runtime {
             prepare(&engine, &cache, find(ComponentKind::Payment)?, payment::PaymentComponentPre::new)?;
         let order = prepare(&engine, &cache, find(ComponentKind::Order)?, order::OrderComponentPre::new)?;
         let ticker = engine::EpochTicker::start(engine.clone());
+        let plugins = crate::plugins::Plugins::new(db.clone(), limits.plugins, cache_dir)?;
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
                 db,
                 limits,
                 grants,
+                plugins,
                 catalog: RwLock::new(Arc::new(catalog)),
                 cart: RwLock::new(Arc::new(cart)),
                 inventory: RwLock::new(Arc::new(inventory)),
@@ -279,6 +284,11 @@ impl Runtime {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// Merchants' pricing plugins.
+    pub fn plugins(&self) -> &crate::plugins::Plugins {
+        &self.inner.plugins
     }
 
     /// The digest and origin of the active version of each component.

@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod kv;
+pub mod plugins;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -11,6 +11,7 @@ mod checkout;
 mod merchants;
 mod ops;
 mod payments;
+mod plugins;
 mod processes;
 mod products;
 mod restart;

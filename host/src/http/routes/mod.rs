@@ -5,4 +5,5 @@ pub mod inventory;
 pub mod merchants;
 pub mod ops;
 pub mod orders;
+pub mod plugins;
 pub mod products;

@@ -1,0 +1,338 @@
+//! Merchant pricing plugins (SPEC §2, §4, §6.4): upload checks, adjustments
+//! on carts and orders, budgets, the hostile-plugin zoo, isolation.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+fn artifact(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// `PUT /v1/merchant/pricing-plugin` with `bytes` as `token`.
+pub async fn upload(app: &TestApp, token: &str, bytes: Vec<u8>) -> (u16, Value) {
+    send(
+        app.request(Method::PUT, "/v1/merchant/pricing-plugin")
+            .bearer_auth(token)
+            .header("content-type", "application/wasm")
+            .body(bytes),
+    )
+    .await
+}
+
+pub async fn plugin_status(app: &TestApp, token: &str) -> (u16, Value) {
+    send(app.request(Method::GET, "/v1/merchant/pricing-plugin").bearer_auth(token)).await
+}
+
+pub async fn set_limits(app: &TestApp, merchant: &str, body: Value) -> (u16, Value) {
+    send(
+        app.request(Method::PUT, &format!("/v1/admin/merchants/{merchant}/plugin-limits"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body),
+    )
+    .await
+}
+
+/// Two merchants: `a` (whose plugin the test varies) sells ZA-1 at 10.00;
+/// `b` sells ZOO-OTHER-1 at 20.00 and runs the bundles example plugin.
+struct Shop {
+    app: TestApp,
+    a: (String, String),
+    b: (String, String),
+    b_digest: String,
+}
+
+async fn shop(backend: Backend) -> Shop {
+    let app = spawn_app(backend).await;
+    let a = app.merchant("Plugin A").await;
+    let b = app.merchant("Plugin B").await;
+    app.product(&a.1, product_body("A thing", &["ZA-1"], 1000, "EUR")).await;
+    app.product(&b.1, product_body("B thing", &["ZOO-OTHER-1"], 2000, "EUR")).await;
+    let (status, body) = upload(&app, &b.1, artifact("plugin-bundles.wasm")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "active");
+    let b_digest = s(&body["digest"]);
+    assert!(b_digest.starts_with("sha256:") && b_digest.len() == 71, "{b_digest}");
+    Shop { app, a, b, b_digest }
+}
+
+/// A cart with 3 × ZA-1 (30.00, merchant a) and 3 × ZOO-OTHER-1 (60.00, b).
+async fn mixed_cart(app: &TestApp) -> String {
+    let cart = app.cart("EUR").await;
+    for sku in ["ZA-1", "ZOO-OTHER-1"] {
+        let (status, body) =
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 3})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    cart
+}
+
+fn line<'a>(cart: &'a Value, sku: &str) -> &'a Value {
+    cart["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["sku"] == sku)
+        .unwrap_or_else(|| panic!("{sku} in {cart}"))
+}
+
+/// Merchant b's bundles plugin on its line: buy 3 pay 2 → 20.00 off (the
+/// rest, 40.00, is under the 100.00 threshold). Merchant a's line is as given.
+#[track_caller]
+fn assert_priced(cart: &Value, b_digest: &str, a_discount: i64) {
+    let b = line(cart, "ZOO-OTHER-1");
+    assert_eq!(b["adjustments"].as_array().unwrap().len(), 1, "{cart}");
+    assert_eq!(b["adjustments"][0]["amount"], json!({"amount": -2000, "currency": "EUR"}), "{cart}");
+    assert_eq!(b["adjustments"][0]["label"], "Buy 3, pay for 2");
+    assert_eq!(b["adjustments"][0]["source"], format!("plugin:{b_digest}"));
+    assert_eq!(b["line_total"]["amount"], 4000);
+    let a = line(cart, "ZA-1");
+    let a_adjusted: i64 =
+        a["adjustments"].as_array().unwrap().iter().map(|x| x["amount"]["amount"].as_i64().unwrap()).sum();
+    assert_eq!(a_adjusted, -a_discount, "{cart}");
+    assert_eq!(a["line_total"]["amount"], 3000 - a_discount);
+    assert_eq!(cart["subtotal"]["amount"], 9000);
+    assert_eq!(cart["discount_total"]["amount"], 2000 + a_discount);
+    assert_eq!(cart["total"]["amount"], 7000 - a_discount);
+}
+
+async fn a_plugin_discounts_carts_and_orders(backend: Backend) {
+    let shop = shop(backend).await;
+    let app = &shop.app;
+    let cart = mixed_cart(app).await;
+    let (status, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(status, 200, "{priced}");
+    assert_priced(&priced, &shop.b_digest, 0);
+
+    // Merchant a uploads the same example: its line gets its own discount.
+    let (status, body) = upload(app, &shop.a.1, artifact("plugin-bundles.wasm")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_priced(&priced, &shop.b_digest, 1000);
+
+    // The order records the adjustments and which plugins made them.
+    let (status, order) = send(
+        app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+            .header("idempotency-key", "plugin-order-1")
+            .json(&json!({"email": "p@example.com", "payment": {"token": "tok_visa"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["total"]["amount"], 6000, "{order}");
+    assert_eq!(order["discount_total"]["amount"], 3000);
+    let provenance = order["provenance"].as_array().unwrap();
+    for m in [&shop.a.0, &shop.b.0] {
+        assert!(
+            provenance
+                .iter()
+                .any(|p| p["name"] == format!("pricing-plugin:{m}") && p["digest"] == shop.b_digest),
+            "{order}"
+        );
+    }
+
+    // Merchant isolation: each sees only their own plugin; deleting one's
+    // leaves the other's in force.
+    let (_, a_view) = plugin_status(app, &shop.a.1).await;
+    assert_eq!(a_view["digest"], shop.b_digest);
+    assert_eq!(a_view["limits"]["binary_bytes"], 256 * 1024);
+    let (status, _) =
+        send(app.request(Method::DELETE, "/v1/merchant/pricing-plugin").bearer_auth(&shop.a.1)).await;
+    assert_eq!(status, 204);
+    assert_error(&plugin_status(app, &shop.a.1).await, 404, "not_found");
+    let again = send(app.request(Method::DELETE, "/v1/merchant/pricing-plugin").bearer_auth(&shop.a.1)).await;
+    assert_error(&again, 404, "not_found");
+    let (status, b_view) = plugin_status(app, &shop.b.1).await;
+    assert_eq!(status, 200, "{b_view}");
+    let cart2 = mixed_cart(app).await;
+    let (_, priced) = app.get(&format!("/v1/carts/{cart2}")).await;
+    assert_priced(&priced, &shop.b_digest, 0);
+}
+both_backends!(plugin_discounts_carts_and_orders, a_plugin_discounts_carts_and_orders);
+
+/// Uploads the host must refuse, each with a message naming what is wrong;
+/// nothing is stored and the merchant's current plugin stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused_with_the_reason() {
+    let shop = shop(Backend::Sqlite).await;
+    let app = &shop.app;
+    let good = artifact("plugin-bundles.wasm");
+    // The bundles example plus a 300 KiB custom section: over the default 256 KiB.
+    let mut oversized = good.clone();
+    let payload = vec![0u8; 300 * 1024];
+    let name = b"padding";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    oversized.push(0);
+    let mut len = section.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            oversized.push(byte);
+            break;
+        }
+        oversized.push(byte | 0x80);
+    }
+    oversized.extend_from_slice(&section);
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let core_module = wat::parse_str(r#"(module (func (export "price")))"#).unwrap();
+    let wants_http = wat::parse_str(
+        r#"(component
+             (import "wasi:http/outgoing-handler@0.2.0" (instance))
+             (import "mercato:pricing/types@0.1.0" (instance)))"#,
+    )
+    .unwrap();
+    let wrong_world =
+        wat::parse_str(r#"(component (core module) (export "mercato:pricing/other@0.1.0" (core module 0)))"#)
+            .unwrap_or_else(|_| wat::parse_str("(component)").unwrap());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("oversized", oversized, "over this merchant's limit of 262144 bytes"),
+        ("random bytes", random, "not WebAssembly"),
+        ("core module", core_module, "core WebAssembly module, not a component"),
+        ("imports wasi:http", wants_http, "imports wasi:http/outgoing-handler@0.2.0"),
+        ("no pricing export", wrong_world, "does not export mercato:pricing/pricing@0.1.0"),
+        ("truncated", good[..good.len() / 2].to_vec(), "not a valid component"),
+    ];
+    for (what, bytes, reason) in cases {
+        let got = upload(app, &shop.a.1, bytes).await;
+        assert_error(&got, 422, "invalid_plugin");
+        let message = got.1["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{what}: {message:?} should say {reason:?}");
+        assert_error(&plugin_status(app, &shop.a.1).await, 404, "not_found");
+    }
+    // The wrong content type, no token, another merchant's token: nothing changes.
+    let wrong_type = send(
+        app.request(Method::PUT, "/v1/merchant/pricing-plugin")
+            .bearer_auth(&shop.a.1)
+            .header("content-type", "application/json")
+            .body(good.clone()),
+    )
+    .await;
+    assert_error(&wrong_type, 415, "unsupported_media_type");
+    let anonymous = send(
+        app.request(Method::PUT, "/v1/merchant/pricing-plugin")
+            .header("content-type", "application/wasm")
+            .body(good),
+    )
+    .await;
+    assert_error(&anonymous, 401, "unauthorized");
+    assert_error(&upload(app, &shop.a.1, Vec::new()).await, 422, "invalid_plugin");
+    // b's plugin is untouched by all of it.
+    let (status, b_view) = plugin_status(app, &shop.b.1).await;
+    assert_eq!((status, &b_view["digest"]), (200, &json!(shop.b_digest)));
+}
+
+/// The zoo: each plugin uploads fine (it is a well-formed component) and
+/// misbehaves when it runs. Its adjustments are dropped, the error is shown
+/// to its merchant, the other merchant's discount and the totals are right,
+/// and the host keeps answering while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_stopped_and_their_errors_shown() {
+    let shop = shop(Backend::Sqlite).await;
+    let app = &shop.app;
+    let cases: &[(&str, &str, &str)] = &[
+        ("loop", "instructions", "instructions"),
+        ("alloc", "memory", "over its limit of 10485760 bytes"),
+        ("recursion", "stack", "stack"),
+        ("panic", "trap", ""),
+        ("huge-output", "output_too_large", "over the output limit"),
+        ("wrong-currency", "invalid_output", "the cart is in \"EUR\""),
+        ("over-discount", "invalid_output", "below zero"),
+        ("foreign-sku", "invalid_output", "not one of this merchant's lines"),
+    ];
+    for (feature, kind, says) in cases {
+        let (status, body) = upload(app, &shop.a.1, artifact(&format!("zoo-{feature}.wasm"))).await;
+        assert_eq!(status, 200, "{feature}: {body}");
+        let cart = mixed_cart(app).await;
+        let path = format!("/v1/carts/{cart}");
+        // A request for everyone else, while the plugin runs.
+        let (priced, health) = tokio::join!(app.get(&path), app.get("/healthz"));
+        assert_eq!(health.0, 200, "{feature}: /healthz {}", health.1);
+        assert_eq!(priced.0, 200, "{feature}: {}", priced.1);
+        assert_priced(&priced.1, &shop.b_digest, 0);
+        let (status, view) = plugin_status(app, &shop.a.1).await;
+        assert_eq!(status, 200);
+        assert_eq!(view["status"], "failing", "{feature}: {view}");
+        let error = &view["recent_errors"][0];
+        assert_eq!(error["kind"], *kind, "{feature}: {view}");
+        assert_eq!(error["digest"], body["digest"]);
+        assert!(error["message"].as_str().unwrap().contains(says), "{feature}: {error}");
+        if *feature == "panic" {
+            // stdout and stderr are captured into the run log, capped.
+            let log = error["log"].as_str().unwrap();
+            assert!(log.contains("zoo: about to panic on 1 lines"), "{log}");
+            assert!(log.len() <= 4 * 1024 + 32 && log.ends_with("[log truncated]"), "{} bytes", log.len());
+        }
+    }
+    // b never saw an error.
+    let (_, b_view) = plugin_status(app, &shop.b.1).await;
+    assert_eq!(b_view["status"], "active", "{b_view}");
+    assert_eq!(b_view["recent_errors"], json!([]));
+}
+
+/// An operator can raise a merchant's budgets: with a huge instruction
+/// budget the looping plugin is stopped by its wall-clock deadline instead.
+/// Limits are validated and checked against the ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_set_plugin_limits_per_merchant() {
+    let shop = shop(Backend::Sqlite).await;
+    let app = &shop.app;
+    let (status, body) =
+        set_limits(app, &shop.a.0, json!({"instructions": 10_000_000_000u64, "deadline_ms": 50})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["limits"]["instructions"], 10_000_000_000u64);
+    assert_eq!(body["limits"]["memory_bytes"], 10 * 1024 * 1024, "unset fields keep their value");
+    upload(app, &shop.a.1, artifact("zoo-loop.wasm")).await;
+    let cart = mixed_cart(app).await;
+    let (_, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_priced(&priced, &shop.b_digest, 0);
+    let (_, view) = plugin_status(app, &shop.a.1).await;
+    assert_eq!(view["recent_errors"][0]["kind"], "deadline", "{view}");
+    assert_eq!(view["limits"]["deadline_ms"], 50);
+
+    // More memory than the default lets the allocating plugin run longer, but
+    // it is still stopped at the new cap.
+    set_limits(app, &shop.a.0, json!({"memory_bytes": 32 * 1024 * 1024})).await;
+    upload(app, &shop.a.1, artifact("zoo-alloc.wasm")).await;
+    app.get(&format!("/v1/carts/{cart}")).await;
+    let (_, view) = plugin_status(app, &shop.a.1).await;
+    assert!(view["recent_errors"][0]["message"].as_str().unwrap().contains("33554432"), "{view}");
+
+    // A smaller binary limit refuses the example.
+    set_limits(app, &shop.b.0, json!({"binary_bytes": 1024})).await;
+    assert_error(&upload(app, &shop.b.1, artifact("plugin-bundles.wasm")).await, 422, "invalid_plugin");
+
+    // Bad limits: zero, over the ceiling, unknown field, no admin token, unknown merchant.
+    assert_error(&set_limits(app, &shop.a.0, json!({"deadline_ms": 0})).await, 422, "invalid_request");
+    assert_error(
+        &set_limits(app, &shop.a.0, json!({"memory_bytes": 1u64 << 40})).await,
+        422,
+        "invalid_request",
+    );
+    assert_error(&set_limits(app, &shop.a.0, json!({"fuel": 1})).await, 422, "invalid_request");
+    assert_error(&set_limits(app, "m_nope", json!({"deadline_ms": 10})).await, 404, "not_found");
+    let as_merchant = send(
+        app.request(Method::PUT, &format!("/v1/admin/merchants/{}/plugin-limits", shop.a.0))
+            .bearer_auth(&shop.a.1)
+            .json(&json!({"deadline_ms": 10})),
+    )
+    .await;
+    assert_eq!(as_merchant.0, 401, "{}", as_merchant.1);
+}
+
+/// A plugin is stored by digest in the database: a restarted host (with an
+/// empty in-memory cache) still applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_survive_a_restart() {
+    let shop = shop(Backend::Sqlite).await;
+    let cart = mixed_cart(&shop.app).await;
+    let (dir, pg, config) = shop.app.stop().await;
+    let app = start(config, dir, pg).await;
+    let (status, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(status, 200, "{priced}");
+    assert_priced(&priced, &shop.b_digest, 0);
+}

@@ -1,0 +1,87 @@
+//! The hostile-plugin zoo: each feature builds a plugin that misbehaves in
+//! one way. The host must stop it within its budget (or refuse its output),
+//! drop its adjustments, record the error and keep serving.
+
+wit_bindgen::generate!({
+    path: "../../../wit/pricing",
+    world: "mercato:pricing/plugin",
+});
+
+use exports::mercato::pricing::pricing::Guest;
+use mercato::pricing::types::{Cart, Discount, Money};
+
+/// The sku of another merchant that `foreign-sku` tries to discount.
+pub const FOREIGN_SKU: &str = "ZOO-OTHER-1";
+
+struct Zoo;
+
+#[allow(dead_code)]
+fn first(cart: &Cart) -> (&str, i64) {
+    let line = &cart.lines[0];
+    (&line.sku, line.unit_price.amount * i64::from(line.quantity))
+}
+
+#[allow(dead_code)]
+fn discount(sku: &str, amount: i64, currency: &str) -> Discount {
+    Discount { sku: sku.into(), label: "zoo".into(), amount: Money { amount, currency: currency.into() } }
+}
+
+#[allow(dead_code)]
+fn deep(n: u64) -> u64 {
+    if n == 0 { 0 } else { std::hint::black_box(deep(std::hint::black_box(n - 1))) + 1 }
+}
+
+impl Guest for Zoo {
+    #[allow(unreachable_code, unused_variables)]
+    fn price(cart: Cart) -> Result<Vec<Discount>, String> {
+        #[cfg(feature = "loop")]
+        loop {
+            std::hint::black_box(&cart);
+        }
+        #[cfg(feature = "alloc")]
+        {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        #[cfg(feature = "recursion")]
+        {
+            let n = deep(u64::MAX);
+            return Err(format!("unreachable: {n}"));
+        }
+        #[cfg(feature = "panic")]
+        {
+            println!("zoo: about to panic on {} lines", cart.lines.len());
+            for i in 0..200 {
+                println!("zoo: filling the log, line {i}");
+            }
+            panic!("zoo: boom");
+        }
+        #[cfg(feature = "huge-output")]
+        {
+            let (sku, _) = first(&cart);
+            return Ok((0..2_000).map(|_| discount(sku, 0, &cart.currency)).collect());
+        }
+        #[cfg(feature = "wrong-currency")]
+        {
+            let (sku, _) = first(&cart);
+            let other = if cart.currency == "USD" { "EUR" } else { "USD" };
+            return Ok(vec![discount(sku, 1, other)]);
+        }
+        #[cfg(feature = "over-discount")]
+        {
+            let (sku, gross) = first(&cart);
+            return Ok(vec![discount(sku, gross + 1, &cart.currency)]);
+        }
+        #[cfg(feature = "foreign-sku")]
+        {
+            return Ok(vec![discount(FOREIGN_SKU, 1, &cart.currency)]);
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(target_family = "wasm")]
+export!(Zoo);
