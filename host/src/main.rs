@@ -1,4 +1,5 @@
-//! The `mercato` binary: `mercato serve`.
+//! The `mercato` binary: `mercato serve`, and `mercato plugin …`, a client
+//! of the merchant API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,40 @@ struct Cli {
 enum Command {
     /// Run the shop: HTTP API, bundled components, SQLite by default.
     Serve(ServeArgs),
+    /// Manage your pricing plugin (as a merchant) through the API.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a plugin component (.wasm); it is in force at once.
+    Upload {
+        /// The component file
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show the plugin's digest, status, limits, recent errors and last run.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove the plugin.
+    Remove {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of the mercato API
+    #[arg(long, env = "MERCATO_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Your merchant token (mt.…)
+    #[arg(long, env = "MERCATO_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[derive(clap::Args)]
@@ -53,7 +88,45 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Plugin(command) => plugin(command).await,
     }
+}
+
+async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let client = reqwest::Client::new();
+    let (api, request) = match command {
+        PluginCommand::Upload { file, api } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+            eprintln!("uploading {} ({} bytes)…", file.display(), bytes.len());
+            let req = client
+                .put(format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/')))
+                .header("content-type", "application/wasm")
+                .body(bytes);
+            (api, req)
+        }
+        PluginCommand::Status { api } => {
+            let req = client.get(format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/')));
+            (api, req)
+        }
+        PluginCommand::Remove { api } => {
+            let req = client.delete(format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/')));
+            (api, req)
+        }
+    };
+    let response =
+        request.bearer_auth(&api.token).send().await.with_context(|| format!("reach {}", api.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if status.is_success() {
+        println!("{}", if text.is_empty() { "removed".to_string() } else { text });
+        return Ok(());
+    }
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| Some(format!("{} ({})", v["error"]["message"].as_str()?, v["error"]["code"].as_str()?)))
+        .unwrap_or(text);
+    anyhow::bail!("{status}: {message}")
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -63,6 +63,23 @@ pub struct PluginInfo {
     pub uploaded_at: i64,
     pub limits: PluginLimits,
     pub recent_errors: Vec<PluginErrorRow>,
+    /// The newest run on this host process (not shared between replicas):
+    /// what it used of its budgets and what it printed.
+    pub last_run: Option<LastRun>,
+}
+
+/// What one run used, for a merchant sizing their plugin's budgets.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LastRun {
+    pub at: i64,
+    pub digest: String,
+    /// `ok` or the error kind.
+    pub outcome: &'static str,
+    pub lines: usize,
+    pub instructions: u64,
+    pub memory_bytes: u64,
+    pub duration_us: u64,
+    pub log: String,
 }
 
 struct Inner {
@@ -75,6 +92,7 @@ struct Inner {
     runs: tokio::sync::Semaphore,
     compiles: tokio::sync::Semaphore,
     recorded: Mutex<HashMap<(String, String, &'static str), Instant>>,
+    last_runs: Mutex<HashMap<String, LastRun>>,
     _ticker: EpochTicker,
 }
 
@@ -117,6 +135,7 @@ impl Plugins {
                 runs: tokio::sync::Semaphore::new(CONCURRENT_RUNS),
                 compiles: tokio::sync::Semaphore::new(1),
                 recorded: Mutex::new(HashMap::new()),
+                last_runs: Mutex::new(HashMap::new()),
                 _ticker: ticker,
             }),
         })
@@ -230,13 +249,20 @@ impl Plugins {
     pub async fn info(&self, merchant: &str) -> Result<Option<PluginInfo>, StorageError> {
         let Some(row) = self.inner.db.plugin(merchant).await? else { return Ok(None) };
         let recent_errors = self.inner.db.plugin_errors(merchant).await?;
+        let last_run = lock(&self.inner.last_runs).get(merchant).filter(|r| r.digest == row.digest).cloned();
+        // The newest run this process saw decides; without one, any recorded error.
+        let failing = match &last_run {
+            Some(run) => run.outcome != "ok",
+            None => !recent_errors.is_empty(),
+        };
         Ok(Some(PluginInfo {
-            status: if recent_errors.is_empty() { "active" } else { "failing" },
+            status: if failing { "failing" } else { "active" },
             limits: self.limits_from(row.limits.as_deref()),
             digest: row.digest,
             size: row.size,
             uploaded_at: row.uploaded_at,
             recent_errors,
+            last_run,
         }))
     }
 
@@ -298,12 +324,26 @@ impl Plugins {
         let limits = self.limits_from(plugin.limits.as_deref());
         let started = Instant::now();
         let outcome = match self.load(&plugin.digest).await {
-            Err(e) => sandbox::RunOutcome { result: Err(e), log: String::new(), fuel_used: 0 },
+            Err(e) => {
+                sandbox::RunOutcome { result: Err(e), log: String::new(), fuel_used: 0, memory_peak: 0 }
+            }
             Ok(pre) => {
                 let _permit = self.inner.runs.acquire().await.map_err(|_| ())?;
                 sandbox::run(&self.inner.engine, &pre, &plugin.digest, &limits, cart, request_deadline).await
             }
         };
+        let last = LastRun {
+            at: crate::now_ms(),
+            digest: plugin.digest.clone(),
+            outcome: outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok"),
+            lines: cart.lines.len(),
+            instructions: outcome.fuel_used,
+            memory_bytes: outcome.memory_peak,
+            duration_us: started.elapsed().as_micros() as u64,
+            log: outcome.log.clone(),
+        };
+        tracing::debug!(merchant = %plugin.merchant_id, ?last, "pricing plugin ran");
+        lock(&self.inner.last_runs).insert(plugin.merchant_id.clone(), last);
         crate::telemetry::plugin_run(
             outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok"),
             started,

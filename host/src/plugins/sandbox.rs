@@ -55,6 +55,8 @@ pub struct RunOutcome {
     pub result: Result<Vec<Discount>, RunError>,
     pub log: String,
     pub fuel_used: u64,
+    /// The largest linear memory the run had, in bytes.
+    pub memory_peak: u64,
 }
 
 /// stdout and stderr of a run, interleaved, capped at [`LOG_BYTES`]: writes
@@ -170,7 +172,7 @@ pub async fn run(
     let ctx = PluginCtx {
         wasi: inert_wasi(digest, &log),
         table: ResourceTable::new(),
-        limiter: MemoryLimiter { cap: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX) },
+        limiter: MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)),
         deadline,
     };
     let mut store = Store::new(engine, ctx);
@@ -197,7 +199,8 @@ pub async fn run(
             }
         }
     };
-    RunOutcome { result, log: log.text(), fuel_used }
+    let memory_peak = store.data().limiter.peak as u64;
+    RunOutcome { result, log: log.text(), fuel_used, memory_peak }
 }
 
 async fn call(

@@ -32,6 +32,14 @@ pub struct Peers {
 /// Refuses linear-memory growth past the cap, with an error that says so.
 pub struct MemoryLimiter {
     pub(crate) cap: usize,
+    /// The largest linear memory granted so far.
+    pub(crate) peak: usize,
+}
+
+impl MemoryLimiter {
+    pub fn new(cap: usize) -> MemoryLimiter {
+        MemoryLimiter { cap, peak: 0 }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -44,6 +52,7 @@ impl ResourceLimiter for MemoryLimiter {
         if desired > self.cap {
             return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired }));
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
@@ -140,7 +149,7 @@ impl Inner {
             kind,
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: self.limits.memory_bytes },
+            limiter: MemoryLimiter::new(self.limits.memory_bytes),
             deadline,
             rt: self.clone(),
             peers: Peers::default(),
