@@ -7,47 +7,24 @@
 
 use std::time::{Duration, Instant};
 
-use mercato::config::{ComponentsConfig, Config, Secret};
-use serde_json::{Value, json};
+mod common;
+
+use common::send;
+use serde_json::json;
 
 const CLIENTS: usize = 32;
 const ORDERS: usize = 600;
 const HOT_SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
 
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = req.send().await.expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn run(label: &str, database_url: Option<String>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_path_buf(),
-        database_url,
-        no_demo: true,
-        admin_token: Some(Secret("bench".into())),
-        components: ComponentsConfig { deadline_ms: 60_000, ..ComponentsConfig::default() },
-        ..Config::default()
-    };
-    let app = mercato::App::build(config).await.expect("build");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.serve(listener, async move {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-
-    let (_, m) = send(
-        client
-            .post(format!("{base}/v1/admin/merchants"))
-            .bearer_auth("bench")
-            .json(&json!({"name": "Bench"})),
-    )
+    let host = common::start(|c| {
+        c.database_url = database_url;
+        c.components.deadline_ms = 60_000;
+    })
     .await;
-    let token = m["token"].as_str().expect("token").to_string();
+    let (base, client) = (host.base.clone(), host.client.clone());
+
+    let (_, token) = host.merchant("Bench").await;
     for sku in HOT_SKUS {
         let body = json!({"title": sku, "variants": [{"sku": sku, "price": {"amount": 999, "currency": "EUR"}, "stock": 1_000_000}]});
         let (status, _) =
@@ -113,7 +90,7 @@ async fn run(label: &str, database_url: Option<String>) {
         pct(50),
         pct(99),
     );
-    let _ = stop.send(());
+    drop(host);
 }
 
 fn main() {

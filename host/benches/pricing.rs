@@ -11,17 +11,13 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::send;
 use mercato::bindings::types::{Money, PricedLine};
-use mercato::config::{Config, Secret};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SIZES: [usize; 3] = [1, 10, 100];
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = req.send().await.expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -47,31 +43,12 @@ where
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_path_buf(),
-        no_demo: true,
-        admin_token: Some(Secret("bench".into())),
-        ..Config::default()
-    };
-    let app = mercato::App::build(config).await.expect("build");
-    let runtime = app.state.runtime.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(app.serve(listener, std::future::pending::<()>()));
-    let client = reqwest::Client::new();
+    let host = common::start(|_| {}).await;
+    let (base, client, runtime) = (host.base.clone(), host.client.clone(), host.runtime.clone());
 
     let mut merchants = Vec::new();
     for name in ["plain", "promo"] {
-        let (_, m) = send(
-            client
-                .post(format!("{base}/v1/admin/merchants"))
-                .bearer_auth("bench")
-                .json(&json!({"name": name})),
-        )
-        .await;
-        let (id, token) = (m["id"].as_str().unwrap().to_string(), m["token"].as_str().unwrap().to_string());
+        let (id, token) = host.merchant(name).await;
         for i in 0..SIZES[2] {
             let sku = format!("{name}-{i}");
             let body = json!({"title": sku, "variants": [{"sku": sku, "price": {"amount": 1000 + i as i64, "currency": "EUR"}, "stock": 1000}]});

@@ -94,28 +94,21 @@ async fn run() -> anyhow::Result<()> {
 
 async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     use anyhow::Context;
-    let client = reqwest::Client::new();
-    let (api, request) = match command {
+    let (api, method, body) = match command {
         PluginCommand::Upload { file, api } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             eprintln!("uploading {} ({} bytes)…", file.display(), bytes.len());
-            let req = client
-                .put(format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/')))
-                .header("content-type", "application/wasm")
-                .body(bytes);
-            (api, req)
+            (api, reqwest::Method::PUT, Some(bytes))
         }
-        PluginCommand::Status { api } => {
-            let req = client.get(format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/')));
-            (api, req)
-        }
-        PluginCommand::Remove { api } => {
-            let req = client.delete(format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/')));
-            (api, req)
-        }
+        PluginCommand::Status { api } => (api, reqwest::Method::GET, None),
+        PluginCommand::Remove { api } => (api, reqwest::Method::DELETE, None),
     };
-    let response =
-        request.bearer_auth(&api.token).send().await.with_context(|| format!("reach {}", api.url))?;
+    let url = format!("{}/v1/merchant/pricing-plugin", api.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().request(method, url).bearer_auth(&api.token);
+    if let Some(bytes) = body {
+        request = request.header("content-type", "application/wasm").body(bytes);
+    }
+    let response = request.send().await.with_context(|| format!("reach {}", api.url))?;
     let status = response.status();
     let text = response.text().await?;
     if status.is_success() {

@@ -89,17 +89,21 @@ impl PluginLimits {
         Ok(self)
     }
 
-    /// Check limits read from configuration.
+    /// Check limits read from configuration (the same rules as an update).
     pub fn check(&self) -> Result<(), String> {
-        PluginLimits::default()
-            .apply(&LimitsUpdate {
-                binary_bytes: Some(self.binary_bytes),
-                memory_bytes: Some(self.memory_bytes),
-                instructions: Some(self.instructions),
-                deadline_ms: Some(self.deadline_ms),
-                output_bytes: Some(self.output_bytes),
-            })
-            .map(drop)
+        PluginLimits::default().apply(&LimitsUpdate::from(*self)).map(drop)
+    }
+}
+
+impl From<PluginLimits> for LimitsUpdate {
+    fn from(l: PluginLimits) -> LimitsUpdate {
+        LimitsUpdate {
+            binary_bytes: Some(l.binary_bytes),
+            memory_bytes: Some(l.memory_bytes),
+            instructions: Some(l.instructions),
+            deadline_ms: Some(l.deadline_ms),
+            output_bytes: Some(l.output_bytes),
+        }
     }
 }
 

@@ -301,7 +301,7 @@ impl Plugins {
                     })
                     .collect(),
             };
-            if let Ok(discounts) = self.run(&plugin, &cart, request_deadline).await {
+            if let Some(discounts) = self.run(&plugin, &cart, request_deadline).await {
                 out.extend(discounts.into_iter().filter(|d| d.amount.amount > 0).map(|d| LineAdjustment {
                     sku: d.sku,
                     adjustment: Adjustment {
@@ -320,7 +320,7 @@ impl Plugins {
         plugin: &PluginRow,
         cart: &Cart,
         request_deadline: Instant,
-    ) -> Result<Vec<crate::bindings::plugin::mercato::pricing::types::Discount>, ()> {
+    ) -> Option<Vec<crate::bindings::plugin::mercato::pricing::types::Discount>> {
         let limits = self.limits_from(plugin.limits.as_deref());
         let started = Instant::now();
         let outcome = match self.load(&plugin.digest).await {
@@ -328,14 +328,16 @@ impl Plugins {
                 sandbox::RunOutcome { result: Err(e), log: String::new(), fuel_used: 0, memory_peak: 0 }
             }
             Ok(pre) => {
-                let _permit = self.inner.runs.acquire().await.map_err(|_| ())?;
+                let _permit = self.inner.runs.acquire().await.ok()?;
                 sandbox::run(&self.inner.engine, &pre, &plugin.digest, &limits, cart, request_deadline).await
             }
         };
+        let kind = outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok");
+        crate::telemetry::plugin_run(kind, started, outcome.fuel_used);
         let last = LastRun {
             at: crate::now_ms(),
             digest: plugin.digest.clone(),
-            outcome: outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok"),
+            outcome: kind,
             lines: cart.lines.len(),
             instructions: outcome.fuel_used,
             memory_bytes: outcome.memory_peak,
@@ -344,18 +346,13 @@ impl Plugins {
         };
         tracing::debug!(merchant = %plugin.merchant_id, ?last, "pricing plugin ran");
         lock(&self.inner.last_runs).insert(plugin.merchant_id.clone(), last);
-        crate::telemetry::plugin_run(
-            outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok"),
-            started,
-            outcome.fuel_used,
-        );
         match outcome.result {
-            Ok(discounts) => Ok(discounts),
+            Ok(discounts) => Some(discounts),
             Err(error) => {
                 tracing::warn!(merchant = %plugin.merchant_id, digest = %plugin.digest, kind = error.kind,
                     message = %error.message, "pricing plugin run failed; its adjustments are dropped");
                 self.record(plugin, &error, outcome.log).await;
-                Err(())
+                None
             }
         }
     }

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limits::{LOG_BYTES, PluginLimits};
 use crate::bindings::plugin::mercato::pricing::types::{Cart, Discount};
 use crate::bindings::plugin::{Plugin, PluginPre};
-use crate::runtime::ctx::MemoryLimiter;
+use crate::runtime::ctx::{Confined, MemoryLimiter, confine};
 use crate::runtime::fault::{DeadlineExceeded, MemoryCapExceeded};
 
 /// What every plugin's clock says: 2025-01-01T00:00:00Z, never advancing.
@@ -27,6 +27,15 @@ pub struct PluginCtx {
     table: ResourceTable,
     limiter: MemoryLimiter,
     deadline: Instant,
+}
+
+impl Confined for PluginCtx {
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 impl WasiView for PluginCtx {
@@ -176,20 +185,12 @@ pub async fn run(
         deadline,
     };
     let mut store = Store::new(engine, ctx);
-    store.limiter(|c| &mut c.limiter);
+    confine(&mut store);
     let fuel = limits.fuel_for(cart.lines.len());
     let mut fuel_used = 0;
     let result = match store.set_fuel(fuel) {
         Err(e) => Err(RunError::new("unavailable", format!("{e:#}"))),
         Ok(()) => {
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|ctx| {
-                if Instant::now() >= ctx.data().deadline {
-                    Err(wasmtime::Error::new(DeadlineExceeded))
-                } else {
-                    Ok(UpdateDeadline::Yield(1))
-                }
-            });
             let called = call(pre, &mut store, cart).await;
             fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             match called {

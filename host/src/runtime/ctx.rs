@@ -158,19 +158,39 @@ impl Inner {
             config: self.grants.config(kind),
         };
         let mut store = Store::new(&self.engine, ctx);
-        store.limiter(|c| &mut c.limiter);
-        store.set_epoch_deadline(1);
-        // Every tick: past the deadline, stop the guest; otherwise yield to
-        // the executor so a busy guest never starves other requests.
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        confine(&mut store);
         store
     }
+}
+
+/// Store data of a sandboxed guest: a memory cap and a wall-clock deadline.
+pub trait Confined: Send + 'static {
+    fn limiter(&mut self) -> &mut MemoryLimiter;
+    fn deadline(&self) -> Instant;
+}
+
+impl Confined for Ctx {
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+/// Apply the memory cap, and on every epoch tick either stop the guest (past
+/// its deadline) or yield to the executor, so a busy guest never starves
+/// other requests. Service components and pricing plugins share this.
+pub fn confine<T: Confined>(store: &mut Store<T>) {
+    store.limiter(|c| c.limiter());
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline() {
+            Err(wasmtime::Error::new(DeadlineExceeded))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
 }
 
 #[cfg(test)]
