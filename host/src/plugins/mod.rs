@@ -230,6 +230,13 @@ impl Plugins {
         if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
             return Ok(pre);
         }
+        // One compile at a time (uploads too); a request that waited finds
+        // the plugin another request just loaded.
+        let _permit =
+            self.inner.compiles.acquire().await.map_err(|e| RunError::new("unavailable", e.to_string()))?;
+        if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
+            return Ok(pre);
+        }
         let bytes = self
             .inner
             .db
