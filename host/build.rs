@@ -62,6 +62,13 @@ fn main() {
         assert!(status.success(), "building zoo plugin {feature} failed");
         copy(&built.join("mercato_plugin_zoo.wasm"), &out_dir.join(format!("zoo-{feature}.wasm")));
     }
+    // A second catalog version whose titles end in " [v2]" (deploy tests).
+    let status = guest_build(&root, &target_dir)
+        .args(["-p", "mercato-catalog", "--features", "test-marker"])
+        .status()
+        .expect("run cargo for the catalog test version");
+    assert!(status.success(), "building catalog with test-marker failed");
+    copy(&built.join("mercato_catalog.wasm"), &out_dir.join("catalog-v2.wasm"));
     println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
 }
 

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::http::AppState;
-use crate::runtime::{ComponentKind, ComponentSource, Grants, Limits, Runtime, bundled};
+use crate::registry::{Registry, StartupComponent};
+use crate::runtime::{ComponentKind, Grants, Limits, Runtime, bundled};
 use crate::storage::Db;
 
 /// A built host, ready to serve.
@@ -21,7 +22,7 @@ pub struct App {
     pub notices: Vec<String>,
 }
 
-fn sources(config: &Config) -> anyhow::Result<Vec<ComponentSource>> {
+fn startup_components(config: &Config) -> anyhow::Result<Vec<StartupComponent>> {
     ComponentKind::ALL
         .iter()
         .map(|&kind| {
@@ -32,11 +33,14 @@ fn sources(config: &Config) -> anyhow::Result<Vec<ComponentSource>> {
                 ComponentKind::Payment => &config.components.payment,
                 ComponentKind::Order => &config.components.order,
             };
-            let bytes = match path {
-                Some(p) => std::fs::read(p).with_context(|| format!("read component {}", p.display()))?,
-                None => bundled::bytes(kind).to_vec(),
+            let (bytes, source) = match path {
+                Some(p) => (
+                    std::fs::read(p).with_context(|| format!("read component {}", p.display()))?,
+                    format!("file:{}", p.display()),
+                ),
+                None => (bundled::bytes(kind).to_vec(), "bundled".to_string()),
             };
-            Ok(ComponentSource { kind, bytes })
+            Ok(StartupComponent { kind, bytes, source })
         })
         .collect()
 }
@@ -70,7 +74,18 @@ impl App {
             plugins: config.plugins,
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
-        let sources = sources(&config)?;
+        let policy = crate::registry::signature::Policy::new(&config.deploy.public_keys)
+            .map_err(|e| anyhow::anyhow!("deploy.public_keys: {e}"))?;
+        for name in config.deploy.watch.keys() {
+            if !ComponentKind::ALL.iter().any(|k| k.name() == name) {
+                anyhow::bail!(
+                    "deploy.watch: {name:?} is not a component (catalog, cart, inventory, payment, order)"
+                );
+            }
+        }
+        let sources = crate::registry::bootstrap(&db, startup_components(&config)?)
+            .await
+            .context("component registry")?;
         let cache_dir = config.data_dir.join("cache");
         let rt_db = db.clone();
         // Compiling is CPU-bound: keep it off the async workers.
@@ -98,7 +113,9 @@ impl App {
                 notices.push(format!("demo merchant {name:?} token: {token}"));
             }
         }
+        let registry = Registry::new(runtime.clone(), crate::oci::Oci::new(config.registry.clone()), policy);
         let state = AppState {
+            registry,
             runtime,
             admin_token_hash: Arc::from(admin_token_hash),
             body_limit: config.body_limit,
@@ -123,8 +140,25 @@ impl App {
             self.state.runtime.clone(),
             Duration::from_millis(self.config.checkout.sweep_interval_ms.max(10)),
         ));
+        let mut tasks = vec![sweeper];
+        tasks.push(tokio::spawn(crate::registry::sync::follow(
+            self.state.registry.clone(),
+            Duration::from_millis(self.config.deploy.sync_interval_ms.max(50)),
+        )));
+        for (name, reference) in &self.config.deploy.watch {
+            if let Some(kind) = ComponentKind::ALL.into_iter().find(|k| k.name() == name) {
+                tasks.push(tokio::spawn(crate::registry::sync::watch(
+                    self.state.registry.clone(),
+                    kind,
+                    reference.clone(),
+                    Duration::from_millis(self.config.deploy.poll_interval_ms.max(50)),
+                )));
+            }
+        }
         let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
-        sweeper.abort();
+        for task in tasks {
+            task.abort();
+        }
         served?;
         self.state.runtime.db().close().await;
         Ok(())

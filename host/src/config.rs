@@ -129,6 +129,37 @@ impl PaymentConfig {
     }
 }
 
+/// How often a watched registry tag is polled.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 10_000;
+/// How often the active versions are re-read from the database (besides
+/// PostgreSQL notifications).
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 5_000;
+
+/// Deploying service components (`[deploy]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Base64 ed25519 public keys. When any is set, every deploy (API, OCI,
+    /// watch) must carry a signature by one of them.
+    pub public_keys: Vec<String>,
+    /// Per component, an OCI tag to watch: `catalog = "registry/repo:tag"`;
+    /// when the tag moves to a new digest the host deploys it.
+    pub watch: std::collections::BTreeMap<String, String>,
+    pub poll_interval_ms: u64,
+    pub sync_interval_ms: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            public_keys: Vec::new(),
+            watch: Default::default(),
+            poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+            sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -151,6 +182,10 @@ pub struct Config {
     pub payment: PaymentConfig,
     /// Default budgets of merchants' pricing plugins (`[plugins]`).
     pub plugins: crate::plugins::PluginLimits,
+    /// Deploys: signature keys, watched tags, intervals (`[deploy]`).
+    pub deploy: DeployConfig,
+    /// Registry credentials and plain-HTTP registries (`[registry]`).
+    pub registry: crate::oci::RegistryConfig,
 }
 
 impl Default for Config {
@@ -167,6 +202,8 @@ impl Default for Config {
             checkout: CheckoutConfig::default(),
             payment: PaymentConfig::default(),
             plugins: crate::plugins::PluginLimits::default(),
+            deploy: DeployConfig::default(),
+            registry: crate::oci::RegistryConfig::default(),
         }
     }
 }
@@ -199,6 +236,8 @@ const ENV_KEYS: &[&str] = &[
     "checkout",
     "payment",
     "plugins",
+    "deploy",
+    "registry",
 ];
 
 impl Config {

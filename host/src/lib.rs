@@ -4,6 +4,8 @@
 //! - [`config`]: settings from defaults, file, environment and flags.
 //! - [`storage`]: SQLite / PostgreSQL, the components' key-value data and the host's tables.
 //! - [`runtime`]: the wasmtime engine, component versions, stores and limits.
+//! - [`registry`]: component versions in the database, deploys, rollbacks,
+//!   signatures, replicas; [`oci`]: components as OCI artifacts.
 //! - [`capabilities`]: the WIT interfaces the host provides to components.
 //! - [`http`]: the JSON API. [`auth`]: tokens. [`telemetry`]: logs and metrics.
 //! - [`app`]: wires it all together; [`demo`]: the demo catalog.
@@ -17,7 +19,9 @@ pub mod capabilities;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod oci;
 pub mod plugins;
+pub mod registry;
 pub mod runtime;
 pub mod storage;
 pub mod telemetry;

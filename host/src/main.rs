@@ -1,5 +1,6 @@
-//! The `mercato` binary: `mercato serve`, and `mercato plugin …`, a client
-//! of the merchant API.
+//! The `mercato` binary: `mercato serve`; `mercato plugin …`, a client of the
+//! merchant API; `mercato deploy|rollback|components`, clients of the admin
+//! API; `mercato push` and `mercato keygen` for OCI artifacts and signatures.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,58 @@ enum Command {
     /// Manage your pricing plugin (as a merchant) through the API.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Push a component to an OCI registry (CNCF Wasm artifact layout).
+    Push(PushArgs),
+    /// Deploy a component (a .wasm file or oci://REF) through the admin API.
+    Deploy {
+        /// catalog, cart, inventory, payment or order
+        name: String,
+        /// A .wasm file, or oci://registry/repo:tag (or @sha256:…)
+        artifact: String,
+        /// Sign an uploaded file with this private key file (when the host
+        /// requires signatures; for oci:// the signature comes from the registry)
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Re-activate the version that was active before the current one.
+    Rollback {
+        /// catalog, cart, inventory, payment or order
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show each component's active version and history.
+    Components {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Make an ed25519 key pair for signing components: FILE (private) and FILE.pub.
+    Keygen {
+        /// Where to write the private key (FILE.pub gets the public key)
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// The component (.wasm)
+    file: PathBuf,
+    /// REGISTRY/REPO:TAG, e.g. 127.0.0.1:5000/mercato/catalog:1.2.0
+    reference: String,
+    /// Also push a signature made with this private key file (see `mercato keygen`)
+    #[arg(long)]
+    sign: Option<PathBuf>,
+    /// Registry user (basic auth)
+    #[arg(long, env = "MERCATO_REGISTRY__USERNAME")]
+    username: Option<String>,
+    /// Registry password (basic auth)
+    #[arg(long, env = "MERCATO_REGISTRY__PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Allow plain HTTP to this registry (loopback registries always are)
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -47,9 +100,15 @@ enum PluginCommand {
 #[derive(clap::Args)]
 struct ApiArgs {
     /// Base URL of the mercato API
-    #[arg(long, env = "MERCATO_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long = "server",
+        visible_alias = "url",
+        env = "MERCATO_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
-    /// Your merchant token (mt.…)
+    /// Your token: a merchant token (mt.…) for `plugin`, the admin token for
+    /// `deploy`, `rollback` and `components`
     #[arg(long, env = "MERCATO_TOKEN", hide_env_values = true)]
     token: String,
 }
@@ -89,7 +148,117 @@ async fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Plugin(command) => plugin(command).await,
+        Command::Push(args) => push(args).await,
+        Command::Deploy { name, artifact, sign, api } => deploy(name, artifact, sign, api).await,
+        Command::Rollback { name, api } => {
+            let url = format!("{}/v1/admin/components/{name}/rollback", api.url.trim_end_matches('/'));
+            eprintln!("rolling back {name}…");
+            answer(reqwest::Client::new().post(url).bearer_auth(&api.token), &api.url).await
+        }
+        Command::Components { api } => {
+            let url = format!("{}/v1/admin/components", api.url.trim_end_matches('/'));
+            answer(reqwest::Client::new().get(url).bearer_auth(&api.token), &api.url).await
+        }
+        Command::Keygen { file } => keygen(&file),
     }
+}
+
+fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read key {}", path.display()))?;
+    mercato::registry::signature::signing_key(&text).map_err(anyhow::Error::msg)
+}
+
+fn keygen(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (private, public) = mercato::registry::signature::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(file).map_err(|e| anyhow::anyhow!("create {}: {e}", file.display()))?;
+    writeln!(f, "{private}")?;
+    let public_path = format!("{}.pub", file.display());
+    std::fs::write(&public_path, format!("{public}\n"))?;
+    println!("private key: {} (keep it secret)", file.display());
+    println!("public key:  {public_path}");
+    println!("configure the host with: [deploy] public_keys = [\"{public}\"]");
+    Ok(())
+}
+
+async fn push(args: PushArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let bytes = std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
+    let shape = mercato::plugins::validate::parse_component(&bytes).map_err(anyhow::Error::msg)?;
+    let key = args.sign.as_deref().map(read_key).transpose()?;
+    let mut registry = mercato::oci::RegistryConfig {
+        username: args.username,
+        password: args.password.map(mercato::config::Secret),
+        insecure: Vec::new(),
+    };
+    if args.insecure {
+        let r = mercato::oci::parse(&args.reference)?;
+        registry.insecure.push(r.registry().to_string());
+    }
+    let oci = mercato::oci::Oci::new(registry);
+    eprintln!(
+        "pushing {} ({} KiB; exports {}) to {}…",
+        args.file.display(),
+        bytes.len().div_ceil(1024),
+        shape.exports.join(", "),
+        args.reference
+    );
+    let pushed = oci.push(&args.reference, bytes, shape.imports, shape.exports, key.as_ref()).await?;
+    println!("pushed {}", args.reference);
+    println!("component digest: {}", pushed.digest);
+    println!("manifest digest:  {}", pushed.manifest_digest);
+    if let Some(tag) = pushed.signature_tag {
+        println!("signature:        {tag}");
+    }
+    Ok(())
+}
+
+async fn deploy(name: String, artifact: String, sign: Option<PathBuf>, api: ApiArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let url = format!("{}/v1/admin/components/{name}/deploy", api.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().post(url).bearer_auth(&api.token);
+    if artifact.starts_with("oci://") {
+        eprintln!("deploying {name} from {artifact}: the host pulls, checks, precompiles and swaps…");
+        request = request.json(&serde_json::json!({ "oci": artifact.trim_start_matches("oci://") }));
+    } else {
+        let bytes = std::fs::read(&artifact).with_context(|| format!("read {artifact}"))?;
+        let digest = mercato::runtime::digest_of(&bytes);
+        eprintln!(
+            "deploying {name} from {artifact} ({} KiB, {digest}): uploading; the host checks, precompiles and swaps…",
+            bytes.len().div_ceil(1024)
+        );
+        if let Some(path) = sign {
+            let key = read_key(&path)?;
+            let doc = mercato::registry::signature::sign(&key, &digest);
+            request = request.header("x-mercato-signature", doc.signature);
+        }
+        request = request.header("content-type", "application/wasm").body(bytes);
+    }
+    answer(request, &api.url).await
+}
+
+/// Send `request`; print the body on success, the API's error otherwise.
+async fn answer(request: reqwest::RequestBuilder, server: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let started = std::time::Instant::now();
+    let response = request.send().await.with_context(|| format!("reach {server}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if status.is_success() {
+        println!("{text}");
+        eprintln!("done in {} ms", started.elapsed().as_millis());
+        return Ok(());
+    }
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| Some(format!("{} ({})", v["error"]["message"].as_str()?, v["error"]["code"].as_str()?)))
+        .unwrap_or(text);
+    anyhow::bail!("{status}: {message}")
 }
 
 async fn plugin(command: PluginCommand) -> anyhow::Result<()> {

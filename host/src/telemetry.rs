@@ -73,6 +73,14 @@ pub fn plugin_run(outcome: &'static str, started: Instant, fuel_used: u64) {
     metrics::histogram!("mercato_plugin_run_instructions").record(fuel_used as f64);
 }
 
+/// A component version swapped in (`how`: deploy, rollback, sync, watch),
+/// timed from the start of the work (compile included).
+pub fn component_swap(component: &'static str, how: &'static str, started: Instant) {
+    metrics::counter!("mercato_component_swaps_total", "component" => component, "how" => how).increment(1);
+    metrics::histogram!("mercato_component_swap_seconds", "component" => component)
+        .record(started.elapsed().as_secs_f64());
+}
+
 pub fn http_request(method: &str, route: &str, status: u16, started: Instant) {
     let (method, route) = (method.to_string(), route.to_string());
     metrics::counter!(

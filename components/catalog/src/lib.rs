@@ -83,6 +83,14 @@ fn product_key(seq: i64) -> String {
     format!("p{seq:012}")
 }
 
+/// Appended to every title this build shows: empty, except in the test build
+/// `--features test-marker`, a second version whose answers tell which
+/// version served them (deploy tests, swap benchmark).
+#[cfg(not(feature = "test-marker"))]
+const MARK: &str = "";
+#[cfg(feature = "test-marker")]
+const MARK: &str = " [v2]";
+
 /// Attach availability from inventory to stored records.
 fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
     let skus: Vec<String> = records.iter().flat_map(|r| r.variants.iter().map(|v| v.sku.clone())).collect();
@@ -103,7 +111,7 @@ fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
                 .collect(),
             id: r.id,
             merchant_id: r.merchant_id,
-            title: r.title,
+            title: r.title + MARK,
             description: r.description,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -211,9 +219,9 @@ impl Guest for Catalog {
                     product_id: record.id.clone(),
                     merchant_id: record.merchant_id.clone(),
                     title: if variant.title.is_empty() {
-                        record.title.clone()
+                        format!("{}{MARK}", record.title)
                     } else {
-                        format!("{} — {}", record.title, variant.title)
+                        format!("{} — {}{MARK}", record.title, variant.title)
                     },
                     price: Money::from(&variant.price),
                 })

@@ -36,23 +36,23 @@ async fn peer<B>(
 
 impl Ctx {
     async fn catalog_peer(&mut self) -> wasmtime::Result<&mut Instance<CatalogComponent>> {
-        let (rt, deadline) = (self.rt.clone(), self.deadline);
-        peer(&mut self.peers.catalog, async move { rt.instantiate_catalog(deadline).await }).await
+        let (rt, set, deadline) = (self.rt.clone(), self.set.clone(), self.deadline);
+        peer(&mut self.peers.catalog, async move { rt.instantiate_catalog(&set, deadline).await }).await
     }
 
     async fn inventory_peer(&mut self) -> wasmtime::Result<&mut Instance<InventoryComponent>> {
-        let (rt, deadline) = (self.rt.clone(), self.deadline);
-        peer(&mut self.peers.inventory, async move { rt.instantiate_inventory(deadline).await }).await
+        let (rt, set, deadline) = (self.rt.clone(), self.set.clone(), self.deadline);
+        peer(&mut self.peers.inventory, async move { rt.instantiate_inventory(&set, deadline).await }).await
     }
 
     async fn cart_peer(&mut self) -> wasmtime::Result<&mut Instance<CartComponent>> {
-        let (rt, deadline) = (self.rt.clone(), self.deadline);
-        peer(&mut self.peers.cart, async move { rt.instantiate_cart(deadline).await }).await
+        let (rt, set, deadline) = (self.rt.clone(), self.set.clone(), self.deadline);
+        peer(&mut self.peers.cart, async move { rt.instantiate_cart(&set, deadline).await }).await
     }
 
     async fn payment_peer(&mut self) -> wasmtime::Result<&mut Instance<PaymentComponent>> {
-        let (rt, deadline) = (self.rt.clone(), self.deadline);
-        peer(&mut self.peers.payment, async move { rt.instantiate_payment(deadline).await }).await
+        let (rt, set, deadline) = (self.rt.clone(), self.set.clone(), self.deadline);
+        peer(&mut self.peers.payment, async move { rt.instantiate_payment(&set, deadline).await }).await
     }
 }
 

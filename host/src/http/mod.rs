@@ -20,6 +20,7 @@ pub use error::{ApiError, ApiResult};
 #[derive(Clone)]
 pub struct AppState {
     pub runtime: Runtime,
+    pub registry: crate::registry::Registry,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
     pub body_limit: usize,
@@ -49,10 +50,12 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::orders::router())
         .merge(routes::inventory::router())
         .merge(routes::plugins::router())
+        .merge(routes::components::router())
         .merge(routes::ops::router())
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), pin_versions))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -68,5 +71,21 @@ async fn observe(State(_): State<AppState>, req: Request, next: Next) -> Respons
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(req).await;
     crate::telemetry::http_request(&method, &route, response.status().as_u16(), started);
+    response
+}
+
+/// The response header naming the component versions that served a request.
+pub const VERSIONS_HEADER: &str = "x-mercato-versions";
+
+/// Pin the request to the active versions at its start (every instance it
+/// creates comes from that set, even if a deploy swaps one meanwhile) and
+/// name them in the `x-mercato-versions` header.
+async fn pin_versions(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let set = state.runtime.snapshot();
+    let header = set.header();
+    let mut response = Runtime::pinned(set, next.run(req)).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&header) {
+        response.headers_mut().insert(VERSIONS_HEADER, value);
+    }
     response
 }

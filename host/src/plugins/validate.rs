@@ -42,6 +42,23 @@ pub struct Shape {
 /// Check that `bytes` is a component importing only the inert subset and
 /// exporting the pricing interface. The error says exactly what is wrong.
 pub fn check(bytes: &[u8]) -> Result<Shape, String> {
+    let shape = parse_component(bytes)?;
+    for import in &shape.imports {
+        check_import(import)?;
+    }
+    if !shape.exports.iter().any(|e| e == PRICING_EXPORT) {
+        return Err(format!(
+            "does not export {PRICING_EXPORT} (it exports: {}); build it for the `mercato:pricing/plugin` world",
+            if shape.exports.is_empty() { "nothing".to_string() } else { shape.exports.join(", ") }
+        ));
+    }
+    Ok(shape)
+}
+
+/// Check that `bytes` is a WebAssembly component (not a core module, not
+/// something else) and give the import and export names of its outermost
+/// level. The error says what it is instead.
+pub fn parse_component(bytes: &[u8]) -> Result<Shape, String> {
     if !bytes.starts_with(b"\0asm") {
         return Err("not WebAssembly: the file does not start with the \\0asm header".into());
     }
@@ -53,17 +70,7 @@ pub fn check(bytes: &[u8]) -> Result<Shape, String> {
     if !Parser::is_component(bytes) {
         return Err("not a WebAssembly component: unknown binary version".into());
     }
-    let shape = top_level_names(bytes)?;
-    for import in &shape.imports {
-        check_import(import)?;
-    }
-    if !shape.exports.iter().any(|e| e == PRICING_EXPORT) {
-        return Err(format!(
-            "does not export {PRICING_EXPORT} (it exports: {}); build it for the `mercato:pricing/plugin` world",
-            if shape.exports.is_empty() { "nothing".to_string() } else { shape.exports.join(", ") }
-        ));
-    }
-    Ok(shape)
+    top_level_names(bytes)
 }
 
 /// The import and export names of the outermost component.

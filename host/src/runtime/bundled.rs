@@ -19,9 +19,13 @@ pub fn bytes(kind: ComponentKind) -> &'static [u8] {
     }
 }
 
-/// Sources for every component from the bundle.
+/// Sources for every component from the bundle, each as version 1 (for
+/// runtimes built without the registry, e.g. in benchmarks).
 pub fn sources() -> Vec<ComponentSource> {
-    ComponentKind::ALL.iter().map(|&kind| ComponentSource { kind, bytes: bytes(kind).to_vec() }).collect()
+    ComponentKind::ALL
+        .iter()
+        .map(|&kind| ComponentSource { kind, version: 1, bytes: bytes(kind).to_vec() })
+        .collect()
 }
 
 /// Directory of the test-only components built alongside (for tests).

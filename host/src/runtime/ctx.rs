@@ -8,7 +8,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::fault::{DeadlineExceeded, MemoryCapExceeded};
-use super::{ComponentKind, Inner};
+use super::{ActiveSet, ComponentKind, Inner};
 use crate::bindings::{
     cart::CartComponent, catalog::CatalogComponent, inventory::InventoryComponent, payment::PaymentComponent,
 };
@@ -116,6 +116,8 @@ pub struct Ctx {
     /// When the whole request must be done; peers inherit it.
     pub(crate) deadline: Instant,
     pub(crate) rt: Arc<Inner>,
+    /// The versions this request runs on; peers come from the same set.
+    pub(crate) set: Arc<ActiveSet>,
     pub(crate) peers: Peers,
     /// `wasi:http` state; only the payment component has the interface linked.
     pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
@@ -144,7 +146,12 @@ impl Inner {
     /// A fresh store for one instance of `kind`, with its memory cap and the
     /// request's deadline. WASI is granted inert: no files, no environment,
     /// no arguments, no network; stdout/stderr are discarded.
-    pub(crate) fn new_store(self: &Arc<Self>, kind: ComponentKind, deadline: Instant) -> Store<Ctx> {
+    pub(crate) fn new_store(
+        self: &Arc<Self>,
+        kind: ComponentKind,
+        deadline: Instant,
+        set: Arc<ActiveSet>,
+    ) -> Store<Ctx> {
         let ctx = Ctx {
             kind,
             wasi: WasiCtxBuilder::new().build(),
@@ -152,6 +159,7 @@ impl Inner {
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             deadline,
             rt: self.clone(),
+            set,
             peers: Peers::default(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             outbound: OutboundPolicy { allowed: self.grants.outbound(kind) },

@@ -135,15 +135,140 @@ impl Grants {
 
 /// A component version ready to instantiate.
 pub struct Active<P> {
+    /// Its number in the component registry.
+    pub version: i64,
     pub digest: String,
     pub origin: Origin,
     pub pre: P,
 }
 
-/// The bytes of a component and where they came from.
+/// The active version of every component, swapped as a whole: a request
+/// takes one set when it starts ([`Runtime::snapshot`]) and every instance it
+/// creates, peers included, comes from that set, so a request is served by
+/// exactly one version of each component even while a deploy swaps the set.
+pub struct ActiveSet {
+    catalog: Arc<Active<catalog::CatalogComponentPre<Ctx>>>,
+    cart: Arc<Active<cart::CartComponentPre<Ctx>>>,
+    inventory: Arc<Active<inventory::InventoryComponentPre<Ctx>>>,
+    payment: Arc<Active<payment::PaymentComponentPre<Ctx>>>,
+    order: Arc<Active<order::OrderComponentPre<Ctx>>>,
+}
+
+/// The registry identity of a running component version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningVersion {
+    pub kind: ComponentKind,
+    pub version: i64,
+    pub digest: String,
+    pub origin: Origin,
+}
+
+impl ActiveSet {
+    pub fn versions(&self) -> Vec<RunningVersion> {
+        fn v<P>(kind: ComponentKind, a: &Active<P>) -> RunningVersion {
+            RunningVersion { kind, version: a.version, digest: a.digest.clone(), origin: a.origin }
+        }
+        vec![
+            v(ComponentKind::Catalog, &self.catalog),
+            v(ComponentKind::Cart, &self.cart),
+            v(ComponentKind::Inventory, &self.inventory),
+            v(ComponentKind::Payment, &self.payment),
+            v(ComponentKind::Order, &self.order),
+        ]
+    }
+
+    /// `catalog=3,cart=1,…`: the versions that serve a request (the
+    /// `x-mercato-versions` response header).
+    pub fn header(&self) -> String {
+        self.versions()
+            .iter()
+            .map(|v| format!("{}={}", v.kind.name(), v.version))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn with(&self, p: Prepared) -> ActiveSet {
+        let mut set = ActiveSet {
+            catalog: self.catalog.clone(),
+            cart: self.cart.clone(),
+            inventory: self.inventory.clone(),
+            payment: self.payment.clone(),
+            order: self.order.clone(),
+        };
+        match p {
+            Prepared::Catalog(a) => set.catalog = Arc::new(a),
+            Prepared::Cart(a) => set.cart = Arc::new(a),
+            Prepared::Inventory(a) => set.inventory = Arc::new(a),
+            Prepared::Payment(a) => set.payment = Arc::new(a),
+            Prepared::Order(a) => set.order = Arc::new(a),
+        }
+        set
+    }
+}
+
+/// A compiled, linked and type-checked component version, ready to swap in.
+pub enum Prepared {
+    Catalog(Active<catalog::CatalogComponentPre<Ctx>>),
+    Cart(Active<cart::CartComponentPre<Ctx>>),
+    Inventory(Active<inventory::InventoryComponentPre<Ctx>>),
+    Payment(Active<payment::PaymentComponentPre<Ctx>>),
+    Order(Active<order::OrderComponentPre<Ctx>>),
+}
+
+impl Prepared {
+    pub fn kind(&self) -> ComponentKind {
+        match self {
+            Prepared::Catalog(_) => ComponentKind::Catalog,
+            Prepared::Cart(_) => ComponentKind::Cart,
+            Prepared::Inventory(_) => ComponentKind::Inventory,
+            Prepared::Payment(_) => ComponentKind::Payment,
+            Prepared::Order(_) => ComponentKind::Order,
+        }
+    }
+
+    /// Give it its registry version number (known once it is recorded).
+    pub fn set_version(&mut self, version: i64) {
+        match self {
+            Prepared::Catalog(a) => a.version = version,
+            Prepared::Cart(a) => a.version = version,
+            Prepared::Inventory(a) => a.version = version,
+            Prepared::Payment(a) => a.version = version,
+            Prepared::Order(a) => a.version = version,
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self {
+            Prepared::Catalog(a) => a.origin,
+            Prepared::Cart(a) => a.origin,
+            Prepared::Inventory(a) => a.origin,
+            Prepared::Payment(a) => a.origin,
+            Prepared::Order(a) => a.origin,
+        }
+    }
+}
+
+/// Why a component cannot run as a capability.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Not a valid component (wasmtime could not compile it).
+    #[error("{0}")]
+    Invalid(String),
+    /// A component, but its imports or exports do not fit the capability's world.
+    #[error("{0}")]
+    Contract(String),
+}
+
+/// The bytes of a component, its registry version and where they came from.
 pub struct ComponentSource {
     pub kind: ComponentKind,
+    pub version: i64,
     pub bytes: Vec<u8>,
+}
+
+tokio::task_local! {
+    /// The set a request was pinned to (see [`Runtime::pinned`]).
+    static PINNED: Arc<ActiveSet>;
 }
 
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -156,11 +281,8 @@ pub struct Inner {
     pub(crate) limits: Limits,
     pub(crate) grants: Grants,
     pub(crate) plugins: crate::plugins::Plugins,
-    catalog: RwLock<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
-    cart: RwLock<Arc<Active<cart::CartComponentPre<Ctx>>>>,
-    inventory: RwLock<Arc<Active<inventory::InventoryComponentPre<Ctx>>>>,
-    payment: RwLock<Arc<Active<payment::PaymentComponentPre<Ctx>>>>,
-    order: RwLock<Arc<Active<order::OrderComponentPre<Ctx>>>>,
+    cache: ArtifactCache,
+    active: RwLock<Arc<ActiveSet>>,
     _ticker: engine::EpochTicker,
 }
 
@@ -220,22 +342,52 @@ fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx
     Ok(linker)
 }
 
-fn prepare<P>(
+fn prepare_as<P>(
     engine: &Engine,
     cache: &ArtifactCache,
     source: &ComponentSource,
     wrap: impl FnOnce(wasmtime::component::InstancePre<Ctx>) -> wasmtime::Result<P>,
-) -> anyhow::Result<Active<P>> {
+) -> Result<Active<P>, PrepareError> {
+    let name = source.kind.name();
     let digest = digest_of(&source.bytes);
-    let (component, origin): (Component, Origin) = cache.load(engine, &digest, &source.bytes)?;
-    let linker = linker_for(engine, source.kind)?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| anyhow::anyhow!("{}: cannot link: {e:#}", source.kind.name()))?;
-    let pre =
-        wrap(pre).map_err(|e| anyhow::anyhow!("{}: does not export its world: {e:#}", source.kind.name()))?;
-    tracing::info!(component = source.kind.name(), %digest, ?origin, "component ready");
-    Ok(Active { digest, origin, pre })
+    let (component, origin): (Component, Origin) = cache
+        .load(engine, &digest, &source.bytes)
+        .map_err(|e| PrepareError::Invalid(format!("not a valid component: {e:#}")))?;
+    let linker = linker_for(engine, source.kind).map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| {
+        PrepareError::Contract(format!("its imports do not fit what the host grants {name}: {e:#}"))
+    })?;
+    let pre = wrap(pre).map_err(|e| {
+        PrepareError::Contract(format!("it does not export the {name} interface with the same types: {e:#}"))
+    })?;
+    tracing::info!(component = name, version = source.version, %digest, ?origin, "component ready");
+    Ok(Active { version: source.version, digest, origin, pre })
+}
+
+/// Compile (or load from the cache), link and type-check `source` against
+/// its capability's world. Blocking: run it off the async workers.
+fn prepare(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    source: &ComponentSource,
+) -> Result<Prepared, PrepareError> {
+    Ok(match source.kind {
+        ComponentKind::Catalog => {
+            Prepared::Catalog(prepare_as(engine, cache, source, catalog::CatalogComponentPre::new)?)
+        }
+        ComponentKind::Cart => {
+            Prepared::Cart(prepare_as(engine, cache, source, cart::CartComponentPre::new)?)
+        }
+        ComponentKind::Inventory => {
+            Prepared::Inventory(prepare_as(engine, cache, source, inventory::InventoryComponentPre::new)?)
+        }
+        ComponentKind::Payment => {
+            Prepared::Payment(prepare_as(engine, cache, source, payment::PaymentComponentPre::new)?)
+        }
+        ComponentKind::Order => {
+            Prepared::Order(prepare_as(engine, cache, source, order::OrderComponentPre::new)?)
+        }
+    })
 }
 
 impl Runtime {
@@ -249,20 +401,35 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         let engine = engine::build(&limits)?;
         let cache = ArtifactCache::new(cache_dir, &engine);
-        let find = |kind: ComponentKind| {
-            sources
+        let find = |kind: ComponentKind| -> anyhow::Result<Prepared> {
+            let source = sources
                 .iter()
                 .find(|s| s.kind == kind)
-                .ok_or_else(|| anyhow::anyhow!("no source for component {}", kind.name()))
+                .ok_or_else(|| anyhow::anyhow!("no source for component {}", kind.name()))?;
+            prepare(&engine, &cache, source).map_err(|e| anyhow::anyhow!("component {}: {e}", kind.name()))
         };
-        let catalog =
-            prepare(&engine, &cache, find(ComponentKind::Catalog)?, catalog::CatalogComponentPre::new)?;
-        let cart = prepare(&engine, &cache, find(ComponentKind::Cart)?, cart::CartComponentPre::new)?;
-        let inventory =
-            prepare(&engine, &cache, find(ComponentKind::Inventory)?, inventory::InventoryComponentPre::new)?;
-        let payment =
-            prepare(&engine, &cache, find(ComponentKind::Payment)?, payment::PaymentComponentPre::new)?;
-        let order = prepare(&engine, &cache, find(ComponentKind::Order)?, order::OrderComponentPre::new)?;
+        let set = ActiveSet {
+            catalog: match find(ComponentKind::Catalog)? {
+                Prepared::Catalog(a) => Arc::new(a),
+                _ => anyhow::bail!("catalog prepared as another kind"),
+            },
+            cart: match find(ComponentKind::Cart)? {
+                Prepared::Cart(a) => Arc::new(a),
+                _ => anyhow::bail!("cart prepared as another kind"),
+            },
+            inventory: match find(ComponentKind::Inventory)? {
+                Prepared::Inventory(a) => Arc::new(a),
+                _ => anyhow::bail!("inventory prepared as another kind"),
+            },
+            payment: match find(ComponentKind::Payment)? {
+                Prepared::Payment(a) => Arc::new(a),
+                _ => anyhow::bail!("payment prepared as another kind"),
+            },
+            order: match find(ComponentKind::Order)? {
+                Prepared::Order(a) => Arc::new(a),
+                _ => anyhow::bail!("order prepared as another kind"),
+            },
+        };
         let ticker = engine::EpochTicker::start(engine.clone());
         let plugins = crate::plugins::Plugins::new(db.clone(), limits.plugins, cache_dir)?;
         Ok(Runtime {
@@ -272,11 +439,8 @@ impl Runtime {
                 limits,
                 grants,
                 plugins,
-                catalog: RwLock::new(Arc::new(catalog)),
-                cart: RwLock::new(Arc::new(cart)),
-                inventory: RwLock::new(Arc::new(inventory)),
-                payment: RwLock::new(Arc::new(payment)),
-                order: RwLock::new(Arc::new(order)),
+                cache,
+                active: RwLock::new(Arc::new(set)),
                 _ticker: ticker,
             }),
         })
@@ -291,20 +455,35 @@ impl Runtime {
         &self.inner.plugins
     }
 
-    /// The digest and origin of the active version of each component.
-    pub fn versions(&self) -> Vec<(ComponentKind, String, Origin)> {
-        fn v<P>(kind: ComponentKind, lock: &RwLock<Arc<Active<P>>>) -> (ComponentKind, String, Origin) {
-            let a = read(lock);
-            (kind, a.digest.clone(), a.origin)
-        }
-        let i = &self.inner;
-        vec![
-            v(ComponentKind::Catalog, &i.catalog),
-            v(ComponentKind::Cart, &i.cart),
-            v(ComponentKind::Inventory, &i.inventory),
-            v(ComponentKind::Payment, &i.payment),
-            v(ComponentKind::Order, &i.order),
-        ]
+    /// The running version of each component.
+    pub fn versions(&self) -> Vec<RunningVersion> {
+        read(&self.inner.active).versions()
+    }
+
+    /// The set this request is pinned to, or else the live one.
+    pub fn snapshot(&self) -> Arc<ActiveSet> {
+        PINNED.try_with(|set| set.clone()).unwrap_or_else(|_| read(&self.inner.active))
+    }
+
+    /// Run `f` with every instance it creates taken from `set`.
+    pub async fn pinned<F: Future>(set: Arc<ActiveSet>, f: F) -> F::Output {
+        PINNED.scope(set, f).await
+    }
+
+    /// Compile, link and type-check `source` (blocking; see [`prepare`]).
+    pub fn prepare(&self, source: &ComponentSource) -> Result<Prepared, PrepareError> {
+        prepare(&self.inner.engine, &self.inner.cache, source)
+    }
+
+    /// Make `p` the active version of its component. New requests get it;
+    /// requests in flight keep the set they started with.
+    pub fn install(&self, p: Prepared) {
+        let mut guard = match self.inner.active.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let next = guard.with(p);
+        *guard = Arc::new(next);
     }
 
     /// A deadline for a new request.
@@ -313,36 +492,40 @@ impl Runtime {
     }
 
     pub async fn catalog(&self, deadline: Instant) -> Result<Instance<catalog::CatalogComponent>, Fault> {
-        self.inner.instantiate_catalog(deadline).await
+        self.inner.instantiate_catalog(&self.snapshot(), deadline).await
     }
 
     pub async fn cart(&self, deadline: Instant) -> Result<Instance<cart::CartComponent>, Fault> {
-        self.inner.instantiate_cart(deadline).await
+        self.inner.instantiate_cart(&self.snapshot(), deadline).await
     }
 
     pub async fn inventory(
         &self,
         deadline: Instant,
     ) -> Result<Instance<inventory::InventoryComponent>, Fault> {
-        self.inner.instantiate_inventory(deadline).await
+        self.inner.instantiate_inventory(&self.snapshot(), deadline).await
     }
 
     pub async fn payment(&self, deadline: Instant) -> Result<Instance<payment::PaymentComponent>, Fault> {
-        self.inner.instantiate_payment(deadline).await
+        self.inner.instantiate_payment(&self.snapshot(), deadline).await
     }
 
     pub async fn order(&self, deadline: Instant) -> Result<Instance<order::OrderComponent>, Fault> {
-        self.inner.instantiate_order(deadline).await
+        self.inner.instantiate_order(&self.snapshot(), deadline).await
     }
 }
 
-/// `Inner::$name(deadline)`: a fresh instance of the active version of a component.
+/// `Inner::$name(set, deadline)`: a fresh instance of a component's version in `set`.
 macro_rules! instantiate_fn {
     ($name:ident, $field:ident, $kind:expr, $bindings:ty) => {
-        pub(crate) async fn $name(self: &Arc<Self>, deadline: Instant) -> Result<Instance<$bindings>, Fault> {
-            let active = read(&self.$field);
-            let mut store = self.new_store($kind, deadline);
-            let bindings = active
+        pub(crate) async fn $name(
+            self: &Arc<Self>,
+            set: &Arc<ActiveSet>,
+            deadline: Instant,
+        ) -> Result<Instance<$bindings>, Fault> {
+            let mut store = self.new_store($kind, deadline, set.clone());
+            let bindings = set
+                .$field
                 .pre
                 .instantiate_async(&mut store)
                 .await

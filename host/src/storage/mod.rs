@@ -9,7 +9,47 @@
 //! is in the WAL before it is acknowledged); only an OS crash could lose the
 //! last commits.
 
+/// Run `$body` with `$q = sqlx::query($sql)` and `$pool` on the right pool
+/// for `read` or `write`; PostgreSQL gets `$1, $2, …` for each `?`. The body
+/// is compiled once per backend, so it must not return backend types.
+macro_rules! with_query {
+    ($mode:ident, $db:expr, $sql:expr, |$q:ident, $pool:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite { read: _read, write: _write } => {
+                let $pool = with_query!(@pick $mode, _read, _write);
+                let $q = sqlx::query(sqlx::AssertSqlSafe($sql.to_string()));
+                $body
+            }
+            Db::Postgres(pool) => {
+                let $pool = pool;
+                let numbered = numbered_placeholders($sql);
+                let $q = sqlx::query(sqlx::AssertSqlSafe(numbered));
+                $body
+            }
+        }
+    };
+    (@pick read, $read:ident, $write:ident) => { $read };
+    (@pick write, $read:ident, $write:ident) => { $write };
+}
+
+/// `?` → `$1`, `$2`, … (the statements here have no `?` inside literals).
+pub(crate) fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub mod accounts;
+pub mod components;
 pub mod kv;
 pub mod plugins;
 

@@ -3,49 +3,10 @@
 
 use sqlx::Row;
 
-use super::{Db, Result};
+use super::{Db, Result, numbered_placeholders};
 
 /// Errors kept per merchant (older ones are deleted).
 pub const RECENT_ERRORS: i64 = 20;
-
-/// Run `$body` with `$q = sqlx::query($sql)` and `$pool` on the right pool
-/// for `read` or `write`; PostgreSQL gets `$1, $2, …` for each `?`. The body
-/// is compiled once per backend, so it must not return backend types.
-macro_rules! with_query {
-    ($mode:ident, $db:expr, $sql:expr, |$q:ident, $pool:ident| $body:expr) => {
-        match $db {
-            Db::Sqlite { read: _read, write: _write } => {
-                let $pool = with_query!(@pick $mode, _read, _write);
-                let $q = sqlx::query(sqlx::AssertSqlSafe($sql.to_string()));
-                $body
-            }
-            Db::Postgres(pool) => {
-                let $pool = pool;
-                let numbered = numbered_placeholders($sql);
-                let $q = sqlx::query(sqlx::AssertSqlSafe(numbered));
-                $body
-            }
-        }
-    };
-    (@pick read, $read:ident, $write:ident) => { $read };
-    (@pick write, $read:ident, $write:ident) => { $write };
-}
-
-/// `?` → `$1`, `$2`, … (the statements here have no `?` inside literals).
-fn numbered_placeholders(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// A merchant's active plugin.
 #[derive(Clone, Debug)]
@@ -253,7 +214,7 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered_placeholders;
+    use crate::storage::numbered_placeholders;
 
     #[test]
     fn placeholders_are_numbered_in_order() {

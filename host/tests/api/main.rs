@@ -8,12 +8,14 @@ mod helpers;
 
 mod carts;
 mod checkout;
+mod deploy;
 mod merchants;
 mod ops;
 mod payments;
 mod plugins;
 mod processes;
 mod products;
+mod registry_server;
 mod restart;
 mod sandbox;
 mod storage;

@@ -12,18 +12,18 @@ async fn restart_keeps_data_and_skips_compilation(backend: Backend) {
     let pg = fresh_database(backend).await;
     let config = test_config(dir.path(), pg.as_ref());
     let app = start(config, dir, pg).await;
-    assert!(app.runtime.versions().iter().all(|(_, _, o)| *o == Origin::Compiled));
+    assert!(app.runtime.versions().iter().all(|v| v.origin == Origin::Compiled));
     let (_, token) = app.merchant("M").await;
     let product = app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
     let cart = app.cart("EUR").await;
     app.post(&format!("/v1/carts/{cart}/items"), serde_json::json!({"sku": "MUG", "quantity": 2})).await;
-    let digests: Vec<_> = app.runtime.versions().into_iter().map(|(_, d, _)| d).collect();
+    let digests: Vec<_> = app.runtime.versions().into_iter().map(|v| v.digest).collect();
 
     let (dir, pg, config) = app.stop().await;
     let app = start(config, dir, pg).await;
     let versions = app.runtime.versions();
-    assert!(versions.iter().all(|(_, _, o)| *o == Origin::Cached), "{versions:?}");
-    assert_eq!(versions.into_iter().map(|(_, d, _)| d).collect::<Vec<_>>(), digests);
+    assert!(versions.iter().all(|v| v.origin == Origin::Cached), "{versions:?}");
+    assert_eq!(versions.into_iter().map(|v| v.digest).collect::<Vec<_>>(), digests);
     let (status, again) = app.get(&format!("/v1/products/{}", s(&product["id"]))).await;
     assert_eq!((status, &again["title"]), (200, &product["title"]));
     let (_, cart) = app.get(&format!("/v1/carts/{cart}")).await;

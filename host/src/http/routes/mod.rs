@@ -1,6 +1,7 @@
 //! One router per area of the API.
 
 pub mod carts;
+pub mod components;
 pub mod inventory;
 pub mod merchants;
 pub mod ops;

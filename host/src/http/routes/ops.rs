@@ -28,7 +28,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .runtime
         .versions()
         .into_iter()
-        .map(|(kind, digest, _)| json!({ "name": kind.name(), "digest": digest }))
+        .map(|v| json!({ "name": v.kind.name(), "version": v.version, "digest": v.digest }))
         .collect();
     match state.runtime.db().ping().await {
         Ok(()) => (

@@ -92,9 +92,10 @@ async fn checkout(
         })?;
     let provenance = state
         .runtime
+        .snapshot()
         .versions()
         .into_iter()
-        .map(|(kind, digest, _)| ProvenanceEntry { name: kind.name().to_string(), digest })
+        .map(|v| ProvenanceEntry { name: v.kind.name().to_string(), digest: v.digest })
         .collect();
     let request = CheckoutRequest {
         cart_id,

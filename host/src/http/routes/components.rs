@@ -1,0 +1,133 @@
+//! Operator: `GET /v1/admin/components`, `POST /v1/admin/components/{name}/deploy`
+//! (the component as `application/wasm`, or `{"oci": "registry/repo:tag"}`),
+//! `POST /v1/admin/components/{name}/rollback`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::http::extract::Admin;
+use crate::http::{ApiError, ApiResult, AppState};
+use crate::registry::{Artifact, DeployError, Deployed};
+use crate::runtime::ComponentKind;
+
+/// Largest component accepted over the API.
+pub const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The header that carries a base64 signature of an uploaded component.
+pub const SIGNATURE_HEADER: &str = "x-mercato-signature";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/components", get(list))
+        .route(
+            "/v1/admin/components/{name}/deploy",
+            post(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
+        .route("/v1/admin/components/{name}/rollback", post(rollback))
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::InvalidComponent(m) => ApiError::bad_request("invalid_component", m),
+            DeployError::ContractMismatch(m) => ApiError::bad_request("contract_mismatch", m),
+            DeployError::SignatureInvalid(m) => ApiError::bad_request("signature_invalid", m),
+            DeployError::Registry(m) => ApiError::new(StatusCode::BAD_GATEWAY, "registry_error", m),
+            DeployError::NothingToRollBack(m) => {
+                ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back", m)
+            }
+            DeployError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            DeployError::Storage(e) => ApiError::internal(e),
+            DeployError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+fn component(name: &str) -> ApiResult<ComponentKind> {
+    ComponentKind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no component {name:?}; the components are catalog, cart, inventory, payment, order"
+        ))
+    })
+}
+
+async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
+    Ok(Json(state.registry.describe().await?))
+}
+
+fn answer(d: Deployed) -> (StatusCode, Json<Value>) {
+    (StatusCode::OK, Json(json!(d)))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let kind = component(&name)?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("a component can be at most {MAX_COMPONENT_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+        }
+    })?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let artifact = match content_type.split(';').next().map(str::trim) {
+        Some("application/wasm") => {
+            if body.is_empty() {
+                return Err(ApiError::bad_request(
+                    "invalid_component",
+                    "the body is empty; send the .wasm file",
+                ));
+            }
+            let signature =
+                headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
+            Artifact::Upload { bytes: body.to_vec(), signature }
+        }
+        Some("application/json") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct OciBody {
+                oci: String,
+            }
+            let parsed: OciBody = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    format!("expected {{\"oci\": \"registry/repo:tag\"}}: {e}"),
+                )
+            })?;
+            crate::oci::parse(&parsed.oci)
+                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+            Artifact::Oci { reference: parsed.oci }
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the component as Content-Type: application/wasm, or {\"oci\": \"registry/repo:tag\"} as application/json",
+            ));
+        }
+    };
+    Ok(answer(state.registry.deploy(kind, artifact).await?))
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let kind = component(&name)?;
+    Ok(answer(state.registry.rollback(kind).await?))
+}

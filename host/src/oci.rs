@@ -1,0 +1,295 @@
+//! Components as OCI artifacts, in the CNCF TAG Runtime Wasm layout: an OCI
+//! image manifest (media type set explicitly) whose config has the media type
+//! `application/vnd.wasm.config.v0+json` and lists the component's imports and
+//! exports, and one layer `application/wasm` holding the component.
+//! (`oci-client`'s own `WASM_*` constants are an older, different layout.)
+//!
+//! Signatures (see [`crate::registry::signature`]) are artifacts under the
+//! tag `sha256-<component hex>.sig` of the same repository.
+
+use std::collections::BTreeMap;
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config as OciConfig, ImageLayer};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+use crate::registry::signature::{self, SIGNATURE_CONFIG_MEDIA_TYPE, SIGNATURE_MEDIA_TYPE, SignatureDoc};
+use crate::runtime::digest_of;
+
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+
+/// How to reach registries (`[registry]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Basic-auth user for every registry (`MERCATO_REGISTRY__USERNAME`).
+    pub username: Option<String>,
+    /// Basic-auth password (`MERCATO_REGISTRY__PASSWORD`).
+    pub password: Option<Secret>,
+    /// Registries (`host:port`) that may be reached over plain HTTP besides
+    /// loopback ones.
+    pub insecure: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("bad reference {0:?}: {1}")]
+    Reference(String, String),
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+    #[error("{0}")]
+    Artifact(String),
+}
+
+/// The CNCF Wasm config document (`application/vnd.wasm.config.v0+json`).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmConfig {
+    pub created: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    pub architecture: String,
+    pub os: String,
+    pub layer_digests: Vec<String>,
+    pub component: ComponentShape,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ComponentShape {
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// A pulled component.
+#[derive(Debug)]
+pub struct Pulled {
+    pub bytes: Vec<u8>,
+    /// `sha256:…` of the component (the layer).
+    pub digest: String,
+    /// `sha256:…` of the manifest the reference resolved to.
+    pub manifest_digest: String,
+    /// `registry/repository@manifest-digest`.
+    pub pinned: String,
+}
+
+/// A pushed component.
+#[derive(Debug)]
+pub struct Pushed {
+    pub digest: String,
+    pub manifest_digest: String,
+    pub signature_tag: Option<String>,
+}
+
+/// `oci://reg/repo:tag` or `reg/repo:tag` → a reference.
+pub fn parse(reference: &str) -> Result<Reference, OciError> {
+    let text = reference.strip_prefix("oci://").unwrap_or(reference);
+    text.parse::<Reference>().map_err(|e| OciError::Reference(reference.to_string(), e.to_string()))
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let host = host.trim_matches(['[', ']']);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A registry client with the configured credentials.
+#[derive(Clone)]
+pub struct Oci {
+    config: RegistryConfig,
+}
+
+impl Oci {
+    pub fn new(config: RegistryConfig) -> Oci {
+        // reqwest is built without a default TLS provider (ring here, not
+        // aws-lc); install it once. A second install is a harmless error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Oci { config }
+    }
+
+    fn auth(&self) -> RegistryAuth {
+        match (&self.config.username, &self.config.password) {
+            (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.0.clone()),
+            (Some(user), None) => RegistryAuth::Basic(user.clone(), String::new()),
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// A client for `reference`'s registry: HTTPS, except plain HTTP for a
+    /// loopback registry or one listed in `insecure`.
+    fn client(&self, reference: &Reference) -> Client {
+        let registry = reference.resolve_registry().to_string();
+        let plain = is_loopback(&registry) || self.config.insecure.iter().any(|r| r == &registry);
+        let protocol =
+            if plain { ClientProtocol::HttpsExcept(vec![registry]) } else { ClientProtocol::Https };
+        Client::new(ClientConfig { protocol, ..ClientConfig::default() })
+    }
+
+    fn error(reference: &Reference, e: impl std::fmt::Display) -> OciError {
+        OciError::Registry { registry: reference.registry().to_string(), message: e.to_string() }
+    }
+
+    /// The manifest digest `reference` points at now.
+    pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
+        let r = parse(reference)?;
+        self.client(&r).fetch_manifest_digest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))
+    }
+
+    /// Pull the component at `reference` (a tag is resolved to a digest).
+    pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
+        let r = parse(reference)?;
+        let client = self.client(&r);
+        let (manifest, manifest_digest) =
+            client.pull_image_manifest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))?;
+        let layer = wasm_layer(&manifest)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+        let pinned_ref = r.clone_with_digest(manifest_digest.clone());
+        client.pull_blob(&pinned_ref, layer, &mut bytes).await.map_err(|e| Self::error(&r, e))?;
+        let digest = digest_of(&bytes);
+        if digest != layer.digest {
+            return Err(OciError::Artifact(format!(
+                "layer digest mismatch: the manifest says {}, the bytes are {digest}",
+                layer.digest
+            )));
+        }
+        Ok(Pulled {
+            bytes,
+            digest,
+            pinned: format!("{}/{}@{manifest_digest}", r.registry(), r.repository()),
+            manifest_digest,
+        })
+    }
+
+    /// The signature stored next to `reference`'s repository for the
+    /// component with `digest`, if there is one.
+    pub async fn signature(&self, reference: &str, digest: &str) -> Result<Option<SignatureDoc>, OciError> {
+        let r = parse(reference)?;
+        let sig_ref = Reference::with_tag(
+            r.registry().to_string(),
+            r.repository().to_string(),
+            signature::tag_for(digest),
+        );
+        let client = self.client(&sig_ref);
+        let (manifest, _) = match client.pull_image_manifest(&sig_ref, &self.auth()).await {
+            Ok(m) => m,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(Self::error(&r, e)),
+        };
+        let Some(layer) = manifest.layers.iter().find(|l| l.media_type == SIGNATURE_MEDIA_TYPE) else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        client.pull_blob(&sig_ref, layer, &mut bytes).await.map_err(|e| Self::error(&r, e))?;
+        let doc: SignatureDoc = serde_json::from_slice(&bytes)
+            .map_err(|e| OciError::Artifact(format!("unreadable signature document: {e}")))?;
+        Ok((doc.digest == digest).then_some(doc))
+    }
+
+    /// Push `bytes` (a component with `imports`/`exports`) to `reference`,
+    /// and its signature if `sign` is given.
+    pub async fn push(
+        &self,
+        reference: &str,
+        bytes: Vec<u8>,
+        imports: Vec<String>,
+        exports: Vec<String>,
+        sign: Option<&ed25519_dalek::SigningKey>,
+    ) -> Result<Pushed, OciError> {
+        let r = parse(reference)?;
+        if r.digest().is_some() {
+            return Err(OciError::Reference(reference.to_string(), "push to a tag, not a digest".into()));
+        }
+        let client = self.client(&r);
+        let digest = digest_of(&bytes);
+        let config = WasmConfig {
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            author: None,
+            architecture: "wasm".into(),
+            os: "wasip2".into(),
+            layer_digests: vec![digest.clone()],
+            component: ComponentShape { exports, imports, target: None },
+        };
+        let config_bytes =
+            serde_json::to_vec(&config).map_err(|e| OciError::Artifact(format!("config: {e}")))?;
+        let layers = vec![ImageLayer::new(bytes, WASM_LAYER_MEDIA_TYPE.to_string(), None)];
+        let config = OciConfig::new(config_bytes, WASM_CONFIG_MEDIA_TYPE.to_string(), None);
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+        manifest.artifact_type = None;
+        client
+            .push(&r, &layers, config, &self.auth(), Some(manifest.clone()))
+            .await
+            .map_err(|e| Self::error(&r, e))?;
+        let manifest_digest =
+            client.fetch_manifest_digest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))?;
+        let signature_tag = match sign {
+            None => None,
+            Some(key) => {
+                let tag = signature::tag_for(&digest);
+                let doc = signature::sign(key, &digest);
+                let sig_ref =
+                    Reference::with_tag(r.registry().to_string(), r.repository().to_string(), tag.clone());
+                let body = serde_json::to_vec(&doc).map_err(|e| OciError::Artifact(e.to_string()))?;
+                let mut annotations = BTreeMap::new();
+                annotations.insert("dev.mercato.signed-digest".to_string(), digest.clone());
+                let layers = vec![ImageLayer::new(body, SIGNATURE_MEDIA_TYPE.to_string(), None)];
+                let config = OciConfig::new(b"{}".to_vec(), SIGNATURE_CONFIG_MEDIA_TYPE.to_string(), None);
+                let mut manifest = OciImageManifest::build(&layers, &config, Some(annotations));
+                manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+                client
+                    .push(&sig_ref, &layers, config, &self.auth(), Some(manifest))
+                    .await
+                    .map_err(|e| Self::error(&r, e))?;
+                Some(tag)
+            }
+        };
+        Ok(Pushed { digest, manifest_digest, signature_tag })
+    }
+}
+
+/// The registry answered "no such manifest" (not a failure to reach it).
+fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    match e {
+        E::ImageManifestNotFoundError(_) => true,
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|x| matches!(x.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        _ => false,
+    }
+}
+
+/// The one `application/wasm` layer of a component artifact.
+fn wasm_layer(manifest: &OciImageManifest) -> Result<&OciDescriptor, OciError> {
+    let wasm: Vec<_> = manifest.layers.iter().filter(|l| l.media_type == WASM_LAYER_MEDIA_TYPE).collect();
+    match wasm.as_slice() {
+        [one] => Ok(one),
+        [] => Err(OciError::Artifact(format!(
+            "not a Wasm component artifact: no {WASM_LAYER_MEDIA_TYPE} layer (layers: {})",
+            manifest.layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+        _ => Err(OciError::Artifact(format!("more than one {WASM_LAYER_MEDIA_TYPE} layer"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_and_loopback() {
+        assert_eq!(parse("oci://127.0.0.1:5000/m/catalog:v2").expect("ref").repository(), "m/catalog");
+        assert!(parse("not a reference").is_err() && parse("reg/Repo:x").is_err());
+        assert!(is_loopback("127.0.0.1:5000") && is_loopback("localhost:1") && is_loopback("[::1]:5000"));
+        assert!(!is_loopback("ghcr.io") && !is_loopback("10.0.0.1:5000"));
+    }
+}

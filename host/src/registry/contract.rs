@@ -1,0 +1,125 @@
+//! Does a component fit a capability's world? The quick, static half of the
+//! check (no compilation): it is a component, it exports the capability's
+//! interface, and every import is one the host grants that capability. The
+//! exact half — every imported and exported function with the same types —
+//! is wasmtime's linking and type-checking in [`crate::runtime::Runtime::prepare`].
+
+use crate::plugins::validate::{Shape, parse_component};
+use crate::runtime::ComponentKind;
+
+/// The version of the `mercato:commerce` package the host speaks.
+pub const COMMERCE_VERSION: &str = "0.1.0";
+
+/// The world a component of `kind` must fit (`wit/worlds.wit`).
+pub fn world(kind: ComponentKind) -> String {
+    format!("mercato:commerce/{}-component@{COMMERCE_VERSION}", kind.name())
+}
+
+/// The interface a component of `kind` exports.
+pub fn export(kind: ComponentKind) -> String {
+    let iface = match kind {
+        ComponentKind::Order => "orders",
+        other => other.name(),
+    };
+    format!("mercato:commerce/{iface}@{COMMERCE_VERSION}")
+}
+
+/// WASI interfaces every component may import: what Rust's std (and other
+/// language runtimes) import, linked inert by the host.
+const BASE_WASI: &[&str] = &["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
+/// Host capabilities every component has: storage in its own namespace, logging.
+const BASE_HOST: &[&str] = &[
+    "wasi:keyvalue/store@",
+    "wasi:keyvalue/atomics@",
+    "wasi:keyvalue/batch@",
+    "wasi:logging/logging@",
+    "mercato:commerce/types@",
+];
+
+/// What `kind` may import beyond the base: other components' interfaces and,
+/// for payment only, outbound HTTP and configuration (ARCHITECTURE.md's table).
+fn granted(kind: ComponentKind) -> &'static [&'static str] {
+    match kind {
+        ComponentKind::Catalog => &["mercato:commerce/inventory@"],
+        ComponentKind::Cart => &["mercato:commerce/catalog@", "mercato:commerce/pricing-engine@"],
+        ComponentKind::Inventory => &[],
+        ComponentKind::Payment => &["wasi:http/", "wasi:config/store@"],
+        ComponentKind::Order => {
+            &["mercato:commerce/inventory@", "mercato:commerce/payment@", "mercato:commerce/cart@"]
+        }
+    }
+}
+
+/// Why a component does not fit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Misfit {
+    /// Not a component at all.
+    Invalid(String),
+    /// A component for another world.
+    Contract(String),
+}
+
+/// The static check; gives the component's imports and exports.
+pub fn check(kind: ComponentKind, bytes: &[u8]) -> Result<Shape, Misfit> {
+    let shape = parse_component(bytes).map_err(Misfit::Invalid)?;
+    let name = kind.name();
+    let wanted = export(kind);
+    if !shape.exports.iter().any(|e| e == &wanted) {
+        return Err(Misfit::Contract(format!(
+            "does not export {wanted}, which the {name} capability must (it exports: {})",
+            list(&shape.exports)
+        )));
+    }
+    for import in &shape.imports {
+        let allowed =
+            BASE_WASI.iter().chain(BASE_HOST).chain(granted(kind)).any(|prefix| import.starts_with(prefix));
+        if !allowed {
+            return Err(Misfit::Contract(format!(
+                "imports {import}, which the host does not grant the {name} capability (world {})",
+                world(kind)
+            )));
+        }
+    }
+    Ok(shape)
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bundled;
+
+    #[test]
+    fn bundled_components_fit_their_own_worlds_only() {
+        for kind in ComponentKind::ALL {
+            assert!(check(kind, bundled::bytes(kind)).is_ok(), "{kind:?}");
+            for other in ComponentKind::ALL.into_iter().filter(|o| *o != kind) {
+                let Err(Misfit::Contract(why)) = check(other, bundled::bytes(kind)) else {
+                    panic!("{kind:?} accepted as {other:?}");
+                };
+                assert!(why.contains("does not export") || why.contains("imports"), "{why}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_component_is_named() {
+        let core = wat::parse_str("(module)").expect("wat");
+        assert!(matches!(check(ComponentKind::Cart, &core), Err(Misfit::Invalid(m)) if m.contains("core")));
+        assert!(
+            matches!(check(ComponentKind::Cart, b"hello"), Err(Misfit::Invalid(m)) if m.contains("not WebAssembly"))
+        );
+        let http = wat::parse_str(
+            r#"(component
+                 (import "wasi:http/outgoing-handler@0.2.6" (instance))
+                 (import "mercato:commerce/catalog@0.1.0" (instance $c))
+                 (export "mercato:commerce/catalog@0.1.0" (instance $c)))"#,
+        )
+        .expect("wat");
+        let Err(Misfit::Contract(why)) = check(ComponentKind::Catalog, &http) else { panic!("accepted") };
+        assert!(why.contains("wasi:http/outgoing-handler"), "{why}");
+    }
+}

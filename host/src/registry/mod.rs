@@ -1,0 +1,370 @@
+//! The component registry: which versions of each service component exist,
+//! which one is active, and how a new one gets there (SPEC §4, §6.3).
+//!
+//! A deploy — uploaded bytes, an OCI reference or a watched tag — goes
+//! through the same steps: signature (when keys are configured) → static
+//! contract check ([`contract`]) → compile, link and type-check against the
+//! capability's world (off the async workers) → record the version and its
+//! activation in the database → swap it into the runtime. Any failure before
+//! the activation changes nothing. Other replicas learn of the activation by
+//! PostgreSQL `NOTIFY` (and a periodic re-check) and run [`Registry::sync`],
+//! which precompiles before it swaps.
+
+pub mod contract;
+pub mod signature;
+pub mod sync;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::oci::{Oci, OciError};
+use crate::runtime::{ComponentKind, ComponentSource, PrepareError, Runtime, digest_of};
+use crate::storage::components::ActiveRow;
+use crate::storage::{Db, StorageError};
+
+/// Activations kept in `GET /v1/admin/components` per component.
+const HISTORY: i64 = 50;
+
+/// Where a deploy's component comes from.
+pub enum Artifact {
+    /// Bytes sent to the API, with an optional base64 signature.
+    Upload { bytes: Vec<u8>, signature: Option<String> },
+    /// An OCI reference (`registry/repo:tag` or `…@sha256:…`).
+    Oci { reference: String },
+}
+
+/// The outcome of a deploy or rollback.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployed {
+    pub component: &'static str,
+    pub version: i64,
+    pub digest: String,
+    pub source: String,
+    /// False when the version was already active (nothing changed).
+    pub changed: bool,
+    /// "compiled" or "cached": whether this host had to compile it.
+    pub precompiled: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    InvalidComponent(String),
+    #[error("{0}")]
+    ContractMismatch(String),
+    #[error("{0}")]
+    SignatureInvalid(String),
+    #[error("{0}")]
+    Registry(String),
+    #[error("{0}")]
+    NothingToRollBack(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<OciError> for DeployError {
+    fn from(e: OciError) -> Self {
+        match e {
+            OciError::Artifact(m) => DeployError::InvalidComponent(m),
+            other => DeployError::Registry(other.to_string()),
+        }
+    }
+}
+
+impl From<PrepareError> for DeployError {
+    fn from(e: PrepareError) -> Self {
+        match e {
+            PrepareError::Invalid(m) => DeployError::InvalidComponent(m),
+            PrepareError::Contract(m) => DeployError::ContractMismatch(m),
+        }
+    }
+}
+
+/// A component the host starts with when the registry does not say otherwise.
+pub struct StartupComponent {
+    pub kind: ComponentKind,
+    pub bytes: Vec<u8>,
+    /// "bundled" or "file:<path>".
+    pub source: String,
+}
+
+fn is_startup_source(source: &str) -> bool {
+    source == "bundled" || source.starts_with("file:")
+}
+
+/// Register the startup components and give the sources to run: each
+/// component's active version. A startup component becomes active when the
+/// component has no active version yet, or when its active version also came
+/// from startup (so a new binary brings its new bundled components) — never
+/// over a version an operator deployed.
+pub async fn bootstrap(db: &Db, startup: Vec<StartupComponent>) -> Result<Vec<ComponentSource>, DeployError> {
+    let now = crate::now_ms();
+    let mut sources = Vec::new();
+    for s in startup {
+        let name = s.kind.name();
+        let digest = digest_of(&s.bytes);
+        let active = db.active_component(name).await?;
+        let adopt = match &active {
+            None => true,
+            Some(a) => a.version.digest != digest && is_startup_source(&a.version.source),
+        };
+        if adopt {
+            let version = db.put_component_version(name, &digest, &s.bytes, &s.source, now).await?;
+            db.activate_component(name, version, now).await?;
+        }
+        let active = db
+            .active_component(name)
+            .await?
+            .ok_or_else(|| DeployError::Internal(format!("{name}: no active version after bootstrap")))?;
+        let bytes = if active.version.digest == digest {
+            s.bytes
+        } else {
+            db.component_bytes(name, active.version.version)
+                .await?
+                .ok_or_else(|| DeployError::Internal(format!("{name}: active version has no bytes")))?
+        };
+        sources.push(ComponentSource { kind: s.kind, version: active.version.version, bytes });
+    }
+    Ok(sources)
+}
+
+/// Deploys, rollbacks and synchronisation with the database.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Runtime,
+    oci: Oci,
+    policy: signature::Policy,
+    /// One deploy, rollback or sync at a time in this process.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(runtime: Runtime, oci: Oci, policy: signature::Policy) -> Registry {
+        Registry { inner: Arc::new(Inner { runtime, oci, policy, lock: tokio::sync::Mutex::new(()) }) }
+    }
+
+    fn db(&self) -> &Db {
+        self.inner.runtime.db()
+    }
+
+    pub fn oci(&self) -> &Oci {
+        &self.inner.oci
+    }
+
+    /// Deploy `artifact` as the new active version of `kind`.
+    pub async fn deploy(&self, kind: ComponentKind, artifact: Artifact) -> Result<Deployed, DeployError> {
+        let (bytes, signature, source) = match artifact {
+            Artifact::Upload { bytes, signature } => (bytes, signature, "upload".to_string()),
+            Artifact::Oci { reference } => {
+                let pulled = self.inner.oci.pull(&reference).await?;
+                tracing::info!(component = kind.name(), reference, pinned = %pulled.pinned, size = pulled.bytes.len(), "pulled");
+                let signature = if self.inner.policy.required() {
+                    self.inner.oci.signature(&reference, &pulled.digest).await?.map(|d| d.signature)
+                } else {
+                    None
+                };
+                (pulled.bytes, signature, format!("oci:{}", pulled.pinned))
+            }
+        };
+        self.deploy_bytes(kind, bytes, signature.as_deref(), source).await
+    }
+
+    async fn deploy_bytes(
+        &self,
+        kind: ComponentKind,
+        bytes: Vec<u8>,
+        signature: Option<&str>,
+        source: String,
+    ) -> Result<Deployed, DeployError> {
+        let name = kind.name();
+        let digest = digest_of(&bytes);
+        self.inner.policy.verify(&digest, signature).map_err(DeployError::SignatureInvalid)?;
+        contract::check(kind, &bytes).map_err(|m| match m {
+            contract::Misfit::Invalid(m) => DeployError::InvalidComponent(m),
+            contract::Misfit::Contract(m) => DeployError::ContractMismatch(m),
+        })?;
+        let _one = self.inner.lock.lock().await;
+        if let Some(active) = self.db().active_component(name).await?
+            && active.version.digest == digest
+        {
+            self.sync_locked(kind).await?;
+            return Ok(deployed(kind, &active, false, "cached"));
+        }
+        let runtime = self.inner.runtime.clone();
+        let started = std::time::Instant::now();
+        let (prepared, bytes) = tokio::task::spawn_blocking(move || {
+            let source = ComponentSource { kind, version: 0, bytes };
+            (runtime.prepare(&source), source.bytes)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("compilation task: {e}")))?;
+        let mut prepared = prepared?;
+        let now = crate::now_ms();
+        let version = self.db().put_component_version(name, &digest, &bytes, &source, now).await?;
+        prepared.set_version(version);
+        let precompiled = origin_name(prepared.origin());
+        self.db().activate_component(name, version, now).await?;
+        self.inner.runtime.install(prepared);
+        crate::telemetry::component_swap(name, "deploy", started);
+        tracing::info!(component = name, version, %digest, %source, "deployed");
+        let active = self
+            .db()
+            .active_component(name)
+            .await?
+            .ok_or_else(|| DeployError::Internal(format!("{name}: no active version")))?;
+        Ok(deployed(kind, &active, true, precompiled))
+    }
+
+    /// Re-activate the version that was active before the current one.
+    pub async fn rollback(&self, kind: ComponentKind) -> Result<Deployed, DeployError> {
+        let name = kind.name();
+        let _one = self.inner.lock.lock().await;
+        let started = std::time::Instant::now();
+        let live: Vec<_> = self
+            .db()
+            .component_activations(name, i64::MAX)
+            .await?
+            .into_iter()
+            .filter(|a| a.rolled_back_at.is_none())
+            .collect();
+        let [current, previous, ..] = live.as_slice() else {
+            return Err(DeployError::NothingToRollBack(format!(
+                "{name} has no earlier version to roll back to"
+            )));
+        };
+        let prepared = self.prepare_version(kind, previous.version).await?;
+        let precompiled = origin_name(prepared.origin());
+        if !self.db().roll_back_component(name, current.seq, crate::now_ms()).await? {
+            return Err(DeployError::Conflict(format!("{name} changed during the rollback; try again")));
+        }
+        self.inner.runtime.install(prepared);
+        crate::telemetry::component_swap(name, "rollback", started);
+        let active = self
+            .db()
+            .active_component(name)
+            .await?
+            .ok_or_else(|| DeployError::Internal(format!("{name}: no active version")))?;
+        tracing::info!(component = name, version = active.version.version, "rolled back");
+        Ok(deployed(kind, &active, true, precompiled))
+    }
+
+    /// Compile (or load) stored version `version` of `kind`.
+    async fn prepare_version(
+        &self,
+        kind: ComponentKind,
+        version: i64,
+    ) -> Result<crate::runtime::Prepared, DeployError> {
+        let bytes = self.db().component_bytes(kind.name(), version).await?.ok_or_else(|| {
+            DeployError::Internal(format!("{} version {version} has no bytes", kind.name()))
+        })?;
+        let runtime = self.inner.runtime.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || runtime.prepare(&ComponentSource { kind, version, bytes }))
+                .await
+                .map_err(|e| DeployError::Internal(format!("compilation task: {e}")))??;
+        Ok(prepared)
+    }
+
+    /// Make this process run the active version of every component, as the
+    /// database says (after another replica deployed or rolled back).
+    pub async fn sync(&self) -> Result<Vec<ComponentKind>, DeployError> {
+        let _one = self.inner.lock.lock().await;
+        let mut changed = Vec::new();
+        for kind in ComponentKind::ALL {
+            if self.sync_locked(kind).await? {
+                changed.push(kind);
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn sync_locked(&self, kind: ComponentKind) -> Result<bool, DeployError> {
+        let name = kind.name();
+        let Some(active) = self.db().active_component(name).await? else { return Ok(false) };
+        let running = self.inner.runtime.versions().into_iter().find(|v| v.kind == kind);
+        if running.is_some_and(|r| r.version == active.version.version) {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        let prepared = self.prepare_version(kind, active.version.version).await?;
+        self.inner.runtime.install(prepared);
+        crate::telemetry::component_swap(name, "sync", started);
+        tracing::info!(
+            component = name,
+            version = active.version.version,
+            "now running the version activated elsewhere"
+        );
+        Ok(true)
+    }
+
+    /// `GET /v1/admin/components`.
+    pub async fn describe(&self) -> Result<Value, DeployError> {
+        let running = self.inner.runtime.versions();
+        let mut out = Vec::new();
+        for kind in ComponentKind::ALL {
+            let name = kind.name();
+            let versions = self.db().component_versions(name).await?;
+            let activations = self.db().component_activations(name, HISTORY).await?;
+            let active = self.db().active_component(name).await?;
+            let run = running.iter().find(|r| r.kind == kind);
+            // When the active version became active again after a rollback,
+            // that is its activation time.
+            let activated_at = active.as_ref().map(|a| {
+                activations
+                    .iter()
+                    .filter(|x| x.seq > a.seq)
+                    .filter_map(|x| x.rolled_back_at)
+                    .max()
+                    .unwrap_or(a.activated_at)
+                    .max(a.activated_at)
+            });
+            out.push(json!({
+                "name": name,
+                "world": contract::world(kind),
+                "export": contract::export(kind),
+                "active": active.as_ref().map(|a| json!({
+                    "version": a.version.version,
+                    "digest": a.version.digest,
+                    "source": a.version.source,
+                    "size": a.version.size,
+                    "activated_at": activated_at,
+                })),
+                "running": run.map(|r| json!({
+                    "version": r.version,
+                    "digest": r.digest,
+                    "precompiled": origin_name(r.origin),
+                })),
+                "versions": versions,
+                "history": activations,
+            }));
+        }
+        Ok(json!({ "components": out }))
+    }
+}
+
+fn origin_name(o: crate::runtime::Origin) -> &'static str {
+    match o {
+        crate::runtime::Origin::Compiled => "compiled",
+        crate::runtime::Origin::Cached => "cached",
+    }
+}
+
+fn deployed(kind: ComponentKind, active: &ActiveRow, changed: bool, precompiled: &'static str) -> Deployed {
+    Deployed {
+        component: kind.name(),
+        version: active.version.version,
+        digest: active.version.digest.clone(),
+        source: active.version.source.clone(),
+        changed,
+        precompiled,
+    }
+}

@@ -1,0 +1,105 @@
+//! Background work of the registry: following activations made by other
+//! replicas, and deploying when a watched registry tag moves.
+
+use std::time::Duration;
+
+use super::{Artifact, Registry};
+use crate::runtime::ComponentKind;
+use crate::storage::Db;
+use crate::storage::components::CHANNEL;
+
+/// Run the active versions the database names: at once on a PostgreSQL
+/// notification (another replica deployed or rolled back), and every
+/// `interval` in any case (a missed notification, SQLite shared by processes).
+pub async fn follow(registry: Registry, interval: Duration) {
+    let mut listener = match registry.db() {
+        Db::Postgres(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
+            Ok(mut l) => match l.listen(CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for deploys; re-checking every interval only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for deploys; re-checking every interval only");
+                None
+            }
+        },
+        Db::Sqlite { .. } => None,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        match listener.as_mut() {
+            Some(l) => {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // `recv` reconnects by itself after a lost connection.
+                    n = l.recv() => if let Err(e) = n {
+                        tracing::warn!(error = %e, "deploy notifications interrupted");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            None => {
+                tick.tick().await;
+            }
+        }
+        match registry.sync().await {
+            Ok(changed) if !changed.is_empty() => {
+                tracing::info!(components = ?changed.iter().map(|k| k.name()).collect::<Vec<_>>(), "synced")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot sync component versions"),
+        }
+    }
+}
+
+/// Deploy `reference` (a tag) as `kind` whenever it points at a new digest.
+/// A digest that fails the checks is logged once and skipped; the version
+/// that was live stays live.
+pub async fn watch(registry: Registry, kind: ComponentKind, reference: String, interval: Duration) {
+    let name = kind.name();
+    let mut seen: Option<String> = None;
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let digest = match registry.oci().resolve(&reference).await {
+            Ok(d) => d,
+            Err(e) => {
+                let message = e.to_string();
+                if last_error.as_ref() != Some(&message) {
+                    tracing::warn!(component = name, reference, error = %message, "cannot resolve watched tag");
+                    last_error = Some(message);
+                }
+                continue;
+            }
+        };
+        last_error = None;
+        if seen.as_ref() == Some(&digest) {
+            continue;
+        }
+        let pinned = match crate::oci::parse(&reference) {
+            Ok(r) => format!("{}/{}@{digest}", r.registry(), r.repository()),
+            Err(_) => continue,
+        };
+        match registry.deploy(kind, Artifact::Oci { reference: pinned }).await {
+            Ok(d) if d.changed => {
+                tracing::info!(component = name, reference, version = d.version, digest = %d.digest, "watched tag deployed")
+            }
+            Ok(_) => {}
+            Err(super::DeployError::Registry(e)) => {
+                // The registry failed, not the artifact: try again next time.
+                tracing::warn!(component = name, reference, error = %e, "cannot pull watched tag");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(component = name, reference, manifest = %digest, error = %e, "watched tag refused; the live version stays")
+            }
+        }
+        seen = Some(digest);
+    }
+}
