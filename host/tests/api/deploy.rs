@@ -619,3 +619,32 @@ async fn restart_keeps_deployed_versions(backend: Backend) {
     assert_eq!(component(&list, "catalog")["running"]["precompiled"], "cached");
 }
 both_backends!(restart_after_deploys, restart_keeps_deployed_versions);
+
+/// A request pinned to the versions active when it started finishes on them,
+/// peers included, even after a swap; an unpinned call gets the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_keep_their_versions() {
+    use mercato::runtime::Runtime;
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, cart) = shop(&app).await;
+    let line_title = |rt: Runtime, cart: String| async move {
+        let mut cart_instance = rt.cart(rt.request_deadline()).await.expect("instance");
+        let answer = cart_instance
+            .bindings
+            .mercato_commerce_cart()
+            .call_get_cart(&mut cart_instance.store, &cart)
+            .await
+            .expect("no trap")
+            .expect("cart");
+        answer.lines[0].title.clone()
+    };
+    let before = app.runtime.snapshot();
+    assert_eq!(before.header(), "catalog=1,cart=1,inventory=1,payment=1,order=1");
+    assert_eq!(deploy_bytes(&app, "catalog", catalog_v2(), None).await.0, 200);
+    // The cart instance comes from `before`, and so does its catalog peer.
+    let pinned = Runtime::pinned(before.clone(), line_title(app.runtime.clone(), cart.clone())).await;
+    assert!(!pinned.ends_with(" [v2]"), "{pinned}");
+    let live = line_title(app.runtime.clone(), cart.clone()).await;
+    assert!(live.ends_with(" [v2]"), "{live}");
+    assert_eq!(app.runtime.snapshot().header(), "catalog=2,cart=1,inventory=1,payment=1,order=1");
+}
