@@ -1,6 +1,6 @@
 //! Assembling the host: database, runtime, admin token, demo data, router.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,17 +130,13 @@ impl App {
 
     /// Serve on `listener` until `shutdown` resolves, then finish in-flight
     /// requests and close the database.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let router = self.router();
-        let sweeper = tokio::spawn(sweep_reservations(
+    /// Start the background work: the reservation sweeper, following
+    /// deploys made elsewhere, watched registry tags.
+    fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(sweep_reservations(
             self.state.runtime.clone(),
             Duration::from_millis(self.config.checkout.sweep_interval_ms.max(10)),
-        ));
-        let mut tasks = vec![sweeper];
+        ))];
         tasks.push(tokio::spawn(crate::registry::sync::follow(
             self.state.registry.clone(),
             Duration::from_millis(self.config.deploy.sync_interval_ms.max(50)),
@@ -155,14 +151,132 @@ impl App {
                 )));
             }
         }
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        tasks
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, then finish in-flight
+    /// requests (within `shutdown_timeout_ms`) and close the database.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let bound = Duration::from_millis(self.config.shutdown_timeout_ms);
+        let tasks = self.start_background();
+        let served = serve_until(listener, self.router(), shutdown, bound).await;
+        self.finish(tasks).await;
+        served
+    }
+
+    async fn finish(self, tasks: Vec<tokio::task::JoinHandle<()>>) {
         for task in tasks {
             task.abort();
         }
-        served?;
         self.state.runtime.db().close().await;
-        Ok(())
+        tracing::info!("stopped");
     }
+}
+
+/// Serve `router` until `shutdown` resolves; then stop accepting (the
+/// listener closes: new connections are refused) and let the requests in
+/// flight finish, for at most `bound`.
+async fn serve_until(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: Duration,
+) -> anyhow::Result<()> {
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!(
+            bound_ms = bound.as_millis() as u64,
+            "shutting down: no new connections, finishing requests in flight"
+        );
+        let _ = stopping_tx.send(true);
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    tokio::select! {
+        served = server.into_future() => served?,
+        _ = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(bound).await;
+        } => tracing::warn!(bound_ms = bound.as_millis() as u64, "requests still in flight after the shutdown bound; closing them"),
+    }
+    Ok(())
+}
+
+/// `mercato serve`: listen at once — `/healthz` answers, `/readyz` says 503
+/// until the database is migrated and every component compiled — then
+/// build the host and serve the API. `on_ready` sees the built host (to print
+/// its notices). SIGTERM (`shutdown`) during the build stops it too.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&App),
+) -> anyhow::Result<()> {
+    let bound = Duration::from_millis(config.shutdown_timeout_ms);
+    let slot: Arc<std::sync::OnceLock<axum::Router>> = Arc::new(std::sync::OnceLock::new());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve_until(
+        listener,
+        starting_router(slot.clone()),
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
+        bound,
+    ));
+    let app = tokio::select! {
+        built = App::build(config) => built,
+        _ = stop_rx.wait_for(|s| *s) => {
+            tracing::info!("stopped while starting");
+            return server.await.context("server task")?;
+        }
+    };
+    let app = match app {
+        Ok(app) => app,
+        Err(e) => {
+            server.abort();
+            return Err(e);
+        }
+    };
+    let tasks = app.start_background();
+    let _ = slot.set(app.router());
+    tracing::info!("ready");
+    on_ready(&app);
+    let served = server.await.context("server task")?;
+    app.finish(tasks).await;
+    served
+}
+
+/// The router while the host starts: the whole API once `slot` holds it;
+/// before that `/healthz` is up, `/readyz` and everything else answer 503.
+fn starting_router(slot: Arc<std::sync::OnceLock<axum::Router>>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let slot = slot.clone();
+        async move {
+            if let Some(router) = slot.get() {
+                return match router.clone().oneshot(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+            }
+            let body = match req.uri().path() {
+                "/healthz" => return axum::Json(serde_json::json!({ "status": "ok", "phase": "starting" })).into_response(),
+                "/readyz" => serde_json::json!({
+                    "status": "starting",
+                    "reason": "migrating the database and compiling the components"
+                }),
+                _ => serde_json::json!({ "error": { "code": "starting", "message": "the host is starting; retry shortly" } }),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, "1")], axum::Json(body)).into_response()
+        }
+    })
 }
 
 /// Release expired reservations every `interval` (the inventory component

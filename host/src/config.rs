@@ -129,6 +129,9 @@ impl PaymentConfig {
     }
 }
 
+/// How long in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
+
 /// How often a watched registry tag is polled.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 10_000;
 /// How often the active versions are re-read from the database (besides
@@ -177,6 +180,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Log as JSON lines.
     pub log_json: bool,
+    /// After SIGTERM: how long in-flight requests get before the process exits.
+    pub shutdown_timeout_ms: u64,
     pub components: ComponentsConfig,
     pub checkout: CheckoutConfig,
     pub payment: PaymentConfig,
@@ -198,6 +203,7 @@ impl Default for Config {
             admin_token: None,
             body_limit: DEFAULT_BODY_LIMIT,
             log_json: false,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             components: ComponentsConfig::default(),
             checkout: CheckoutConfig::default(),
             payment: PaymentConfig::default(),
@@ -232,6 +238,7 @@ const ENV_KEYS: &[&str] = &[
     "admin_token",
     "body_limit",
     "log_json",
+    "shutdown_timeout_ms",
     "components",
     "checkout",
     "payment",
@@ -239,6 +246,69 @@ const ENV_KEYS: &[&str] = &[
     "deploy",
     "registry",
 ];
+
+/// Keys whose values are secrets: in a cluster they come from a Secret.
+pub const SECRET_KEYS: &[&str] = &[
+    "admin_token",
+    "database_url",
+    "payment.secret_key",
+    "registry.username",
+    "registry.password",
+    "deploy.public_keys",
+];
+
+/// One configuration key, as `mercato config keys` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// `components.deadline_ms`
+    pub key: String,
+    /// `MERCATO_COMPONENTS__DEADLINE_MS`
+    pub env: String,
+    /// The default as the environment would spell it; empty: unset.
+    pub default: String,
+    pub secret: bool,
+}
+
+/// Every configuration key the binary accepts, with its environment
+/// variable and default (from [`Config::default`], so it cannot drift).
+/// `deploy.watch` is a map: one key per component.
+pub fn keys() -> Vec<KeyInfo> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<KeyInfo>) {
+        match value {
+            serde_json::Value::Object(map) if prefix == "deploy.watch" || !map.is_empty() => {
+                if prefix == "deploy.watch" {
+                    for kind in crate::runtime::ComponentKind::ALL {
+                        leaf(&format!("{prefix}.{}", kind.name()), &serde_json::Value::Null, out);
+                    }
+                    return;
+                }
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            other => leaf(prefix, other, out),
+        }
+    }
+    fn leaf(key: &str, value: &serde_json::Value, out: &mut Vec<KeyInfo>) {
+        let default = match value {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push(KeyInfo {
+            key: key.to_string(),
+            env: format!("MERCATO_{}", key.to_ascii_uppercase().replace('.', "__")),
+            default,
+            secret: SECRET_KEYS.contains(&key),
+        });
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_json::to_value(Config::default()) {
+        walk("", &value, &mut out);
+    }
+    out
+}
 
 impl Config {
     /// Load: defaults ← `file` ← `MERCATO_*` ← `overrides`.
@@ -318,6 +388,29 @@ mod tests {
             jail.set_env("MERCATO_TOKEN", "for the CLI");
             jail.set_env("MERCATO_SOMETHING_ELSE", "x");
             assert!(Config::load(None, &Overrides::default()).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_key_is_listed_and_loads_from_its_variable() {
+        let keys = keys();
+        for expected in ["listen", "components.deadline_ms", "deploy.watch.catalog", "registry.insecure"] {
+            assert!(keys.iter().any(|k| k.key == expected), "{expected} missing");
+        }
+        assert!(keys.iter().any(|k| k.env == "MERCATO_SHUTDOWN_TIMEOUT_MS" && k.default == "20000"));
+        assert!(keys.iter().filter(|k| k.secret).count() == SECRET_KEYS.len());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MERCATO_DEPLOY__WATCH__CATALOG", "127.0.0.1:5000/m/catalog:live");
+            jail.set_env("MERCATO_DEPLOY__PUBLIC_KEYS", "[\"a\", \"b\"]");
+            jail.set_env("MERCATO_SHUTDOWN_TIMEOUT_MS", "1500");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.deploy.watch.get("catalog").map(String::as_str),
+                Some("127.0.0.1:5000/m/catalog:live")
+            );
+            assert_eq!(c.deploy.public_keys, vec!["a".to_string(), "b".to_string()]);
+            assert_eq!(c.shutdown_timeout_ms, 1500);
             Ok(())
         });
     }

@@ -49,11 +49,29 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Run the database migrations and exit (a Kubernetes Job before a release).
+    Migrate(ServeArgs),
+    /// Exit 0 when the host at --server answers /healthz (the image's HEALTHCHECK).
+    Healthcheck {
+        /// Base URL of the host
+        #[arg(long, env = "MERCATO_URL", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// Configuration: `mercato config keys` lists every key, its environment
+    /// variable and default.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Make an ed25519 key pair for signing components: FILE (private) and FILE.pub.
     Keygen {
         /// Where to write the private key (FILE.pub gets the public key)
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// One line per key: ENVIRONMENT_VARIABLE <tab> default (empty: unset) <tab> secret|plain
+    Keys,
 }
 
 #[derive(clap::Args)]
@@ -132,9 +150,8 @@ struct ServeArgs {
     no_demo: Option<bool>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+fn main() -> std::process::ExitCode {
+    match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mercato: {e:#}");
@@ -143,10 +160,55 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => {
+            let config = load_config(args)?;
+            // Telemetry first, outside the async runtime (its exporter runs
+            // on its own thread), and flushed after the runtime is gone.
+            let telemetry = mercato::telemetry::init(config.log_json);
+            let served = runtime()?.block_on(serve(config));
+            telemetry.shutdown();
+            served
+        }
+        Command::Migrate(args) => {
+            let config = load_config(args)?;
+            runtime()?.block_on(async {
+                let db =
+                    mercato::storage::Db::connect(config.database_url.as_deref(), &config.data_dir).await?;
+                println!("migrations applied ({})", db.backend());
+                db.close().await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Healthcheck { server } => runtime()?.block_on(async {
+            let url = format!("{}/healthz", server.trim_end_matches('/'));
+            let response = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?
+                .get(&url)
+                .send()
+                .await?;
+            anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
+            Ok(())
+        }),
+        Command::Config(ConfigCommand::Keys) => {
+            for k in mercato::config::keys() {
+                println!("{}\t{}\t{}", k.env, k.default, if k.secret { "secret" } else { "plain" });
+            }
+            Ok(())
+        }
+        other => runtime()?.block_on(client(other)),
+    }
+}
+
+async fn client(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) | Command::Migrate(_) | Command::Healthcheck { .. } | Command::Config(_) => {
+            anyhow::bail!("not a client command")
+        }
         Command::Plugin(command) => plugin(command).await,
         Command::Push(args) => push(args).await,
         Command::Deploy { name, artifact, sign, api } => deploy(name, artifact, sign, api).await,
@@ -291,24 +353,29 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     anyhow::bail!("{status}: {message}")
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
         database_url: args.database_url,
         no_demo: args.no_demo,
     };
-    let config = Config::load(args.config.as_deref(), &overrides)?;
-    mercato::telemetry::init_logging(config.log_json);
+    Ok(Config::load(args.config.as_deref(), &overrides)?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
-    let listen = config.listen;
-    let app = mercato::App::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    for notice in &app.notices {
-        println!("{notice}");
-    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    // Listening before the components are compiled: /healthz answers and
+    // /readyz says 503 until the host is built.
     println!("mercato listening on http://{}", listener.local_addr()?);
-    app.serve(listener, shutdown_signal()).await
+    mercato::app::run(config, listener, shutdown_signal(), |app| {
+        for notice in &app.notices {
+            println!("{notice}");
+        }
+        println!("mercato ready");
+    })
+    .await
 }
 
 async fn shutdown_signal() {

@@ -33,12 +33,77 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Initialise logging: `RUST_LOG` filters (default `info`); JSON lines when
-/// `json` is set.
-pub fn init_logging(json: bool) {
+/// Flushes exported traces when dropped (or [`Telemetry::shutdown`]).
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported to an OTLP collector.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Export the spans still buffered, then stop the exporter.
+    pub fn shutdown(mut self) {
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("mercato: flushing traces failed: {e}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// The OTLP endpoint from the standard OpenTelemetry variables, if any.
+fn otlp_endpoint() -> Option<String> {
+    ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// Initialise logging and tracing: `RUST_LOG` filters (default `info`); JSON
+/// lines on stderr when `json` is set; spans exported over OTLP/HTTP
+/// (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is
+/// set, off otherwise. Call it outside the async runtime: the exporter's
+/// blocking HTTP client runs on its own thread.
+pub fn init(json: bool) -> Telemetry {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let mut provider = None;
+    let otel = match otlp_endpoint() {
+        None => None,
+        Some(endpoint) => match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+            Ok(exporter) => {
+                let p = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder().with_service_name("mercato").build(),
+                    )
+                    .build();
+                let tracer = p.tracer("mercato");
+                provider = Some(p);
+                eprintln!("mercato: exporting traces to {endpoint}");
+                Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            }
+            Err(e) => {
+                eprintln!("mercato: cannot export traces to {endpoint}: {e}");
+                None
+            }
+        },
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    Telemetry { provider }
 }
 
 /// Record the duration of one component call. (Faults are counted once, by

@@ -69,7 +69,17 @@ async fn observe(State(_): State<AppState>, req: Request, next: Next) -> Respons
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let response = next.run(req).await;
+    // One span per request (exported when tracing is on).
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     crate::telemetry::http_request(&method, &route, response.status().as_u16(), started);
     response
 }

