@@ -283,17 +283,16 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
 async fn deploy(name: String, artifact: String, sign: Option<PathBuf>, api: ApiArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let url = format!("{}/v1/admin/components/{name}/deploy", api.url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().post(url).bearer_auth(&api.token);
+    // Follow the deploy stage by stage (pull, checks, precompilation, swap).
+    let mut request =
+        reqwest::Client::new().post(url).bearer_auth(&api.token).header("accept", "application/x-ndjson");
     if artifact.starts_with("oci://") {
-        eprintln!("deploying {name} from {artifact}: the host pulls, checks, precompiles and swaps…");
+        eprintln!("deploying {name} from {artifact}");
         request = request.json(&serde_json::json!({ "oci": artifact.trim_start_matches("oci://") }));
     } else {
         let bytes = std::fs::read(&artifact).with_context(|| format!("read {artifact}"))?;
         let digest = mercato::runtime::digest_of(&bytes);
-        eprintln!(
-            "deploying {name} from {artifact} ({} KiB, {digest}): uploading; the host checks, precompiles and swaps…",
-            bytes.len().div_ceil(1024)
-        );
+        eprintln!("deploying {name} from {artifact} ({}, {digest}): uploading…", kib(bytes.len()));
         if let Some(path) = sign {
             let key = read_key(&path)?;
             let doc = mercato::registry::signature::sign(&key, &digest);
@@ -301,7 +300,80 @@ async fn deploy(name: String, artifact: String, sign: Option<PathBuf>, api: ApiA
         }
         request = request.header("content-type", "application/wasm").body(bytes);
     }
-    answer(request, &api.url).await
+    let started = std::time::Instant::now();
+    let mut response = request.send().await.with_context(|| format!("reach {}", api.url))?;
+    let status = response.status();
+    let streamed = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if !status.is_success() || !streamed {
+        let text = response.text().await?;
+        return report(status, &text);
+    }
+    let mut pending = String::new();
+    let mut outcome = None;
+    while let Some(chunk) = response.chunk().await? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line.trim()) else { continue };
+            match event["stage"].as_str().unwrap_or_default() {
+                "received" => eprintln!(
+                    "  received by the host ({})",
+                    kib(event["bytes"].as_u64().unwrap_or(0) as usize)
+                ),
+                "pulling" => eprintln!("  pulling {}…", event["reference"].as_str().unwrap_or_default()),
+                "pulled" => eprintln!(
+                    "  pulled {} in {} ms: {}",
+                    kib(event["bytes"].as_u64().unwrap_or(0) as usize),
+                    event["ms"],
+                    event["pinned"].as_str().unwrap_or_default()
+                ),
+                "checking" => eprintln!(
+                    "  checking {}{} against the {name} world…",
+                    event["digest"].as_str().unwrap_or_default(),
+                    if event["signature_required"] == true { " (signature required)" } else { "" }
+                ),
+                "compiling" => eprintln!("  precompiling…"),
+                "precompiled" => eprintln!(
+                    "  precompiled ({}) in {} ms",
+                    event["origin"].as_str().unwrap_or_default(),
+                    event["ms"]
+                ),
+                "swapped" => eprintln!("  swapped in as version {}", event["version"]),
+                "done" | "failed" => outcome = Some(event),
+                _ => {}
+            }
+        }
+    }
+    match outcome {
+        Some(e) if e["stage"] == "done" => {
+            println!("{}", e["result"]);
+            eprintln!("done in {} ms", started.elapsed().as_millis());
+            Ok(())
+        }
+        Some(e) => anyhow::bail!(
+            "{}: {} ({})",
+            e["status"],
+            e["error"]["message"].as_str().unwrap_or_default(),
+            e["error"]["code"].as_str().unwrap_or_default()
+        ),
+        None => anyhow::bail!("the connection closed before the deploy finished; see `mercato components`"),
+    }
+}
+
+fn kib(bytes: usize) -> String {
+    format!("{} KiB", bytes.div_ceil(1024))
+}
+
+fn report(status: reqwest::StatusCode, text: &str) -> anyhow::Result<()> {
+    let message = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| Some(format!("{} ({})", v["error"]["message"].as_str()?, v["error"]["code"].as_str()?)))
+        .unwrap_or_else(|| text.to_string());
+    anyhow::bail!("{status}: {message}")
 }
 
 /// Send `request`; print the body on success, the API's error otherwise.
@@ -316,11 +388,7 @@ async fn answer(request: reqwest::RequestBuilder, server: &str) -> anyhow::Resul
         eprintln!("done in {} ms", started.elapsed().as_millis());
         return Ok(());
     }
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| Some(format!("{} ({})", v["error"]["message"].as_str()?, v["error"]["code"].as_str()?)))
-        .unwrap_or(text);
-    anyhow::bail!("{status}: {message}")
+    report(status, &text)
 }
 
 async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
@@ -346,11 +414,7 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         println!("{}", if text.is_empty() { "removed".to_string() } else { text });
         return Ok(());
     }
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| Some(format!("{} ({})", v["error"]["message"].as_str()?, v["error"]["code"].as_str()?)))
-        .unwrap_or(text);
-    anyhow::bail!("{status}: {message}")
+    report(status, &text)
 }
 
 fn load_config(args: ServeArgs) -> anyhow::Result<Config> {

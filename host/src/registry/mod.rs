@@ -34,6 +34,19 @@ pub enum Artifact {
     Oci { reference: String },
 }
 
+/// A stage of a deploy, for clients that follow it (`mercato deploy`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Progress {
+    Received { bytes: usize },
+    Pulling { reference: String },
+    Pulled { bytes: usize, digest: String, pinned: String, ms: u64 },
+    Checking { digest: String, signature_required: bool },
+    Compiling,
+    Precompiled { origin: &'static str, ms: u64 },
+    Swapped { version: i64 },
+}
+
 /// The outcome of a deploy or rollback.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Deployed {
@@ -162,11 +175,32 @@ impl Registry {
 
     /// Deploy `artifact` as the new active version of `kind`.
     pub async fn deploy(&self, kind: ComponentKind, artifact: Artifact) -> Result<Deployed, DeployError> {
+        self.deploy_with_progress(kind, artifact, &|_| {}).await
+    }
+
+    /// [`Registry::deploy`], telling `progress` each stage as it starts or ends.
+    pub async fn deploy_with_progress(
+        &self,
+        kind: ComponentKind,
+        artifact: Artifact,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Deployed, DeployError> {
         let (bytes, signature, source) = match artifact {
-            Artifact::Upload { bytes, signature } => (bytes, signature, "upload".to_string()),
+            Artifact::Upload { bytes, signature } => {
+                progress(Progress::Received { bytes: bytes.len() });
+                (bytes, signature, "upload".to_string())
+            }
             Artifact::Oci { reference } => {
+                progress(Progress::Pulling { reference: reference.clone() });
+                let started = std::time::Instant::now();
                 let pulled = self.inner.oci.pull(&reference).await?;
                 tracing::info!(component = kind.name(), reference, pinned = %pulled.pinned, size = pulled.bytes.len(), "pulled");
+                progress(Progress::Pulled {
+                    bytes: pulled.bytes.len(),
+                    digest: pulled.digest.clone(),
+                    pinned: pulled.pinned.clone(),
+                    ms: started.elapsed().as_millis() as u64,
+                });
                 let signature = if self.inner.policy.required() {
                     self.inner.oci.signature(&reference, &pulled.digest).await?.map(|d| d.signature)
                 } else {
@@ -175,7 +209,7 @@ impl Registry {
                 (pulled.bytes, signature, format!("oci:{}", pulled.pinned))
             }
         };
-        self.deploy_bytes(kind, bytes, signature.as_deref(), source).await
+        self.deploy_bytes(kind, bytes, signature.as_deref(), source, progress).await
     }
 
     async fn deploy_bytes(
@@ -184,9 +218,14 @@ impl Registry {
         bytes: Vec<u8>,
         signature: Option<&str>,
         source: String,
+        progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Deployed, DeployError> {
         let name = kind.name();
         let digest = digest_of(&bytes);
+        progress(Progress::Checking {
+            digest: digest.clone(),
+            signature_required: self.inner.policy.required(),
+        });
         self.inner.policy.verify(&digest, signature).map_err(DeployError::SignatureInvalid)?;
         contract::check(kind, &bytes).map_err(|m| match m {
             contract::Misfit::Invalid(m) => DeployError::InvalidComponent(m),
@@ -201,6 +240,7 @@ impl Registry {
         }
         let runtime = self.inner.runtime.clone();
         let started = std::time::Instant::now();
+        progress(Progress::Compiling);
         let (prepared, bytes) = tokio::task::spawn_blocking(move || {
             let source = ComponentSource { kind, version: 0, bytes };
             (runtime.prepare(&source), source.bytes)
@@ -212,8 +252,10 @@ impl Registry {
         let version = self.db().put_component_version(name, &digest, &bytes, &source, now).await?;
         prepared.set_version(version);
         let precompiled = origin_name(prepared.origin());
+        progress(Progress::Precompiled { origin: precompiled, ms: started.elapsed().as_millis() as u64 });
         self.db().activate_component(name, version, now).await?;
         self.inner.runtime.install(prepared);
+        progress(Progress::Swapped { version });
         crate::telemetry::component_swap(name, "deploy", started);
         tracing::info!(component = name, version, %digest, %source, "deployed");
         let active = self

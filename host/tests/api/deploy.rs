@@ -579,6 +579,10 @@ async fn signature_policy_and_cli() {
     let (ok, out) = run(&["deploy", "catalog", &format!("oci://{signed}")], &cli_env);
     assert!(ok, "{out}");
     assert!(out.contains(&digest), "{out}");
+    // Progress, stage by stage.
+    for stage in ["pulling", "pulled", "(signature required)", "precompil", "swapped in as version"] {
+        assert!(out.contains(stage), "no {stage:?} in the CLI's output:\n{out}");
+    }
     assert!(served(&app, &format!("/v1/products/{product}")).await.1);
     let (ok, out) = run(&["rollback", "catalog"], &cli_env);
     assert!(ok, "{out}");
@@ -647,4 +651,44 @@ async fn requests_in_flight_keep_their_versions() {
     let live = line_title(app.runtime.clone(), cart.clone()).await;
     assert!(live.ends_with(" [v2]"), "{live}");
     assert_eq!(app.runtime.snapshot().header(), "catalog=2,cart=1,inventory=1,payment=1,order=1");
+}
+
+/// `Accept: application/x-ndjson`: a JSON line per stage, then the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_progress_streams_each_stage() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let follow = |bytes: Vec<u8>| {
+        app.request(Method::POST, "/v1/admin/components/catalog/deploy")
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/wasm")
+            .header("accept", "application/x-ndjson")
+            .body(bytes)
+    };
+    let stages = |text: String| -> Vec<Value> {
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    };
+    let response = follow(catalog_v2()).send().await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let events = stages(response.text().await.expect("body"));
+    let names: Vec<&str> = events.iter().map(|e| e["stage"].as_str().expect("stage")).collect();
+    assert_eq!(names, ["received", "checking", "compiling", "precompiled", "swapped", "done"], "{events:?}");
+    assert_eq!(events[5]["result"]["version"], 2);
+    // A refused deploy ends with the error the plain call would give.
+    let events = stages(
+        follow(bundled::bytes(ComponentKind::Inventory).to_vec())
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("body"),
+    );
+    let last = events.last().expect("an outcome");
+    assert_eq!(
+        (&last["stage"], &last["status"], &last["error"]["code"]),
+        (&json!("failed"), &json!(422), &json!("contract_mismatch")),
+        "{events:?}"
+    );
+    assert_eq!(component(&components(&app).await, "catalog")["active"]["version"], 2);
 }

@@ -6,13 +6,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::http::extract::Admin;
 use crate::http::{ApiError, ApiResult, AppState};
-use crate::registry::{Artifact, DeployError, Deployed};
+use crate::registry::{Artifact, DeployError, Deployed, Progress};
 use crate::runtime::ComponentKind;
 
 /// Largest component accepted over the API.
@@ -70,7 +71,7 @@ async fn deploy(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let kind = component(&name)?;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -120,7 +121,43 @@ async fn deploy(
             ));
         }
     };
-    Ok(answer(state.registry.deploy(kind, artifact).await?))
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    if streaming {
+        return Ok(follow(state, kind, artifact));
+    }
+    Ok(answer(state.registry.deploy(kind, artifact).await?).into_response())
+}
+
+/// The deploy as it happens: with `Accept: application/x-ndjson` the answer
+/// is 200 and a JSON line per stage (`received`/`pulling`/`pulled`,
+/// `checking`, `compiling`, `precompiled`, `swapped`), ending with
+/// `{"stage": "done", "result": …}` or `{"stage": "failed", "status": 422,
+/// "error": {"code", "message"}}`. The deploy runs to its end even if the
+/// client goes away.
+fn follow(state: AppState, kind: ComponentKind, artifact: Artifact) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let registry = state.registry.clone();
+    tokio::spawn(async move {
+        let stages = tx.clone();
+        let progress = move |p: Progress| {
+            let _ = stages.send(json!(p).to_string() + "\n");
+        };
+        let last = match registry.deploy_with_progress(kind, artifact, &progress).await {
+            Ok(d) => json!({ "stage": "done", "result": d }),
+            Err(e) => {
+                let e = ApiError::from(e);
+                json!({ "stage": "failed", "status": e.status.as_u16(), "error": { "code": e.code, "message": e.message } })
+            }
+        };
+        let _ = tx.send(last.to_string() + "\n");
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }
 
 async fn rollback(
