@@ -251,7 +251,7 @@ fn keygen(file: &std::path::Path) -> anyhow::Result<()> {
 async fn push(args: PushArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let bytes = std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
-    let shape = mercato::plugins::validate::parse_component(&bytes).map_err(anyhow::Error::msg)?;
+    let shape = mercato::runtime::shape::parse_component(&bytes).map_err(anyhow::Error::msg)?;
     let key = args.sign.as_deref().map(read_key).transpose()?;
     let mut registry = mercato::oci::RegistryConfig {
         username: args.username,

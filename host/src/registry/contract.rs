@@ -4,8 +4,8 @@
 //! exact half — every imported and exported function with the same types —
 //! is wasmtime's linking and type-checking in [`crate::runtime::Runtime::prepare`].
 
-use crate::plugins::validate::{Shape, parse_component};
 use crate::runtime::ComponentKind;
+use crate::runtime::shape::{Shape, parse_component};
 
 /// The version of the `mercato:commerce` package the host speaks.
 pub const COMMERCE_VERSION: &str = "0.1.0";

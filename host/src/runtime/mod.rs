@@ -20,6 +20,7 @@ pub mod cache;
 pub mod ctx;
 pub mod engine;
 pub mod fault;
+pub mod shape;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

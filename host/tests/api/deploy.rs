@@ -315,7 +315,7 @@ async fn oci_push_pull_with_basic_auth() {
     };
     let oci = Oci::new(creds.clone());
     let bytes = catalog_v2();
-    let shape = mercato::plugins::validate::parse_component(&bytes).expect("shape");
+    let shape = mercato::runtime::shape::parse_component(&bytes).expect("shape");
     let reference = format!("{}/mercato/catalog:2.0.0", registry.addr);
     let pushed = oci
         .push(&reference, bytes.clone(), shape.imports.clone(), shape.exports.clone(), None)
@@ -476,7 +476,7 @@ async fn watched_tag_deploys_on_push() {
         let oci = oci.clone();
         let reference = reference.clone();
         async move {
-            let shape = mercato::plugins::validate::parse_component(&bytes).expect("component");
+            let shape = mercato::runtime::shape::parse_component(&bytes).expect("component");
             oci.push(&reference, bytes, shape.imports, shape.exports, None).await.expect("push")
         }
     };
