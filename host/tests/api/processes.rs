@@ -257,3 +257,55 @@ async fn a_deploy_on_one_replica_is_live_on_the_other_within_a_second() {
     let took = within_a_second(&a, &product, (1, false)).await;
     eprintln!("rollback on B live on A after {took:?}");
 }
+
+/// SPEC §6.5 for deploys: a kill -9 at any moment of a deploy leaves either
+/// the old or the new version active — whole, served, and what the registry
+/// says — never a half-deployed component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_deploys_leaves_no_half_deployed_component() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A private artifact cache, so deploys also write precompiled files when killed.
+    std::fs::create_dir_all(dir.path().join("cache")).expect("cache");
+    let v2 = crate::deploy::catalog_v2();
+    let v1 = mercato::runtime::bundled::bytes(mercato::runtime::ComponentKind::Catalog).to_vec();
+    let mut seen_versions = std::collections::HashSet::new();
+    for round in 0..7u64 {
+        let p = Process::start(dir.path(), None);
+        let (_, list) = send(p.request(Method::GET, "/v1/admin/components").bearer_auth(ADMIN_TOKEN)).await;
+        let catalog = list["components"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .find(|c| c["name"] == "catalog")
+            .expect("catalog")
+            .clone();
+        // What the registry says is what runs, and it answers.
+        assert_eq!(catalog["active"]["version"], catalog["running"]["version"], "round {round}: {catalog}");
+        assert_eq!(catalog["active"]["digest"], catalog["running"]["digest"], "round {round}: {catalog}");
+        let response = p.request(Method::GET, "/v1/products").send().await.expect("get");
+        assert_eq!(response.status(), 200);
+        let active = catalog["active"]["version"].as_i64().expect("version");
+        assert_eq!(crate::deploy::versions_of(&response)["catalog"], active);
+        seen_versions.insert(active);
+        // Deploy the other version and kill -9 somewhere along the way.
+        let bytes = if catalog["active"]["digest"] == mercato::runtime::digest_of(&v2) {
+            v1.clone()
+        } else {
+            v2.clone()
+        };
+        let deploy = p
+            .request(Method::POST, "/v1/admin/components/catalog/deploy")
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/wasm")
+            .body(bytes);
+        let pending = tokio::spawn(deploy.send());
+        tokio::time::sleep(Duration::from_millis(round * 150)).await;
+        p.kill9();
+        let _ = pending.await;
+    }
+    let p = Process::start(dir.path(), None);
+    let (status, _) = send(p.request(Method::GET, "/readyz")).await;
+    assert_eq!(status, 200);
+    // Kills came both before a deploy committed and after one did.
+    assert_eq!(seen_versions.len(), 2, "{seen_versions:?}");
+}
