@@ -295,8 +295,9 @@ async fn operators_set_plugin_limits_per_merchant() {
     assert_eq!(view["limits"]["deadline_ms"], 50);
 
     // More memory than the default lets the allocating plugin run longer, but
-    // it is still stopped at the new cap.
-    set_limits(app, &shop.a.0, json!({"memory_bytes": 32 * 1024 * 1024})).await;
+    // it is still stopped at the new cap. (A deadline long enough that a
+    // loaded machine reaches the cap first: the 50 ms above is for the loop.)
+    set_limits(app, &shop.a.0, json!({"memory_bytes": 32 * 1024 * 1024, "deadline_ms": 1500})).await;
     upload(app, &shop.a.1, artifact("zoo-alloc.wasm")).await;
     app.get(&format!("/v1/carts/{cart}")).await;
     let (_, view) = plugin_status(app, &shop.a.1).await;
