@@ -10,7 +10,8 @@ rustup toolchain install 2>/dev/null || rustup show active-toolchain
 rustup target list --installed | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
 
 if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
-  SUDO=$(command -v sudo >/dev/null && [ "$(id -u)" != 0 ] && echo sudo || true)
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y --no-install-recommends docker-registry skopeo >/dev/null 2>&1 \
     || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends docker-registry skopeo >/dev/null; }
