@@ -6,9 +6,9 @@
 //! statement (`UPDATE … WHERE version = ?` or `INSERT … ON CONFLICT DO
 //! NOTHING`), so it is atomic on SQLite and PostgreSQL alike.
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
-use super::{Db, Result, StorageError};
+use super::{Db, Result, StorageError, numbered_placeholders};
 
 /// Keys per `list-keys` page.
 pub const LIST_PAGE: usize = 500;
@@ -49,80 +49,46 @@ fn check_batch(n: usize) -> Result<()> {
 
 impl Db {
     pub async fn kv_get(&self, s: Scope<'_>, key: &str) -> Result<Option<Versioned>> {
-        let row = match self {
-            Db::Sqlite { read, .. } => {
-                sqlx::query("SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?")
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(key)
-                    .fetch_optional(read)
-                    .await?
-                    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1)))
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("SELECT value, version FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3")
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await?
-                    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1)))
-            }
-        };
-        Ok(row.map(|(value, version)| Versioned { value, version }))
-    }
-
-    pub async fn kv_set(&self, s: Scope<'_>, key: &str, value: &[u8]) -> Result<()> {
-        match self {
-            Db::Sqlite { write, .. } => {
-                sqlx::query(
-                    "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) \
-                     ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                )
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT value, version FROM kv WHERE namespace = ? AND bucket = ? AND key = ?",
+            |q, pool| q
                 .bind(s.namespace)
                 .bind(s.bucket)
                 .bind(key)
-                .bind(value)
-                .bind(new_version())
-                .execute(write)
-                .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                )
+                .fetch_optional(pool)
+                .await?
+                .map(|r| Versioned { value: r.get::<Vec<u8>, _>(0), version: r.get::<i64, _>(1) })
+        ))
+    }
+
+    pub async fn kv_set(&self, s: Scope<'_>, key: &str, value: &[u8]) -> Result<()> {
+        with_query!(
+            write,
+            self,
+            "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+            |q, pool| q
                 .bind(s.namespace)
                 .bind(s.bucket)
                 .bind(key)
                 .bind(value)
                 .bind(new_version())
                 .execute(pool)
-                .await?;
-            }
-        }
+                .await?
+                .rows_affected()
+        );
         Ok(())
     }
 
     pub async fn kv_delete(&self, s: Scope<'_>, key: &str) -> Result<()> {
-        match self {
-            Db::Sqlite { write, .. } => {
-                sqlx::query("DELETE FROM kv WHERE namespace = ? AND bucket = ? AND key = ?")
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(key)
-                    .execute(write)
-                    .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3")
-                    .bind(s.namespace)
-                    .bind(s.bucket)
-                    .bind(key)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        with_query!(
+            write,
+            self,
+            "DELETE FROM kv WHERE namespace = ? AND bucket = ? AND key = ?",
+            |q, pool| q.bind(s.namespace).bind(s.bucket).bind(key).execute(pool).await?.rows_affected()
+        );
         Ok(())
     }
 
@@ -130,28 +96,21 @@ impl Db {
     pub async fn kv_list(&self, s: Scope<'_>, after: Option<&str>) -> Result<(Vec<String>, bool)> {
         let after = after.unwrap_or("");
         let limit = (LIST_PAGE + 1) as i64;
-        let mut keys: Vec<String> = match self {
-            Db::Sqlite { read, .. } => {
-                sqlx::query_scalar(
-                    "SELECT key FROM kv WHERE namespace = ? AND bucket = ? AND key > ? ORDER BY key LIMIT ?",
-                )
+        let mut keys: Vec<String> = with_query!(
+            read,
+            self,
+            "SELECT key FROM kv WHERE namespace = ? AND bucket = ? AND key > ? ORDER BY key LIMIT ?",
+            |q, pool| q
                 .bind(s.namespace)
                 .bind(s.bucket)
                 .bind(after)
                 .bind(limit)
-                .fetch_all(read)
+                .fetch_all(pool)
                 .await?
-            }
-            Db::Postgres(pool) => sqlx::query_scalar(
-                "SELECT key FROM kv WHERE namespace = $1 AND bucket = $2 AND key > $3 ORDER BY key LIMIT $4",
-            )
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?,
-        };
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect()
+        );
         let more = keys.len() > LIST_PAGE;
         keys.truncate(LIST_PAGE);
         Ok((keys, more))
@@ -167,53 +126,38 @@ impl Db {
         value: &[u8],
     ) -> Result<bool> {
         let version = new_version();
-        let done = match (self, expected) {
-            (Db::Sqlite { write, .. }, Some(old)) => sqlx::query(
-                "UPDATE kv SET value = ?, version = ? WHERE namespace = ? AND bucket = ? AND key = ? AND version = ?",
-            )
-            .bind(value)
-            .bind(version)
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(key)
-            .bind(old)
-            .execute(write)
-            .await?
-            .rows_affected(),
-            (Db::Sqlite { write, .. }, None) => sqlx::query(
-                "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(key)
-            .bind(value)
-            .bind(version)
-            .execute(write)
-            .await?
-            .rows_affected(),
-            (Db::Postgres(pool), Some(old)) => sqlx::query(
-                "UPDATE kv SET value = $1, version = $2 WHERE namespace = $3 AND bucket = $4 AND key = $5 AND version = $6",
-            )
-            .bind(value)
-            .bind(version)
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(key)
-            .bind(old)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            (Db::Postgres(pool), None) => sqlx::query(
-                "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(s.namespace)
-            .bind(s.bucket)
-            .bind(key)
-            .bind(value)
-            .bind(version)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+        let done = match expected {
+            Some(old) => with_query!(
+                write,
+                self,
+                "UPDATE kv SET value = ?, version = ? \
+                 WHERE namespace = ? AND bucket = ? AND key = ? AND version = ?",
+                |q, pool| q
+                    .bind(value)
+                    .bind(version)
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .bind(old)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            ),
+            None => with_query!(
+                write,
+                self,
+                "INSERT INTO kv (namespace, bucket, key, value, version) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+                |q, pool| q
+                    .bind(s.namespace)
+                    .bind(s.bucket)
+                    .bind(key)
+                    .bind(value)
+                    .bind(version)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            ),
         };
         Ok(done == 1)
     }
@@ -350,14 +294,10 @@ impl Db {
 
     /// Number of keys in a namespace (for tests and diagnostics).
     pub async fn kv_count(&self, namespace: &str) -> Result<i64> {
-        let sql = "SELECT COUNT(*) FROM kv WHERE namespace = ";
-        Ok(match self {
-            Db::Sqlite { read, .. } => {
-                sqlx::query_scalar(AssertSqlSafe(format!("{sql}?"))).bind(namespace).fetch_one(read).await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(AssertSqlSafe(format!("{sql}$1"))).bind(namespace).fetch_one(pool).await?
-            }
-        })
+        Ok(with_query!(read, self, "SELECT COUNT(*) FROM kv WHERE namespace = ?", |q, pool| q
+            .bind(namespace)
+            .fetch_one(pool)
+            .await?
+            .get::<i64, _>(0)))
     }
 }

@@ -13,6 +13,23 @@
 /// for `read` or `write`; PostgreSQL gets `$1, $2, …` for each `?`. The body
 /// is compiled once per backend, so it must not return backend types.
 macro_rules! with_query {
+    // A literal: no allocation per call. SQLite takes it as is; PostgreSQL's
+    // numbered copy is made once per call site and kept.
+    ($mode:ident, $db:expr, $sql:literal, |$q:ident, $pool:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite { read: _read, write: _write } => {
+                let $pool = with_query!(@pick $mode, _read, _write);
+                let $q = sqlx::query($sql);
+                $body
+            }
+            Db::Postgres(pool) => {
+                static NUMBERED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let $pool = pool;
+                let $q = sqlx::query(NUMBERED.get_or_init(|| numbered_placeholders($sql)).as_str());
+                $body
+            }
+        }
+    };
     ($mode:ident, $db:expr, $sql:expr, |$q:ident, $pool:ident| $body:expr) => {
         match $db {
             Db::Sqlite { read: _read, write: _write } => {
