@@ -108,16 +108,20 @@ impl Default for PaymentConfig {
     }
 }
 
+/// `localhost` or a loopback address (IPv6 with or without brackets): the
+/// only hosts reached over plain HTTP unless configured otherwise.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl PaymentConfig {
     /// The `host[:port]` the payment component may call, after checking the URL.
     pub fn provider_authority(&self) -> Result<Option<String>, String> {
         let Some(url) = &self.provider_url else { return Ok(None) };
         let uri: http::Uri = url.parse().map_err(|e| format!("payment.provider_url: {e}"))?;
         let authority = uri.authority().ok_or("payment.provider_url: no host")?.as_str().to_ascii_lowercase();
-        let host = uri.host().unwrap_or_default();
-        let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback = is_loopback_host(uri.host().unwrap_or_default());
         match uri.scheme_str() {
             Some("https") => Ok(Some(authority)),
             Some("http") if loopback => Ok(Some(authority)),

@@ -92,13 +92,13 @@ pub fn parse(reference: &str) -> Result<Reference, OciError> {
     text.parse::<Reference>().map_err(|e| OciError::Reference(reference.to_string(), e.to_string()))
 }
 
+/// Is `registry` (`host[:port]`) on this machine?
 fn is_loopback(registry: &str) -> bool {
     let host = match registry.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => registry,
     };
-    let host = host.trim_matches(['[', ']']);
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    crate::config::is_loopback_host(host)
 }
 
 /// A registry client with the configured credentials.
@@ -172,11 +172,7 @@ impl Oci {
     /// component with `digest`, if there is one.
     pub async fn signature(&self, reference: &str, digest: &str) -> Result<Option<SignatureDoc>, OciError> {
         let r = parse(reference)?;
-        let sig_ref = Reference::with_tag(
-            r.registry().to_string(),
-            r.repository().to_string(),
-            signature::tag_for(digest),
-        );
+        let sig_ref = signature_ref(&r, digest);
         let client = self.client(&sig_ref);
         let (manifest, _) = match client.pull_image_manifest(&sig_ref, &self.auth()).await {
             Ok(m) => m,
@@ -191,6 +187,22 @@ impl Oci {
         let doc: SignatureDoc = serde_json::from_slice(&bytes)
             .map_err(|e| OciError::Artifact(format!("unreadable signature document: {e}")))?;
         Ok((doc.digest == digest).then_some(doc))
+    }
+
+    /// Push a one-layer OCI image manifest (its media type set explicitly).
+    async fn push_one(
+        &self,
+        client: &Client,
+        r: &Reference,
+        layer: ImageLayer,
+        config: OciConfig,
+        annotations: Option<BTreeMap<String, String>>,
+    ) -> Result<(), OciError> {
+        let layers = [layer];
+        let mut manifest = OciImageManifest::build(&layers, &config, annotations);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+        client.push(r, &layers, config, &self.auth(), Some(manifest)).await.map_err(|e| Self::error(r, e))?;
+        Ok(())
     }
 
     /// Push `bytes` (a component with `imports`/`exports`) to `reference`,
@@ -219,40 +231,42 @@ impl Oci {
         };
         let config_bytes =
             serde_json::to_vec(&config).map_err(|e| OciError::Artifact(format!("config: {e}")))?;
-        let layers = vec![ImageLayer::new(bytes, WASM_LAYER_MEDIA_TYPE.to_string(), None)];
-        let config = OciConfig::new(config_bytes, WASM_CONFIG_MEDIA_TYPE.to_string(), None);
-        let mut manifest = OciImageManifest::build(&layers, &config, None);
-        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-        manifest.artifact_type = None;
-        client
-            .push(&r, &layers, config, &self.auth(), Some(manifest.clone()))
-            .await
-            .map_err(|e| Self::error(&r, e))?;
+        self.push_one(
+            &client,
+            &r,
+            ImageLayer::new(bytes, WASM_LAYER_MEDIA_TYPE.to_string(), None),
+            OciConfig::new(config_bytes, WASM_CONFIG_MEDIA_TYPE.to_string(), None),
+            None,
+        )
+        .await?;
         let manifest_digest =
             client.fetch_manifest_digest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))?;
         let signature_tag = match sign {
             None => None,
             Some(key) => {
-                let tag = signature::tag_for(&digest);
-                let doc = signature::sign(key, &digest);
-                let sig_ref =
-                    Reference::with_tag(r.registry().to_string(), r.repository().to_string(), tag.clone());
-                let body = serde_json::to_vec(&doc).map_err(|e| OciError::Artifact(e.to_string()))?;
-                let mut annotations = BTreeMap::new();
-                annotations.insert("dev.mercato.signed-digest".to_string(), digest.clone());
-                let layers = vec![ImageLayer::new(body, SIGNATURE_MEDIA_TYPE.to_string(), None)];
-                let config = OciConfig::new(b"{}".to_vec(), SIGNATURE_CONFIG_MEDIA_TYPE.to_string(), None);
-                let mut manifest = OciImageManifest::build(&layers, &config, Some(annotations));
-                manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-                client
-                    .push(&sig_ref, &layers, config, &self.auth(), Some(manifest))
-                    .await
-                    .map_err(|e| Self::error(&r, e))?;
-                Some(tag)
+                let body = serde_json::to_vec(&signature::sign(key, &digest))
+                    .map_err(|e| OciError::Artifact(e.to_string()))?;
+                let annotations = BTreeMap::from([("dev.mercato.signed-digest".to_string(), digest.clone())]);
+                let sig_ref = signature_ref(&r, &digest);
+                self.push_one(
+                    &client,
+                    &sig_ref,
+                    ImageLayer::new(body, SIGNATURE_MEDIA_TYPE.to_string(), None),
+                    OciConfig::new(b"{}".to_vec(), SIGNATURE_CONFIG_MEDIA_TYPE.to_string(), None),
+                    Some(annotations),
+                )
+                .await?;
+                sig_ref.tag().map(str::to_string)
             }
         };
         Ok(Pushed { digest, manifest_digest, signature_tag })
     }
+}
+
+/// Where the signature of the component with `digest` lives: tag
+/// `sha256-<hex>.sig` of `r`'s repository.
+fn signature_ref(r: &Reference, digest: &str) -> Reference {
+    Reference::with_tag(r.registry().to_string(), r.repository().to_string(), signature::tag_for(digest))
 }
 
 /// The registry answered "no such manifest" (not a failure to reach it).

@@ -91,3 +91,33 @@ impl FromRequestParts<AppState> for Admin {
         }
     }
 }
+
+/// The media type of a request (`Content-Type` without parameters), or "".
+pub fn media_type(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// A raw upload body, or the API's error for a body that could not be read:
+/// 413 `payload_too_large` naming `what` and its `limit`, else 400.
+pub fn upload_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    what: &str,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("{what} can be at most {limit} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+        }
+    })
+}

@@ -92,9 +92,8 @@ pub const VERSIONS_HEADER: &str = "x-mercato-versions";
 /// name them in the `x-mercato-versions` header.
 async fn pin_versions(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let set = state.runtime.snapshot();
-    let header = set.header();
-    let mut response = Runtime::pinned(set, next.run(req)).await;
-    if let Ok(value) = axum::http::HeaderValue::from_str(&header) {
+    let mut response = Runtime::pinned(set.clone(), next.run(req)).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(set.header()) {
         response.headers_mut().insert(VERSIONS_HEADER, value);
     }
     response

@@ -106,6 +106,27 @@ pub struct StartupComponent {
     pub source: String,
 }
 
+/// The active version of `name`, which must exist (every component has one
+/// from its first start on).
+async fn active_of(db: &Db, name: &str) -> Result<ActiveRow, DeployError> {
+    db.active_component(name)
+        .await?
+        .ok_or_else(|| DeployError::Internal(format!("{name}: no active version")))
+}
+
+/// Compile, link and type-check `source` on a blocking thread; gives the
+/// bytes back with the result.
+async fn prepare_off_thread(
+    runtime: &Runtime,
+    source: ComponentSource,
+) -> Result<(crate::runtime::Prepared, Vec<u8>), DeployError> {
+    let runtime = runtime.clone();
+    let (prepared, bytes) = tokio::task::spawn_blocking(move || (runtime.prepare(&source), source.bytes))
+        .await
+        .map_err(|e| DeployError::Internal(format!("compilation task: {e}")))?;
+    Ok((prepared?, bytes))
+}
+
 fn is_startup_source(source: &str) -> bool {
     source == "bundled" || source.starts_with("file:")
 }
@@ -130,10 +151,7 @@ pub async fn bootstrap(db: &Db, startup: Vec<StartupComponent>) -> Result<Vec<Co
             let version = db.put_component_version(name, &digest, &s.bytes, &s.source, now).await?;
             db.activate_component(name, version, now).await?;
         }
-        let active = db
-            .active_component(name)
-            .await?
-            .ok_or_else(|| DeployError::Internal(format!("{name}: no active version after bootstrap")))?;
+        let active = active_of(db, name).await?;
         let bytes = if active.version.digest == digest {
             s.bytes
         } else {
@@ -238,31 +256,21 @@ impl Registry {
             self.sync_locked(kind).await?;
             return Ok(deployed(kind, &active, false, "cached"));
         }
-        let runtime = self.inner.runtime.clone();
         let started = std::time::Instant::now();
         progress(Progress::Compiling);
-        let (prepared, bytes) = tokio::task::spawn_blocking(move || {
-            let source = ComponentSource { kind, version: 0, bytes };
-            (runtime.prepare(&source), source.bytes)
-        })
-        .await
-        .map_err(|e| DeployError::Internal(format!("compilation task: {e}")))?;
-        let mut prepared = prepared?;
+        let (mut prepared, bytes) =
+            prepare_off_thread(&self.inner.runtime, ComponentSource { kind, version: 0, bytes }).await?;
         let now = crate::now_ms();
         let version = self.db().put_component_version(name, &digest, &bytes, &source, now).await?;
-        prepared.set_version(version);
-        let precompiled = origin_name(prepared.origin());
+        prepared.version = version;
+        let precompiled = origin_name(prepared.origin);
         progress(Progress::Precompiled { origin: precompiled, ms: started.elapsed().as_millis() as u64 });
         self.db().activate_component(name, version, now).await?;
         self.inner.runtime.install(prepared);
         progress(Progress::Swapped { version });
         crate::telemetry::component_swap(name, "deploy", started);
         tracing::info!(component = name, version, %digest, %source, "deployed");
-        let active = self
-            .db()
-            .active_component(name)
-            .await?
-            .ok_or_else(|| DeployError::Internal(format!("{name}: no active version")))?;
+        let active = active_of(self.db(), name).await?;
         Ok(deployed(kind, &active, true, precompiled))
     }
 
@@ -271,30 +279,20 @@ impl Registry {
         let name = kind.name();
         let _one = self.inner.lock.lock().await;
         let started = std::time::Instant::now();
-        let live: Vec<_> = self
-            .db()
-            .component_activations(name, i64::MAX)
-            .await?
-            .into_iter()
-            .filter(|a| a.rolled_back_at.is_none())
-            .collect();
+        let live = self.db().component_activations(name, true, 2).await?;
         let [current, previous, ..] = live.as_slice() else {
             return Err(DeployError::NothingToRollBack(format!(
                 "{name} has no earlier version to roll back to"
             )));
         };
         let prepared = self.prepare_version(kind, previous.version).await?;
-        let precompiled = origin_name(prepared.origin());
+        let precompiled = origin_name(prepared.origin);
         if !self.db().roll_back_component(name, current.seq, crate::now_ms()).await? {
             return Err(DeployError::Conflict(format!("{name} changed during the rollback; try again")));
         }
         self.inner.runtime.install(prepared);
         crate::telemetry::component_swap(name, "rollback", started);
-        let active = self
-            .db()
-            .active_component(name)
-            .await?
-            .ok_or_else(|| DeployError::Internal(format!("{name}: no active version")))?;
+        let active = active_of(self.db(), name).await?;
         tracing::info!(component = name, version = active.version.version, "rolled back");
         Ok(deployed(kind, &active, true, precompiled))
     }
@@ -308,12 +306,7 @@ impl Registry {
         let bytes = self.db().component_bytes(kind.name(), version).await?.ok_or_else(|| {
             DeployError::Internal(format!("{} version {version} has no bytes", kind.name()))
         })?;
-        let runtime = self.inner.runtime.clone();
-        let prepared =
-            tokio::task::spawn_blocking(move || runtime.prepare(&ComponentSource { kind, version, bytes }))
-                .await
-                .map_err(|e| DeployError::Internal(format!("compilation task: {e}")))??;
-        Ok(prepared)
+        Ok(prepare_off_thread(&self.inner.runtime, ComponentSource { kind, version, bytes }).await?.0)
     }
 
     /// Make this process run the active version of every component, as the
@@ -355,7 +348,7 @@ impl Registry {
         for kind in ComponentKind::ALL {
             let name = kind.name();
             let versions = self.db().component_versions(name).await?;
-            let activations = self.db().component_activations(name, HISTORY).await?;
+            let activations = self.db().component_activations(name, false, HISTORY).await?;
             let active = self.db().active_component(name).await?;
             let run = running.iter().find(|r| r.kind == kind);
             // When the active version became active again after a rollback,

@@ -13,19 +13,17 @@ use crate::storage::components::CHANNEL;
 /// `interval` in any case (a missed notification, SQLite shared by processes).
 pub async fn follow(registry: Registry, interval: Duration) {
     let mut listener = match registry.db() {
-        Db::Postgres(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
-            Ok(mut l) => match l.listen(CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot LISTEN for deploys; re-checking every interval only");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for deploys; re-checking every interval only");
-                None
-            }
-        },
+        Db::Postgres(pool) => {
+            let listening = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            listening
+                .await
+                .map_err(|e| tracing::warn!(error = %e, "cannot LISTEN for deploys; re-checking every interval only"))
+                .ok()
+        }
         Db::Sqlite { .. } => None,
     };
     let mut tick = tokio::time::interval(interval);

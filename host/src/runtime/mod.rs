@@ -153,6 +153,8 @@ pub struct ActiveSet {
     inventory: Arc<Active<inventory::InventoryComponentPre<Ctx>>>,
     payment: Arc<Active<payment::PaymentComponentPre<Ctx>>>,
     order: Arc<Active<order::OrderComponentPre<Ctx>>>,
+    /// `catalog=3,cart=1,…`, made once per set, sent with every response.
+    header: String,
 }
 
 /// The registry identity of a running component version.
@@ -162,6 +164,48 @@ pub struct RunningVersion {
     pub version: i64,
     pub digest: String,
     pub origin: Origin,
+}
+
+/// A set being assembled: one slot per component.
+#[derive(Default)]
+struct Slots {
+    catalog: Option<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
+    cart: Option<Arc<Active<cart::CartComponentPre<Ctx>>>>,
+    inventory: Option<Arc<Active<inventory::InventoryComponentPre<Ctx>>>>,
+    payment: Option<Arc<Active<payment::PaymentComponentPre<Ctx>>>>,
+    order: Option<Arc<Active<order::OrderComponentPre<Ctx>>>>,
+}
+
+impl Slots {
+    fn put(&mut self, p: Prepared) {
+        let Prepared { version, digest, origin, pre } = p;
+        match pre {
+            Pre::Catalog(pre) => self.catalog = Some(Arc::new(Active { version, digest, origin, pre })),
+            Pre::Cart(pre) => self.cart = Some(Arc::new(Active { version, digest, origin, pre })),
+            Pre::Inventory(pre) => self.inventory = Some(Arc::new(Active { version, digest, origin, pre })),
+            Pre::Payment(pre) => self.payment = Some(Arc::new(Active { version, digest, origin, pre })),
+            Pre::Order(pre) => self.order = Some(Arc::new(Active { version, digest, origin, pre })),
+        }
+    }
+
+    /// The set, or the first component without a version.
+    fn into_set(self) -> Result<ActiveSet, ComponentKind> {
+        let mut set = ActiveSet {
+            catalog: self.catalog.ok_or(ComponentKind::Catalog)?,
+            cart: self.cart.ok_or(ComponentKind::Cart)?,
+            inventory: self.inventory.ok_or(ComponentKind::Inventory)?,
+            payment: self.payment.ok_or(ComponentKind::Payment)?,
+            order: self.order.ok_or(ComponentKind::Order)?,
+            header: String::new(),
+        };
+        set.header = set
+            .versions()
+            .iter()
+            .map(|v| format!("{}={}", v.kind.name(), v.version))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(set)
+    }
 }
 
 impl ActiveSet {
@@ -180,73 +224,40 @@ impl ActiveSet {
 
     /// `catalog=3,cart=1,…`: the versions that serve a request (the
     /// `x-mercato-versions` response header).
-    pub fn header(&self) -> String {
-        self.versions()
-            .iter()
-            .map(|v| format!("{}={}", v.kind.name(), v.version))
-            .collect::<Vec<_>>()
-            .join(",")
+    pub fn header(&self) -> &str {
+        &self.header
     }
 
-    fn with(&self, p: Prepared) -> ActiveSet {
-        let mut set = ActiveSet {
-            catalog: self.catalog.clone(),
-            cart: self.cart.clone(),
-            inventory: self.inventory.clone(),
-            payment: self.payment.clone(),
-            order: self.order.clone(),
+    /// This set with `p` in its component's place.
+    fn with(&self, p: Prepared) -> Result<ActiveSet, ComponentKind> {
+        let mut slots = Slots {
+            catalog: Some(self.catalog.clone()),
+            cart: Some(self.cart.clone()),
+            inventory: Some(self.inventory.clone()),
+            payment: Some(self.payment.clone()),
+            order: Some(self.order.clone()),
         };
-        match p {
-            Prepared::Catalog(a) => set.catalog = Arc::new(a),
-            Prepared::Cart(a) => set.cart = Arc::new(a),
-            Prepared::Inventory(a) => set.inventory = Arc::new(a),
-            Prepared::Payment(a) => set.payment = Arc::new(a),
-            Prepared::Order(a) => set.order = Arc::new(a),
-        }
-        set
+        slots.put(p);
+        slots.into_set()
     }
+}
+
+/// The instantiable form of a component, by capability.
+enum Pre {
+    Catalog(catalog::CatalogComponentPre<Ctx>),
+    Cart(cart::CartComponentPre<Ctx>),
+    Inventory(inventory::InventoryComponentPre<Ctx>),
+    Payment(payment::PaymentComponentPre<Ctx>),
+    Order(order::OrderComponentPre<Ctx>),
 }
 
 /// A compiled, linked and type-checked component version, ready to swap in.
-pub enum Prepared {
-    Catalog(Active<catalog::CatalogComponentPre<Ctx>>),
-    Cart(Active<cart::CartComponentPre<Ctx>>),
-    Inventory(Active<inventory::InventoryComponentPre<Ctx>>),
-    Payment(Active<payment::PaymentComponentPre<Ctx>>),
-    Order(Active<order::OrderComponentPre<Ctx>>),
-}
-
-impl Prepared {
-    pub fn kind(&self) -> ComponentKind {
-        match self {
-            Prepared::Catalog(_) => ComponentKind::Catalog,
-            Prepared::Cart(_) => ComponentKind::Cart,
-            Prepared::Inventory(_) => ComponentKind::Inventory,
-            Prepared::Payment(_) => ComponentKind::Payment,
-            Prepared::Order(_) => ComponentKind::Order,
-        }
-    }
-
-    /// Give it its registry version number (known once it is recorded).
-    pub fn set_version(&mut self, version: i64) {
-        match self {
-            Prepared::Catalog(a) => a.version = version,
-            Prepared::Cart(a) => a.version = version,
-            Prepared::Inventory(a) => a.version = version,
-            Prepared::Payment(a) => a.version = version,
-            Prepared::Order(a) => a.version = version,
-        }
-    }
-
-    pub fn origin(&self) -> Origin {
-        match self {
-            Prepared::Catalog(a) => a.origin,
-            Prepared::Cart(a) => a.origin,
-            Prepared::Inventory(a) => a.origin,
-            Prepared::Payment(a) => a.origin,
-            Prepared::Order(a) => a.origin,
-        }
-    }
+pub struct Prepared {
+    /// Its number in the component registry (set once it is recorded).
+    pub version: i64,
+    pub digest: String,
+    pub origin: Origin,
+    pre: Pre,
 }
 
 /// Why a component cannot run as a capability.
@@ -343,12 +354,13 @@ fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx
     Ok(linker)
 }
 
-fn prepare_as<P>(
+/// Compile (or load from the cache), link and type-check `source` against
+/// its capability's world. Blocking: run it off the async workers.
+fn prepare(
     engine: &Engine,
     cache: &ArtifactCache,
     source: &ComponentSource,
-    wrap: impl FnOnce(wasmtime::component::InstancePre<Ctx>) -> wasmtime::Result<P>,
-) -> Result<Active<P>, PrepareError> {
+) -> Result<Prepared, PrepareError> {
     let name = source.kind.name();
     let digest = digest_of(&source.bytes);
     let (component, origin): (Component, Origin) = cache
@@ -358,37 +370,18 @@ fn prepare_as<P>(
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         PrepareError::Contract(format!("its imports do not fit what the host grants {name}: {e:#}"))
     })?;
-    let pre = wrap(pre).map_err(|e| {
+    let typed = match source.kind {
+        ComponentKind::Catalog => catalog::CatalogComponentPre::new(pre).map(Pre::Catalog),
+        ComponentKind::Cart => cart::CartComponentPre::new(pre).map(Pre::Cart),
+        ComponentKind::Inventory => inventory::InventoryComponentPre::new(pre).map(Pre::Inventory),
+        ComponentKind::Payment => payment::PaymentComponentPre::new(pre).map(Pre::Payment),
+        ComponentKind::Order => order::OrderComponentPre::new(pre).map(Pre::Order),
+    };
+    let pre = typed.map_err(|e| {
         PrepareError::Contract(format!("it does not export the {name} interface with the same types: {e:#}"))
     })?;
     tracing::info!(component = name, version = source.version, %digest, ?origin, "component ready");
-    Ok(Active { version: source.version, digest, origin, pre })
-}
-
-/// Compile (or load from the cache), link and type-check `source` against
-/// its capability's world. Blocking: run it off the async workers.
-fn prepare(
-    engine: &Engine,
-    cache: &ArtifactCache,
-    source: &ComponentSource,
-) -> Result<Prepared, PrepareError> {
-    Ok(match source.kind {
-        ComponentKind::Catalog => {
-            Prepared::Catalog(prepare_as(engine, cache, source, catalog::CatalogComponentPre::new)?)
-        }
-        ComponentKind::Cart => {
-            Prepared::Cart(prepare_as(engine, cache, source, cart::CartComponentPre::new)?)
-        }
-        ComponentKind::Inventory => {
-            Prepared::Inventory(prepare_as(engine, cache, source, inventory::InventoryComponentPre::new)?)
-        }
-        ComponentKind::Payment => {
-            Prepared::Payment(prepare_as(engine, cache, source, payment::PaymentComponentPre::new)?)
-        }
-        ComponentKind::Order => {
-            Prepared::Order(prepare_as(engine, cache, source, order::OrderComponentPre::new)?)
-        }
-    })
+    Ok(Prepared { version: source.version, digest, origin, pre })
 }
 
 impl Runtime {
@@ -402,35 +395,15 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         let engine = engine::build(&limits)?;
         let cache = ArtifactCache::new(cache_dir, &engine);
-        let find = |kind: ComponentKind| -> anyhow::Result<Prepared> {
-            let source = sources
-                .iter()
-                .find(|s| s.kind == kind)
-                .ok_or_else(|| anyhow::anyhow!("no source for component {}", kind.name()))?;
-            prepare(&engine, &cache, source).map_err(|e| anyhow::anyhow!("component {}: {e}", kind.name()))
-        };
-        let set = ActiveSet {
-            catalog: match find(ComponentKind::Catalog)? {
-                Prepared::Catalog(a) => Arc::new(a),
-                _ => anyhow::bail!("catalog prepared as another kind"),
-            },
-            cart: match find(ComponentKind::Cart)? {
-                Prepared::Cart(a) => Arc::new(a),
-                _ => anyhow::bail!("cart prepared as another kind"),
-            },
-            inventory: match find(ComponentKind::Inventory)? {
-                Prepared::Inventory(a) => Arc::new(a),
-                _ => anyhow::bail!("inventory prepared as another kind"),
-            },
-            payment: match find(ComponentKind::Payment)? {
-                Prepared::Payment(a) => Arc::new(a),
-                _ => anyhow::bail!("payment prepared as another kind"),
-            },
-            order: match find(ComponentKind::Order)? {
-                Prepared::Order(a) => Arc::new(a),
-                _ => anyhow::bail!("order prepared as another kind"),
-            },
-        };
+        let mut slots = Slots::default();
+        for source in sources {
+            slots.put(
+                prepare(&engine, &cache, source)
+                    .map_err(|e| anyhow::anyhow!("component {}: {e}", source.kind.name()))?,
+            );
+        }
+        let set =
+            slots.into_set().map_err(|kind| anyhow::anyhow!("no source for component {}", kind.name()))?;
         let ticker = engine::EpochTicker::start(engine.clone());
         let plugins = crate::plugins::Plugins::new(db.clone(), limits.plugins, cache_dir)?;
         Ok(Runtime {
@@ -483,8 +456,10 @@ impl Runtime {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let next = guard.with(p);
-        *guard = Arc::new(next);
+        // Every slot of the live set is filled, so `with` cannot miss one.
+        if let Ok(next) = guard.with(p) {
+            *guard = Arc::new(next);
+        }
     }
 
     /// A deadline for a new request.

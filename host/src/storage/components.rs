@@ -38,10 +38,14 @@ pub struct ActiveRow {
     pub activated_at: i64,
 }
 
-/// A unique-key race with another writer (another replica deploying at the
-/// same moment): worth retrying.
-fn is_conflict(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+/// Ok(true): the statement ran; Ok(false): it lost a unique-key race with
+/// another writer (another replica deploying at the same moment) — retry.
+fn ran(result: std::result::Result<(), sqlx::Error>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 const RETRIES: usize = 5;
@@ -80,11 +84,8 @@ impl Db {
                     .await
                     .map(drop)
             );
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            // Inserted or lost a race: either way the next round finds it.
+            ran(inserted)?;
         }
         self.component_version_by_digest(component, digest)
             .await?
@@ -148,15 +149,22 @@ impl Db {
         ))
     }
 
-    /// Activations of `component`, newest first (at most `limit`).
-    pub async fn component_activations(&self, component: &str, limit: i64) -> Result<Vec<ActivationRow>> {
+    /// Activations of `component`, newest first (at most `limit`); with
+    /// `live_only`, those not rolled back.
+    pub async fn component_activations(
+        &self,
+        component: &str,
+        live_only: bool,
+        limit: i64,
+    ) -> Result<Vec<ActivationRow>> {
         Ok(with_query!(
             read,
             self,
             "SELECT seq, version, activated_at, rolled_back_at FROM component_activations \
-             WHERE component = ? ORDER BY seq DESC LIMIT ?",
+             WHERE component = ? AND (rolled_back_at IS NULL OR ?) ORDER BY seq DESC LIMIT ?",
             |q, pool| q
                 .bind(component)
+                .bind(!live_only)
                 .bind(limit)
                 .fetch_all(pool)
                 .await?
@@ -192,10 +200,8 @@ impl Db {
                     .await
                     .map(drop)
             );
-            match inserted {
-                Ok(_) => return self.announce(component).await,
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
+            if ran(inserted)? {
+                return self.announce(component).await;
             }
         }
         Err(StorageError::Invalid(format!("{component}: too many concurrent activations, try again")))

@@ -599,11 +599,7 @@ async fn signature_policy_and_cli() {
 
 /// Restarts keep the active versions and reuse the precompiled artifacts.
 async fn restart_keeps_deployed_versions(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("cache")).expect("private cache");
-    let pg = fresh_database(backend).await;
-    let config = test_config(dir.path(), pg.as_ref());
-    let app = start(config, dir, pg).await;
+    let app = spawn_app_with_private_cache(backend).await;
     let (product, _) = shop(&app).await;
     assert_eq!(deploy_bytes(&app, "catalog", catalog_v2(), None).await.0, 200);
     assert_eq!(

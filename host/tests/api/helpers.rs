@@ -127,6 +127,16 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     start(config, dir, pg).await
 }
 
+/// A host with its own, empty precompiled cache (so its first start
+/// compiles), for restart tests.
+pub async fn spawn_app_with_private_cache(backend: Backend) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("cache")).expect("private cache");
+    let pg = fresh_database(backend).await;
+    let config = test_config(dir.path(), pg.as_ref());
+    start(config, dir, pg).await
+}
+
 /// Start a host for `config` (its data dir is `dir`).
 pub async fn start(config: Config, dir: tempfile::TempDir, pg: Option<PgDatabase>) -> TestApp {
     let shared = shared_cache_dir();

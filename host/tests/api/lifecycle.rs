@@ -2,11 +2,8 @@
 //! under load, the shutdown bound, JSON logs, OpenTelemetry traces; and the
 //! deployment files (Dockerfile, Kubernetes, Istio) validated offline.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,90 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-/// `mercato serve` with its output captured; killed when dropped.
-struct Serve {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    addr: Option<SocketAddr>,
-}
-
-impl Serve {
-    fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mercato"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"])
-            .arg(data_dir)
-            .env("MERCATO_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mercato");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        Serve { child, lines, stderr, addr: None }
-    }
-
-    /// Wait for a stdout line starting with `prefix`; returns the rest.
-    fn wait_for(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if let Some(a) = line.strip_prefix("mercato listening on http://") {
-                    self.addr = Some(a.parse().expect("address"));
-                }
-                if let Some(rest) = line.strip_prefix(prefix) {
-                    return rest.to_string();
-                }
-            }
-        }
-        panic!("no line {prefix:?}; stderr: {:?}", self.stderr.lock().expect("lock"));
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr.expect("listening"))
-    }
-
-    fn sigterm(&self) {
-        let status =
-            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
-    }
-
-    /// Wait for the process to exit; its exit status and how long it took.
-    fn wait_exit(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
-        let started = Instant::now();
-        while started.elapsed() < within {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return (status, started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("mercato did not exit within {within:?}");
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::serve::Serve;
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
     send(client.request(Method::GET, url)).await
@@ -108,7 +22,7 @@ async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_components_are_compiled() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut p = Serve::spawn(dir.path(), &[]);
+    let mut p = Serve::spawn(dir.path(), None, &[]);
     p.wait_for("mercato listening on http://");
     let client = reqwest::Client::new();
     let (status, body) = get(&client, p.url("/readyz")).await;
@@ -129,11 +43,8 @@ async fn not_ready_until_the_components_are_compiled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_in_flight_requests() {
     let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("cache");
-    std::os::unix::fs::symlink(shared_cache_dir(), &cache).expect("cache link");
     let env = [("MERCATO_LOG_JSON", "true"), ("MERCATO_SHUTDOWN_TIMEOUT_MS", "8000")];
-    let mut p = Serve::spawn(dir.path(), &env);
-    p.wait_for("mercato ready");
+    let mut p = Serve::start(dir.path(), None, &env);
     let client = reqwest::Client::new();
     let (status, m) =
         send(client.post(p.url("/v1/admin/merchants")).bearer_auth(ADMIN_TOKEN).json(&json!({"name": "M"})))
@@ -224,8 +135,7 @@ async fn sigterm_under_load_finishes_in_flight_requests() {
     assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
 
     // Every acknowledged order survived.
-    let mut p = Serve::spawn(dir.path(), &[]);
-    p.wait_for("mercato ready");
+    let p = Serve::start(dir.path(), None, &[]);
     for id in &acknowledged {
         let (status, order) = get(&client, p.url(&format!("/v1/orders/{id}"))).await;
         assert_eq!((status, &order["status"]), (200, &json!("paid")), "{id}: {order}");
@@ -237,18 +147,17 @@ async fn sigterm_under_load_finishes_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_bound_cuts_requests_that_do_not_finish() {
     let dir = tempfile::tempdir().expect("dir");
-    std::os::unix::fs::symlink(shared_cache_dir(), dir.path().join("cache")).expect("cache link");
     let probe = Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("probe.wasm");
     let probe = probe.to_str().expect("path");
-    let mut p = Serve::spawn(
+    let mut p = Serve::start(
         dir.path(),
+        None,
         &[
             ("MERCATO_SHUTDOWN_TIMEOUT_MS", "1000"),
             ("MERCATO_COMPONENTS__DEADLINE_MS", "30000"),
             ("MERCATO_COMPONENTS__CATALOG", probe),
         ],
     );
-    p.wait_for("mercato ready");
     let spinning = tokio::spawn(reqwest::Client::new().get(p.url("/v1/products/loop")).send());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!spinning.is_finished(), "the spinning request should still be running");
@@ -286,12 +195,11 @@ async fn traces_are_exported_when_an_otlp_endpoint_is_set() {
     let server = tokio::spawn(async move { axum::serve(listener, collector).await });
 
     let dir = tempfile::tempdir().expect("dir");
-    std::os::unix::fs::symlink(shared_cache_dir(), dir.path().join("cache")).expect("cache link");
-    let mut p = Serve::spawn(
+    let mut p = Serve::start(
         dir.path(),
+        None,
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
     );
-    p.wait_for("mercato ready");
     let client = reqwest::Client::new();
     for _ in 0..3 {
         assert_eq!(get(&client, p.url("/v1/products")).await.0, 200);

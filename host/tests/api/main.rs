@@ -19,4 +19,5 @@ mod products;
 mod registry_server;
 mod restart;
 mod sandbox;
+mod serve;
 mod storage;

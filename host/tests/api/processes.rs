@@ -2,86 +2,15 @@
 //! database, and `kill -9` in the middle of checkouts.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::serve::Serve;
 
-/// A `mercato serve` child process on a loopback port; killed when dropped.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Process {
-    fn start(data_dir: &Path, database_url: Option<&str>) -> Process {
-        Process::start_with(data_dir, database_url, &[])
-    }
-
-    fn start_with(data_dir: &Path, database_url: Option<&str>, envs: &[(&str, &str)]) -> Process {
-        let cache = data_dir.join("cache");
-        if !cache.exists() {
-            std::fs::create_dir_all(data_dir).expect("data dir");
-            let _ = std::os::unix::fs::symlink(shared_cache_dir(), &cache);
-        }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mercato"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"])
-            .arg(data_dir)
-            .env("MERCATO_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(url) = database_url {
-            cmd.args(["--database-url", url]);
-        }
-        let mut child = cmd.spawn().expect("spawn mercato");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut addr = None;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("mercato listening on http://") {
-                    addr = Some(a.parse::<SocketAddr>().expect("address"));
-                }
-                // It listens at once and is ready once the components are compiled.
-                if line == "mercato ready"
-                    && let Some(a) = addr
-                {
-                    let _ = tx.send(a);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("mercato did not get ready");
-        Process { child, addr, client: reqwest::Client::new() }
-    }
-
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, format!("http://{}{}", self.addr, path))
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill9(mut self) {
-        self.child.kill().expect("kill -9");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn merchant_with_stock(p: &Process, skus: &[&str], stock: u32) -> String {
+async fn merchant_with_stock(p: &Serve, skus: &[&str], stock: u32) -> String {
     let (status, m) = send(
         p.request(Method::POST, "/v1/admin/merchants").bearer_auth(ADMIN_TOKEN).json(&json!({"name": "M"})),
     )
@@ -98,7 +27,7 @@ async fn merchant_with_stock(p: &Process, skus: &[&str], stock: u32) -> String {
     token
 }
 
-async fn cart(p: &Process, lines: &[(&str, u32)]) -> String {
+async fn cart(p: &Serve, lines: &[(&str, u32)]) -> String {
     let (status, c) = send(p.request(Method::POST, "/v1/carts").json(&json!({"currency": "EUR"}))).await;
     assert_eq!(status, 201, "{c}");
     let id = s(&c["id"]);
@@ -113,7 +42,7 @@ async fn cart(p: &Process, lines: &[(&str, u32)]) -> String {
     id
 }
 
-fn checkout(p: &Process, cart: &str, key: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+fn checkout(p: &Serve, cart: &str, key: &str) -> tokio::task::JoinHandle<(u16, Value)> {
     let req = p
         .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
         .header("Idempotency-Key", key)
@@ -121,7 +50,7 @@ fn checkout(p: &Process, cart: &str, key: &str) -> tokio::task::JoinHandle<(u16,
     tokio::spawn(send(req))
 }
 
-async fn level(p: &Process, token: &str, sku: &str) -> Value {
+async fn level(p: &Serve, token: &str, sku: &str) -> Value {
     let (status, l) =
         send(p.request(Method::GET, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token)).await;
     assert_eq!(status, 200, "{l}");
@@ -132,8 +61,8 @@ async fn level(p: &Process, token: &str, sku: &str) -> Value {
 async fn two_replicas_on_one_postgres_never_oversell() {
     let pg = PgDatabase::create().await;
     let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
-    let a = Process::start(dir_a.path(), Some(&pg.url));
-    let b = Process::start(dir_b.path(), Some(&pg.url));
+    let a = Serve::start(dir_a.path(), Some(&pg.url), &[]);
+    let b = Serve::start(dir_b.path(), Some(&pg.url), &[]);
     let skus = ["TWIN-A", "TWIN-B"];
     let token = merchant_with_stock(&a, &skus, 10).await;
     let mut carts = Vec::new();
@@ -169,7 +98,7 @@ async fn two_replicas_on_one_postgres_never_oversell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_order() {
     let dir = tempfile::tempdir().expect("dir");
-    let p = Process::start(dir.path(), None);
+    let p = Serve::start(dir.path(), None, &[]);
     let token = merchant_with_stock(&p, &["K-1"], 1_000).await;
     let mut carts = Vec::new();
     for _ in 0..30 {
@@ -194,7 +123,7 @@ async fn kill_9_loses_no_acknowledged_order() {
         }
     }
 
-    let p = Process::start(dir.path(), None);
+    let p = Serve::start(dir.path(), None, &[]);
     for id in &acknowledged {
         let (status, order) = send(p.request(Method::GET, &format!("/v1/orders/{id}"))).await;
         assert_eq!(status, 200, "acknowledged order {id} is gone after kill -9: {order}");
@@ -215,20 +144,20 @@ async fn a_deploy_on_one_replica_is_live_on_the_other_within_a_second() {
     let pg = PgDatabase::create().await;
     let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
     let slow_sync = [("MERCATO_DEPLOY__SYNC_INTERVAL_MS", "60000")];
-    let a = Process::start_with(dir_a.path(), Some(&pg.url), &slow_sync);
-    let b = Process::start_with(dir_b.path(), Some(&pg.url), &slow_sync);
+    let a = Serve::start(dir_a.path(), Some(&pg.url), &slow_sync);
+    let b = Serve::start(dir_b.path(), Some(&pg.url), &slow_sync);
     let token = merchant_with_stock(&a, &["REP-1"], 5).await;
     let (_, page) = send(a.request(Method::GET, "/v1/products").bearer_auth(&token)).await;
     let product = s(&page["items"][0]["id"]);
 
-    async fn catalog_version(p: &Process, product: &str) -> (i64, bool) {
+    async fn catalog_version(p: &Serve, product: &str) -> (i64, bool) {
         let response = p.request(Method::GET, &format!("/v1/products/{product}")).send().await.expect("get");
         assert!(response.status().is_success());
         let version = crate::deploy::versions_of(&response)["catalog"];
         let body: Value = response.json().await.expect("json");
         (version, s(&body["title"]).ends_with(" [v2]"))
     }
-    async fn within_a_second(p: &Process, product: &str, want: (i64, bool)) -> Duration {
+    async fn within_a_second(p: &Serve, product: &str, want: (i64, bool)) -> Duration {
         let started = std::time::Instant::now();
         loop {
             if catalog_version(p, product).await == want {
@@ -270,7 +199,7 @@ async fn kill_9_during_deploys_leaves_no_half_deployed_component() {
     let v1 = mercato::runtime::bundled::bytes(mercato::runtime::ComponentKind::Catalog).to_vec();
     let mut seen_versions = std::collections::HashSet::new();
     for round in 0..7u64 {
-        let p = Process::start(dir.path(), None);
+        let p = Serve::start(dir.path(), None, &[]);
         let (_, list) = send(p.request(Method::GET, "/v1/admin/components").bearer_auth(ADMIN_TOKEN)).await;
         let catalog = list["components"]
             .as_array()
@@ -303,7 +232,7 @@ async fn kill_9_during_deploys_leaves_no_half_deployed_component() {
         p.kill9();
         let _ = pending.await;
     }
-    let p = Process::start(dir.path(), None);
+    let p = Serve::start(dir.path(), None, &[]);
     let (status, _) = send(p.request(Method::GET, "/readyz")).await;
     assert_eq!(status, 200);
     // Kills came both before a deploy committed and after one did.

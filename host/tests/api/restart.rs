@@ -6,12 +6,7 @@ use crate::both_backends;
 use crate::helpers::*;
 
 async fn restart_keeps_data_and_skips_compilation(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // A private cache directory, so the first start must compile.
-    std::fs::create_dir_all(dir.path().join("cache")).expect("cache dir");
-    let pg = fresh_database(backend).await;
-    let config = test_config(dir.path(), pg.as_ref());
-    let app = start(config, dir, pg).await;
+    let app = spawn_app_with_private_cache(backend).await;
     assert!(app.runtime.versions().iter().all(|v| v.origin == Origin::Compiled));
     let (_, token) = app.merchant("M").await;
     let product = app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;

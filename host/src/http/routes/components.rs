@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::http::extract::Admin;
+use crate::http::extract::{self, Admin};
 use crate::http::{ApiError, ApiResult, AppState};
 use crate::registry::{Artifact, DeployError, Deployed, Progress};
 use crate::runtime::ComponentKind;
@@ -73,20 +73,9 @@ async fn deploy(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let kind = component(&name)?;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("a component can be at most {MAX_COMPONENT_BYTES} bytes"),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
-        }
-    })?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let artifact = match content_type.split(';').next().map(str::trim) {
-        Some("application/wasm") => {
+    let body = extract::upload_body(body, "a component", MAX_COMPONENT_BYTES)?;
+    let artifact = match extract::media_type(&headers) {
+        "application/wasm" => {
             if body.is_empty() {
                 return Err(ApiError::bad_request(
                     "invalid_component",
@@ -97,7 +86,7 @@ async fn deploy(
                 headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
             Artifact::Upload { bytes: body.to_vec(), signature }
         }
-        Some("application/json") => {
+        "application/json" => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
             struct OciBody {

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::put;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -37,25 +37,14 @@ async fn upload(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some("application/wasm") {
+    if extract::media_type(&headers) != "application/wasm" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the plugin as Content-Type: application/wasm",
         ));
     }
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("a plugin can be at most {} bytes", CEILING.binary_bytes),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
-        }
-    })?;
+    let bytes = extract::upload_body(body, "a plugin", CEILING.binary_bytes as usize)?;
     if bytes.is_empty() {
         return Err(invalid_plugin("the body is empty; send the plugin's .wasm file"));
     }
