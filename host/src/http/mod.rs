@@ -5,6 +5,8 @@ pub mod error;
 pub mod extract;
 mod routes;
 
+pub use routes::components::MAX_COMPONENT_BYTES;
+
 use std::sync::Arc;
 use std::time::Instant;
 

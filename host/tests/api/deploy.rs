@@ -214,6 +214,18 @@ async fn contract_mismatches_and_bad_input_change_nothing() {
         422,
         "invalid_request",
     );
+    // Larger than any component may be (its own client: the connection
+    // is closed after the 413).
+    let oversized = send(
+        reqwest::Client::new()
+            .post(app.url("/v1/admin/components/catalog/deploy"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/wasm")
+            .body(vec![0u8; mercato::http::MAX_COMPONENT_BYTES + 1]),
+    )
+    .await;
+    assert_error(&oversized, 413, "payload_too_large");
+    assert!(s(&oversized.1["error"]["message"]).contains("a component can be at most"), "{}", oversized.1);
     // An unreachable registry: 502, nothing changes.
     assert_error(&deploy_oci(&app, "catalog", "127.0.0.1:1/mercato/catalog:v2").await, 502, "registry_error");
 
