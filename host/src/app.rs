@@ -63,6 +63,11 @@ fn payment_grants(config: &Config) -> anyhow::Result<Grants> {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        Self::build_with(config, tokio_util::task::TaskTracker::new()).await
+    }
+
+    /// [`App::build`] with the tracker of the request work that shutdown waits for.
+    pub async fn build_with(config: Config, work: tokio_util::task::TaskTracker) -> anyhow::Result<App> {
         crate::telemetry::metrics();
         let db = Db::connect(config.database_url.as_deref(), &config.data_dir)
             .await
@@ -72,6 +77,10 @@ impl App {
             memory_bytes: config.components.memory_mib.saturating_mul(1024 * 1024),
             max_instances: config.components.max_instances,
             plugins: config.plugins,
+            inject_trap: config.inject_trap.as_deref().and_then(|t| {
+                let (call, nth) = t.split_once('#')?;
+                Some((call.to_string(), nth.parse().ok()?))
+            }),
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
         let policy = crate::registry::signature::Policy::new(&config.deploy.public_keys)
@@ -120,6 +129,7 @@ impl App {
             admin_token_hash: Arc::from(admin_token_hash),
             body_limit: config.body_limit,
             checkout: config.checkout.clone(),
+            work,
         };
         Ok(App { state, config, notices })
     }
@@ -130,12 +140,13 @@ impl App {
 
     /// Serve on `listener` until `shutdown` resolves, then finish in-flight
     /// requests and close the database.
-    /// Start the background work: the reservation sweeper, following
+    /// Start the background work: checkout recovery, following
     /// deploys made elsewhere, watched registry tags.
     fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(sweep_reservations(
+        let mut tasks = vec![tokio::spawn(recover_checkouts(
             self.state.runtime.clone(),
             Duration::from_millis(self.config.checkout.sweep_interval_ms.max(10)),
+            Duration::from_millis(self.config.checkout.recovery_deadline_ms.max(100)),
         ))];
         tasks.push(tokio::spawn(crate::registry::sync::follow(
             self.state.registry.clone(),
@@ -163,7 +174,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let bound = Duration::from_millis(self.config.shutdown_timeout_ms);
         let tasks = self.start_background();
-        let served = serve_until(listener, self.router(), shutdown, bound).await;
+        let served = serve_until(listener, self.router(), shutdown, bound, self.state.work.clone()).await;
         self.finish(tasks).await;
         served
     }
@@ -179,12 +190,14 @@ impl App {
 
 /// Serve `router` until `shutdown` resolves; then stop accepting (the
 /// listener closes: new connections are refused) and let the requests in
-/// flight finish, for at most `bound`.
+/// flight finish — also the `work` of requests whose clients are gone — for
+/// at most `bound`.
 async fn serve_until(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Duration,
+    work: tokio_util::task::TaskTracker,
 ) -> anyhow::Result<()> {
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let graceful = async move {
@@ -196,8 +209,14 @@ async fn serve_until(
         let _ = stopping_tx.send(true);
     };
     let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    let drained = async move {
+        server.into_future().await?;
+        work.close();
+        work.wait().await;
+        anyhow::Ok(())
+    };
     tokio::select! {
-        served = server.into_future() => served?,
+        served = drained => served?,
         _ = async move {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(bound).await;
@@ -219,6 +238,7 @@ pub async fn run(
     let bound = Duration::from_millis(config.shutdown_timeout_ms);
     let slot: Arc<std::sync::OnceLock<axum::Router>> = Arc::new(std::sync::OnceLock::new());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let work = tokio_util::task::TaskTracker::new();
     let server = tokio::spawn(serve_until(
         listener,
         starting_router(slot.clone()),
@@ -227,9 +247,10 @@ pub async fn run(
             let _ = stop_tx.send(true);
         },
         bound,
+        work.clone(),
     ));
     let app = tokio::select! {
-        built = App::build(config) => built,
+        built = App::build_with(config, work) => built,
         _ = stop_rx.wait_for(|s| *s) => {
             tracing::info!("stopped while starting");
             return server.await.context("server task")?;
@@ -279,19 +300,44 @@ fn starting_router(slot: Arc<std::sync::OnceLock<axum::Router>>) -> axum::Router
     })
 }
 
-/// Release expired reservations every `interval` (the inventory component
-/// decides which have expired).
-async fn sweep_reservations(runtime: crate::runtime::Runtime, interval: Duration) {
+/// Every `interval`, drive checkouts that stopped part-way to `paid` or to
+/// full compensation (the order component decides; any replica may run it,
+/// the database decides who owns each stuck checkout). A pass runs on its
+/// own task; shutdown does not wait for it (a pass cut off by the process
+/// exit is what the next pass, here or on another replica, resumes).
+async fn recover_checkouts(runtime: crate::runtime::Runtime, interval: Duration, deadline: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = u64::try_from(crate::now_ms()).unwrap_or(0);
-        match crate::runtime::call!(runtime, inventory, mercato_commerce_inventory, call_sweep_expired(now)) {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(released = n, "expired reservations released"),
-            Ok(Err(e)) => tracing::warn!(error = ?e, "reservation sweep failed"),
-            Err(fault) => crate::telemetry::fault_seen(&fault),
+        let rt = runtime.clone();
+        let pass = tokio::spawn(async move {
+            let now = u64::try_from(crate::now_ms()).unwrap_or(0);
+            let until = std::time::Instant::now() + deadline;
+            let lease_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+            crate::runtime::call!(
+                rt,
+                deadline = until,
+                order,
+                mercato_commerce_orders,
+                call_recover(now, lease_ms)
+            )
+        });
+        match pass.await {
+            Ok(Ok(Ok(report))) => {
+                crate::telemetry::recovery(report.finished, report.compensated, report.deferred);
+                if report.finished + report.compensated + report.deferred > 0 {
+                    tracing::info!(
+                        finished = report.finished,
+                        compensated = report.compensated,
+                        deferred = report.deferred,
+                        "checkout recovery"
+                    );
+                }
+            }
+            Ok(Ok(Err(e))) => tracing::warn!(error = ?e, "checkout recovery failed"),
+            Ok(Err(fault)) => crate::telemetry::fault_seen(&fault),
+            Err(e) => tracing::error!(error = %e, "checkout recovery task failed"),
         }
     }
 }

@@ -86,6 +86,7 @@ component_world!(
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:random": wasmtime_wasi::p2::bindings::random,
+        "mercato:commerce/transactions": crate::bindings::host::mercato::commerce::transactions,
     }
 );
 
@@ -98,6 +99,7 @@ component_world!(
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        "mercato:commerce/transactions": crate::bindings::host::mercato::commerce::transactions,
     }
 );
 
@@ -111,6 +113,7 @@ component_world!(
         "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
         "mercato:commerce/payment": crate::bindings::host::mercato::commerce::payment,
         "mercato:commerce/cart": crate::bindings::host::mercato::commerce::cart,
+        "mercato:commerce/transactions": crate::bindings::host::mercato::commerce::transactions,
     }
 );
 

@@ -20,8 +20,10 @@ pub const DEFAULT_DEADLINE_MS: u64 = 2_000;
 pub const DEFAULT_MEMORY_MIB: usize = 64;
 /// How long a checkout's reserved stock is held if it never completes.
 pub const DEFAULT_RESERVATION_TTL_MS: u64 = 10 * 60 * 1000;
-/// How often expired reservations are released.
+/// How often the recovery task looks for checkouts that stopped part-way.
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 10_000;
+/// Time budget of one recovery pass (it may wait on a slow payment provider).
+pub const DEFAULT_RECOVERY_DEADLINE_MS: u64 = 30_000;
 /// Time-out of one payment provider call.
 pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 10_000;
 /// Component instances that may exist at once.
@@ -76,8 +78,13 @@ impl Default for ComponentsConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckoutConfig {
+    /// How long a checkout may hold stock: an interrupted checkout older
+    /// than this is compensated by recovery rather than finished.
     pub reservation_ttl_ms: u64,
+    /// How often recovery runs.
     pub sweep_interval_ms: u64,
+    /// Time budget of one recovery pass.
+    pub recovery_deadline_ms: u64,
 }
 
 impl Default for CheckoutConfig {
@@ -85,6 +92,7 @@ impl Default for CheckoutConfig {
         CheckoutConfig {
             reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
             sweep_interval_ms: DEFAULT_SWEEP_INTERVAL_MS,
+            recovery_deadline_ms: DEFAULT_RECOVERY_DEADLINE_MS,
         }
     }
 }
@@ -195,6 +203,12 @@ pub struct Config {
     pub deploy: DeployConfig,
     /// Registry credentials and plain-HTTP registries (`[registry]`).
     pub registry: crate::oci::RegistryConfig,
+    /// Tests only, not a configuration key: make a component trap right after
+    /// the Nth host call of a name it makes within one request, e.g.
+    /// `"order:transactions.commit#2"` or `"order:payment.call_authorize#1"`
+    /// (the call itself completes), to interrupt a write path at a chosen step.
+    #[serde(skip)]
+    pub inject_trap: Option<String>,
 }
 
 impl Default for Config {
@@ -208,6 +222,7 @@ impl Default for Config {
             body_limit: DEFAULT_BODY_LIMIT,
             log_json: false,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            inject_trap: None,
             components: ComponentsConfig::default(),
             checkout: CheckoutConfig::default(),
             payment: PaymentConfig::default(),

@@ -117,6 +117,28 @@ pub fn component_call(component: &'static str, function: &'static str, started: 
     .record(started.elapsed().as_secs_f64());
 }
 
+/// One committed-or-refused storage transaction of `component` (its round
+/// trip, for "transactions per checkout").
+pub fn transaction(component: &'static str, started: Instant) {
+    metrics::histogram!("mercato_storage_transaction_seconds", "component" => component)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// A host call that the request deadline cut short (the guest got `timeout`).
+pub fn host_call_timed_out(component: &'static str, call: &'static str) {
+    metrics::counter!("mercato_host_call_timeouts_total", "component" => component, "call" => call)
+        .increment(1);
+}
+
+/// What one pass of checkout recovery did.
+pub fn recovery(finished: u32, compensated: u32, deferred: u32) {
+    metrics::counter!("mercato_checkouts_recovered_total", "outcome" => "finished")
+        .increment(u64::from(finished));
+    metrics::counter!("mercato_checkouts_recovered_total", "outcome" => "compensated")
+        .increment(u64::from(compensated));
+    metrics::gauge!("mercato_checkouts_deferred").set(f64::from(deferred));
+}
+
 /// Count a fault and log it with its cause.
 pub fn fault_seen(fault: &Fault) {
     let component = match fault {

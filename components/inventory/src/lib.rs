@@ -1,276 +1,232 @@
 //! The inventory component: stock per sku and reservations.
 //!
-//! Storage (its own namespace):
-//! - bucket `stock`: sku → [`StockRecord`] `{merchant, on_hand, reserved, holds}`
-//!   (`holds`: reservation id → units, which makes settling idempotent);
-//!   every change is a compare-and-swap on that one key, so concurrent
-//!   reservations can never take more than `on_hand - reserved`.
-//! - bucket `reservations`: reservation id → [`ReservationRecord`].
+//! Storage (its own namespace), every change through the host's
+//! transactions, so each is all or none:
+//! - `sku`: sku → [`SkuRecord`] (its merchant);
+//! - `levels`: two counters per sku, read together: `h/<sku>`, the units on
+//!   the shelf, and `a/<sku>`, `on_hand − reserved`, never below 0 (a
+//!   counter bound the database checks under the row lock, so concurrent
+//!   reservations of a hot sku queue instead of retrying and can never take
+//!   more than is there);
+//! - `reservations`: reservation id → [`ReservationRecord`] (its lines).
 //!
-//! A reservation takes its lines one key at a time; if a line cannot be
-//! served, the lines already taken are given back before the error returns,
-//! so a reservation is all or nothing. A commit or a release first claims the
-//! reservation (compare-and-swap on its record), so only one of them applies
-//! it. A reservation whose holder dies is released by `sweep-expired`, which
-//! also finishes a settlement whose settler died.
+//! `reserved` is `on_hand − available`. A reservation is owned by whoever
+//! commits the writes `reserve` stages (the order component's checkout, in
+//! the same transaction as its order): reserve = `available −= q` per line +
+//! the record; commit = `on_hand −= q` per line + delete the record; release
+//! = `available += q` per line + delete the record. The record's version is
+//! the precondition of commit and release, so exactly one of them applies.
 
 mod stock;
 
-use mercato_kit::kv::{self, Change};
-use mercato_kit::types::{Error, Reservation, ReservationLine, Shortage, StockLevel};
+use mercato_kit::tx::{self, Precondition, TxError, Write};
+use mercato_kit::types::{Error, ReservationLine, Shortage, StockLevel};
 use serde::{Deserialize, Serialize};
-use stock::StockRecord;
 
 mod bindings {
     mercato_kit::component_bindings!("../../wit", "mercato:commerce/inventory-component", {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+        "mercato:commerce/transactions@0.1.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
 use bindings::exports::mercato::commerce::inventory::Guest;
 
+const SKUS: &str = "sku";
+const LEVELS: &str = "levels";
+
+fn on_hand_key(sku: &str) -> String {
+    format!("h/{sku}")
+}
+
+fn available_key(sku: &str) -> String {
+    format!("a/{sku}")
+}
+
+/// `delta` on the on-hand counter of `sku`, within `min ..= max`.
+fn add_on_hand(sku: &str, delta: i64, min: Option<i64>, max: Option<i64>) -> Write {
+    tx::add(LEVELS, &on_hand_key(sku), delta, min, max)
+}
+
+/// `delta` on the available counter of `sku`, within `min ..= max`.
+fn add_available(sku: &str, delta: i64, min: Option<i64>, max: Option<i64>) -> Write {
+    tx::add(LEVELS, &available_key(sku), delta, min, max)
+}
+const RESERVATIONS: &str = "reservations";
+
+/// How often a merchant's stock change is retried when checkouts move the
+/// same counter in between.
+const SET_RETRIES: u32 = 64;
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
-struct LineRecord {
-    sku: String,
-    quantity: u32,
+struct SkuRecord {
+    merchant: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct ReservationRecord {
-    id: String,
-    lines: Vec<LineRecord>,
-    expires_at: u64,
-    #[serde(default)]
-    state: State,
+    lines: Vec<ReservationLine>,
 }
 
-/// Where a reservation is in its life.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-enum State {
-    /// Units held, waiting for a commit or for expiry.
-    #[default]
-    Held,
-    /// Claimed by a commit; its lines are being taken off the shelf.
-    Committing,
-    /// Claimed by a release; its lines are being given back.
-    Releasing,
+fn level(sku: &str, on_hand: i64, available: i64) -> StockLevel {
+    let on_hand = u32::try_from(on_hand.max(0)).unwrap_or(u32::MAX);
+    let available = u32::try_from(available.max(0)).unwrap_or(u32::MAX).min(on_hand);
+    StockLevel { sku: sku.to_string(), on_hand, reserved: on_hand - available, available }
 }
 
-/// How long after its expiry a claimed reservation that was never finished
-/// (its settler crashed or was stopped) is finished by the sweep.
-const SETTLE_GRACE_MS: u64 = 60_000;
-
-/// Claim a held reservation for a commit or a release, with compare-and-swap:
-/// exactly one caller gets `Some`, so a sweep (on any replica) racing a
-/// commit cannot release what is being committed.
-fn claim(reservations: &kv::Bucket, id: &str, to: State) -> Result<Option<ReservationRecord>, Error> {
-    kv::update(reservations, id, |current: Option<ReservationRecord>| match current {
-        Some(r) if r.state == State::Held => {
-            let claimed = ReservationRecord { state: to, ..r.clone() };
-            Ok(Change::Write(claimed.clone(), Some(claimed)))
-        }
-        _ => Ok(Change::Keep(None)),
-    })
+/// Stock of `skus`, in one read.
+fn levels_of(skus: &[String]) -> Result<Vec<StockLevel>, Error> {
+    let keys: Vec<String> = skus.iter().flat_map(|s| [on_hand_key(s), available_key(s)]).collect();
+    let counters = tx::counters(LEVELS, &keys)?;
+    Ok(skus.iter().zip(counters.chunks(2)).map(|(s, c)| level(s, c[0], c[1])).collect())
 }
 
-/// Apply a claimed reservation's lines, then forget it. Every step is
-/// idempotent (holds are keyed by reservation id), so a settlement that was
-/// interrupted can simply be run again.
-fn settle(reservations: &kv::Bucket, record: &ReservationRecord) -> Result<(), Error> {
-    let stock = kv::open("stock")?;
-    for line in &record.lines {
-        change_stock(&stock, &line.sku, |s| {
-            Ok(match record.state {
-                State::Committing => s.committed(&record.id),
-                _ => s.released(&record.id),
-            })
-        })?;
-    }
-    kv::delete(reservations, &record.id)
-}
-
-fn level(sku: &str, record: Option<&StockRecord>) -> StockLevel {
-    let (on_hand, reserved) = record.map_or((0, 0), |r| (r.on_hand, r.reserved));
-    StockLevel { sku: sku.to_string(), on_hand, reserved, available: on_hand.saturating_sub(reserved) }
-}
-
-/// Retries of a stock change that must complete once a reservation is
-/// claimed: giving up half-way through a commit or a release would leave some
-/// lines applied and others not.
-const SETTLE_RETRIES: u32 = 100_000;
-
-/// Apply `f` to the stock of `sku` with compare-and-swap, retrying through
-/// contention (the request deadline still bounds it).
-fn change_stock(
-    bucket: &kv::Bucket,
-    sku: &str,
-    f: impl Fn(&StockRecord) -> Result<StockRecord, Error>,
-) -> Result<StockRecord, Error> {
-    kv::update_with_retries(bucket, sku, SETTLE_RETRIES, |current: Option<StockRecord>| {
-        let current = current.ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))?;
-        let next = f(&current)?;
-        Ok(Change::Write(next.clone(), next))
-    })
-}
-
-/// Give back the holds of reservation `id` on `lines` (a failed reserve).
-fn unreserve(bucket: &kv::Bucket, id: &str, lines: &[LineRecord]) -> Result<(), Error> {
-    for line in lines {
-        change_stock(bucket, &line.sku, |s| Ok(s.released(id)))?;
+/// The sku's record, checking that `merchant` owns it.
+fn owned(merchant: &str, sku: &str) -> Result<(), Error> {
+    let (record, _): (SkuRecord, u64) =
+        tx::read_one(SKUS, sku)?.ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))?;
+    if record.merchant != merchant {
+        return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
     }
     Ok(())
+}
+
+fn one_level(sku: &str) -> Result<StockLevel, Error> {
+    levels_of(&[sku.to_string()])?.pop().ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))
+}
+
+fn quantity(q: u32) -> i64 {
+    i64::from(q)
+}
+
+/// The record of reservation `id`, if it is held.
+fn held(id: &str) -> Result<Option<(ReservationRecord, u64)>, Error> {
+    if id.is_empty() || id.len() > 200 {
+        return Err(Error::InvalidInput("reservation id: 1 to 200 characters".into()));
+    }
+    tx::read_one(RESERVATIONS, id)
 }
 
 struct Inventory;
 
 impl Guest for Inventory {
     fn levels(skus: Vec<String>) -> Result<Vec<StockLevel>, Error> {
-        let bucket = kv::open("stock")?;
-        let records: Vec<Option<StockRecord>> = kv::get_many(&bucket, &skus)?;
-        Ok(skus.iter().zip(records.iter()).map(|(sku, r)| level(sku, r.as_ref())).collect())
+        levels_of(&skus)
     }
 
     fn stock_of(merchant: String, sku: String) -> Result<StockLevel, Error> {
-        let bucket = kv::open("stock")?;
-        let record: StockRecord =
-            kv::get(&bucket, &sku)?.ok_or_else(|| Error::NotFound(format!("sku {sku:?}")))?;
-        if record.merchant != merchant {
-            return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
-        }
-        Ok(level(&sku, Some(&record)))
+        owned(&merchant, &sku)?;
+        one_level(&sku)
     }
 
     fn register_sku(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
-        let bucket = kv::open("stock")?;
-        let record = kv::update(&bucket, &sku, |current: Option<StockRecord>| match current {
-            Some(existing) if existing.merchant == merchant => Ok(Change::Keep(existing)),
-            Some(_) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
-            None => {
-                let fresh = StockRecord::new(&merchant, on_hand);
-                Ok(Change::Write(fresh.clone(), fresh))
-            }
-        })?;
-        Ok(level(&sku, Some(&record)))
+        let writes = [
+            tx::put(SKUS, &sku, &SkuRecord { merchant: merchant.clone() }, Precondition::Absent)?,
+            add_on_hand(&sku, quantity(on_hand), None, None),
+            add_available(&sku, quantity(on_hand), None, None),
+        ];
+        match tx::commit(&writes, &[]) {
+            Ok(_) => one_level(&sku),
+            // Registered before: by this merchant it is a no-op, by another a conflict.
+            Err(TxError::Failed(f)) if f.index == 0 => match owned(&merchant, &sku) {
+                Ok(()) => one_level(&sku),
+                Err(Error::Forbidden(_)) => Err(Error::Conflict(format!("sku {sku:?} already exists"))),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(tx::error(e)),
+        }
     }
 
     fn set_on_hand(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
-        let bucket = kv::open("stock")?;
-        let record = change_stock(&bucket, &sku, |s| {
-            if s.merchant != merchant {
-                return Err(Error::Forbidden(format!("sku {sku:?} belongs to another merchant")));
-            }
-            s.with_on_hand(on_hand)
-        })?;
-        Ok(level(&sku, Some(&record)))
-    }
-
-    fn reserve(lines: Vec<ReservationLine>, ttl_ms: u64) -> Result<Reservation, Error> {
-        let lines = stock::merge_lines(&lines)?;
-        let id = mercato_kit::random_id("res_");
-        let bucket = kv::open("stock")?;
-        let mut taken: Vec<LineRecord> = Vec::new();
-        let mut shortages: Vec<Shortage> = Vec::new();
-        for line in &lines {
-            let result = kv::update(&bucket, &line.sku, |current: Option<StockRecord>| {
-                let Some(s) = current else {
-                    return Ok(Change::Keep(Err(0)));
-                };
-                match s.reserved_more(&id, line.quantity) {
-                    Some(next) => Ok(Change::Write(next, Ok(()))),
-                    None => Ok(Change::Keep(Err(s.available()))),
+        owned(&merchant, &sku)?;
+        for _ in 0..SET_RETRIES {
+            let Some((current, version)) = tx::read_one::<i64>(LEVELS, &on_hand_key(&sku))? else {
+                return Err(Error::NotFound(format!("sku {sku:?}")));
+            };
+            let delta = quantity(on_hand) - current;
+            let writes = [
+                Write {
+                    precondition: Precondition::Version(version),
+                    ..tx::put(LEVELS, &on_hand_key(&sku), &quantity(on_hand), Precondition::None)?
+                },
+                // On-hand may not drop below what is reserved: available stays >= 0.
+                add_available(&sku, delta, Some(0), None),
+            ];
+            match tx::commit(&writes, &[]) {
+                Ok(_) => return one_level(&sku),
+                // A checkout moved the stock in between: read again.
+                Err(TxError::Failed(f)) if f.index == 0 => continue,
+                Err(TxError::Failed(f)) => {
+                    let reserved = current - (f.current.unwrap_or(0));
+                    return Err(Error::Conflict(format!(
+                        "on_hand: {on_hand} is below the {reserved} units reserved by checkouts in progress"
+                    )));
                 }
-            });
-            match result {
-                Ok(Ok(())) => taken.push(LineRecord { sku: line.sku.clone(), quantity: line.quantity }),
-                Ok(Err(available)) => {
-                    shortages.push(Shortage { sku: line.sku.clone(), requested: line.quantity, available })
-                }
-                Err(e) => {
-                    unreserve(&bucket, &id, &taken)?;
-                    return Err(e);
-                }
+                Err(e) => return Err(tx::error(e)),
             }
         }
+        Err(Error::Conflict(format!("sku {sku:?}: the stock kept changing; try again")))
+    }
+
+    fn reserve(id: String, lines: Vec<ReservationLine>) -> Result<String, Error> {
+        let lines = stock::merge_lines(&lines)?;
+        if id.is_empty() || id.len() > 200 {
+            return Err(Error::InvalidInput("reservation id: 1 to 200 characters".into()));
+        }
+        let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
+        let shortages: Vec<Shortage> = levels_of(&skus)?
+            .into_iter()
+            .zip(&lines)
+            .filter(|(level, line)| level.available < line.quantity)
+            .map(|(level, line)| Shortage {
+                sku: line.sku.clone(),
+                requested: line.quantity,
+                available: level.available,
+            })
+            .collect();
         if !shortages.is_empty() {
-            unreserve(&bucket, &id, &taken)?;
             return Err(Error::OutOfStock(shortages));
         }
-        let record = ReservationRecord {
-            id,
-            lines: taken,
-            expires_at: mercato_kit::now_ms().saturating_add(ttl_ms),
-            state: State::Held,
-        };
-        let reservations = kv::open("reservations")?;
-        if let Err(e) = kv::put(&reservations, &record.id, &record) {
-            unreserve(&bucket, &record.id, &record.lines)?;
-            return Err(e);
-        }
-        Ok(Reservation {
-            id: record.id,
-            lines: record
-                .lines
-                .into_iter()
-                .map(|l| ReservationLine { sku: l.sku, quantity: l.quantity })
-                .collect(),
-            expires_at: record.expires_at,
-        })
+        let mut writes: Vec<Write> =
+            lines.iter().map(|l| add_available(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
+        writes.push(tx::put(RESERVATIONS, &id, &ReservationRecord { lines }, Precondition::Absent)?);
+        tx::stage(&writes)
     }
 
-    fn commit(reservation_id: String) -> Result<(), Error> {
-        let reservations = kv::open("reservations")?;
-        let record = claim(&reservations, &reservation_id, State::Committing)?.ok_or_else(|| {
-            Error::Conflict(format!("reservation {reservation_id:?} expired or was already settled"))
-        })?;
-        settle(&reservations, &record)
+    fn commit(id: String) -> Result<String, Error> {
+        let (record, version) =
+            held(&id)?.ok_or_else(|| Error::NotFound(format!("reservation {id:?} is not held")))?;
+        let mut writes: Vec<Write> =
+            record.lines.iter().map(|l| add_on_hand(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
+        writes.push(tx::delete(RESERVATIONS, &id, Precondition::Version(version)));
+        tx::stage(&writes)
     }
 
-    fn release(reservation_id: String) -> Result<(), Error> {
-        let reservations = kv::open("reservations")?;
-        match claim(&reservations, &reservation_id, State::Releasing)? {
-            Some(record) => settle(&reservations, &record),
-            None => Ok(()),
-        }
+    fn release(id: String) -> Result<String, Error> {
+        let Some((record, version)) = held(&id)? else { return tx::stage(&[]) };
+        let mut writes: Vec<Write> =
+            record.lines.iter().map(|l| add_available(&l.sku, quantity(l.quantity), None, None)).collect();
+        writes.push(tx::delete(RESERVATIONS, &id, Precondition::Version(version)));
+        tx::stage(&writes)
     }
 
     fn restock(lines: Vec<ReservationLine>) -> Result<(), Error> {
         let lines = stock::merge_lines(&lines)?;
-        let bucket = kv::open("stock")?;
-        for line in &lines {
-            change_stock(&bucket, &line.sku, |s| s.restocked(line.quantity))?;
-        }
-        Ok(())
-    }
-
-    fn sweep_expired(now: u64) -> Result<u32, Error> {
-        let reservations = kv::open("reservations")?;
-        let mut released = 0;
-        let mut cursor: Option<String> = None;
-        loop {
-            let (keys, next) = kv::list_keys(&reservations, cursor.as_deref())?;
-            let records: Vec<Option<ReservationRecord>> = kv::get_many(&reservations, &keys)?;
-            for record in records.into_iter().flatten() {
-                match record.state {
-                    State::Held if record.expires_at <= now => {
-                        Self::release(record.id)?;
-                        released += 1;
-                    }
-                    // A settlement whose settler died: finish it the same way.
-                    State::Committing | State::Releasing
-                        if record.expires_at.saturating_add(SETTLE_GRACE_MS) <= now =>
-                    {
-                        settle(&reservations, &record)?;
-                        released += 1;
-                    }
-                    _ => {}
-                }
-            }
-            match next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(released),
-            }
+        let writes: Vec<Write> = lines
+            .iter()
+            .flat_map(|l| {
+                [
+                    add_on_hand(&l.sku, quantity(l.quantity), None, Some(i64::from(u32::MAX))),
+                    add_available(&l.sku, quantity(l.quantity), None, None),
+                ]
+            })
+            .collect();
+        match tx::commit(&writes, &[]) {
+            Ok(_) => Ok(()),
+            Err(TxError::Failed(_)) => Err(Error::InvalidQuantity("on_hand would overflow".into())),
+            Err(e) => Err(tx::error(e)),
         }
     }
 }

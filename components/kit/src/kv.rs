@@ -13,6 +13,11 @@ pub use store::Bucket;
 pub const MAX_CAS_RETRIES: u32 = 32;
 
 fn storage(e: store::Error) -> Error {
+    if let store::Error::Other(m) = &e
+        && m.starts_with("timeout")
+    {
+        return Error::Timeout(m.clone());
+    }
     Error::Storage(match e {
         store::Error::NoSuchStore => "no such store".to_string(),
         store::Error::AccessDenied => "access denied".to_string(),

@@ -8,6 +8,7 @@
 
 pub mod kv;
 pub mod money;
+pub mod tx;
 
 /// Bindings for the imports every component shares.
 pub mod bindings {
@@ -23,6 +24,7 @@ pub mod bindings {
                 import wasi:random/random@0.2.12;
                 import wasi:clocks/wall-clock@0.2.12;
                 import mercato:commerce/types@0.1.0;
+                import mercato:commerce/transactions@0.1.0;
             }
         ",
         world: "mercato:kit/kit",
@@ -37,6 +39,8 @@ pub mod bindings {
             "mercato:commerce/types@0.1.0/payment": [#[derive(serde::Serialize, serde::Deserialize)]],
             "mercato:commerce/types@0.1.0/payment-status": [#[derive(serde::Serialize, serde::Deserialize)]],
             "mercato:commerce/types@0.1.0/provenance-entry": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/reservation-line": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.1.0/payment-request": [#[derive(serde::Serialize, serde::Deserialize)]],
         },
     });
 }

@@ -1,16 +1,34 @@
 //! The order component: checkout and the order lifecycle.
 //!
-//! Checkout = claim the idempotency key → price the cart (cart component) →
-//! reserve every line (inventory) → record the order `pending_payment` →
-//! authorize the payment → commit the reservation → mark the order `paid`.
-//! Any failure before the order is paid releases the reservation, removes the
-//! pending order and frees the key, so a retry can succeed; nothing is charged
-//! unless the order is paid (a commit failure after the charge refunds it).
+//! Checkout is a durable state machine (SPEC §3), its state in the
+//! `checkouts` record of its Idempotency-Key:
+//!
+//! 1. price the cart; inventory *stages* holding every line;
+//! 2. **T1**: the checkout record (`reserved`), the order `pending_payment`,
+//!    an `open` index entry and inventory's holds — one transaction;
+//! 3. **authorize** the payment (manual capture; `checkout:<key>` as the
+//!    provider's idempotency key);
+//! 4. **T2**: inventory's commit (on-hand drops), the order `paid`, the
+//!    record `paid`, the merchants' index — one transaction;
+//! 5. **capture**; **T3**: the record `done`, the `open` entry gone.
+//!
+//! Any failure before T2 releases the holds, voids the payment where its
+//! outcome is unknown, and removes the record and the pending order (one
+//! transaction), so the key can be used again. A checkout whose request died
+//! anywhere (client gone, deadline, trap, kill -9) stays in `open`; once its
+//! lease (the request's deadline) has passed, [`recover`] — on any replica —
+//! takes it over with a compare-and-swap on the record and drives it on:
+//! `reserved` → authorize again with the same key (the provider answers with
+//! the first authorization) and finish, or, past the reservation TTL, void
+//! and compensate; `paid` → capture and finish. Every step is conditional on
+//! the record's version, so a live request and recovery never both move one
+//! checkout, and a voided authorization can never become a paid order (the
+//! payment component answers `declined` for a voided key).
 //!
 //! Storage (its own namespace):
+//! - `checkouts`: Idempotency-Key → [`CheckoutRecord`];
+//! - `open`: Idempotency-Key → start time, for checkouts not yet done;
 //! - `orders`: order id → `Order` (JSON);
-//! - `idempotency`: Idempotency-Key → [`KeyRecord`] (fingerprint of the
-//!   request, the order once done, when the attempt started);
 //! - `by-merchant`: `<merchant>/<created_at>-<order id>` → order id, so a
 //!   merchant's orders list in creation order.
 //!
@@ -20,9 +38,10 @@ mod status;
 
 use mercato_kit::kv::{self, Change};
 use mercato_kit::money;
+use mercato_kit::tx::{self, Precondition, TxError, Write};
 use mercato_kit::types::{
     Cart, CheckoutRequest, Error, Order, OrderLine, OrderPage, OrderStatus, Payment, PaymentRequest,
-    PaymentStatus, ProvenanceEntry, ReservationLine,
+    PaymentStatus, ProvenanceEntry, RecoveryReport, ReservationLine, Shortage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +50,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+        "mercato:commerce/transactions@0.1.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
@@ -39,16 +59,53 @@ use bindings::mercato::commerce::{cart, inventory, payment};
 
 pub const MAX_PAGE: u32 = 100;
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct KeyRecord {
-    fingerprint: String,
-    order_id: Option<String>,
-    started_at: u64,
+const CHECKOUTS: &str = "checkouts";
+const OPEN: &str = "open";
+const ORDERS: &str = "orders";
+const BY_MERCHANT: &str = "by-merchant";
+
+/// Where a checkout is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// T1 done: stock held, order pending; the payment's outcome unknown.
+    Reserved,
+    /// T2 done: stock taken, order paid; not yet captured.
+    Paid,
+    /// Captured.
+    Done,
 }
 
-enum Claim {
-    Mine,
-    Done(String),
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct CheckoutRecord {
+    /// What was asked, so a reused key with another request is caught.
+    fingerprint: String,
+    stage: Stage,
+    order_id: String,
+    reservation_id: String,
+    /// The authorization request, asked again by recovery (same key).
+    payment: PaymentRequest,
+    created_at: u64,
+    ttl_ms: u64,
+    /// Until then the request (or recovery pass) that wrote it owns it.
+    lease_until: u64,
+}
+
+/// A checkout as this request holds it: its record at `version`.
+struct Held {
+    key: String,
+    record: CheckoutRecord,
+    version: u64,
+    order: Order,
+}
+
+/// How driving a checkout ended.
+enum Ended {
+    Paid(Box<Order>),
+    /// Fully undone: stock released, payment voided or never taken.
+    Compensated(Error),
+    /// Left as it is, for recovery (an outcome was unknown, or someone else
+    /// took the checkout over).
+    Stuck(Error),
 }
 
 fn not_found(id: &str) -> Error {
@@ -63,7 +120,7 @@ fn load(id: &str) -> Result<Order, Error> {
     if !is_order_id(id) {
         return Err(not_found(id));
     }
-    kv::get(&kv::open("orders")?, id)?.ok_or_else(|| not_found(id))
+    kv::get(&kv::open(ORDERS)?, id)?.ok_or_else(|| not_found(id))
 }
 
 fn validate(req: &CheckoutRequest) -> Result<(), Error> {
@@ -80,93 +137,307 @@ fn validate(req: &CheckoutRequest) -> Result<(), Error> {
     Ok(())
 }
 
-/// Give back a reservation on a failure path; a failure here only delays the
-/// stock's return until the reservation expires.
-fn release(reservation_id: &str) {
-    if let Err(e) = inventory::release(reservation_id) {
-        mercato_kit::log_warn("checkout", &format!("release {reservation_id}: {e:?}; it will expire"));
-    }
+fn in_progress() -> Error {
+    Error::Conflict("a checkout with this Idempotency-Key is in progress; retry later".into())
 }
 
-/// The checkout proper, once the key is ours.
-fn place(req: &CheckoutRequest) -> Result<Order, Error> {
+/// What a key that was used before answers: its order, a reuse error, or
+/// "in progress". `None`: the key is free.
+fn answer_for(key: &str, fingerprint: &str) -> Result<Option<Result<Order, Error>>, Error> {
+    let Some((record, _)) = tx::read_one::<CheckoutRecord>(CHECKOUTS, key)? else { return Ok(None) };
+    if record.fingerprint != fingerprint {
+        return Ok(Some(Err(Error::IdempotencyKeyReuse(
+            "this Idempotency-Key was used with a different request".into(),
+        ))));
+    }
+    Ok(Some(match record.stage {
+        Stage::Paid | Stage::Done => load(&record.order_id),
+        Stage::Reserved => Err(in_progress()),
+    }))
+}
+
+fn order_lines(cart: &Cart) -> Vec<OrderLine> {
+    cart.lines
+        .iter()
+        .map(|l| OrderLine {
+            sku: l.sku.clone(),
+            product_id: l.product_id.clone(),
+            merchant_id: l.merchant_id.clone(),
+            title: l.title.clone(),
+            quantity: l.quantity,
+            unit_price: l.unit_price.clone(),
+            adjustments: l.adjustments.clone(),
+            line_total: l.line_total.clone(),
+            fulfilled: false,
+        })
+        .collect()
+}
+
+/// How often a reservation that lost the race for the last units is tried
+/// again when the stock it needs is back (released by another checkout).
+const RESERVE_ATTEMPTS: u32 = 8;
+
+/// The lines that cannot be served now (empty: they can, again).
+fn shortages(lines: &[ReservationLine]) -> Result<Vec<Shortage>, Error> {
+    let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
+    Ok(inventory::levels(&skus)?
+        .into_iter()
+        .zip(lines)
+        .filter(|(level, line)| level.available < line.quantity)
+        .map(|(level, line)| Shortage {
+            sku: line.sku.clone(),
+            requested: line.quantity,
+            available: level.available,
+        })
+        .collect())
+}
+
+/// Whether a payment answer leaves its outcome unknown (an authorization may
+/// exist): then compensation must void it first. A provider that answered
+/// (a decline, an error status) or could not be reached at all (refused
+/// connection) authorized nothing; only a call cut off in flight may have.
+fn in_doubt(e: &Error) -> bool {
+    matches!(e, Error::Timeout(_) | Error::ProviderTimeout(_) | Error::Storage(_))
+}
+
+/// The checkout up to T1; then [`drive`].
+fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
+    let key = &req.idempotency_key;
+    if let Some(answer) = answer_for(key, &fingerprint)? {
+        return answer;
+    }
     let cart = cart::get_cart(&req.cart_id)?;
     if cart.lines.is_empty() {
         return Err(Error::EmptyCart("the cart has no lines".into()));
     }
-    let wanted: Vec<ReservationLine> =
-        cart.lines.iter().map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity }).collect();
-    let reservation = inventory::reserve(&wanted, req.reservation_ttl_ms)?;
-    let orders = kv::open("orders")?;
-    let mut order = Order {
+    let now = mercato_kit::now_ms();
+    let order = Order {
         id: mercato_kit::random_id("ord_"),
         status: OrderStatus::PendingPayment,
         email: req.email.trim().to_string(),
         currency: cart.currency.clone(),
-        lines: cart
-            .lines
-            .iter()
-            .map(|l| OrderLine {
-                sku: l.sku.clone(),
-                product_id: l.product_id.clone(),
-                merchant_id: l.merchant_id.clone(),
-                title: l.title.clone(),
-                quantity: l.quantity,
-                unit_price: l.unit_price.clone(),
-                adjustments: l.adjustments.clone(),
-                line_total: l.line_total.clone(),
-                fulfilled: false,
-            })
-            .collect(),
+        lines: order_lines(&cart),
         subtotal: cart.subtotal.clone(),
         discount_total: cart.discount_total.clone(),
         total: cart.total.clone(),
         payment: Payment { id: String::new(), status: PaymentStatus::Pending, amount: cart.total.clone() },
-        created_at: mercato_kit::now_ms(),
+        created_at: now,
         provenance: provenance(&req.provenance, &cart),
     };
-    if let Err(e) = kv::put(&orders, &order.id, &order) {
-        release(&reservation.id);
-        return Err(e);
-    }
-    let abandon = |order: &Order| {
-        release(&reservation.id);
-        if let Err(e) = kv::delete(&orders, &order.id) {
-            mercato_kit::log_warn("checkout", &format!("remove pending {}: {e:?}", order.id));
+    let lines: Vec<ReservationLine> =
+        cart.lines.iter().map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity }).collect();
+    let reservation_id = format!("res_{}", &order.id[4..]);
+    let record = CheckoutRecord {
+        fingerprint: fingerprint.clone(),
+        stage: Stage::Reserved,
+        order_id: order.id.clone(),
+        reservation_id,
+        payment: PaymentRequest {
+            amount: order.total.clone(),
+            token: req.payment_token.clone(),
+            idempotency_key: format!("checkout:{key}"),
+            description: format!("order {}", order.id),
+        },
+        created_at: now,
+        ttl_ms: req.reservation_ttl_ms,
+        lease_until: now.saturating_add(req.lease_ms),
+    };
+    let writes = [
+        tx::put(CHECKOUTS, key, &record, Precondition::Absent)?,
+        tx::put(OPEN, key, &now, Precondition::Absent)?,
+        tx::put(ORDERS, &order.id, &order, Precondition::Absent)?,
+    ];
+    let mut attempt = 0;
+    let versions = loop {
+        let holds = inventory::reserve(&record.reservation_id, &lines)?;
+        match tx::commit(&writes, &[holds]) {
+            Ok(v) => break v,
+            // A concurrent duplicate got there first.
+            Err(TxError::Failed(f)) if f.index < 2 => {
+                return answer_for(key, &fingerprint)?.unwrap_or_else(|| Err(in_progress()));
+            }
+            // A hold's bound: the last units went to another checkout meanwhile.
+            Err(TxError::Failed(f)) if f.index as usize >= writes.len() => {
+                let short = shortages(&lines)?;
+                attempt += 1;
+                if !short.is_empty() || attempt >= RESERVE_ATTEMPTS {
+                    return Err(Error::OutOfStock(short));
+                }
+            }
+            Err(e) => return Err(tx::error(e)),
         }
     };
-    let paid = payment::authorize(&PaymentRequest {
-        amount: order.total.clone(),
-        token: req.payment_token.clone(),
-        idempotency_key: format!("checkout:{}", req.idempotency_key),
-        description: format!("order {}", order.id),
-    });
-    let paid = match paid {
-        Ok(p) => p,
+    let held = Held { key: key.clone(), record, version: versions[0], order };
+    match drive(held, true) {
+        Ended::Paid(order) => Ok(*order),
+        Ended::Compensated(e) | Ended::Stuck(e) => Err(e),
+    }
+}
+
+/// Give everything back: void the payment if `void`, release the holds,
+/// forget the checkout (one transaction, conditional on its version).
+fn compensate(held: &Held, void: bool, why: Error) -> Ended {
+    if void && let Err(e) = payment::void(&held.record.payment) {
+        mercato_kit::log_warn("checkout", &format!("void {}: {e:?}; recovery retries", held.record.order_id));
+        return Ended::Stuck(why);
+    }
+    let release = match inventory::release(&held.record.reservation_id) {
+        Ok(r) => r,
+        Err(_) => return Ended::Stuck(why),
+    };
+    let writes = [
+        tx::delete(CHECKOUTS, &held.key, Precondition::Version(held.version)),
+        tx::delete(OPEN, &held.key, Precondition::None),
+        tx::delete(ORDERS, &held.record.order_id, Precondition::None),
+    ];
+    match tx::commit(&writes, &[release]) {
+        Ok(_) => Ended::Compensated(why),
         Err(e) => {
-            abandon(&order);
-            return Err(e);
+            mercato_kit::log_warn("checkout", &format!("compensate {}: {e:?}", held.record.order_id));
+            Ended::Stuck(why)
         }
-    };
-    if let Err(e) = inventory::commit(&reservation.id) {
-        // Stock could not be taken: give the money back.
-        if let Err(r) = payment::refund(&paid.id, &paid.amount, &format!("undo:{}", order.id)) {
-            mercato_kit::log_warn("checkout", &format!("refund {} after failed commit: {r:?}", paid.id));
-        }
-        abandon(&order);
-        return Err(e);
     }
-    order.payment = paid;
-    order.status = OrderStatus::Paid;
-    kv::put(&orders, &order.id, &order)?;
-    let index = kv::open("by-merchant")?;
+}
+
+/// Drive a checkout from its stage to `paid` (and captured) or to full
+/// compensation. `may_authorize`: false once its TTL has passed (recovery
+/// then voids instead of finishing).
+fn drive(mut held: Held, may_authorize: bool) -> Ended {
+    if held.record.stage == Stage::Reserved {
+        if !may_authorize {
+            let why = Error::PaymentDeclined("the checkout expired before its payment was confirmed".into());
+            return compensate(&held, true, why);
+        }
+        let authorized = match payment::authorize(&held.record.payment) {
+            Ok(p) => p,
+            Err(e) => {
+                let void = in_doubt(&e);
+                return compensate(&held, void, e);
+            }
+        };
+        let taken = match inventory::commit(&held.record.reservation_id) {
+            Ok(t) => t,
+            Err(e) => return Ended::Stuck(e),
+        };
+        held.order.status = OrderStatus::Paid;
+        held.order.payment = authorized;
+        held.record.stage = Stage::Paid;
+        let mut writes = match paid_writes(&held) {
+            Ok(w) => w,
+            Err(e) => return Ended::Stuck(e),
+        };
+        writes.extend(index_writes(&held.order));
+        match tx::commit(&writes, &[taken]) {
+            Ok(v) => held.version = v[0],
+            Err(TxError::Failed(f)) if f.index == 0 => return Ended::Stuck(in_progress()),
+            Err(e) => return Ended::Stuck(tx::error(e)),
+        }
+    }
+    if held.record.stage == Stage::Paid {
+        match payment::capture(&held.order.payment.id, &held.key) {
+            Ok(captured) => held.order.payment.status = captured.status,
+            // Paid and held at the provider: recovery captures it later.
+            Err(e) => {
+                mercato_kit::log_warn(
+                    "checkout",
+                    &format!("capture {}: {e:?}; recovery retries", held.order.id),
+                );
+                return Ended::Paid(Box::new(held.order));
+            }
+        }
+        held.record.stage = Stage::Done;
+        let writes = match paid_writes(&held) {
+            Ok(mut w) => {
+                w.push(tx::delete(OPEN, &held.key, Precondition::None));
+                w
+            }
+            Err(_) => return Ended::Paid(Box::new(held.order)),
+        };
+        if let Err(e) = tx::commit(&writes, &[]) {
+            mercato_kit::log_warn(
+                "checkout",
+                &format!("finish {}: {e:?}; recovery finishes it", held.order.id),
+            );
+        }
+    }
+    Ended::Paid(Box::new(held.order))
+}
+
+/// The record at its new stage (conditional on the version held) and the order.
+fn paid_writes(held: &Held) -> Result<Vec<Write>, Error> {
+    Ok(vec![
+        tx::put(CHECKOUTS, &held.key, &held.record, Precondition::Version(held.version))?,
+        tx::put(ORDERS, &held.order.id, &held.order, Precondition::Present)?,
+    ])
+}
+
+/// The merchants' index entries of a paid order.
+fn index_writes(order: &Order) -> Vec<Write> {
     let mut merchants: Vec<&str> = order.lines.iter().map(|l| l.merchant_id.as_str()).collect();
     merchants.sort_unstable();
     merchants.dedup();
-    for m in merchants {
-        kv::put(&index, &format!("{m}/{:013}-{}", order.created_at, order.id), &order.id)?;
+    merchants
+        .into_iter()
+        .filter_map(|m| {
+            let key = format!("{m}/{:013}-{}", order.created_at, order.id);
+            tx::put(BY_MERCHANT, &key, &order.id, Precondition::None).ok()
+        })
+        .collect()
+}
+
+/// One pass of recovery over the open checkouts.
+fn recover_open(now: u64, lease_ms: u64) -> Result<RecoveryReport, Error> {
+    let mut report = RecoveryReport { finished: 0, compensated: 0, deferred: 0 };
+    let open = kv::open(OPEN)?;
+    let mut cursor: Option<String> = None;
+    loop {
+        let (keys, next) = kv::list_keys(&open, cursor.as_deref())?;
+        let records = tx::read::<CheckoutRecord>(CHECKOUTS, &keys)?;
+        for (key, found) in keys.iter().zip(records) {
+            let Some((record, version)) = found else {
+                // An index entry whose checkout was undone: drop it.
+                let _ = tx::commit(
+                    &[
+                        Write {
+                            precondition: Precondition::Absent,
+                            ..tx::delete(CHECKOUTS, key, Precondition::None)
+                        },
+                        tx::delete(OPEN, key, Precondition::None),
+                    ],
+                    &[],
+                );
+                continue;
+            };
+            if record.lease_until > now {
+                continue;
+            }
+            // Take it over: only one replica's compare-and-swap wins.
+            let mut claimed = record.clone();
+            claimed.lease_until = now.saturating_add(lease_ms);
+            let Ok(claim) = tx::put(CHECKOUTS, key, &claimed, Precondition::Version(version)) else {
+                continue;
+            };
+            let Ok(versions) = tx::commit(&[claim], &[]) else { continue };
+            let order = match load(&claimed.order_id) {
+                Ok(o) => o,
+                Err(_) => {
+                    report.deferred += 1;
+                    continue;
+                }
+            };
+            let may_authorize = now < claimed.created_at.saturating_add(claimed.ttl_ms);
+            let held = Held { key: key.clone(), record: claimed, version: versions[0], order };
+            match drive(held, may_authorize) {
+                Ended::Paid(_) => report.finished += 1,
+                Ended::Compensated(_) => report.compensated += 1,
+                Ended::Stuck(_) => report.deferred += 1,
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(report),
+        }
     }
-    Ok(order)
 }
 
 /// The order as `merchant` sees it: only their lines, totals over those.
@@ -200,42 +471,12 @@ struct Orders;
 impl Guest for Orders {
     fn checkout(req: CheckoutRequest) -> Result<Order, Error> {
         validate(&req)?;
-        let idem = kv::open("idempotency")?;
         let fingerprint = format!("{}\n{}\n{}", req.cart_id, req.email.trim(), req.payment_token);
-        let now = mercato_kit::now_ms();
-        let claim = kv::update(&idem, &req.idempotency_key, |current: Option<KeyRecord>| {
-            let mine = KeyRecord { fingerprint: fingerprint.clone(), order_id: None, started_at: now };
-            match current {
-                None => Ok(Change::Write(mine, Claim::Mine)),
-                Some(r) if r.fingerprint != fingerprint => Err(Error::IdempotencyKeyReuse(
-                    "this Idempotency-Key was used with a different request".into(),
-                )),
-                Some(KeyRecord { order_id: Some(id), .. }) => Ok(Change::Keep(Claim::Done(id))),
-                // An attempt that died long ago: its reservation has expired.
-                Some(r) if now.saturating_sub(r.started_at) > req.reservation_ttl_ms => {
-                    Ok(Change::Write(mine, Claim::Mine))
-                }
-                Some(_) => Err(Error::Conflict(
-                    "a checkout with this Idempotency-Key is in progress; retry later".into(),
-                )),
-            }
-        })?;
-        if let Claim::Done(id) = claim {
-            return load(&id);
-        }
-        match place(&req) {
-            Ok(order) => {
-                let done = KeyRecord { fingerprint, order_id: Some(order.id.clone()), started_at: now };
-                kv::put(&idem, &req.idempotency_key, &done)?;
-                Ok(order)
-            }
-            Err(e) => {
-                if let Err(d) = kv::delete(&idem, &req.idempotency_key) {
-                    mercato_kit::log_warn("checkout", &format!("free key after failure: {d:?}"));
-                }
-                Err(e)
-            }
-        }
+        place(&req, fingerprint)
+    }
+
+    fn recover(now: u64, lease_ms: u64) -> Result<RecoveryReport, Error> {
+        recover_open(now, lease_ms)
     }
 
     fn get_order(id: String) -> Result<Order, Error> {

@@ -1,31 +1,43 @@
-//! The payment component: payment intents and refunds, Stripe-style.
+//! The payment component: payment intents with manual capture, voids and
+//! refunds, Stripe-style.
 //!
 //! With `provider_url` (and `secret_key`) in its `wasi:config`, it calls a
 //! Stripe-compatible API over `wasi:http` ([`provider`]): create-and-confirm a
-//! payment intent with an `Idempotency-Key`, refund. The host lets it reach
-//! that one host only. Without a provider it runs the built-in **test mode**:
-//! Stripe's documented test tokens behave as Stripe documents them —
-//! `tok_visa`, `tok_mastercard`, `tok_amex` succeed; `tok_chargeDeclined` is
-//! declined ("Your card was declined."); `tok_chargeDeclinedInsufficientFunds`
-//! is declined for insufficient funds; `tok_chargeDeclinedExpiredCard` for an
+//! payment intent with `capture_method=manual` and an `Idempotency-Key`,
+//! capture, cancel, refund. The host lets it reach that one host only.
+//! Without a provider it runs the built-in **test mode**: Stripe's documented
+//! test tokens behave as Stripe documents them — `tok_visa`,
+//! `tok_mastercard`, `tok_amex` succeed; `tok_chargeDeclined` is declined
+//! ("Your card was declined."); `tok_chargeDeclinedInsufficientFunds` is
+//! declined for insufficient funds; `tok_chargeDeclinedExpiredCard` for an
 //! expired card. Any other token is invalid input.
 //!
-//! Storage (its own namespace):
+//! Test-mode storage (its own namespace, written through transactions):
 //! - bucket `intents`: idempotency key → [`IntentRecord`]; the same key with
-//!   the same request returns the first result (no second charge), with
-//!   another request it is refused;
-//! - bucket `payments`: payment id → idempotency key, for refunds.
+//!   the same request returns the first result (no second authorization),
+//!   with another request it is refused. A void of a key that never
+//!   authorized leaves a voided record, so a late authorize with that key can
+//!   never succeed;
+//! - bucket `payments`: payment id → idempotency key, for capture and refunds.
+//!
+//! Provider mode keeps one bucket, `voided`: idempotency key → when it was
+//! voided. A provider replays its *first* answer for an idempotency key
+//! (Stripe does, for 24 hours), so after a void a retried authorize would
+//! hear "authorized" again; the tombstone, written before the cancel, makes
+//! it `payment-declined` instead.
 
 mod provider;
 mod tokens;
 
-use mercato_kit::kv::{self, Change};
+use mercato_kit::tx::{self, Precondition, TxError};
 use mercato_kit::types::{Error, Money, Payment, PaymentRequest, PaymentStatus};
 use serde::{Deserialize, Serialize};
 
 mod bindings {
     mercato_kit::component_bindings!("../../wit", "mercato:commerce/payment-component", {
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
+        "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
+        "mercato:commerce/transactions@0.1.0": mercato_kit::bindings::mercato::commerce::transactions,
         "wasi:config/store@0.2.0-rc.1": generate,
         "wasi:http/types@0.2.12": generate,
         "wasi:http/outgoing-handler@0.2.12": generate,
@@ -37,6 +49,14 @@ mod bindings {
 }
 
 use bindings::exports::mercato::commerce::payment::Guest;
+
+const INTENTS: &str = "intents";
+const PAYMENTS: &str = "payments";
+const VOIDED: &str = "voided";
+
+fn canceled() -> Error {
+    Error::PaymentDeclined("This payment was canceled.".into())
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct IntentRecord {
@@ -51,77 +71,170 @@ fn fingerprint(r: &PaymentRequest) -> String {
     format!("{}\n{}\n{}", r.amount.amount, r.amount.currency, r.token)
 }
 
+/// What an intent answers to `authorize`.
 fn outcome(record: &IntentRecord) -> Result<Payment, Error> {
-    match &record.declined {
-        Some(reason) => Err(Error::PaymentDeclined(reason.clone())),
-        None => Ok(record.payment.clone()),
+    match (&record.declined, record.payment.status) {
+        (Some(reason), _) => Err(Error::PaymentDeclined(reason.clone())),
+        (None, PaymentStatus::Voided) => Err(canceled()),
+        (None, _) => Ok(record.payment.clone()),
     }
+}
+
+fn validate(request: &PaymentRequest) -> Result<(), Error> {
+    mercato_kit::money::check_currency("amount.currency", &request.amount.currency)?;
+    if request.amount.amount < 0 {
+        return Err(Error::InvalidInput("amount: must not be negative".into()));
+    }
+    if request.idempotency_key.is_empty() || request.idempotency_key.len() > 255 {
+        return Err(Error::InvalidInput("idempotency key: 1 to 255 characters".into()));
+    }
+    Ok(())
+}
+
+/// Record a new intent for `key`, or answer with the one recorded first.
+fn record_or_existing(key: &str, fresh: IntentRecord) -> Result<IntentRecord, Error> {
+    let writes = [
+        tx::put(INTENTS, key, &fresh, Precondition::Absent)?,
+        tx::put(PAYMENTS, &fresh.payment.id, &key, Precondition::Absent)?,
+    ];
+    match tx::commit(&writes, &[]) {
+        Ok(_) => Ok(fresh),
+        Err(TxError::Failed(f)) if f.index == 0 => {
+            let (existing, _): (IntentRecord, u64) = tx::read_one(INTENTS, key)?
+                .ok_or_else(|| Error::Conflict("the payment changed concurrently; try again".into()))?;
+            if existing.fingerprint != fresh.fingerprint {
+                return Err(Error::IdempotencyKeyReuse(
+                    "this idempotency key was used for another payment".into(),
+                ));
+            }
+            Ok(existing)
+        }
+        Err(e) => Err(tx::error(e)),
+    }
+}
+
+/// Change the intent of `payment_id` with `f` (compare-and-swap on its version).
+fn change(
+    payment_id: &str,
+    f: impl Fn(&IntentRecord) -> Result<Option<IntentRecord>, Error>,
+) -> Result<Payment, Error> {
+    let (key, _): (String, u64) = tx::read_one(PAYMENTS, payment_id)?
+        .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
+    for _ in 0..mercato_kit::kv::MAX_CAS_RETRIES {
+        let (record, version): (IntentRecord, u64) =
+            tx::read_one(INTENTS, &key)?.ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
+        let Some(next) = f(&record)? else { return Ok(record.payment) };
+        match tx::commit(&[tx::put(INTENTS, &key, &next, Precondition::Version(version))?], &[]) {
+            Ok(_) => return Ok(next.payment),
+            Err(TxError::Failed(_)) => continue,
+            Err(e) => return Err(tx::error(e)),
+        }
+    }
+    Err(Error::Conflict(format!("payment {payment_id:?} kept changing; try again")))
 }
 
 struct PaymentComponent;
 
 impl Guest for PaymentComponent {
     fn authorize(request: PaymentRequest) -> Result<Payment, Error> {
-        mercato_kit::money::check_currency("amount.currency", &request.amount.currency)?;
-        if request.amount.amount < 0 {
-            return Err(Error::InvalidInput("amount: must not be negative".into()));
-        }
-        if request.idempotency_key.is_empty() || request.idempotency_key.len() > 255 {
-            return Err(Error::InvalidInput("idempotency key: 1 to 255 characters".into()));
-        }
+        validate(&request)?;
         if let Some(provider) = provider::Provider::configured()? {
+            if tx::read_one::<u64>(VOIDED, &request.idempotency_key)?.is_some() {
+                return Err(canceled());
+            }
             return provider.authorize(&request);
         }
+        if let Some((existing, _)) = tx::read_one::<IntentRecord>(INTENTS, &request.idempotency_key)? {
+            if existing.fingerprint != fingerprint(&request) {
+                return Err(Error::IdempotencyKeyReuse(
+                    "this idempotency key was used for another payment".into(),
+                ));
+            }
+            return outcome(&existing);
+        }
         let verdict = tokens::test_mode(&request.token)?;
-        let intents = kv::open("intents")?;
         let fresh = IntentRecord {
             fingerprint: fingerprint(&request),
             payment: Payment {
                 id: mercato_kit::random_id("pi_test_"),
-                status: if verdict.is_ok() { PaymentStatus::Succeeded } else { PaymentStatus::Declined },
+                status: if verdict.is_ok() { PaymentStatus::Authorized } else { PaymentStatus::Declined },
                 amount: request.amount.clone(),
             },
             declined: verdict.err(),
         };
-        let record =
-            kv::update(&intents, &request.idempotency_key, |current: Option<IntentRecord>| match current {
-                Some(existing) if existing.fingerprint == fresh.fingerprint => Ok(Change::Keep(existing)),
-                Some(_) => Err(Error::IdempotencyKeyReuse(
-                    "this idempotency key was used for another payment".into(),
-                )),
-                None => Ok(Change::Write(fresh.clone(), fresh.clone())),
-            })?;
-        if record.payment.id == fresh.payment.id {
-            let payments = kv::open("payments")?;
-            kv::put(&payments, &record.payment.id, &request.idempotency_key)?;
+        outcome(&record_or_existing(&request.idempotency_key, fresh)?)
+    }
+
+    fn capture(payment_id: String, idempotency_key: String) -> Result<Payment, Error> {
+        if let Some(provider) = provider::Provider::configured()? {
+            return provider.capture(&payment_id, &idempotency_key);
         }
-        outcome(&record)
+        change(&payment_id, |r| match r.payment.status {
+            PaymentStatus::Succeeded => Ok(None),
+            PaymentStatus::Authorized => {
+                let mut next = r.clone();
+                next.payment.status = PaymentStatus::Succeeded;
+                Ok(Some(next))
+            }
+            other => {
+                Err(Error::Conflict(format!("payment {payment_id:?} cannot be captured: it is {other:?}")))
+            }
+        })
+    }
+
+    fn void(request: PaymentRequest) -> Result<Payment, Error> {
+        validate(&request)?;
+        if let Some(provider) = provider::Provider::configured()? {
+            let tombstone =
+                tx::put(VOIDED, &request.idempotency_key, &mercato_kit::now_ms(), Precondition::None)?;
+            tx::commit(&[tombstone], &[]).map_err(tx::error)?;
+            return provider.void(&request);
+        }
+        let key = &request.idempotency_key;
+        let Some((record, _)) = tx::read_one::<IntentRecord>(INTENTS, key)? else {
+            // Nothing was authorized under this key: make sure nothing ever is.
+            let tombstone = IntentRecord {
+                fingerprint: fingerprint(&request),
+                payment: Payment {
+                    id: mercato_kit::random_id("pi_test_"),
+                    status: PaymentStatus::Voided,
+                    amount: request.amount.clone(),
+                },
+                declined: None,
+            };
+            let recorded = record_or_existing(key, tombstone)?;
+            return match recorded.payment.status {
+                // An authorize got there first: void that one.
+                PaymentStatus::Authorized => Self::void(request),
+                _ => Ok(recorded.payment),
+            };
+        };
+        change(&record.payment.id, |r| match r.payment.status {
+            PaymentStatus::Voided | PaymentStatus::Declined => Ok(None),
+            PaymentStatus::Authorized | PaymentStatus::Pending => {
+                let mut next = r.clone();
+                next.payment.status = PaymentStatus::Voided;
+                Ok(Some(next))
+            }
+            other => Err(Error::Conflict(format!("payment is {other:?}: refund it instead"))),
+        })
     }
 
     fn refund(payment_id: String, amount: Money, idempotency_key: String) -> Result<Payment, Error> {
         if let Some(provider) = provider::Provider::configured()? {
             return provider.refund(&payment_id, &amount, &idempotency_key);
         }
-        let payments = kv::open("payments")?;
-        let key: String = kv::get(&payments, &payment_id)?
-            .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
-        let intents = kv::open("intents")?;
-        kv::update(&intents, &key, |current: Option<IntentRecord>| {
-            let mut record = current.ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
-            match record.payment.status {
-                PaymentStatus::Refunded => Ok(Change::Keep(record.payment)),
-                PaymentStatus::Succeeded => {
-                    if amount.currency != record.payment.amount.currency
-                        || amount.amount != record.payment.amount.amount
-                    {
-                        return Err(Error::InvalidInput("refund: only full refunds are supported".into()));
-                    }
-                    record.payment.status = PaymentStatus::Refunded;
-                    let payment = record.payment.clone();
-                    Ok(Change::Write(record, payment))
+        change(&payment_id, |r| match r.payment.status {
+            PaymentStatus::Refunded => Ok(None),
+            PaymentStatus::Succeeded => {
+                if amount.currency != r.payment.amount.currency || amount.amount != r.payment.amount.amount {
+                    return Err(Error::InvalidInput("refund: only full refunds are supported".into()));
                 }
-                _ => Err(Error::Conflict(format!("payment {payment_id:?} was not captured"))),
+                let mut next = r.clone();
+                next.payment.status = PaymentStatus::Refunded;
+                Ok(Some(next))
             }
+            _ => Err(Error::Conflict(format!("payment {payment_id:?} was not captured"))),
         })
     }
 }

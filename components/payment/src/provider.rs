@@ -1,12 +1,17 @@
 //! A Stripe-compatible provider over `wasi:http`: `POST /v1/payment_intents`
-//! (amount, currency, the card token, `confirm=true`) and `POST /v1/refunds`,
-//! form-encoded, `Authorization: Bearer <secret key>`, with an
+//! (amount, currency, the card token, `confirm=true`,
+//! `capture_method=manual`), `POST /v1/payment_intents/{id}/capture`,
+//! `POST /v1/payment_intents/{id}/cancel` and `POST /v1/refunds`,
+//! form-encoded, `Authorization: Bearer <secret key>`, each with an
 //! `Idempotency-Key` so a retried call never charges twice.
 //!
-//! Outcomes: `succeeded` → the payment; a card error (HTTP 402, or an intent
-//! that is not `succeeded`) → `payment-declined` with the provider's message;
-//! a time-out → `provider-timeout`; anything else (refused connection, 5xx,
-//! unreadable answer) → `provider-unavailable`.
+//! Outcomes: `requires_capture` → authorized; `succeeded` → captured; a card
+//! error (HTTP 402, or an intent in any other state) → `payment-declined`
+//! with the provider's message; a time-out → `provider-timeout`; anything
+//! else (refused connection, 5xx, unreadable answer) → `provider-unavailable`.
+//! A void whose authorization's outcome is unknown asks again with the same
+//! idempotency key (the provider answers with the intent it made, or makes
+//! it now) and cancels that intent.
 
 use mercato_kit::types::{Error, Money, Payment, PaymentRequest, PaymentStatus};
 use serde_json::Value;
@@ -140,12 +145,56 @@ impl Provider {
             ("amount", request.amount.amount.to_string()),
             ("currency", request.amount.currency.to_ascii_lowercase()),
             ("confirm", "true".into()),
+            ("capture_method", "manual".into()),
             ("payment_method_data[type]", "card".into()),
             ("payment_method_data[card][token]", request.token.clone()),
             ("description", request.description.clone()),
         ]);
         let (status, json) = self.post("/v1/payment_intents", &body, &request.idempotency_key)?;
         interpret(status, &json, &request.amount)
+    }
+
+    pub fn capture(&self, payment_id: &str, key: &str) -> Result<Payment, Error> {
+        let path = format!("/v1/payment_intents/{}/capture", form_encode(payment_id));
+        let (status, json) = self.post(&path, "", &format!("capture:{key}"))?;
+        match (status, json["status"].as_str()) {
+            (200..=299, Some("succeeded")) => Ok(Payment {
+                id: payment_id.to_string(),
+                status: PaymentStatus::Succeeded,
+                amount: amount_of(&json),
+            }),
+            (200..=499, _) => Err(Error::Conflict(message(&json, "the provider refused the capture"))),
+            _ => Err(unavailable(format!("capture: HTTP {status}"))),
+        }
+    }
+
+    /// Cancel the authorization `request`'s idempotency key made (making it
+    /// first if it never reached the provider), so it can never be captured.
+    pub fn void(&self, request: &PaymentRequest) -> Result<Payment, Error> {
+        let intent = match self.authorize(request) {
+            Ok(p) => p,
+            // Declined or already canceled: nothing is held.
+            Err(Error::PaymentDeclined(_)) => {
+                return Ok(Payment {
+                    id: String::new(),
+                    status: PaymentStatus::Voided,
+                    amount: request.amount.clone(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if intent.status == PaymentStatus::Succeeded {
+            return Err(Error::Conflict("the payment was captured: refund it instead".into()));
+        }
+        let path = format!("/v1/payment_intents/{}/cancel", form_encode(&intent.id));
+        let (status, json) = self.post(&path, "", &format!("void:{}", request.idempotency_key))?;
+        match (status, json["status"].as_str()) {
+            (200..=299, Some("canceled")) => {
+                Ok(Payment { id: intent.id, status: PaymentStatus::Voided, amount: request.amount.clone() })
+            }
+            (200..=499, _) => Err(Error::Conflict(message(&json, "the provider refused the cancel"))),
+            _ => Err(unavailable(format!("cancel: HTTP {status}"))),
+        }
     }
 
     pub fn refund(&self, payment_id: &str, amount: &Money, key: &str) -> Result<Payment, Error> {
@@ -163,6 +212,14 @@ impl Provider {
     }
 }
 
+/// The amount of a payment-intent answer.
+fn amount_of(json: &Value) -> Money {
+    Money {
+        amount: json["amount"].as_i64().unwrap_or_default(),
+        currency: json["currency"].as_str().unwrap_or_default().to_ascii_uppercase(),
+    }
+}
+
 fn message(json: &Value, fallback: &str) -> String {
     json["error"]["message"]
         .as_str()
@@ -175,9 +232,13 @@ fn message(json: &Value, fallback: &str) -> String {
 pub fn interpret(status: u16, json: &Value, amount: &Money) -> Result<Payment, Error> {
     match status {
         200..=299 => match (json["id"].as_str(), json["status"].as_str()) {
+            (Some(id), Some("requires_capture")) => {
+                Ok(Payment { id: id.to_string(), status: PaymentStatus::Authorized, amount: amount.clone() })
+            }
             (Some(id), Some("succeeded")) => {
                 Ok(Payment { id: id.to_string(), status: PaymentStatus::Succeeded, amount: amount.clone() })
             }
+            (Some(_), Some("canceled")) => Err(Error::PaymentDeclined("This payment was canceled.".into())),
             (Some(_), Some(_)) => {
                 Err(Error::PaymentDeclined(message(json, "The payment was not completed.")))
             }
@@ -229,8 +290,13 @@ mod tests {
 
     #[test]
     fn answers_map_to_outcomes() {
-        let ok = interpret(200, &json!({"id": "pi_1", "status": "succeeded"}), &eur(5));
-        assert_eq!(ok.map(|p| p.id).ok().as_deref(), Some("pi_1"));
+        let ok = interpret(200, &json!({"id": "pi_1", "status": "requires_capture"}), &eur(5));
+        assert_eq!(ok.as_ref().map(|p| p.id.as_str()).ok(), Some("pi_1"));
+        assert_eq!(ok.map(|p| p.status).ok(), Some(PaymentStatus::Authorized));
+        let captured = interpret(200, &json!({"id": "pi_1", "status": "succeeded"}), &eur(5));
+        assert_eq!(captured.map(|p| p.status).ok(), Some(PaymentStatus::Succeeded));
+        let canceled = interpret(200, &json!({"id": "pi_1", "status": "canceled"}), &eur(5));
+        assert!(matches!(canceled, Err(Error::PaymentDeclined(_))));
         let declined = interpret(
             402,
             &json!({"error": {"type": "card_error", "message": "Your card was declined."}}),

@@ -8,6 +8,7 @@
 use wasmtime::component::Resource;
 
 use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
+use crate::capabilities::bounded;
 use crate::runtime::Ctx;
 use crate::storage::StorageError;
 use crate::storage::kv::{Scope, Versioned};
@@ -42,6 +43,12 @@ pub fn is_bucket_name(name: &str) -> bool {
 fn other(e: StorageError) -> store::Error {
     tracing::warn!(error = %e, "key-value operation failed");
     store::Error::Other(e.to_string())
+}
+
+/// What a guest gets when the request's deadline passes during a storage
+/// call (raced in host time, see [`crate::capabilities::bounded`]).
+fn late() -> store::Error {
+    store::Error::Other("timeout: the request's deadline passed".to_string())
 }
 
 fn check_key(key: &str) -> Result<(), store::Error> {
@@ -86,7 +93,10 @@ impl store::HostBucket for Ctx {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db.kv_get(self.scope(&name), &key).await.map(|v| v.map(|v| v.value)).map_err(other))
+        Ok(bounded(self.deadline, db.kv_get(self.scope(&name), &key))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map(|v| v.map(|v| v.value)).map_err(other)))
     }
 
     async fn set(&mut self, bucket: Resource<BucketHandle>, key: String, value: Vec<u8>) -> KvResult<()> {
@@ -95,19 +105,28 @@ impl store::HostBucket for Ctx {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db.kv_set(self.scope(&name), &key, &value).await.map_err(other))
+        Ok(bounded(self.deadline, db.kv_set(self.scope(&name), &key, &value))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map_err(other)))
     }
 
     async fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db.kv_delete(self.scope(&name), &key).await.map_err(other))
+        Ok(bounded(self.deadline, db.kv_delete(self.scope(&name), &key))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map_err(other)))
     }
 
     async fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<bool> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db.kv_get(self.scope(&name), &key).await.map(|v| v.is_some()).map_err(other))
+        Ok(bounded(self.deadline, db.kv_get(self.scope(&name), &key))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map(|v| v.is_some()).map_err(other)))
     }
 
     async fn list_keys(
@@ -117,14 +136,16 @@ impl store::HostBucket for Ctx {
     ) -> KvResult<store::KeyResponse> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_list(self.scope(&name), cursor.as_deref())
+        Ok(bounded(self.deadline, db.kv_list(self.scope(&name), cursor.as_deref()))
             .await
-            .map(|(keys, more)| store::KeyResponse {
-                cursor: if more { keys.last().cloned() } else { None },
-                keys,
-            })
-            .map_err(other))
+            .ok_or_else(late)
+            .and_then(|r| {
+                r.map(|(keys, more)| store::KeyResponse {
+                    cursor: if more { keys.last().cloned() } else { None },
+                    keys,
+                })
+                .map_err(other)
+            }))
     }
 
     async fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
@@ -140,9 +161,10 @@ impl atomics::HostCas for Ctx {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        match db.kv_get(self.scope(&name), &key).await {
-            Ok(current) => Ok(Ok(self.table.push(CasHandle { bucket: name, key, current })?)),
-            Err(e) => Ok(Err(other(e))),
+        match bounded(self.deadline, db.kv_get(self.scope(&name), &key)).await {
+            None => Ok(Err(late())),
+            Some(Ok(current)) => Ok(Ok(self.table.push(CasHandle { bucket: name, key, current })?)),
+            Some(Err(e)) => Ok(Err(other(e))),
         }
     }
 
@@ -163,7 +185,10 @@ impl atomics::Host for Ctx {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db.kv_increment(self.scope(&name), &key, delta).await.map_err(other))
+        Ok(bounded(self.deadline, db.kv_increment(self.scope(&name), &key, delta))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map_err(other)))
     }
 
     async fn swap(
@@ -178,13 +203,18 @@ impl atomics::Host for Ctx {
         let db = self.rt.db.clone();
         let scope = self.scope(&handle.bucket);
         let expected = handle.current.as_ref().map(|v| v.version);
-        match db.kv_swap(scope, &handle.key, expected, &value).await {
+        let Some(swapped) = bounded(self.deadline, db.kv_swap(scope, &handle.key, expected, &value)).await
+        else {
+            return Ok(Err(atomics::CasError::StoreError(late())));
+        };
+        match swapped {
             Ok(true) => Ok(Ok(())),
             Ok(false) => {
                 // Lost the race: hand back a fresh handle at the current version.
-                let current = match db.kv_get(scope, &handle.key).await {
-                    Ok(c) => c,
-                    Err(e) => return Ok(Err(atomics::CasError::StoreError(other(e)))),
+                let current = match bounded(self.deadline, db.kv_get(scope, &handle.key)).await {
+                    None => return Ok(Err(atomics::CasError::StoreError(late()))),
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Ok(Err(atomics::CasError::StoreError(other(e)))),
                 };
                 let fresh = self.table.push(CasHandle { current, ..handle })?;
                 Ok(Err(atomics::CasError::CasFailed(fresh)))
@@ -202,11 +232,10 @@ impl batch::Host for Ctx {
     ) -> KvResult<Vec<(String, Option<Vec<u8>>)>> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db
-            .kv_get_many(self.scope(&name), &keys)
-            .await
-            .map(|values| keys.into_iter().zip(values).collect())
-            .map_err(other))
+        let got = bounded(self.deadline, db.kv_get_many(self.scope(&name), &keys)).await;
+        Ok(got
+            .ok_or_else(late)
+            .and_then(|r| r.map(|values| keys.into_iter().zip(values).collect()).map_err(other)))
     }
 
     async fn set_many(
@@ -219,13 +248,19 @@ impl batch::Host for Ctx {
             return Ok(Err(e));
         }
         let db = self.rt.db.clone();
-        Ok(db.kv_set_many(self.scope(&name), &pairs).await.map_err(other))
+        Ok(bounded(self.deadline, db.kv_set_many(self.scope(&name), &pairs))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map_err(other)))
     }
 
     async fn delete_many(&mut self, bucket: Resource<BucketHandle>, keys: Vec<String>) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
         let db = self.rt.db.clone();
-        Ok(db.kv_delete_many(self.scope(&name), &keys).await.map_err(other))
+        Ok(bounded(self.deadline, db.kv_delete_many(self.scope(&name), &keys))
+            .await
+            .ok_or_else(late)
+            .and_then(|r| r.map_err(other)))
     }
 }
 

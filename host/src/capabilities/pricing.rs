@@ -13,6 +13,14 @@ impl Host for Ctx {
         lines: Vec<PricedLine>,
     ) -> wasmtime::Result<Result<Vec<LineAdjustment>, Error>> {
         let plugins = self.rt.plugins.clone();
-        Ok(plugins.adjust(&currency, &lines, self.deadline).await.map_err(|e| Error::Storage(e.to_string())))
+        let priced =
+            crate::capabilities::bounded(self.deadline, plugins.adjust(&currency, &lines, self.deadline));
+        Ok(match priced.await {
+            Some(result) => result.map_err(|e| Error::Storage(e.to_string())),
+            None => {
+                crate::telemetry::host_call_timed_out("cart", "pricing-engine");
+                Err(Error::Timeout("pricing did not finish before the deadline".into()))
+            }
+        })
     }
 }

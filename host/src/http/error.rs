@@ -78,6 +78,14 @@ impl From<DomainError> for ApiError {
                     "the payment provider did not answer in time",
                 )
             }
+            DomainError::Timeout(m) => {
+                tracing::warn!(cause = %m, "a host call ran out of time");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "component_timeout",
+                    "the request took too long and was stopped; retry (a checkout retried with its Idempotency-Key gets its outcome)",
+                )
+            }
             DomainError::EmptyCart(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "empty_cart", m),
             DomainError::IdempotencyKeyReuse(m) => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, "idempotency_key_reuse", m)

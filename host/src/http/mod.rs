@@ -13,7 +13,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::runtime::Runtime;
 pub use error::{ApiError, ApiResult};
@@ -27,6 +27,9 @@ pub struct AppState {
     pub admin_token_hash: Arc<str>,
     pub body_limit: usize,
     pub checkout: crate::config::CheckoutConfig,
+    /// Every request's work, which runs on its own task (see [`detach`]);
+    /// graceful shutdown waits for it.
+    pub work: tokio_util::task::TaskTracker,
 }
 
 /// Call an export of a fresh instance of a component (see
@@ -59,7 +62,24 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), pin_versions))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), detach))
         .with_state(state)
+}
+
+/// Work is not owned by the connection: each request runs on its own task,
+/// which the handler's future only awaits. When a client goes away hyper
+/// drops that future, but the task — a checkout half-way through its writes,
+/// say — runs to its end (bounded by the request deadline), and graceful
+/// shutdown waits for it through `state.work`.
+async fn detach(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match state.work.spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request failed")
+                .into_response()
+        }
+    }
 }
 
 /// Count and time every request by its route template.

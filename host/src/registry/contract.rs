@@ -36,17 +36,21 @@ const BASE_HOST: &[&str] = &[
     "mercato:commerce/types@",
 ];
 
-/// What `kind` may import beyond the base: other components' interfaces and,
-/// for payment only, outbound HTTP and configuration (ARCHITECTURE.md's table).
+/// What `kind` may import beyond the base: other components' interfaces,
+/// multi-key transactions for those that write several keys at once and, for
+/// payment only, outbound HTTP and configuration (ARCHITECTURE.md's table).
 fn granted(kind: ComponentKind) -> &'static [&'static str] {
     match kind {
         ComponentKind::Catalog => &["mercato:commerce/inventory@"],
         ComponentKind::Cart => &["mercato:commerce/catalog@", "mercato:commerce/pricing-engine@"],
-        ComponentKind::Inventory => &[],
-        ComponentKind::Payment => &["wasi:http/", "wasi:config/store@"],
-        ComponentKind::Order => {
-            &["mercato:commerce/inventory@", "mercato:commerce/payment@", "mercato:commerce/cart@"]
-        }
+        ComponentKind::Inventory => &["mercato:commerce/transactions@"],
+        ComponentKind::Payment => &["wasi:http/", "wasi:config/store@", "mercato:commerce/transactions@"],
+        ComponentKind::Order => &[
+            "mercato:commerce/inventory@",
+            "mercato:commerce/payment@",
+            "mercato:commerce/cart@",
+            "mercato:commerce/transactions@",
+        ],
     }
 }
 

@@ -70,6 +70,9 @@ impl ResourceLimiter for MemoryLimiter {
 /// authorities (`host:port`); everything else is denied before a socket opens.
 pub struct OutboundPolicy {
     pub(crate) allowed: Arc<[String]>,
+    /// The request's deadline: a response that has not arrived by then is a
+    /// time-out, whatever time-outs the guest asked for.
+    pub(crate) deadline: Instant,
 }
 
 impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
@@ -96,9 +99,15 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
             tracing::warn!(authority = ?authority, "outbound request denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let deadline = self.deadline;
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let sent = wasmtime_wasi_http::default_send_request(request, options);
+            let Ok(answer) = tokio::time::timeout_at(deadline.into(), sent).await else {
+                crate::telemetry::host_call_timed_out("payment", "outbound-http");
+                return Err(wasmtime_wasi_http::Error::HttpResponseTimeout);
+            };
+            let (response, io) = answer?;
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
@@ -119,6 +128,9 @@ pub struct Ctx {
     /// The versions this request runs on; peers come from the same set.
     pub(crate) set: Arc<ActiveSet>,
     pub(crate) peers: Peers,
+    /// Writes staged in this request for a caller's transaction; shared by
+    /// every instance serving the request.
+    pub(crate) staged: crate::capabilities::transactions::SharedStaging,
     /// `wasi:http` state; only the payment component has the interface linked.
     pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) outbound: OutboundPolicy,
@@ -151,6 +163,7 @@ impl Inner {
         kind: ComponentKind,
         deadline: Instant,
         set: Arc<ActiveSet>,
+        staged: crate::capabilities::transactions::SharedStaging,
     ) -> Store<Ctx> {
         let ctx = Ctx {
             kind,
@@ -161,8 +174,9 @@ impl Inner {
             rt: self.clone(),
             set,
             peers: Peers::default(),
+            staged,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            outbound: OutboundPolicy { allowed: self.grants.outbound(kind) },
+            outbound: OutboundPolicy { allowed: self.grants.outbound(kind), deadline },
             config: self.grants.config(kind),
         };
         let mut store = Store::new(&self.engine, ctx);
@@ -215,12 +229,13 @@ mod tests {
 
     #[tokio::test]
     async fn outbound_requests_go_only_to_allowed_authorities() {
-        let mut policy = OutboundPolicy { allowed: Arc::from(vec!["127.0.0.1:1".to_string()]) };
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut policy = OutboundPolicy { allowed: Arc::from(vec!["127.0.0.1:1".to_string()]), deadline };
         for denied in ["http://127.0.0.1:2/x", "http://example.com/", "https://api.stripe.com/v1"] {
             let fut = Box::into_pin(policy.send_request(request(denied), None, Box::new(async { Ok(()) })));
             assert!(matches!(fut.await, Err(wasmtime_wasi_http::Error::HttpRequestDenied)), "{denied}");
         }
-        let mut nothing = OutboundPolicy { allowed: Arc::from(Vec::new()) };
+        let mut nothing = OutboundPolicy { allowed: Arc::from(Vec::new()), deadline };
         let fut = Box::into_pin(nothing.send_request(
             request("http://127.0.0.1:1/"),
             None,

@@ -42,7 +42,11 @@ pub use fault::Fault;
 macro_rules! call {
     ($rt:expr, $kind:ident, $iface:ident, $method:ident ( $($arg:expr),* )) => {{
         let rt: &crate::runtime::Runtime = &$rt;
-        match rt.$kind(rt.request_deadline()).await {
+        crate::runtime::call!(rt, deadline = rt.request_deadline(), $kind, $iface, $method($($arg),*))
+    }};
+    ($rt:expr, deadline = $deadline:expr, $kind:ident, $iface:ident, $method:ident ( $($arg:expr),* )) => {{
+        let rt: &crate::runtime::Runtime = &$rt;
+        match rt.$kind($deadline).await {
             Err(fault) => Err(fault),
             Ok(mut instance) => {
                 let started = std::time::Instant::now();
@@ -97,6 +101,9 @@ pub struct Limits {
     pub max_instances: u32,
     /// Budgets of merchants' pricing plugins unless the operator set others.
     pub plugins: crate::plugins::PluginLimits,
+    /// Tests only: trap after the Nth host call of this name in a request
+    /// (see `Config::inject_trap`).
+    pub inject_trap: Option<(String, u32)>,
 }
 
 /// Capabilities granted beyond the base set, per component: outbound HTTP
@@ -295,6 +302,9 @@ pub struct Inner {
     pub(crate) plugins: crate::plugins::Plugins,
     cache: ArtifactCache,
     active: RwLock<Arc<ActiveSet>>,
+    /// Whether the test-injected trap (`Limits::inject_trap`) has fired: it
+    /// fires once per process, so recovery then runs undisturbed.
+    pub(crate) trap_fired: std::sync::atomic::AtomicBool,
     _ticker: engine::EpochTicker,
 }
 
@@ -339,17 +349,21 @@ fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx
             host::mercato::commerce::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
         }
         ComponentKind::Order => {
+            host::mercato::commerce::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
             host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
             host::mercato::commerce::payment::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
             host::mercato::commerce::cart::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
         }
         ComponentKind::Payment => {
+            host::mercato::commerce::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
             wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| {
                 wasmtime_wasi_config::WasiConfig::from(&*c.config)
             })?;
         }
-        ComponentKind::Inventory => {}
+        ComponentKind::Inventory => {
+            host::mercato::commerce::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+        }
     }
     Ok(linker)
 }
@@ -415,6 +429,7 @@ impl Runtime {
                 plugins,
                 cache,
                 active: RwLock::new(Arc::new(set)),
+                trap_fired: std::sync::atomic::AtomicBool::new(false),
                 _ticker: ticker,
             }),
         })
@@ -462,32 +477,37 @@ impl Runtime {
         }
     }
 
+    /// The request deadline, in milliseconds.
+    pub fn deadline_ms(&self) -> u64 {
+        u64::try_from(self.inner.limits.deadline.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// A deadline for a new request.
     pub fn request_deadline(&self) -> Instant {
         Instant::now() + self.inner.limits.deadline
     }
 
     pub async fn catalog(&self, deadline: Instant) -> Result<Instance<catalog::CatalogComponent>, Fault> {
-        self.inner.instantiate_catalog(&self.snapshot(), deadline).await
+        self.inner.instantiate_catalog(&self.snapshot(), deadline, Default::default()).await
     }
 
     pub async fn cart(&self, deadline: Instant) -> Result<Instance<cart::CartComponent>, Fault> {
-        self.inner.instantiate_cart(&self.snapshot(), deadline).await
+        self.inner.instantiate_cart(&self.snapshot(), deadline, Default::default()).await
     }
 
     pub async fn inventory(
         &self,
         deadline: Instant,
     ) -> Result<Instance<inventory::InventoryComponent>, Fault> {
-        self.inner.instantiate_inventory(&self.snapshot(), deadline).await
+        self.inner.instantiate_inventory(&self.snapshot(), deadline, Default::default()).await
     }
 
     pub async fn payment(&self, deadline: Instant) -> Result<Instance<payment::PaymentComponent>, Fault> {
-        self.inner.instantiate_payment(&self.snapshot(), deadline).await
+        self.inner.instantiate_payment(&self.snapshot(), deadline, Default::default()).await
     }
 
     pub async fn order(&self, deadline: Instant) -> Result<Instance<order::OrderComponent>, Fault> {
-        self.inner.instantiate_order(&self.snapshot(), deadline).await
+        self.inner.instantiate_order(&self.snapshot(), deadline, Default::default()).await
     }
 }
 
@@ -498,8 +518,9 @@ macro_rules! instantiate_fn {
             self: &Arc<Self>,
             set: &Arc<ActiveSet>,
             deadline: Instant,
+            staged: crate::capabilities::transactions::SharedStaging,
         ) -> Result<Instance<$bindings>, Fault> {
-            let mut store = self.new_store($kind, deadline, set.clone());
+            let mut store = self.new_store($kind, deadline, set.clone(), staged);
             let bindings = set
                 .$field
                 .pre

@@ -69,6 +69,7 @@ pub mod accounts;
 pub mod components;
 pub mod kv;
 pub mod plugins;
+pub mod tx;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -140,7 +141,7 @@ impl Db {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // No ping before each acquire: it doubles the round trips of a read.

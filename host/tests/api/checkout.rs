@@ -328,36 +328,3 @@ async fn merchants_manage_only_their_stock() {
     assert_error(&send(app.request(Method::GET, "/v1/merchant/inventory/A-1")).await, 401, "unauthorized");
     assert_eq!(stock(&app, &token_a, "A-1").await["on_hand"], 25, "nothing bad was written");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_reservation_expires_and_returns_its_stock() {
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.checkout.reservation_ttl_ms = 200;
-        c.checkout.sweep_interval_ms = 50;
-    })
-    .await;
-    let (_, token) = app.merchant("Shop").await;
-    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
-    // A checkout that reserved and then died: reserve directly, never commit.
-    let mut inventory = app.runtime.inventory(app.runtime.request_deadline()).await.expect("instance");
-    let lines = vec![mercato::bindings::types::ReservationLine { sku: "MUG".into(), quantity: 7 }];
-    let reservation = inventory
-        .bindings
-        .mercato_commerce_inventory()
-        .call_reserve(&mut inventory.store, &lines, 200)
-        .await
-        .expect("call")
-        .expect("reserved");
-    assert_eq!(reservation.lines.len(), 1);
-    assert_eq!(stock(&app, &token, "MUG").await["available"], 3);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let level = stock(&app, &token, "MUG").await;
-        if level["reserved"] == 0 {
-            assert_eq!((level["on_hand"].as_u64(), level["available"].as_u64()), (Some(10), Some(10)));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the reservation never expired: {level}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}

@@ -9,6 +9,7 @@ mod helpers;
 mod carts;
 mod checkout;
 mod deploy;
+mod interruption;
 mod lifecycle;
 mod merchants;
 mod ops;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Form, State};
+use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -19,10 +19,14 @@ const SECRET: &str = "sk_test_fake";
 
 #[derive(Default)]
 struct Ledger {
-    /// Idempotency-Key → the answer given for it.
+    /// Idempotency-Key → the answer given for it (replayed, as Stripe does,
+    /// whatever happened to the intent since).
     answers: HashMap<String, (u16, Value)>,
     keys_seen: Vec<String>,
+    /// Authorizations made (intents created).
     charges: usize,
+    /// Intent id → its status now (`requires_capture`, `succeeded`, `canceled`).
+    intents: HashMap<String, String>,
     refunds: usize,
     delay: Option<Duration>,
     fail: bool,
@@ -38,10 +42,20 @@ impl Fake {
     }
 }
 
+/// `POST /v1/payment_intents`. Like a real provider, it finishes what it was
+/// asked even when the client hangs up (the work runs on its own task).
 async fn intents(
     State(fake): State<Fake>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
+) -> (StatusCode, Json<Value>) {
+    tokio::spawn(create_intent(fake, headers, form)).await.expect("fake provider task")
+}
+
+async fn create_intent(
+    fake: Fake,
+    headers: HeaderMap,
+    form: HashMap<String, String>,
 ) -> (StatusCode, Json<Value>) {
     let delay = fake.with(|l| l.delay);
     if let Some(d) = delay {
@@ -69,10 +83,44 @@ async fn intents(
             (402, json!({"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}))
         } else {
             l.charges += 1;
-            (200, json!({"id": format!("pi_fake_{}", l.charges), "status": "succeeded", "amount": form.get("amount")}))
+            let id = format!("pi_fake_{}", l.charges);
+            let manual = form.get("capture_method").map(String::as_str) == Some("manual");
+            let status = if manual { "requires_capture" } else { "succeeded" };
+            l.intents.insert(id.clone(), status.to_string());
+            (200, json!({"id": id, "status": status, "amount": form.get("amount"), "currency": form.get("currency")}))
         };
         l.answers.insert(key, (status, body.clone()));
         (StatusCode::from_u16(status).expect("status"), Json(body))
+    })
+}
+
+/// `POST /v1/payment_intents/{id}/capture` and `…/cancel`.
+async fn settle(
+    State(fake): State<Fake>,
+    Path((id, action)): Path<(String, String)>,
+) -> (StatusCode, Json<Value>) {
+    let delay = fake.with(|l| l.delay);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    fake.with(|l| {
+        let Some(status) = l.intents.get(&id).cloned() else {
+            return (StatusCode::NOT_FOUND, Json(json!({"error": {"message": "no such intent"}})));
+        };
+        let next = match (action.as_str(), status.as_str()) {
+            ("capture", "requires_capture" | "succeeded") => "succeeded",
+            ("cancel", "requires_capture" | "canceled") => "canceled",
+            _ => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        json!({"error": {"message": format!("cannot {action} an intent that is {status}")}}),
+                    ),
+                );
+            }
+        };
+        l.intents.insert(id.clone(), next.to_string());
+        (StatusCode::OK, Json(json!({"id": id, "status": next, "amount": 3998, "currency": "eur"})))
     })
 }
 
@@ -90,6 +138,7 @@ async fn start_fake() -> (Fake, SocketAddr) {
     let fake = Fake::default();
     let app = Router::new()
         .route("/v1/payment_intents", post(intents))
+        .route("/v1/payment_intents/{id}/{action}", post(settle))
         .route("/v1/refunds", post(refunds))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -175,12 +224,6 @@ async fn provider_decline_failure_and_timeout_release_the_stock() {
     assert_error(&send(checkout_req(&app, &cart, "f", "tok_visa")).await, 502, "payment_provider_error");
     assert_eq!(on_hand(&app, &token).await, (10, 0));
 
-    fake.with(|l| {
-        l.fail = false;
-        l.delay = Some(Duration::from_secs(3));
-    });
-    assert_error(&send(checkout_req(&app, &cart, "t", "tok_visa")).await, 504, "payment_provider_timeout");
-    assert_eq!(on_hand(&app, &token).await, (10, 0));
     assert_eq!(app.db.kv_count("order").await.expect("count"), 0, "no order, no key kept");
     assert_eq!(fake.with(|l| l.charges), 0);
 }
@@ -194,4 +237,81 @@ async fn provider_down_is_a_502_and_nothing_is_kept() {
     assert_error(&send(checkout_req(&app, &cart, "down", "tok_visa")).await, 502, "payment_provider_error");
     assert_eq!(on_hand(&app, &token).await, (10, 0));
     assert_eq!(app.db.kv_count("order").await.expect("count"), 0);
+}
+
+/// A provider that answers after the request's deadline: the host cuts the
+/// call at the deadline (the shopper hears 503/504 at once), the provider
+/// still authorizes. Recovery asks again with the same key: within the TTL
+/// it finishes the order (captured), past it it voids the authorization.
+/// Either way nothing is left held, and the retry gets that outcome.
+async fn late_answer_ends_paid_or_voided(ttl_ms: u64) {
+    let (fake, addr) = start_fake().await;
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.payment.provider_url = Some(format!("http://{addr}"));
+        c.payment.secret_key = Some(mercato::config::Secret(SECRET.into()));
+        c.payment.timeout_ms = 10_000;
+        c.components.deadline_ms = 1_000;
+        c.checkout.reservation_ttl_ms = ttl_ms;
+        c.checkout.sweep_interval_ms = 100;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
+    let cart = app.cart("EUR").await;
+    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "MUG", "quantity": 2})).await;
+
+    fake.with(|l| l.delay = Some(Duration::from_secs(2)));
+    let started = std::time::Instant::now();
+    let (status, body) = send(checkout_req(&app, &cart, "late", "tok_visa")).await;
+    assert!(status == 503 || status == 504, "{status} {body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_900),
+        "answered at the deadline, not the provider's pace"
+    );
+    // The provider does authorize, after the shopper heard the error.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    fake.with(|l| l.delay = None);
+    assert_eq!(fake.with(|l| l.charges), 1, "one authorization at the provider");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let settled = fake.with(|l| l.intents.values().all(|s| s == "succeeded" || s == "canceled"));
+        let (_, reserved) = on_hand(&app, &token).await;
+        let open = app
+            .db
+            .kv_list(mercato::storage::kv::Scope { namespace: "order", bucket: "open" }, None)
+            .await
+            .expect("open")
+            .0;
+        if settled && reserved == 0 && open.is_empty() {
+            break fake.with(|l| l.intents.values().any(|s| s == "succeeded"));
+        }
+        assert!(std::time::Instant::now() < deadline, "not settled: {:?}", fake.with(|l| l.intents.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let retry = send(checkout_req(&app, &cart, "late", "tok_visa")).await;
+    if ttl_ms > 5_000 {
+        assert!(finished, "within the TTL recovery finishes the checkout");
+        assert_eq!(on_hand(&app, &token).await, (8, 0));
+        assert_eq!(retry.0, 201, "{}", retry.1);
+        assert_eq!(retry.1["payment"]["id"], "pi_fake_1");
+        assert_eq!(retry.1["payment"]["status"], "succeeded");
+    } else {
+        assert!(!finished, "past the TTL recovery voids the authorization");
+        assert_eq!(fake.with(|l| l.intents.get("pi_fake_1").cloned()).as_deref(), Some("canceled"));
+        assert_eq!(on_hand(&app, &token).await, (10, 0));
+        assert_error(&retry, 402, "payment_declined");
+        assert_eq!(app.db.kv_count("order").await.expect("count"), 0, "no order kept");
+    }
+    assert_eq!(fake.with(|l| l.charges), 1, "the retry made no second authorization");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_provider_within_ttl_finishes_the_order() {
+    late_answer_ends_paid_or_voided(60_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_provider_past_ttl_voids_the_authorization() {
+    late_answer_ends_paid_or_voided(1_500).await;
 }

@@ -15,6 +15,10 @@ use crate::bindings::types::{CheckoutRequest, Order, OrderStatus, PaymentStatus,
 use crate::http::extract::{self, Admin, Merchant};
 use crate::http::{ApiError, ApiResult, AppState, invoke};
 
+/// How long past its deadline a checkout's request keeps its lease (clock
+/// skew between replicas, a commit in flight at the deadline).
+const LEASE_MARGIN_MS: u64 = 1_000;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/carts/{id}/checkout", post(checkout))
@@ -49,8 +53,10 @@ fn order_status(s: OrderStatus) -> &'static str {
 fn payment_status(s: PaymentStatus) -> &'static str {
     match s {
         PaymentStatus::Pending => "pending",
+        PaymentStatus::Authorized => "authorized",
         PaymentStatus::Succeeded => "succeeded",
         PaymentStatus::Declined => "declined",
+        PaymentStatus::Voided => "voided",
         PaymentStatus::Refunded => "refunded",
     }
 }
@@ -104,6 +110,8 @@ async fn checkout(
         idempotency_key: key.to_string(),
         reservation_ttl_ms: state.checkout.reservation_ttl_ms,
         provenance,
+        // The request's deadline plus a margin: until then recovery leaves it alone.
+        lease_ms: state.runtime.deadline_ms().saturating_add(LEASE_MARGIN_MS),
     };
     let order = invoke!(state, order, mercato_commerce_orders, call_checkout(&request))?;
     Ok((StatusCode::CREATED, Json(order_json(&order))))

@@ -1,0 +1,190 @@
+//! `mercato:commerce/transactions`: atomic multi-key writes with
+//! preconditions (see `wit/transactions.wit` and [`crate::storage::tx`]).
+//!
+//! The namespace of every write is the calling component's, fixed by the
+//! host. Writes a component stages are kept in the request's [`Staging`]
+//! (shared by every instance serving that request) under a random token; the
+//! caller that commits them names the token, and the host commits them in
+//! the stager's namespace. Every call is raced against the request deadline
+//! in host time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::bindings::host::mercato::commerce::transactions::{
+    Failed, FailureReason, Host, Operation, Precondition, TxError, Versioned, Write,
+};
+use crate::capabilities::keyvalue::{MAX_KEY, MAX_VALUE, is_bucket_name};
+use crate::runtime::Ctx;
+use crate::storage::tx;
+
+/// Most tokens one request may stage (a checkout stages two or three).
+const MAX_STAGED: usize = 64;
+
+/// Writes staged in one request, by token (and, for tests that interrupt a
+/// request at a chosen step, how often each host call was made).
+#[derive(Default)]
+pub struct Staging {
+    tokens: HashMap<String, Vec<tx::Write>>,
+    calls: HashMap<&'static str, u32>,
+}
+
+impl Ctx {
+    /// Whether this host call, just completed, is the one a test asked to
+    /// trap after (`Limits::inject_trap`; once per process). Never set
+    /// outside tests.
+    pub(crate) fn trap_here(&self, call: &'static str) -> bool {
+        let Some((name, nth)) = &self.rt.limits.inject_trap else { return false };
+        // `<component>:<call>`: calls this component makes.
+        if name.split_once(':') != Some((self.kind.name(), call)) {
+            return false;
+        }
+        let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        let n = staging.calls.entry(call).or_default();
+        *n += 1;
+        *n == *nth && !self.rt.trap_fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The trap a test injected.
+pub(crate) fn injected(call: &str) -> wasmtime::Error {
+    wasmtime::format_err!("trap injected by the test after {call}")
+}
+
+pub type SharedStaging = Arc<Mutex<Staging>>;
+
+type TxResult<T> = wasmtime::Result<Result<T, TxError>>;
+
+fn invalid(m: impl Into<String>) -> TxError {
+    TxError::Invalid(m.into())
+}
+
+fn storage(e: crate::storage::StorageError) -> TxError {
+    tracing::warn!(error = %e, "transaction failed");
+    TxError::Storage(e.to_string())
+}
+
+fn check_bucket_key(bucket: &str, key: &str) -> Result<(), TxError> {
+    if !is_bucket_name(bucket) {
+        return Err(invalid(format!("bucket {bucket:?}: [a-z0-9][a-z0-9_-]{{0,62}}")));
+    }
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(invalid(format!("keys must be 1 to {MAX_KEY} bytes")));
+    }
+    Ok(())
+}
+
+/// The host form of the guest's writes, in `namespace`.
+fn convert(namespace: &'static str, writes: Vec<Write>) -> Result<Vec<tx::Write>, TxError> {
+    if writes.len() > tx::MAX_WRITES {
+        return Err(invalid(format!("at most {} writes per transaction", tx::MAX_WRITES)));
+    }
+    writes
+        .into_iter()
+        .map(|w| {
+            check_bucket_key(&w.bucket, &w.key)?;
+            let precondition = match w.precondition {
+                Precondition::None => tx::Precondition::None,
+                Precondition::Absent => tx::Precondition::Absent,
+                Precondition::Present => tx::Precondition::Present,
+                Precondition::Version(v) => tx::Precondition::Version(v as i64),
+            };
+            let op = match w.operation {
+                Operation::Put(value) if value.len() > MAX_VALUE => {
+                    return Err(invalid(format!("values must be at most {MAX_VALUE} bytes")));
+                }
+                Operation::Put(value) => tx::Op::Put(value),
+                Operation::Delete => tx::Op::Delete,
+                Operation::Check => tx::Op::Check,
+                Operation::Add(a) => tx::Op::Add {
+                    delta: a.delta,
+                    min: a.min.unwrap_or(i64::MIN),
+                    max: a.max.unwrap_or(i64::MAX),
+                },
+            };
+            Ok(tx::Write { namespace, bucket: w.bucket, key: w.key, precondition, op })
+        })
+        .collect()
+}
+
+fn failed(f: tx::Failed) -> TxError {
+    TxError::Failed(Failed {
+        index: u32::try_from(f.index).unwrap_or(u32::MAX),
+        reason: match f.reason {
+            tx::Reason::Present => FailureReason::Present,
+            tx::Reason::Absent => FailureReason::Absent,
+            tx::Reason::VersionMismatch => FailureReason::VersionMismatch,
+            tx::Reason::OutOfBounds => FailureReason::OutOfBounds,
+            tx::Reason::NotACounter => FailureReason::NotACounter,
+        },
+        current: f.current,
+    })
+}
+
+impl Host for Ctx {
+    async fn read(&mut self, bucket: String, keys: Vec<String>) -> TxResult<Vec<Option<Versioned>>> {
+        if let Err(e) = keys.iter().try_for_each(|k| check_bucket_key(&bucket, k)) {
+            return Ok(Err(e));
+        }
+        let db = self.rt.db.clone();
+        let read = db.tx_read(self.kind.name(), &bucket, &keys);
+        Ok(match tokio::time::timeout_at(self.deadline.into(), read).await {
+            Err(_) => Err(TxError::Timeout),
+            Ok(Err(e)) => Err(storage(e)),
+            Ok(Ok(rows)) => Ok(rows
+                .into_iter()
+                .map(|r| r.map(|v| Versioned { value: v.value, version: v.version as u64 }))
+                .collect()),
+        })
+    }
+
+    async fn commit(&mut self, writes: Vec<Write>, staged: Vec<String>) -> TxResult<Vec<u64>> {
+        let mut all = match convert(self.kind.name(), writes) {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(e)),
+        };
+        {
+            let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            for token in &staged {
+                match staging.tokens.remove(token) {
+                    Some(writes) => all.extend(writes),
+                    None => {
+                        return Ok(Err(invalid("unknown staged token (each is used once, in its request)")));
+                    }
+                }
+            }
+        }
+        // The commit runs on its own task: a deadline that fires while it is
+        // in flight leaves it to finish whole (the caller hears `timeout`:
+        // outcome unknown), it never cuts it in half.
+        let db = self.rt.db.clone();
+        let started = std::time::Instant::now();
+        let work = tokio::spawn(async move { db.tx_commit(&all).await });
+        let result = tokio::time::timeout_at(self.deadline.into(), work).await;
+        crate::telemetry::transaction(self.kind.name(), started);
+        if self.trap_here("transactions.commit") {
+            return Err(injected("transactions.commit"));
+        }
+        Ok(match result {
+            Err(_) => Err(TxError::Timeout),
+            Ok(Err(join)) => Err(TxError::Storage(format!("transaction task: {join}"))),
+            Ok(Ok(Err(e))) => Err(storage(e)),
+            Ok(Ok(Ok(Err(f)))) => Err(failed(f)),
+            Ok(Ok(Ok(Ok(versions)))) => Ok(versions.into_iter().map(|v| v as u64).collect()),
+        })
+    }
+
+    async fn stage(&mut self, writes: Vec<Write>) -> TxResult<String> {
+        let writes = match convert(self.kind.name(), writes) {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        if staging.tokens.len() >= MAX_STAGED {
+            return Ok(Err(invalid(format!("at most {MAX_STAGED} staged sets per request"))));
+        }
+        let token = format!("stg_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        staging.tokens.insert(token.clone(), writes);
+        Ok(Ok(token))
+    }
+}

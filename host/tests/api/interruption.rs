@@ -1,0 +1,336 @@
+//! Interrupted checkouts (SPEC §3, §6.7): clients that close the socket at
+//! spread-out moments, a trap after each step of the state machine, hot skus
+//! under real concurrency. After recovery every checkout ended `paid` (stock
+//! taken, payment captured) or fully compensated (stock released, payment
+//! voided or never taken), checked against the database itself.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::both_backends;
+use crate::helpers::*;
+use mercato::storage::kv::Scope;
+
+fn product_with_stock(sku: &str, cents: i64, stock: u32) -> Value {
+    json!({
+        "title": sku, "description": "test product",
+        "variants": [{"sku": sku, "title": sku, "price": {"amount": cents, "currency": "EUR"}, "stock": stock}],
+    })
+}
+
+/// Every value of one bucket of a component's namespace, as JSON.
+async fn bucket(app: &TestApp, namespace: &str, bucket: &str) -> Vec<(String, Value)> {
+    let scope = Scope { namespace, bucket };
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (keys, more) = app.db.kv_list(scope, after.as_deref()).await.expect("list");
+        let values = app.db.kv_get_many(scope, &keys).await.expect("values");
+        for (k, v) in keys.iter().zip(values) {
+            let v = v.map(|b| serde_json::from_slice(&b).unwrap_or(Value::Null)).unwrap_or(Value::Null);
+            out.push((k.clone(), v));
+        }
+        if !more {
+            return out;
+        }
+        after = keys.last().cloned();
+    }
+}
+
+async fn level(app: &TestApp, token: &str, sku: &str) -> (u64, u64) {
+    let (status, l) =
+        send(app.request(Method::GET, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token)).await;
+    assert_eq!(status, 200, "{l}");
+    (l["on_hand"].as_u64().expect("on_hand"), l["reserved"].as_u64().expect("reserved"))
+}
+
+/// Wait until no checkout is open and nothing is reserved, then check every
+/// invariant: orders are all paid and captured; per sku, on-hand dropped by
+/// exactly the units of paid orders; every authorization ended captured for
+/// one of those orders, voided or declined. Returns the paid orders.
+async fn settled(app: &TestApp, token: &str, stock: &HashMap<String, u64>) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = bucket(app, "order", "open").await.len();
+        let mut reserved = 0;
+        for sku in stock.keys() {
+            reserved += level(app, token, sku).await.1;
+        }
+        if open == 0 && reserved == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled after 60 s: {open} open checkouts, {reserved} reserved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let orders: Vec<Value> = bucket(app, "order", "orders").await.into_iter().map(|(_, v)| v).collect();
+    let mut sold: HashMap<String, u64> = HashMap::new();
+    let mut paid_payments = HashSet::new();
+    for o in &orders {
+        assert_eq!(o["status"], "Paid", "only paid orders remain: {o}");
+        assert_eq!(o["payment"]["status"], "Succeeded", "captured: {o}");
+        paid_payments.insert(s(&o["payment"]["id"]));
+        for line in o["lines"].as_array().expect("lines") {
+            *sold.entry(s(&line["sku"])).or_default() += line["quantity"].as_u64().expect("quantity");
+        }
+    }
+    for (sku, initial) in stock {
+        let (on_hand, reserved) = level(app, token, sku).await;
+        let sold = sold.get(sku).copied().unwrap_or(0);
+        assert_eq!(reserved, 0, "{sku}: nothing left reserved");
+        assert_eq!(on_hand, initial - sold, "{sku}: on-hand dropped by exactly the units of paid orders");
+    }
+    let mut captured = HashSet::new();
+    for (key, intent) in bucket(app, "payment", "intents").await {
+        match intent["payment"]["status"].as_str() {
+            Some("Succeeded") => {
+                captured.insert(s(&intent["payment"]["id"]));
+            }
+            Some("Voided" | "Declined") => {}
+            other => panic!("authorization {key} ended {other:?}: {intent}"),
+        }
+    }
+    assert_eq!(captured, paid_payments, "every capture belongs to one paid order and back");
+    orders
+}
+
+/// Send a checkout on a raw socket and close it after `after`.
+async fn checkout_and_hang_up(addr: std::net::SocketAddr, cart: &str, key: &str, after: Duration) {
+    let body = json!({"email": "s@example.com", "payment": {"token": "tok_visa"}}).to_string();
+    let request = format!(
+        "POST /v1/carts/{cart}/checkout HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::sleep(after).await;
+    drop(socket);
+}
+
+async fn cart_with(app: &TestApp, lines: &[(String, u32)]) -> String {
+    let id = app.cart("EUR").await;
+    for (sku, q) in lines {
+        let (status, body) =
+            app.post(&format!("/v1/carts/{id}/items"), json!({"sku": sku, "quantity": q})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    id
+}
+
+/// 300 checkouts whose clients close the connection 0–100 ms after sending,
+/// 16 at a time, over 6 skus that run out part-way.
+async fn disconnects_leave_no_partial_checkout(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.checkout.reservation_ttl_ms = 2_000;
+        c.checkout.sweep_interval_ms = 100;
+        c.components.max_instances = 1_000;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    let skus: Vec<String> = (0..6).map(|i| format!("DC-{i}")).collect();
+    let mut stock = HashMap::new();
+    for sku in &skus {
+        app.product(&token, product_with_stock(sku, 700, 60)).await;
+        stock.insert(sku.clone(), 60u64);
+    }
+    let mut carts = Vec::new();
+    for i in 0..300usize {
+        let lines: Vec<(String, u32)> =
+            (0..=(i % 3)).map(|j| (skus[(i + j) % 6].clone(), 1 + ((i + j) % 2) as u32)).collect();
+        carts.push(cart_with(&app, &lines).await);
+    }
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for (i, cart) in carts.iter().enumerate() {
+        let permit = gate.clone().acquire_owned().await.expect("permit");
+        let (addr, cart) = (app.addr, cart.clone());
+        let after = Duration::from_millis(((i * 37) % 101) as u64);
+        tasks.push(tokio::spawn(async move {
+            checkout_and_hang_up(addr, &cart, &format!("dc-{i}"), after).await;
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let orders = settled(&app, &token, &stock).await;
+    assert!(!orders.is_empty(), "some checkouts completed after their clients left");
+    // A shopper retrying a key gets that checkout's outcome: its order, once.
+    let ids: HashSet<String> = orders.iter().map(|o| s(&o["id"])).collect();
+    let mut replayed = 0;
+    let mut answers: HashMap<u16, usize> = HashMap::new();
+    for (i, cart) in carts.iter().enumerate().take(60) {
+        let (status, body) = send(
+            app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", format!("dc-{i}"))
+                .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}})),
+        )
+        .await;
+        *answers.entry(status).or_default() += 1;
+        if status == 201 && ids.contains(&s(&body["id"])) {
+            replayed += 1;
+        }
+    }
+    assert!(
+        replayed > 0,
+        "retries with the same key answer with the order: {answers:?}, {} orders",
+        ids.len()
+    );
+    settled(&app, &token, &stock).await;
+}
+both_backends!(disconnects, disconnects_leave_no_partial_checkout);
+
+/// Where a test makes the order component trap (the host call completes,
+/// then the guest traps): after T1, after authorize, after T2, after
+/// capture, after T3.
+const TRAP_POINTS: [&str; 5] = [
+    "order:transactions.commit#1",
+    "order:payment.call_authorize#1",
+    "order:transactions.commit#2",
+    "order:payment.call_capture#1",
+    "order:transactions.commit#3",
+];
+
+async fn a_trap_at_each_step_is_recovered(backend: Backend) {
+    for point in TRAP_POINTS {
+        for ttl_ms in [60_000, 300] {
+            let app = spawn_app_with(backend, |c| {
+                c.inject_trap = Some(point.to_string());
+                c.checkout.reservation_ttl_ms = ttl_ms;
+                c.checkout.sweep_interval_ms = 100;
+                c.components.deadline_ms = 500;
+            })
+            .await;
+            let (_, token) = app.merchant("Shop").await;
+            app.product(&token, product_with_stock("MUG", 1999, 10)).await;
+            let cart = cart_with(&app, &[("MUG".to_string(), 3)]).await;
+            let checkout = || {
+                app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                    .header("Idempotency-Key", "trap")
+                    .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}}))
+            };
+            let (status, body) = send(checkout()).await;
+            if point != "order:transactions.commit#3" {
+                assert_error(&(status, body.clone()), 500, "component_fault");
+            }
+            let stock = HashMap::from([("MUG".to_string(), 10u64)]);
+            let orders = settled(&app, &token, &stock).await;
+            // Past T2 the checkout is paid whatever the TTL; before it, recovery
+            // finishes it within the TTL and compensates it after.
+            let past_t2 = matches!(
+                point,
+                "order:transactions.commit#2"
+                    | "order:payment.call_capture#1"
+                    | "order:transactions.commit#3"
+            );
+            let expect_paid = past_t2 || ttl_ms > 1_000;
+            assert_eq!(orders.len(), usize::from(expect_paid), "{point}, ttl {ttl_ms}: {orders:?}");
+            let retry = send(checkout()).await;
+            if expect_paid {
+                assert_eq!(retry.0, 201, "{point}: the retry gets the order: {}", retry.1);
+                assert_eq!(retry.1["id"], orders[0]["id"]);
+            } else {
+                // The voided authorization never turns into a paid order.
+                assert_error(&retry, 402, "payment_declined");
+                assert!(bucket(&app, "order", "orders").await.is_empty(), "{point}: no order");
+            }
+            settled(&app, &token, &stock).await;
+        }
+    }
+}
+both_backends!(trap_at_each_step, a_trap_at_each_step_is_recovered);
+
+/// 32 concurrent clients on 4 hot skus: every checkout succeeds while there
+/// is stock (no `conflict` from contention), and once it runs short only
+/// `out_of_stock` is answered, never an oversell.
+async fn hot_skus_never_conflict(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.components.deadline_ms = 60_000;
+        c.components.max_instances = 1_000;
+    })
+    .await;
+    let (_, token) = app.merchant("Hot").await;
+    let skus: Vec<String> = (1..=4).map(|i| format!("HOT-{i}")).collect();
+    for sku in &skus {
+        app.product(&token, product_with_stock(sku, 999, 100_000)).await;
+    }
+    let round = |n: usize, tag: &'static str| {
+        let app = &app;
+        let skus = &skus;
+        async move {
+            let mut carts = Vec::new();
+            for i in 0..n {
+                let lines: Vec<(String, u32)> = (0..3).map(|j| (skus[(i + j) % 4].clone(), 1)).collect();
+                carts.push(cart_with(app, &lines).await);
+            }
+            let queue = std::sync::Arc::new(tokio::sync::Mutex::new(carts.into_iter().enumerate()));
+            let workers: Vec<_> = (0..32)
+                .map(|_| {
+                    let (queue, client, base) = (queue.clone(), app.client.clone(), app.url(""));
+                    tokio::spawn(async move {
+                        let mut answers = Vec::new();
+                        loop {
+                            let Some((i, cart)) = queue.lock().await.next() else { break };
+                            answers.push(
+                                send(
+                                    client
+                                        .post(format!("{base}/v1/carts/{cart}/checkout"))
+                                        .header("Idempotency-Key", format!("{tag}-{i}"))
+                                        .json(&json!({"email": "h@example.com", "payment": {"token": "tok_visa"}})),
+                                )
+                                .await,
+                            );
+                        }
+                        answers
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for w in workers {
+                all.extend(w.await.expect("worker"));
+            }
+            all
+        }
+    };
+    for (status, body) in round(160, "plenty").await {
+        assert_eq!(status, 201, "with stock to spare every checkout succeeds: {body}");
+    }
+    for sku in &skus {
+        let (status, body) = send(
+            app.request(Method::PUT, &format!("/v1/merchant/inventory/{sku}"))
+                .bearer_auth(&token)
+                .json(&json!({"on_hand": 25})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let before = bucket(&app, "order", "orders").await.len();
+    let mut paid = 0;
+    for (status, body) in round(96, "short").await {
+        match status {
+            201 => paid += 1,
+            409 => assert_eq!(body["error"]["code"], "out_of_stock", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(paid > 0 && paid < 96, "some sold, some out of stock: {paid}");
+    // Only the short round's orders count against the 25 units each.
+    let orders = bucket(&app, "order", "orders").await;
+    assert_eq!(orders.len(), before + paid);
+    let mut sold = 0;
+    for sku in &skus {
+        let (on_hand, reserved) = level(&app, &token, sku).await;
+        assert_eq!(reserved, 0, "{sku}: nothing left reserved");
+        assert!(on_hand <= 25, "{sku}: never oversold");
+        sold += 25 - on_hand;
+    }
+    assert_eq!(sold, 3 * paid as u64, "every sold unit belongs to a paid order");
+}
+both_backends!(hot_skus, hot_skus_never_conflict);
