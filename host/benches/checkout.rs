@@ -1,7 +1,9 @@
 //! `cargo bench --bench checkout`: checkout throughput over HTTP on loopback.
 //! N concurrent clients, 3 lines per order over a few hot skus, on SQLite and
 //! on PostgreSQL (`MERCATO_TEST_POSTGRES`, default the local server), in one
-//! run. Prints orders/s and p50/p99 latency.
+//! run, with the durable settings (SQLite `synchronous=FULL`). Prints
+//! orders/s, p50/p99 latency, storage transactions per checkout, and checks
+//! that the stock dropped by exactly the units of the orders acknowledged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,7 +15,7 @@ use common::send;
 use serde_json::json;
 
 const CLIENTS: usize = 32;
-const ORDERS: usize = 600;
+const ORDERS: usize = 2_000;
 const HOT_SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
 
 async fn run(label: &str, database_url: Option<String>) {
@@ -47,6 +49,7 @@ async fn run(label: &str, database_url: Option<String>) {
         carts.push(id);
     }
 
+    let transactions_before = transactions();
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(carts.into_iter().enumerate()));
     let started = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
@@ -82,15 +85,42 @@ async fn run(label: &str, database_url: Option<String>) {
         failures += f;
     }
     let elapsed = started.elapsed();
+    let per_checkout = (transactions() - transactions_before) / ORDERS as f64;
+    // The stock is exactly consistent: every acknowledged order's units left the shelf, no others.
+    let mut left = 0u64;
+    for sku in HOT_SKUS {
+        let (status, level) =
+            send(client.get(format!("{base}/v1/merchant/inventory/{sku}")).bearer_auth(&token)).await;
+        assert_eq!(status, 200, "{level}");
+        assert_eq!(level["reserved"], 0, "{sku}: nothing left reserved");
+        left += level["on_hand"].as_u64().expect("on_hand");
+    }
+    let sold = HOT_SKUS.len() as u64 * 1_000_000 - left;
+    assert_eq!(
+        sold,
+        3 * (ORDERS - failures) as u64,
+        "stock dropped by exactly the acknowledged orders' units"
+    );
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_secs_f64() * 1e3;
     println!(
-        "{label:<10} {ORDERS} checkouts, {CLIENTS} clients, 3 lines: {:>7.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   failures {failures}",
+        "{label:<10} {ORDERS} checkouts, {CLIENTS} clients, 3 lines: {:>7.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   {per_checkout:.2} transactions/checkout   failures {failures}",
         ORDERS as f64 / elapsed.as_secs_f64(),
         pct(50),
         pct(99),
     );
     drop(host);
+}
+
+/// Storage transactions committed (or refused) so far, from the host's metrics.
+fn transactions() -> f64 {
+    let Some(handle) = mercato::telemetry::metrics() else { return 0.0 };
+    handle
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("mercato_storage_transaction_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn main() {

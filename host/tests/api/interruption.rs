@@ -15,7 +15,7 @@ use crate::both_backends;
 use crate::helpers::*;
 use mercato::storage::kv::Scope;
 
-fn product_with_stock(sku: &str, cents: i64, stock: u32) -> Value {
+pub fn product_with_stock(sku: &str, cents: i64, stock: u32) -> Value {
     json!({
         "title": sku, "description": "test product",
         "variants": [{"sku": sku, "title": sku, "price": {"amount": cents, "currency": "EUR"}, "stock": stock}],
@@ -23,13 +23,13 @@ fn product_with_stock(sku: &str, cents: i64, stock: u32) -> Value {
 }
 
 /// Every value of one bucket of a component's namespace, as JSON.
-async fn bucket(app: &TestApp, namespace: &str, bucket: &str) -> Vec<(String, Value)> {
+pub async fn bucket_of(db: &mercato::storage::Db, namespace: &str, bucket: &str) -> Vec<(String, Value)> {
     let scope = Scope { namespace, bucket };
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let (keys, more) = app.db.kv_list(scope, after.as_deref()).await.expect("list");
-        let values = app.db.kv_get_many(scope, &keys).await.expect("values");
+        let (keys, more) = db.kv_list(scope, after.as_deref()).await.expect("list");
+        let values = db.kv_get_many(scope, &keys).await.expect("values");
         for (k, v) in keys.iter().zip(values) {
             let v = v.map(|b| serde_json::from_slice(&b).unwrap_or(Value::Null)).unwrap_or(Value::Null);
             out.push((k.clone(), v));
@@ -41,6 +41,10 @@ async fn bucket(app: &TestApp, namespace: &str, bucket: &str) -> Vec<(String, Va
     }
 }
 
+async fn bucket(app: &TestApp, namespace: &str, bucket: &str) -> Vec<(String, Value)> {
+    bucket_of(&app.db, namespace, bucket).await
+}
+
 async fn level(app: &TestApp, token: &str, sku: &str) -> (u64, u64) {
     let (status, l) =
         send(app.request(Method::GET, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token)).await;
@@ -48,17 +52,30 @@ async fn level(app: &TestApp, token: &str, sku: &str) -> (u64, u64) {
     (l["on_hand"].as_u64().expect("on_hand"), l["reserved"].as_u64().expect("reserved"))
 }
 
-/// Wait until no checkout is open and nothing is reserved, then check every
-/// invariant: orders are all paid and captured; per sku, on-hand dropped by
-/// exactly the units of paid orders; every authorization ended captured for
-/// one of those orders, voided or declined. Returns the paid orders.
-async fn settled(app: &TestApp, token: &str, stock: &HashMap<String, u64>) -> Vec<Value> {
+/// On-hand and reserved of `sku`, read from the inventory's storage.
+async fn stored_level(db: &mercato::storage::Db, sku: &str) -> (u64, u64) {
+    let keys = [format!("h/{sku}"), format!("a/{sku}")];
+    let values =
+        db.kv_get_many(Scope { namespace: "inventory", bucket: "levels" }, &keys).await.expect("levels");
+    let n = |v: &Option<Vec<u8>>| {
+        v.as_ref().and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let (on_hand, available) = (n(&values[0]), n(&values[1]));
+    (on_hand, on_hand - available)
+}
+
+/// Wait (at most 60 s) until no checkout is open and nothing is reserved,
+/// then check every invariant from the database itself: orders are all paid
+/// and captured; per sku, on-hand dropped by exactly the units of paid
+/// orders; every authorization ended captured for one of those orders,
+/// voided or declined. Returns the paid orders.
+pub async fn settled_in(db: &mercato::storage::Db, stock: &HashMap<String, u64>) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let open = bucket(app, "order", "open").await.len();
+        let open = bucket_of(db, "order", "open").await.len();
         let mut reserved = 0;
         for sku in stock.keys() {
-            reserved += level(app, token, sku).await.1;
+            reserved += stored_level(db, sku).await.1;
         }
         if open == 0 && reserved == 0 {
             break;
@@ -69,7 +86,7 @@ async fn settled(app: &TestApp, token: &str, stock: &HashMap<String, u64>) -> Ve
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let orders: Vec<Value> = bucket(app, "order", "orders").await.into_iter().map(|(_, v)| v).collect();
+    let orders: Vec<Value> = bucket_of(db, "order", "orders").await.into_iter().map(|(_, v)| v).collect();
     let mut sold: HashMap<String, u64> = HashMap::new();
     let mut paid_payments = HashSet::new();
     for o in &orders {
@@ -81,13 +98,13 @@ async fn settled(app: &TestApp, token: &str, stock: &HashMap<String, u64>) -> Ve
         }
     }
     for (sku, initial) in stock {
-        let (on_hand, reserved) = level(app, token, sku).await;
+        let (on_hand, reserved) = stored_level(db, sku).await;
         let sold = sold.get(sku).copied().unwrap_or(0);
         assert_eq!(reserved, 0, "{sku}: nothing left reserved");
         assert_eq!(on_hand, initial - sold, "{sku}: on-hand dropped by exactly the units of paid orders");
     }
     let mut captured = HashSet::new();
-    for (key, intent) in bucket(app, "payment", "intents").await {
+    for (key, intent) in bucket_of(db, "payment", "intents").await {
         match intent["payment"]["status"].as_str() {
             Some("Succeeded") => {
                 captured.insert(s(&intent["payment"]["id"]));
@@ -100,8 +117,17 @@ async fn settled(app: &TestApp, token: &str, stock: &HashMap<String, u64>) -> Ve
     orders
 }
 
+/// [`settled_in`], also checking the API shows the same stock.
+async fn settled(app: &TestApp, token: &str, stock: &HashMap<String, u64>) -> Vec<Value> {
+    let orders = settled_in(&app.db, stock).await;
+    for sku in stock.keys() {
+        assert_eq!(level(app, token, sku).await, stored_level(&app.db, sku).await, "{sku}: the API agrees");
+    }
+    orders
+}
+
 /// Send a checkout on a raw socket and close it after `after`.
-async fn checkout_and_hang_up(addr: std::net::SocketAddr, cart: &str, key: &str, after: Duration) {
+pub async fn checkout_and_hang_up(addr: std::net::SocketAddr, cart: &str, key: &str, after: Duration) {
     let body = json!({"email": "s@example.com", "payment": {"token": "tok_visa"}}).to_string();
     let request = format!(
         "POST /v1/carts/{cart}/checkout HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
