@@ -125,8 +125,15 @@ fn transactions() -> f64 {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    // MERCATO_BENCH_ONLY=sqlite|postgres runs one backend.
+    let only = std::env::var("MERCATO_BENCH_ONLY").unwrap_or_default();
     rt.block_on(async {
-        run("sqlite", None).await;
+        if only != "postgres" {
+            run("sqlite", None).await;
+        }
+        if only == "sqlite" {
+            return;
+        }
         let admin = std::env::var("MERCATO_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let name = format!("mercato_bench_{}", std::process::id());

@@ -147,6 +147,7 @@ impl App {
             self.state.runtime.clone(),
             Duration::from_millis(self.config.checkout.sweep_interval_ms.max(10)),
             Duration::from_millis(self.config.checkout.recovery_deadline_ms.max(100)),
+            self.config.checkout.idempotency_retention_ms,
         ))];
         tasks.push(tokio::spawn(crate::registry::sync::follow(
             self.state.registry.clone(),
@@ -305,7 +306,12 @@ fn starting_router(slot: Arc<std::sync::OnceLock<axum::Router>>) -> axum::Router
 /// the database decides who owns each stuck checkout). A pass runs on its
 /// own task; shutdown does not wait for it (a pass cut off by the process
 /// exit is what the next pass, here or on another replica, resumes).
-async fn recover_checkouts(runtime: crate::runtime::Runtime, interval: Duration, deadline: Duration) {
+async fn recover_checkouts(
+    runtime: crate::runtime::Runtime,
+    interval: Duration,
+    deadline: Duration,
+    retain_ms: u64,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -320,17 +326,18 @@ async fn recover_checkouts(runtime: crate::runtime::Runtime, interval: Duration,
                 deadline = until,
                 order,
                 mercato_commerce_orders,
-                call_recover(now, lease_ms)
+                call_recover(now, lease_ms, retain_ms)
             )
         });
         match pass.await {
             Ok(Ok(Ok(report))) => {
-                crate::telemetry::recovery(report.finished, report.compensated, report.deferred);
+                crate::telemetry::recovery(&report);
                 if report.finished + report.compensated + report.deferred > 0 {
                     tracing::info!(
                         finished = report.finished,
                         compensated = report.compensated,
                         deferred = report.deferred,
+                        pruned = report.pruned,
                         "checkout recovery"
                     );
                 }

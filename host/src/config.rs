@@ -24,6 +24,9 @@ pub const DEFAULT_RESERVATION_TTL_MS: u64 = 10 * 60 * 1000;
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 10_000;
 /// Time budget of one recovery pass (it may wait on a slow payment provider).
 pub const DEFAULT_RECOVERY_DEADLINE_MS: u64 = 30_000;
+/// How long a finished checkout's Idempotency-Key replays its order (Stripe
+/// keeps keys 24 hours).
+pub const DEFAULT_IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 /// Time-out of one payment provider call.
 pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 10_000;
 /// Component instances that may exist at once.
@@ -85,6 +88,8 @@ pub struct CheckoutConfig {
     pub sweep_interval_ms: u64,
     /// Time budget of one recovery pass.
     pub recovery_deadline_ms: u64,
+    /// How long a finished checkout is remembered by its Idempotency-Key.
+    pub idempotency_retention_ms: u64,
 }
 
 impl Default for CheckoutConfig {
@@ -93,6 +98,7 @@ impl Default for CheckoutConfig {
             reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
             sweep_interval_ms: DEFAULT_SWEEP_INTERVAL_MS,
             recovery_deadline_ms: DEFAULT_RECOVERY_DEADLINE_MS,
+            idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_MS,
         }
     }
 }

@@ -131,12 +131,13 @@ pub fn host_call_timed_out(component: &'static str, call: &'static str) {
 }
 
 /// What one pass of checkout recovery did.
-pub fn recovery(finished: u32, compensated: u32, deferred: u32) {
+pub fn recovery(report: &crate::bindings::types::RecoveryReport) {
     metrics::counter!("mercato_checkouts_recovered_total", "outcome" => "finished")
-        .increment(u64::from(finished));
+        .increment(u64::from(report.finished));
     metrics::counter!("mercato_checkouts_recovered_total", "outcome" => "compensated")
-        .increment(u64::from(compensated));
-    metrics::gauge!("mercato_checkouts_deferred").set(f64::from(deferred));
+        .increment(u64::from(report.compensated));
+    metrics::gauge!("mercato_checkouts_deferred").set(f64::from(report.deferred));
+    metrics::counter!("mercato_checkouts_pruned_total").increment(u64::from(report.pruned));
 }
 
 /// Count a fault and log it with its cause.

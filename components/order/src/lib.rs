@@ -28,6 +28,9 @@
 //! Storage (its own namespace):
 //! - `checkouts`: Idempotency-Key → [`CheckoutRecord`];
 //! - `open`: Idempotency-Key → start time, for checkouts not yet done;
+//! - `done`: `<finished_at>-<Idempotency-Key>` → key, so recovery forgets
+//!   finished checkouts after their retention (`retain-ms`, 24 h by
+//!   default, as Stripe keeps idempotency keys) in finishing order;
 //! - `orders`: order id → `Order` (JSON);
 //! - `by-merchant`: `<merchant>/<created_at>-<order id>` → order id, so a
 //!   merchant's orders list in creation order.
@@ -63,6 +66,7 @@ const CHECKOUTS: &str = "checkouts";
 const OPEN: &str = "open";
 const ORDERS: &str = "orders";
 const BY_MERCHANT: &str = "by-merchant";
+const DONE: &str = "done";
 
 /// Where a checkout is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,12 +350,14 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
             }
         }
         held.record.stage = Stage::Done;
-        let writes = match paid_writes(&held) {
-            Ok(mut w) => {
+        let finished = format!("{:013}-{}", mercato_kit::now_ms(), held.key);
+        let writes = match (paid_writes(&held), tx::put(DONE, &finished, &held.key, Precondition::None)) {
+            (Ok(mut w), Ok(done)) => {
                 w.push(tx::delete(OPEN, &held.key, Precondition::None));
+                w.push(done);
                 w
             }
-            Err(_) => return Ended::Paid(Box::new(held.order)),
+            _ => return Ended::Paid(Box::new(held.order)),
         };
         if let Err(e) = tx::commit(&writes, &[]) {
             mercato_kit::log_warn(
@@ -385,9 +391,38 @@ fn index_writes(order: &Order) -> Vec<Write> {
         .collect()
 }
 
+/// Forget finished checkouts that finished before `cutoff` (unix ms): their
+/// records and `done` entries, a page per transaction.
+fn prune_done(cutoff: u64) -> Result<u32, Error> {
+    let done = kv::open(DONE)?;
+    let mut pruned = 0;
+    loop {
+        let (keys, _) = kv::list_keys(&done, None)?;
+        let expired: Vec<&String> = keys
+            .iter()
+            .take_while(|k| k.get(..13).and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t < cutoff))
+            .collect();
+        if expired.is_empty() {
+            return Ok(pruned);
+        }
+        let writes: Vec<Write> = expired
+            .iter()
+            .flat_map(|k| {
+                let key = k.get(14..).unwrap_or_default();
+                [tx::delete(DONE, k, Precondition::None), tx::delete(CHECKOUTS, key, Precondition::None)]
+            })
+            .collect();
+        tx::commit(&writes, &[]).map_err(tx::error)?;
+        pruned += expired.len() as u32;
+        if expired.len() < keys.len() {
+            return Ok(pruned);
+        }
+    }
+}
+
 /// One pass of recovery over the open checkouts.
 fn recover_open(now: u64, lease_ms: u64) -> Result<RecoveryReport, Error> {
-    let mut report = RecoveryReport { finished: 0, compensated: 0, deferred: 0 };
+    let mut report = RecoveryReport { finished: 0, compensated: 0, deferred: 0, pruned: 0 };
     let open = kv::open(OPEN)?;
     let mut cursor: Option<String> = None;
     loop {
@@ -475,8 +510,10 @@ impl Guest for Orders {
         place(&req, fingerprint)
     }
 
-    fn recover(now: u64, lease_ms: u64) -> Result<RecoveryReport, Error> {
-        recover_open(now, lease_ms)
+    fn recover(now: u64, lease_ms: u64, retain_ms: u64) -> Result<RecoveryReport, Error> {
+        let mut report = recover_open(now, lease_ms)?;
+        report.pruned = prune_done(now.saturating_sub(retain_ms))?;
+        Ok(report)
     }
 
     fn get_order(id: String) -> Result<Order, Error> {

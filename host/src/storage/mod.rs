@@ -17,7 +17,7 @@ macro_rules! with_query {
     // numbered copy is made once per call site and kept.
     ($mode:ident, $db:expr, $sql:literal, |$q:ident, $pool:ident| $body:expr) => {
         match $db {
-            Db::Sqlite { read: _read, write: _write } => {
+            Db::Sqlite { read: _read, write: _write, .. } => {
                 let $pool = with_query!(@pick $mode, _read, _write);
                 let $q = sqlx::query($sql);
                 $body
@@ -32,7 +32,7 @@ macro_rules! with_query {
     };
     ($mode:ident, $db:expr, $sql:expr, |$q:ident, $pool:ident| $body:expr) => {
         match $db {
-            Db::Sqlite { read: _read, write: _write } => {
+            Db::Sqlite { read: _read, write: _write, .. } => {
                 let $pool = with_query!(@pick $mode, _read, _write);
                 let $q = sqlx::query(sqlx::AssertSqlSafe($sql.to_string()));
                 $body
@@ -67,6 +67,7 @@ pub(crate) fn numbered_placeholders(sql: &str) -> String {
 
 pub mod accounts;
 pub mod components;
+pub mod group;
 pub mod kv;
 pub mod plugins;
 pub mod tx;
@@ -99,7 +100,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// A connected, migrated database.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite { read: SqlitePool, write: SqlitePool, group: group::GroupWriter },
     Postgres(PgPool),
 }
 
@@ -156,7 +157,8 @@ impl Db {
             .max_connections(SQLITE_READERS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Db::Sqlite { read, write })
+        let group = group::GroupWriter::start(write.clone());
+        Ok(Db::Sqlite { read, write, group })
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -185,7 +187,7 @@ impl Db {
 
     pub async fn close(&self) {
         match self {
-            Db::Sqlite { read, write } => {
+            Db::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }

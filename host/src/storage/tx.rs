@@ -1,15 +1,17 @@
 //! Transactions behind the `mercato:commerce/transactions` capability: a
 //! list of writes with preconditions, committed all or none in one database
-//! transaction (SQLite `BEGIN IMMEDIATE` on the single writer; PostgreSQL
-//! one transaction of conditional statements).
+//! transaction.
 //!
-//! Each write is one statement on the common path: a conditional `INSERT` /
-//! `UPDATE` / `DELETE` whose `WHERE` holds the precondition, and a counter's
-//! bound is part of its `UPDATE`'s `WHERE`, so the database re-checks it
-//! under the row lock (PostgreSQL re-evaluates the condition on the newest
-//! row after waiting): concurrent bounded decrements of one hot counter queue
-//! on the row and never fail spuriously. Only a write that did not apply is
-//! followed by a read to say why, and then the transaction rolls back.
+//! SQLite (`BEGIN IMMEDIATE` on the single writer): each write is one
+//! statement on the common path, a conditional `INSERT` / `UPDATE` /
+//! `DELETE` whose `WHERE` holds the precondition, a counter's bound in its
+//! `UPDATE`'s `WHERE`; only a write that did not apply is followed by a read
+//! to say why, and then the transaction rolls back. PostgreSQL: the whole
+//! list goes to the `mercato_tx` function in one statement (one round trip,
+//! one implicit transaction), which reads each row `FOR UPDATE` and checks
+//! preconditions and bounds on its newest value under the lock. Either way
+//! concurrent bounded decrements of one hot counter queue on the row and
+//! never fail spuriously.
 //!
 //! Writes run in key order (namespace, bucket, key), whatever order they were
 //! given in, so two transactions always lock rows in the same order and
@@ -101,8 +103,8 @@ fn reason(write: &Write, row: Option<&Versioned>) -> (Reason, Option<i64>) {
     (Reason::VersionMismatch, None)
 }
 
-/// Statements of one backend. SQLite numbers its parameters `?N`,
-/// PostgreSQL `$N`; the counter arithmetic differs (blob ↔ text casts).
+/// The statements of SQLite's transactions (PostgreSQL runs them in one
+/// function call instead, see [`postgres_tx`]).
 struct Sql {
     select: &'static str,
     upsert: &'static str,
@@ -137,165 +139,220 @@ const SQLITE: Sql = Sql {
           AND CAST(CAST(value AS TEXT) AS INTEGER) + ?4 BETWEEN ?6 AND ?7",
 };
 
-const POSTGRES: Sql = Sql {
-    select: "SELECT value, version FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3",
-    upsert: "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (namespace, bucket, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-    insert_absent: "INSERT INTO kv (namespace, bucket, key, value, version) VALUES ($1, $2, $3, $4, $5) \
-                    ON CONFLICT DO NOTHING",
-    update_present: "UPDATE kv SET value = $4, version = $5 WHERE namespace = $1 AND bucket = $2 AND key = $3",
-    update_version: "UPDATE kv SET value = $4, version = $5 \
-                     WHERE namespace = $1 AND bucket = $2 AND key = $3 AND version = $6",
-    delete: "DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3",
-    delete_version: "DELETE FROM kv WHERE namespace = $1 AND bucket = $2 AND key = $3 AND version = $4",
-    add: "UPDATE kv SET value = convert_to((convert_from(value, 'UTF8')::bigint + $4)::text, 'UTF8'), version = $5 \
-          WHERE namespace = $1 AND bucket = $2 AND key = $3 \
-          AND CASE WHEN convert_from(value, 'UTF8') ~ '^(0|-?[1-9][0-9]{0,17})$' \
-              THEN convert_from(value, 'UTF8')::bigint + $4 BETWEEN $6 AND $7 ELSE false END",
-    add_version: "UPDATE kv SET value = convert_to((convert_from(value, 'UTF8')::bigint + $4)::text, 'UTF8'), version = $5 \
-          WHERE namespace = $1 AND bucket = $2 AND key = $3 AND version = $8 \
-          AND CASE WHEN convert_from(value, 'UTF8') ~ '^(0|-?[1-9][0-9]{0,17})$' \
-              THEN convert_from(value, 'UTF8')::bigint + $4 BETWEEN $6 AND $7 ELSE false END",
-};
+/// The writes' execution order: by (namespace, bucket, key), stable.
+fn key_order(writes: &[Write]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&writes[a], &writes[b]);
+        (x.namespace, &x.bucket, &x.key).cmp(&(y.namespace, &y.bucket, &y.key))
+    });
+    order
+}
 
-/// Run `writes` on an open transaction: `Ok(Ok(versions))` if every write
-/// applied (the caller commits), `Ok(Err(failed))` if one did not (the caller
-/// rolls back).
-macro_rules! run_writes {
-    ($conn:expr, $sql:expr, $writes:expr) => {{
-        let writes: &[Write] = $writes;
-        let sql: &Sql = $sql;
-        let mut order: Vec<usize> = (0..writes.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (x, y) = (&writes[a], &writes[b]);
-            (x.namespace, &x.bucket, &x.key).cmp(&(y.namespace, &y.bucket, &y.key))
-        });
-        let mut versions = vec![0i64; writes.len()];
-        let mut failed = None;
-        for i in order {
-            let w = &writes[i];
-            let version = new_version();
-            let applied: bool = match (&w.op, &w.precondition) {
-                (Op::Check, _)
-                | (Op::Delete, Precondition::Absent)
-                | (Op::Add { .. }, Precondition::Absent) => {
-                    let row = sqlx::query(sql.select)
-                        .bind(w.namespace)
-                        .bind(&w.bucket)
-                        .bind(&w.key)
-                        .fetch_optional(&mut *$conn)
-                        .await?;
-                    let ok = match (&w.precondition, &row) {
-                        (Precondition::None, _) => true,
-                        (Precondition::Absent, r) => r.is_none(),
-                        (Precondition::Present, r) => r.is_some(),
-                        (Precondition::Version(v), Some(r)) => r.get::<i64, _>(1) == *v,
-                        (Precondition::Version(_), None) => false,
-                    };
-                    if ok && matches!(w.op, Op::Add { .. }) {
-                        // An absent counter is 0: create it.
-                        match &w.op {
-                            Op::Add { delta, min, max } if (*min..=*max).contains(delta) => {
-                                sqlx::query(sql.insert_absent)
-                                    .bind(w.namespace)
-                                    .bind(&w.bucket)
-                                    .bind(&w.key)
-                                    .bind(delta.to_string().into_bytes())
-                                    .bind(version)
-                                    .execute(&mut *$conn)
-                                    .await?
-                                    .rows_affected()
-                                    == 1
-                            }
-                            _ => false,
-                        }
-                    } else {
-                        ok
-                    }
-                }
-                (Op::Put(value), pre) => {
-                    let q = match pre {
-                        Precondition::None => sqlx::query(sql.upsert),
-                        Precondition::Absent => sqlx::query(sql.insert_absent),
-                        Precondition::Present => sqlx::query(sql.update_present),
-                        Precondition::Version(_) => sqlx::query(sql.update_version),
-                    };
-                    let mut q = q.bind(w.namespace).bind(&w.bucket).bind(&w.key).bind(value).bind(version);
-                    if let Precondition::Version(v) = pre {
-                        q = q.bind(*v);
-                    }
-                    let n = q.execute(&mut *$conn).await?.rows_affected();
-                    n == 1 || (n > 0 && *pre == Precondition::None)
-                }
-                (Op::Delete, pre) => {
-                    let q = match pre {
-                        Precondition::Version(v) => sqlx::query(sql.delete_version)
-                            .bind(w.namespace)
-                            .bind(&w.bucket)
-                            .bind(&w.key)
-                            .bind(*v),
-                        _ => sqlx::query(sql.delete).bind(w.namespace).bind(&w.bucket).bind(&w.key),
-                    };
-                    let n = q.execute(&mut *$conn).await?.rows_affected();
-                    n == 1 || *pre == Precondition::None
-                }
-                (Op::Add { delta, min, max }, pre) => {
-                    let q = match pre {
-                        Precondition::Version(_) => sqlx::query(sql.add_version),
-                        _ => sqlx::query(sql.add),
-                    };
-                    let mut q = q
-                        .bind(w.namespace)
-                        .bind(&w.bucket)
-                        .bind(&w.key)
-                        .bind(*delta)
-                        .bind(version)
-                        .bind(*min)
-                        .bind(*max);
-                    if let Precondition::Version(v) = pre {
-                        q = q.bind(*v);
-                    }
-                    let n = q.execute(&mut *$conn).await?.rows_affected();
-                    if n == 1 {
-                        true
-                    } else if *pre == Precondition::None && (*min..=*max).contains(delta) {
-                        // Absent (= 0) and 0 + delta is within bounds: create it.
-                        sqlx::query(sql.insert_absent)
-                            .bind(w.namespace)
-                            .bind(&w.bucket)
-                            .bind(&w.key)
-                            .bind(delta.to_string().into_bytes())
-                            .bind(version)
-                            .execute(&mut *$conn)
-                            .await?
-                            .rows_affected()
-                            == 1
-                    } else {
-                        false
-                    }
-                }
-            };
-            if !applied {
+/// PostgreSQL: the whole transaction in one statement, `mercato_tx` (see
+/// `migrations/postgres/0004_transactions.sql`), so hot rows stay locked for
+/// the function's run, not for one network round trip per write.
+async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Outcome> {
+    let order = key_order(writes);
+    let n = writes.len();
+    let (mut ns, mut buckets, mut keys) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut pre, mut pre_version, mut op) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut values, mut deltas) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut mins, mut maxs, mut versions) = (Vec::with_capacity(n), Vec::with_capacity(n), vec![0i64; n]);
+    let mut fresh = Vec::with_capacity(n);
+    for &i in &order {
+        let w = &writes[i];
+        ns.push(w.namespace);
+        buckets.push(w.bucket.as_str());
+        keys.push(w.key.as_str());
+        let (p, v) = match w.precondition {
+            Precondition::None => (0i16, 0i64),
+            Precondition::Absent => (1, 0),
+            Precondition::Present => (2, 0),
+            Precondition::Version(v) => (3, v),
+        };
+        pre.push(p);
+        pre_version.push(v);
+        let (o, value, delta, min, max): (i16, &[u8], i64, i64, i64) = match &w.op {
+            Op::Put(value) => (0, value, 0, 0, 0),
+            Op::Delete => (1, &[], 0, 0, 0),
+            Op::Add { delta, min, max } => (2, &[], *delta, *min, *max),
+            Op::Check => (3, &[], 0, 0, 0),
+        };
+        op.push(o);
+        values.push(value);
+        deltas.push(delta);
+        mins.push(min);
+        maxs.push(max);
+        let version = new_version();
+        fresh.push(version);
+        if matches!(w.op, Op::Put(_) | Op::Add { .. }) {
+            versions[i] = version;
+        }
+    }
+    let (index, reason, current): (i32, Option<i16>, Option<i64>) = sqlx::query_as(
+        "SELECT failed_index, failed_reason, failed_current \
+         FROM mercato_tx($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&ns)
+    .bind(&buckets)
+    .bind(&keys)
+    .bind(&pre)
+    .bind(&pre_version)
+    .bind(&op)
+    .bind(&values)
+    .bind(&deltas)
+    .bind(&mins)
+    .bind(&maxs)
+    .bind(&fresh)
+    .fetch_one(pool)
+    .await?;
+    let Ok(position) = usize::try_from(index) else { return Ok(Ok(versions)) };
+    let index = order
+        .get(position)
+        .copied()
+        .ok_or_else(|| StorageError::Invalid(format!("mercato_tx named write {position} of {n}")))?;
+    let reason = match reason {
+        Some(0) => Reason::Present,
+        Some(1) => Reason::Absent,
+        Some(2) => Reason::VersionMismatch,
+        Some(3) => Reason::OutOfBounds,
+        _ => Reason::NotACounter,
+    };
+    Ok(Err(Failed { index, reason, current }))
+}
+
+/// Run `writes` on SQLite inside an open transaction (a savepoint of a group
+/// commit): `Ok(Err(failed))` if one did not apply, and then the caller rolls
+/// the savepoint back.
+pub(crate) async fn run_sqlite(conn: &mut sqlx::SqliteConnection, writes: &[Write]) -> Result<Outcome> {
+    let sql = &SQLITE;
+    let order = key_order(writes);
+    let mut versions = vec![0i64; writes.len()];
+    let mut failed = None;
+    for i in order {
+        let w = &writes[i];
+        let version = new_version();
+        let applied: bool = match (&w.op, &w.precondition) {
+            (Op::Check, _) | (Op::Delete, Precondition::Absent) | (Op::Add { .. }, Precondition::Absent) => {
                 let row = sqlx::query(sql.select)
                     .bind(w.namespace)
                     .bind(&w.bucket)
                     .bind(&w.key)
-                    .fetch_optional(&mut *$conn)
-                    .await?
-                    .map(|r| Versioned { value: r.get::<Vec<u8>, _>(0), version: r.get::<i64, _>(1) });
-                let (reason, current) = reason(w, row.as_ref());
-                failed = Some(Failed { index: i, reason, current });
-                break;
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let ok = match (&w.precondition, &row) {
+                    (Precondition::None, _) => true,
+                    (Precondition::Absent, r) => r.is_none(),
+                    (Precondition::Present, r) => r.is_some(),
+                    (Precondition::Version(v), Some(r)) => r.get::<i64, _>(1) == *v,
+                    (Precondition::Version(_), None) => false,
+                };
+                if ok && matches!(w.op, Op::Add { .. }) {
+                    // An absent counter is 0: create it.
+                    match &w.op {
+                        Op::Add { delta, min, max } if (*min..=*max).contains(delta) => {
+                            sqlx::query(sql.insert_absent)
+                                .bind(w.namespace)
+                                .bind(&w.bucket)
+                                .bind(&w.key)
+                                .bind(delta.to_string().into_bytes())
+                                .bind(version)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected()
+                                == 1
+                        }
+                        _ => false,
+                    }
+                } else {
+                    ok
+                }
             }
-            if matches!(w.op, Op::Put(_) | Op::Add { .. }) {
-                versions[i] = version;
+            (Op::Put(value), pre) => {
+                let q = match pre {
+                    Precondition::None => sqlx::query(sql.upsert),
+                    Precondition::Absent => sqlx::query(sql.insert_absent),
+                    Precondition::Present => sqlx::query(sql.update_present),
+                    Precondition::Version(_) => sqlx::query(sql.update_version),
+                };
+                let mut q = q.bind(w.namespace).bind(&w.bucket).bind(&w.key).bind(value).bind(version);
+                if let Precondition::Version(v) = pre {
+                    q = q.bind(*v);
+                }
+                let n = q.execute(&mut *conn).await?.rows_affected();
+                n == 1 || (n > 0 && *pre == Precondition::None)
             }
+            (Op::Delete, pre) => {
+                let q = match pre {
+                    Precondition::Version(v) => sqlx::query(sql.delete_version)
+                        .bind(w.namespace)
+                        .bind(&w.bucket)
+                        .bind(&w.key)
+                        .bind(*v),
+                    _ => sqlx::query(sql.delete).bind(w.namespace).bind(&w.bucket).bind(&w.key),
+                };
+                let n = q.execute(&mut *conn).await?.rows_affected();
+                n == 1 || *pre == Precondition::None
+            }
+            (Op::Add { delta, min, max }, pre) => {
+                let q = match pre {
+                    Precondition::Version(_) => sqlx::query(sql.add_version),
+                    _ => sqlx::query(sql.add),
+                };
+                let mut q = q
+                    .bind(w.namespace)
+                    .bind(&w.bucket)
+                    .bind(&w.key)
+                    .bind(*delta)
+                    .bind(version)
+                    .bind(*min)
+                    .bind(*max);
+                if let Precondition::Version(v) = pre {
+                    q = q.bind(*v);
+                }
+                let n = q.execute(&mut *conn).await?.rows_affected();
+                if n == 1 {
+                    true
+                } else if *pre == Precondition::None && (*min..=*max).contains(delta) {
+                    // Absent (= 0) and 0 + delta is within bounds: create it.
+                    sqlx::query(sql.insert_absent)
+                        .bind(w.namespace)
+                        .bind(&w.bucket)
+                        .bind(&w.key)
+                        .bind(delta.to_string().into_bytes())
+                        .bind(version)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected()
+                        == 1
+                } else {
+                    false
+                }
+            }
+        };
+        if !applied {
+            let row = sqlx::query(sql.select)
+                .bind(w.namespace)
+                .bind(&w.bucket)
+                .bind(&w.key)
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|r| Versioned { value: r.get::<Vec<u8>, _>(0), version: r.get::<i64, _>(1) });
+            let (reason, current) = reason(w, row.as_ref());
+            failed = Some(Failed { index: i, reason, current });
+            break;
         }
-        Ok::<Outcome, StorageError>(match failed {
-            Some(f) => Err(f),
-            None => Ok(versions),
-        })
-    }};
+        if matches!(w.op, Op::Put(_) | Op::Add { .. }) {
+            versions[i] = version;
+        }
+    }
+    Ok(match failed {
+        Some(f) => Err(f),
+        None => Ok(versions),
+    })
 }
 
 /// Whether a database error is worth running the whole transaction again
@@ -335,26 +392,9 @@ impl Db {
 
     async fn tx_once(&self, writes: &[Write]) -> Result<Outcome> {
         match self {
-            Db::Sqlite { write, .. } => {
-                let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
-                let outcome = run_writes!(tx, &SQLITE, writes)?;
-                if outcome.is_ok() {
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await?;
-                }
-                Ok(outcome)
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let outcome = run_writes!(tx, &POSTGRES, writes)?;
-                if outcome.is_ok() {
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await?;
-                }
-                Ok(outcome)
-            }
+            // Group commit: queued with whatever else is waiting for the writer.
+            Db::Sqlite { group, .. } => group.commit(writes.to_vec()).await,
+            Db::Postgres(pool) => postgres_tx(pool, writes).await,
         }
     }
 

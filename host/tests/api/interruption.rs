@@ -360,3 +360,39 @@ async fn hot_skus_never_conflict(backend: Backend) {
     assert_eq!(sold, 3 * paid as u64, "every sold unit belongs to a paid order");
 }
 both_backends!(hot_skus, hot_skus_never_conflict);
+
+/// Finished checkouts are forgotten after `checkout.idempotency_retention_ms`
+/// (nothing grows per request without bound); their orders stay, and the key
+/// is then free: a retry makes a new order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_checkouts_are_pruned_after_their_retention() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.checkout.idempotency_retention_ms = 300;
+        c.checkout.sweep_interval_ms = 50;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_with_stock("MUG", 1999, 10)).await;
+    let cart = cart_with(&app, &[("MUG".to_string(), 1)]).await;
+    let checkout = || {
+        send(
+            app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", "kept-a-while")
+                .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}})),
+        )
+    };
+    let (status, first) = checkout().await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(checkout().await.1["id"], first["id"], "within the retention the key replays its order");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bucket(&app, "order", "checkouts").await.is_empty()
+        || !bucket(&app, "order", "done").await.is_empty()
+    {
+        assert!(Instant::now() < deadline, "finished checkouts were never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.get(&format!("/v1/orders/{}", s(&first["id"]))).await.0, 200, "the order stays");
+    let (status, second) = checkout().await;
+    assert_eq!(status, 201, "{second}");
+    assert_ne!(second["id"], first["id"], "after its retention the key is free again");
+}

@@ -1,0 +1,1 @@
+-- SQLite runs transactions from the host (see storage/tx.rs); nothing to create.
