@@ -338,7 +338,7 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
         }
     }
     if held.record.stage == Stage::Paid {
-        match payment::capture(&held.order.payment.id, &held.key) {
+        match payment::capture(&held.order.payment.id, &held.record.payment.idempotency_key) {
             Ok(captured) => held.order.payment.status = captured.status,
             // Paid and held at the provider: recovery captures it later.
             Err(e) => {

@@ -120,11 +120,22 @@ fn change(
 ) -> Result<Payment, Error> {
     let (key, _): (String, u64) = tx::read_one(PAYMENTS, payment_id)?
         .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
+    change_intent(&key, payment_id, f)
+}
+
+/// [`change`] for the intent recorded under idempotency key `key`, which
+/// must be `payment_id`'s.
+fn change_intent(
+    key: &str,
+    payment_id: &str,
+    f: impl Fn(&IntentRecord) -> Result<Option<IntentRecord>, Error>,
+) -> Result<Payment, Error> {
     for _ in 0..mercato_kit::kv::MAX_CAS_RETRIES {
-        let (record, version): (IntentRecord, u64) =
-            tx::read_one(INTENTS, &key)?.ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
+        let (record, version): (IntentRecord, u64) = tx::read_one(INTENTS, key)?
+            .filter(|(r, _): &(IntentRecord, u64)| r.payment.id == payment_id)
+            .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
         let Some(next) = f(&record)? else { return Ok(record.payment) };
-        match tx::commit(&[tx::put(INTENTS, &key, &next, Precondition::Version(version))?], &[]) {
+        match tx::commit(&[tx::put(INTENTS, key, &next, Precondition::Version(version))?], &[]) {
             Ok(_) => return Ok(next.payment),
             Err(TxError::Failed(_)) => continue,
             Err(e) => return Err(tx::error(e)),
@@ -144,14 +155,6 @@ impl Guest for PaymentComponent {
             }
             return provider.authorize(&request);
         }
-        if let Some((existing, _)) = tx::read_one::<IntentRecord>(INTENTS, &request.idempotency_key)? {
-            if existing.fingerprint != fingerprint(&request) {
-                return Err(Error::IdempotencyKeyReuse(
-                    "this idempotency key was used for another payment".into(),
-                ));
-            }
-            return outcome(&existing);
-        }
         let verdict = tokens::test_mode(&request.token)?;
         let fresh = IntentRecord {
             fingerprint: fingerprint(&request),
@@ -162,6 +165,8 @@ impl Guest for PaymentComponent {
             },
             declined: verdict.err(),
         };
+        // One transaction on the common path: a key used before fails its
+        // `absent` precondition and answers with what it recorded first.
         outcome(&record_or_existing(&request.idempotency_key, fresh)?)
     }
 
@@ -169,7 +174,7 @@ impl Guest for PaymentComponent {
         if let Some(provider) = provider::Provider::configured()? {
             return provider.capture(&payment_id, &idempotency_key);
         }
-        change(&payment_id, |r| match r.payment.status {
+        change_intent(&idempotency_key, &payment_id, |r| match r.payment.status {
             PaymentStatus::Succeeded => Ok(None),
             PaymentStatus::Authorized => {
                 let mut next = r.clone();
