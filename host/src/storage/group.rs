@@ -6,7 +6,9 @@
 //! queued as one SQLite transaction, each caller's writes inside its own
 //! `SAVEPOINT` — so one caller's failed precondition (or database error)
 //! rolls back only its writes, and all the others share one fsync. A caller
-//! hears its outcome only after that `COMMIT` is durable.
+//! hears its outcome only after that `COMMIT` is durable. The group runs on
+//! the writer connection's own SQLite handle (sqlx's `lock_handle`, driven
+//! with rusqlite), so its statements cost no worker-thread handoff each.
 
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
@@ -74,40 +76,57 @@ async fn commit_group(pool: &SqlitePool, group: Vec<Job>) {
         Ok(c) => c,
         Err(e) => return failed(group, &e),
     };
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        return failed(group, &e);
-    }
-    let mut outcomes = Vec::with_capacity(group.len());
-    for job in &group {
-        // A job that did not apply (or failed) is undone to its savepoint;
-        // if the savepoints themselves fail, the whole group is rolled back.
-        let savepoints = async {
-            sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
-            let outcome = run_sqlite(&mut conn, &job.writes).await;
-            if !matches!(outcome, Ok(Ok(_))) {
-                sqlx::query("ROLLBACK TO job").execute(&mut *conn).await?;
-            }
-            sqlx::query("RELEASE job").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(outcome)
-        }
-        .await;
-        match savepoints {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                return failed(group, &e);
-            }
-        }
-    }
-    match sqlx::query("COMMIT").execute(&mut *conn).await {
-        Ok(_) => {
+    let mut handle = match conn.lock_handle().await {
+        Ok(h) => h,
+        Err(e) => return failed(group, &e),
+    };
+    let raw = handle.as_raw_handle().as_ptr();
+    // The crate's one `unsafe`: borrowing the raw handle sqlx lent us.
+    #[allow(unsafe_code)]
+    let run = || {
+        // SAFETY: while `handle` is held the connection's sqlx worker is
+        // parked, so this thread is the raw connection's only user; the
+        // wrapper does not own the handle (dropping it finalizes only the
+        // statements it prepared) and is dropped before `handle`.
+        let db = unsafe { rusqlite::Connection::from_handle(raw) }?;
+        run_group(&db, &group)
+    };
+    // The whole group runs here without yielding: tell the runtime.
+    let outcomes = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
+    };
+    drop(handle);
+    match outcomes {
+        Ok(outcomes) => {
             for (job, outcome) in group.into_iter().zip(outcomes) {
                 let _ = job.reply.send(outcome);
             }
         }
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            failed(group, &e);
-        }
+        Err(e) => failed(group, &e),
     }
+}
+
+/// `BEGIN IMMEDIATE`, each job in its savepoint, `COMMIT`. An error outside
+/// a job's own writes (the savepoints, the commit) rolls the group back.
+fn run_group(db: &rusqlite::Connection, group: &[Job]) -> rusqlite::Result<Vec<Result<Outcome>>> {
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    let all = (|| {
+        let mut outcomes = Vec::with_capacity(group.len());
+        for job in group {
+            db.execute_batch("SAVEPOINT job")?;
+            let outcome = run_sqlite(db, &job.writes);
+            if !matches!(outcome, Ok(Ok(_))) {
+                db.execute_batch("ROLLBACK TO job")?;
+            }
+            db.execute_batch("RELEASE job")?;
+            outcomes.push(outcome.map_err(|e| StorageError::Invalid(format!("transaction: {e}"))));
+        }
+        db.execute_batch("COMMIT")?;
+        Ok(outcomes)
+    })();
+    if all.is_err() {
+        let _ = db.execute_batch("ROLLBACK");
+    }
+    all
 }

@@ -17,8 +17,6 @@
 //! given in, so two transactions always lock rows in the same order and
 //! cannot deadlock; a failure still names the caller's index.
 
-use sqlx::Row;
-
 use super::{Db, Result, StorageError};
 use crate::storage::kv::Versioned;
 
@@ -225,134 +223,123 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Outcome> {
 }
 
 /// Run `writes` on SQLite inside an open transaction (a savepoint of a group
-/// commit): `Ok(Err(failed))` if one did not apply, and then the caller rolls
-/// the savepoint back.
-pub(crate) async fn run_sqlite(conn: &mut sqlx::SqliteConnection, writes: &[Write]) -> Result<Outcome> {
+/// commit, see [`super::group`]), on the writer's raw connection: every
+/// statement runs on this thread, prepared once per group. `Ok(Err(failed))`
+/// if one did not apply, and then the caller rolls the savepoint back.
+pub(crate) fn run_sqlite(db: &rusqlite::Connection, writes: &[Write]) -> rusqlite::Result<Outcome> {
+    use rusqlite::{OptionalExtension, params};
     let sql = &SQLITE;
-    let order = key_order(writes);
+    let select = |w: &Write| -> rusqlite::Result<Option<Versioned>> {
+        db.prepare_cached(sql.select)?
+            .query_row(params![w.namespace, w.bucket, w.key], |r| {
+                Ok(Versioned { value: r.get(0)?, version: r.get(1)? })
+            })
+            .optional()
+    };
+    let insert = |w: &Write, value: &[u8], version: i64| -> rusqlite::Result<bool> {
+        Ok(db.prepare_cached(sql.insert_absent)?.execute(params![
+            w.namespace,
+            w.bucket,
+            w.key,
+            value,
+            version
+        ])? == 1)
+    };
     let mut versions = vec![0i64; writes.len()];
-    let mut failed = None;
-    for i in order {
+    for i in key_order(writes) {
         let w = &writes[i];
         let version = new_version();
-        let applied: bool = match (&w.op, &w.precondition) {
-            (Op::Check, _) | (Op::Delete, Precondition::Absent) | (Op::Add { .. }, Precondition::Absent) => {
-                let row = sqlx::query(sql.select)
-                    .bind(w.namespace)
-                    .bind(&w.bucket)
-                    .bind(&w.key)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                let ok = match (&w.precondition, &row) {
-                    (Precondition::None, _) => true,
-                    (Precondition::Absent, r) => r.is_none(),
-                    (Precondition::Present, r) => r.is_some(),
-                    (Precondition::Version(v), Some(r)) => r.get::<i64, _>(1) == *v,
-                    (Precondition::Version(_), None) => false,
-                };
-                if ok && matches!(w.op, Op::Add { .. }) {
-                    // An absent counter is 0: create it.
+        let applied =
+            match (&w.op, &w.precondition) {
+                (Op::Check, _)
+                | (Op::Delete, Precondition::Absent)
+                | (Op::Add { .. }, Precondition::Absent) => {
+                    let row = select(w)?;
+                    let ok = match (&w.precondition, &row) {
+                        (Precondition::None, _) => true,
+                        (Precondition::Absent, r) => r.is_none(),
+                        (Precondition::Present, r) => r.is_some(),
+                        (Precondition::Version(v), Some(r)) => r.version == *v,
+                        (Precondition::Version(_), None) => false,
+                    };
                     match &w.op {
-                        Op::Add { delta, min, max } if (*min..=*max).contains(delta) => {
-                            sqlx::query(sql.insert_absent)
-                                .bind(w.namespace)
-                                .bind(&w.bucket)
-                                .bind(&w.key)
-                                .bind(delta.to_string().into_bytes())
-                                .bind(version)
-                                .execute(&mut *conn)
-                                .await?
-                                .rows_affected()
-                                == 1
+                        // An absent counter is 0: create it.
+                        Op::Add { delta, min, max } if ok => {
+                            (*min..=*max).contains(delta) && insert(w, delta.to_string().as_bytes(), version)?
                         }
-                        _ => false,
+                        _ => ok,
                     }
-                } else {
-                    ok
                 }
-            }
-            (Op::Put(value), pre) => {
-                let q = match pre {
-                    Precondition::None => sqlx::query(sql.upsert),
-                    Precondition::Absent => sqlx::query(sql.insert_absent),
-                    Precondition::Present => sqlx::query(sql.update_present),
-                    Precondition::Version(_) => sqlx::query(sql.update_version),
-                };
-                let mut q = q.bind(w.namespace).bind(&w.bucket).bind(&w.key).bind(value).bind(version);
-                if let Precondition::Version(v) = pre {
-                    q = q.bind(*v);
+                (Op::Put(value), pre) => {
+                    let n =
+                        match pre {
+                            Precondition::None => db.prepare_cached(sql.upsert)?.execute(params![
+                                w.namespace,
+                                w.bucket,
+                                w.key,
+                                value,
+                                version
+                            ])?,
+                            Precondition::Absent => usize::from(insert(w, value, version)?),
+                            Precondition::Present => db
+                                .prepare_cached(sql.update_present)?
+                                .execute(params![w.namespace, w.bucket, w.key, value, version])?,
+                            Precondition::Version(v) => db
+                                .prepare_cached(sql.update_version)?
+                                .execute(params![w.namespace, w.bucket, w.key, value, version, v])?,
+                        };
+                    n == 1 || (n > 0 && *pre == Precondition::None)
                 }
-                let n = q.execute(&mut *conn).await?.rows_affected();
-                n == 1 || (n > 0 && *pre == Precondition::None)
-            }
-            (Op::Delete, pre) => {
-                let q = match pre {
-                    Precondition::Version(v) => sqlx::query(sql.delete_version)
-                        .bind(w.namespace)
-                        .bind(&w.bucket)
-                        .bind(&w.key)
-                        .bind(*v),
-                    _ => sqlx::query(sql.delete).bind(w.namespace).bind(&w.bucket).bind(&w.key),
-                };
-                let n = q.execute(&mut *conn).await?.rows_affected();
-                n == 1 || *pre == Precondition::None
-            }
-            (Op::Add { delta, min, max }, pre) => {
-                let q = match pre {
-                    Precondition::Version(_) => sqlx::query(sql.add_version),
-                    _ => sqlx::query(sql.add),
-                };
-                let mut q = q
-                    .bind(w.namespace)
-                    .bind(&w.bucket)
-                    .bind(&w.key)
-                    .bind(*delta)
-                    .bind(version)
-                    .bind(*min)
-                    .bind(*max);
-                if let Precondition::Version(v) = pre {
-                    q = q.bind(*v);
+                (Op::Delete, pre) => {
+                    let n = match pre {
+                        Precondition::Version(v) => db
+                            .prepare_cached(sql.delete_version)?
+                            .execute(params![w.namespace, w.bucket, w.key, v])?,
+                        _ => db.prepare_cached(sql.delete)?.execute(params![w.namespace, w.bucket, w.key])?,
+                    };
+                    n == 1 || *pre == Precondition::None
                 }
-                let n = q.execute(&mut *conn).await?.rows_affected();
-                if n == 1 {
-                    true
-                } else if *pre == Precondition::None && (*min..=*max).contains(delta) {
-                    // Absent (= 0) and 0 + delta is within bounds: create it.
-                    sqlx::query(sql.insert_absent)
-                        .bind(w.namespace)
-                        .bind(&w.bucket)
-                        .bind(&w.key)
-                        .bind(delta.to_string().into_bytes())
-                        .bind(version)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected()
-                        == 1
-                } else {
-                    false
+                (Op::Add { delta, min, max }, pre) => {
+                    let n = match pre {
+                        Precondition::Version(v) => db.prepare_cached(sql.add_version)?.execute(params![
+                            w.namespace,
+                            w.bucket,
+                            w.key,
+                            delta,
+                            version,
+                            min,
+                            max,
+                            v
+                        ])?,
+                        _ => db.prepare_cached(sql.add)?.execute(params![
+                            w.namespace,
+                            w.bucket,
+                            w.key,
+                            delta,
+                            version,
+                            min,
+                            max
+                        ])?,
+                    };
+                    if n == 1 {
+                        true
+                    } else if *pre == Precondition::None && (*min..=*max).contains(delta) {
+                        // Absent (= 0) and 0 + delta is within bounds: create it.
+                        insert(w, delta.to_string().as_bytes(), version)?
+                    } else {
+                        false
+                    }
                 }
-            }
-        };
+            };
         if !applied {
-            let row = sqlx::query(sql.select)
-                .bind(w.namespace)
-                .bind(&w.bucket)
-                .bind(&w.key)
-                .fetch_optional(&mut *conn)
-                .await?
-                .map(|r| Versioned { value: r.get::<Vec<u8>, _>(0), version: r.get::<i64, _>(1) });
-            let (reason, current) = reason(w, row.as_ref());
-            failed = Some(Failed { index: i, reason, current });
-            break;
+            let (reason, current) = reason(w, select(w)?.as_ref());
+            return Ok(Err(Failed { index: i, reason, current }));
         }
         if matches!(w.op, Op::Put(_) | Op::Add { .. }) {
             versions[i] = version;
         }
     }
-    Ok(match failed {
-        Some(f) => Err(f),
-        None => Ok(versions),
-    })
+    Ok(Ok(versions))
 }
 
 /// Whether a database error is worth running the whole transaction again

@@ -228,7 +228,10 @@ async fn kill_9_during_deploys_leaves_no_half_deployed_component() {
             .header("content-type", "application/wasm")
             .body(bytes);
         let pending = tokio::spawn(deploy.send());
-        tokio::time::sleep(Duration::from_millis(round * 150)).await;
+        // Spread from "before the upload is read" to "well after it committed",
+        // also on a loaded machine (a debug build compiles the catalog in ~0.5 s).
+        const KILL_AFTER_MS: [u64; 7] = [0, 100, 250, 500, 1_000, 2_000, 4_000];
+        tokio::time::sleep(Duration::from_millis(KILL_AFTER_MS[round as usize])).await;
         p.kill9();
         let _ = pending.await;
     }
