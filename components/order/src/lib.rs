@@ -77,6 +77,9 @@ enum Stage {
     Paid,
     /// Captured.
     Done,
+    /// Given up: stock released and order removed, but an authorization may
+    /// exist (its outcome was unknown) and the void did not get through yet.
+    Voiding,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -100,6 +103,9 @@ struct Held {
     record: CheckoutRecord,
     version: u64,
     order: Order,
+    /// The version of `orders/<id>` this checkout last wrote or read: a
+    /// fulfilment or cancel in between is never overwritten.
+    order_version: u64,
 }
 
 /// How driving a checkout ended.
@@ -156,7 +162,7 @@ fn answer_for(key: &str, fingerprint: &str) -> Result<Option<Result<Order, Error
     }
     Ok(Some(match record.stage {
         Stage::Paid | Stage::Done => load(&record.order_id),
-        Stage::Reserved => Err(in_progress()),
+        Stage::Reserved | Stage::Voiding => Err(in_progress()),
     }))
 }
 
@@ -197,11 +203,18 @@ fn shortages(lines: &[ReservationLine]) -> Result<Vec<Shortage>, Error> {
 }
 
 /// Whether a payment answer leaves its outcome unknown (an authorization may
-/// exist): then compensation must void it first. A provider that answered
-/// (a decline, an error status) or could not be reached at all (refused
-/// connection) authorized nothing; only a call cut off in flight may have.
+/// exist): then compensation must void it. Certain: a decline, a refused
+/// request (invalid input, key reuse), or a request the payment component
+/// never sent (`provider-unavailable("not sent: …")`: refused connection,
+/// DNS, denied host). Everything else — a time-out, a 5xx, a 409 (the
+/// provider still working on the same key), a broken answer — may have
+/// authorized.
 fn in_doubt(e: &Error) -> bool {
-    matches!(e, Error::Timeout(_) | Error::ProviderTimeout(_) | Error::Storage(_))
+    match e {
+        Error::ProviderUnavailable(m) => !m.starts_with("not sent"),
+        Error::Timeout(_) | Error::ProviderTimeout(_) | Error::Storage(_) | Error::Conflict(_) => true,
+        _ => false,
+    }
 }
 
 /// The checkout up to T1; then [`drive`].
@@ -271,7 +284,7 @@ fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
             Err(e) => return Err(tx::error(e)),
         }
     };
-    let held = Held { key: key.clone(), record, version: versions[0], order };
+    let held = Held { key: key.clone(), record, version: versions[0], order, order_version: versions[2] };
     match drive(held, true) {
         Ended::Paid(order) => Ok(*order),
         Ended::Compensated(e) | Ended::Stuck(e) => Err(e),
@@ -279,23 +292,35 @@ fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
 }
 
 /// Give everything back: void the payment if `void`, release the holds,
-/// forget the checkout (one transaction, conditional on its version).
-fn compensate(held: &Held, void: bool, why: Error) -> Ended {
-    if void && let Err(e) = payment::void(&held.record.payment) {
-        mercato_kit::log_warn("checkout", &format!("void {}: {e:?}; recovery retries", held.record.order_id));
-        return Ended::Stuck(why);
+/// forget the checkout (one transaction, conditional on its version). If the
+/// void cannot get through, the stock and the order go back at once anyway
+/// and the record stays open as `voiding`, for recovery to void later.
+fn compensate(held: &mut Held, void: bool, why: Error) -> Ended {
+    let voided = !void || payment::void(&held.record.payment).is_ok();
+    if !voided {
+        mercato_kit::log_warn(
+            "checkout",
+            &format!("void {}: failed; recovery retries", held.record.order_id),
+        );
     }
     let release = match inventory::release(&held.record.reservation_id) {
         Ok(r) => r,
         Err(_) => return Ended::Stuck(why),
     };
-    let writes = [
-        tx::delete(CHECKOUTS, &held.key, Precondition::Version(held.version)),
-        tx::delete(OPEN, &held.key, Precondition::None),
-        tx::delete(ORDERS, &held.record.order_id, Precondition::None),
-    ];
+    let mut writes = vec![tx::delete(ORDERS, &held.record.order_id, Precondition::None)];
+    if voided {
+        writes.push(tx::delete(CHECKOUTS, &held.key, Precondition::Version(held.version)));
+        writes.push(tx::delete(OPEN, &held.key, Precondition::None));
+    } else {
+        held.record.stage = Stage::Voiding;
+        match tx::put(CHECKOUTS, &held.key, &held.record, Precondition::Version(held.version)) {
+            Ok(w) => writes.push(w),
+            Err(e) => return Ended::Stuck(e),
+        }
+    }
     match tx::commit(&writes, &[release]) {
-        Ok(_) => Ended::Compensated(why),
+        Ok(_) if voided => Ended::Compensated(why),
+        Ok(_) => Ended::Stuck(why),
         Err(e) => {
             mercato_kit::log_warn("checkout", &format!("compensate {}: {e:?}", held.record.order_id));
             Ended::Stuck(why)
@@ -307,16 +332,20 @@ fn compensate(held: &Held, void: bool, why: Error) -> Ended {
 /// compensation. `may_authorize`: false once its TTL has passed (recovery
 /// then voids instead of finishing).
 fn drive(mut held: Held, may_authorize: bool) -> Ended {
+    if held.record.stage == Stage::Voiding {
+        let why = Error::PaymentDeclined("the checkout was given up".into());
+        return compensate(&mut held, true, why);
+    }
     if held.record.stage == Stage::Reserved {
         if !may_authorize {
             let why = Error::PaymentDeclined("the checkout expired before its payment was confirmed".into());
-            return compensate(&held, true, why);
+            return compensate(&mut held, true, why);
         }
         let authorized = match payment::authorize(&held.record.payment) {
             Ok(p) => p,
             Err(e) => {
                 let void = in_doubt(&e);
-                return compensate(&held, void, e);
+                return compensate(&mut held, void, e);
             }
         };
         let taken = match inventory::commit(&held.record.reservation_id) {
@@ -332,7 +361,7 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
         };
         writes.extend(index_writes(&held.order));
         match tx::commit(&writes, &[taken]) {
-            Ok(v) => held.version = v[0],
+            Ok(v) => (held.version, held.order_version) = (v[0], v[1]),
             Err(TxError::Failed(f)) if f.index == 0 => return Ended::Stuck(in_progress()),
             Err(e) => return Ended::Stuck(tx::error(e)),
         }
@@ -340,6 +369,11 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
     if held.record.stage == Stage::Paid {
         match payment::capture(&held.order.payment.id, &held.record.payment.idempotency_key) {
             Ok(captured) => held.order.payment.status = captured.status,
+            // It can never be captured (refunded or voided since: the order
+            // was cancelled meanwhile): nothing is left to do but finish.
+            Err(Error::Conflict(m)) => {
+                mercato_kit::log_warn("checkout", &format!("capture {}: {m}; finishing", held.order.id));
+            }
             // Paid and held at the provider: recovery captures it later.
             Err(e) => {
                 mercato_kit::log_warn(
@@ -350,16 +384,7 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
             }
         }
         held.record.stage = Stage::Done;
-        let finished = format!("{:013}-{}", mercato_kit::now_ms(), held.key);
-        let writes = match (paid_writes(&held), tx::put(DONE, &finished, &held.key, Precondition::None)) {
-            (Ok(mut w), Ok(done)) => {
-                w.push(tx::delete(OPEN, &held.key, Precondition::None));
-                w.push(done);
-                w
-            }
-            _ => return Ended::Paid(Box::new(held.order)),
-        };
-        if let Err(e) = tx::commit(&writes, &[]) {
+        if let Err(e) = finish(&mut held) {
             mercato_kit::log_warn(
                 "checkout",
                 &format!("finish {}: {e:?}; recovery finishes it", held.order.id),
@@ -369,11 +394,40 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
     Ended::Paid(Box::new(held.order))
 }
 
+/// T3: the record `done`, the `open` entry gone, a `done` index entry, and
+/// the captured status on the order — as a change of the order as it is now
+/// (a merchant may have fulfilled it, an operator cancelled it, since).
+fn finish(held: &mut Held) -> Result<(), Error> {
+    let captured = held.order.payment.status;
+    let finished = format!("{:013}-{}", mercato_kit::now_ms(), held.key);
+    for _ in 0..mercato_kit::kv::MAX_CAS_RETRIES {
+        let writes = [
+            tx::put(CHECKOUTS, &held.key, &held.record, Precondition::Version(held.version))?,
+            tx::delete(OPEN, &held.key, Precondition::None),
+            tx::put(DONE, &finished, &held.key, Precondition::None)?,
+            tx::put(ORDERS, &held.order.id, &held.order, Precondition::Version(held.order_version))?,
+        ];
+        match tx::commit(&writes, &[]) {
+            Ok(_) => return Ok(()),
+            Err(TxError::Failed(f)) if f.index == 3 => {
+                let (mut now, version) = tx::read_one::<Order>(ORDERS, &held.order.id)?
+                    .ok_or_else(|| not_found(&held.order.id))?;
+                if now.payment.status == PaymentStatus::Authorized {
+                    now.payment.status = captured;
+                }
+                (held.order, held.order_version) = (now, version);
+            }
+            Err(e) => return Err(tx::error(e)),
+        }
+    }
+    Err(Error::Conflict(format!("order {} kept changing", held.order.id)))
+}
+
 /// The record at its new stage (conditional on the version held) and the order.
 fn paid_writes(held: &Held) -> Result<Vec<Write>, Error> {
     Ok(vec![
         tx::put(CHECKOUTS, &held.key, &held.record, Precondition::Version(held.version))?,
-        tx::put(ORDERS, &held.order.id, &held.order, Precondition::Present)?,
+        tx::put(ORDERS, &held.order.id, &held.order, Precondition::Version(held.order_version))?,
     ])
 }
 
@@ -420,6 +474,24 @@ fn prune_done(cutoff: u64) -> Result<u32, Error> {
     }
 }
 
+/// An order shell for a `voiding` checkout, whose order was removed.
+fn placeholder(record: &CheckoutRecord) -> Order {
+    let none = mercato_kit::types::Money { amount: 0, currency: record.payment.amount.currency.clone() };
+    Order {
+        id: record.order_id.clone(),
+        status: OrderStatus::PendingPayment,
+        email: String::new(),
+        currency: none.currency.clone(),
+        lines: Vec::new(),
+        subtotal: none.clone(),
+        discount_total: none.clone(),
+        total: none.clone(),
+        payment: Payment { id: String::new(), status: PaymentStatus::Pending, amount: none },
+        created_at: record.created_at,
+        provenance: Vec::new(),
+    }
+}
+
 /// One pass of recovery over the open checkouts.
 fn recover_open(now: u64, lease_ms: u64) -> Result<RecoveryReport, Error> {
     let mut report = RecoveryReport { finished: 0, compensated: 0, deferred: 0, pruned: 0 };
@@ -453,15 +525,17 @@ fn recover_open(now: u64, lease_ms: u64) -> Result<RecoveryReport, Error> {
                 continue;
             };
             let Ok(versions) = tx::commit(&[claim], &[]) else { continue };
-            let order = match load(&claimed.order_id) {
-                Ok(o) => o,
-                Err(_) => {
+            // A `voiding` checkout's order is already gone.
+            let (order, order_version) = match tx::read_one::<Order>(ORDERS, &claimed.order_id) {
+                Ok(Some(found)) => found,
+                Ok(None) if claimed.stage == Stage::Voiding => (placeholder(&claimed), 0),
+                _ => {
                     report.deferred += 1;
                     continue;
                 }
             };
             let may_authorize = now < claimed.created_at.saturating_add(claimed.ttl_ms);
-            let held = Held { key: key.clone(), record: claimed, version: versions[0], order };
+            let held = Held { key: key.clone(), record: claimed, version: versions[0], order, order_version };
             match drive(held, may_authorize) {
                 Ended::Paid(_) => report.finished += 1,
                 Ended::Compensated(_) => report.compensated += 1,

@@ -151,7 +151,9 @@ impl Guest for PaymentComponent {
         validate(&request)?;
         if let Some(provider) = provider::Provider::configured()? {
             if tx::read_one::<u64>(VOIDED, &request.idempotency_key)?.is_some() {
-                return Err(canceled());
+                // Voided before: make sure the void went through (it may have
+                // been cut off after the tombstone), then answer canceled.
+                return provider.void(&request).and_then(|_| Err(canceled()));
             }
             return provider.authorize(&request);
         }

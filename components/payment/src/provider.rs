@@ -173,8 +173,8 @@ impl Provider {
     pub fn void(&self, request: &PaymentRequest) -> Result<Payment, Error> {
         let intent = match self.authorize(request) {
             Ok(p) => p,
-            // Declined or already canceled: nothing is held.
-            Err(Error::PaymentDeclined(_)) => {
+            // Declined, refused as invalid, or already canceled: nothing is held.
+            Err(Error::PaymentDeclined(_) | Error::InvalidInput(_)) => {
                 return Ok(Payment {
                     id: String::new(),
                     status: PaymentStatus::Voided,
@@ -253,6 +253,10 @@ pub fn interpret(status: u16, json: &Value, amount: &Money) -> Result<Payment, E
     }
 }
 
+/// A transport failure. Those that happen before the request can have left
+/// (no connection, no name, a host the policy denies, a failed TLS
+/// handshake) say `not sent:` — nothing can have been authorized; the others
+/// leave the outcome unknown.
 fn transport(code: ErrorCode) -> Error {
     match code {
         ErrorCode::ConnectionTimeout
@@ -260,6 +264,16 @@ fn transport(code: ErrorCode) -> Error {
         | ErrorCode::ConnectionWriteTimeout
         | ErrorCode::HttpResponseTimeout
         | ErrorCode::DnsTimeout => Error::ProviderTimeout(format!("{code:?}")),
+        ErrorCode::ConnectionRefused
+        | ErrorCode::DnsError(_)
+        | ErrorCode::DestinationNotFound
+        | ErrorCode::DestinationUnavailable
+        | ErrorCode::DestinationIpProhibited
+        | ErrorCode::DestinationIpUnroutable
+        | ErrorCode::HttpRequestDenied
+        | ErrorCode::TlsProtocolError
+        | ErrorCode::TlsCertificateError
+        | ErrorCode::TlsAlertReceived(_) => unavailable(format!("not sent: {code:?}")),
         other => unavailable(format!("{other:?}")),
     }
 }

@@ -396,3 +396,44 @@ async fn finished_checkouts_are_pruned_after_their_retention() {
     assert_eq!(status, 201, "{second}");
     assert_ne!(second["id"], first["id"], "after its retention the key is free again");
 }
+
+/// A checkout cut off between its capture and T3 is finished by recovery —
+/// without overwriting what happened to the order meanwhile: an operator's
+/// cancel (refund + restock) stays, so a second cancel cannot restock twice.
+async fn recovery_never_overwrites_a_cancel(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.inject_trap = Some("order:payment.call_capture#1".to_string());
+        c.checkout.sweep_interval_ms = 100;
+        c.components.deadline_ms = 1_000;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_with_stock("MUG", 1999, 10)).await;
+    let cart = cart_with(&app, &[("MUG".to_string(), 3)]).await;
+    let (status, body) = send(
+        app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+            .header("Idempotency-Key", "cut-after-capture")
+            .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}})),
+    )
+    .await;
+    assert_error(&(status, body), 500, "component_fault");
+    let orders = bucket(&app, "order", "orders").await;
+    assert_eq!(orders.len(), 1);
+    let id = s(&orders[0].1["id"]);
+    // Before recovery takes it over (its lease runs 2 s), the operator cancels.
+    let cancel = || app.request(Method::POST, &format!("/v1/orders/{id}/cancel")).bearer_auth(ADMIN_TOKEN);
+    let (status, cancelled) = send(cancel()).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(level(&app, &token, "MUG").await, (10, 0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bucket(&app, "order", "open").await.is_empty() {
+        assert!(Instant::now() < deadline, "recovery never finished the checkout");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, order) = app.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert_eq!(order["payment"]["status"], "refunded", "{order}");
+    assert_error(&send(cancel()).await, 409, "conflict");
+    assert_eq!(level(&app, &token, "MUG").await, (10, 0), "restocked once");
+}
+both_backends!(recovery_keeps_a_cancel, recovery_never_overwrites_a_cancel);

@@ -29,6 +29,8 @@ struct Ledger {
     intents: HashMap<String, String>,
     refunds: usize,
     delay: Option<Duration>,
+    /// Extra time a capture takes.
+    capture_delay: Option<Duration>,
     fail: bool,
     refunds_fail: bool,
 }
@@ -99,7 +101,7 @@ async fn settle(
     State(fake): State<Fake>,
     Path((id, action)): Path<(String, String)>,
 ) -> (StatusCode, Json<Value>) {
-    let delay = fake.with(|l| l.delay);
+    let delay = fake.with(|l| if action == "capture" { l.capture_delay.or(l.delay) } else { l.delay });
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
@@ -153,6 +155,7 @@ async fn shop_with_provider(url: String, timeout_ms: u64) -> (TestApp, String, S
         c.payment.secret_key = Some(mercato::config::Secret(SECRET.into()));
         c.payment.timeout_ms = timeout_ms;
         c.components.max_instances = 1_000;
+        c.checkout.sweep_interval_ms = 100;
     })
     .await;
     let (_, token) = app.merchant("Shop").await;
@@ -220,12 +223,26 @@ async fn provider_decline_failure_and_timeout_release_the_stock() {
     assert_eq!(declined.1["error"]["message"], "Your card was declined.");
     assert_eq!(on_hand(&app, &token).await, (10, 0));
 
+    // A 5xx leaves the outcome unknown (the provider may have authorized):
+    // the stock comes back and the order goes at once, the void follows as
+    // soon as the provider answers again (recovery).
     fake.with(|l| l.fail = true);
     assert_error(&send(checkout_req(&app, &cart, "f", "tok_visa")).await, 502, "payment_provider_error");
     assert_eq!(on_hand(&app, &token).await, (10, 0));
+    fake.with(|l| l.fail = false);
 
-    assert_eq!(app.db.kv_count("order").await.expect("count"), 0, "no order, no key kept");
-    assert_eq!(fake.with(|l| l.charges), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.db.kv_count("order").await.expect("count") != 0 {
+        assert!(std::time::Instant::now() < deadline, "the checkout was never voided and forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(on_hand(&app, &token).await, (10, 0));
+    // Nothing was ever taken or left held: any authorization is canceled.
+    assert!(
+        fake.with(|l| l.intents.values().all(|s| s == "canceled")),
+        "{:?}",
+        fake.with(|l| l.intents.clone())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,4 +331,53 @@ async fn late_provider_within_ttl_finishes_the_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_provider_past_ttl_voids_the_authorization() {
     late_answer_ends_paid_or_voided(1_500).await;
+}
+
+/// An operator cancels an order while its checkout is still capturing (a slow
+/// provider): when the capture returns, the checkout finishes without
+/// writing its stale copy over the cancel — so the order stays cancelled and
+/// refunded, and a second cancel cannot refund and restock twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_capture_is_kept() {
+    let (fake, addr) = start_fake().await;
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.payment.provider_url = Some(format!("http://{addr}"));
+        c.payment.secret_key = Some(mercato::config::Secret(SECRET.into()));
+        c.components.deadline_ms = 10_000;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
+    let cart = app.cart("EUR").await;
+    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "MUG", "quantity": 2})).await;
+    fake.with(|l| l.capture_delay = Some(Duration::from_millis(1_500)));
+    let checkout = tokio::spawn(send(checkout_req(&app, &cart, "slow-capture", "tok_visa")));
+    // Wait until the order is paid (T2), i.e. the capture is under way.
+    let scope = mercato::storage::kv::Scope { namespace: "order", bucket: "orders" };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (keys, _) = app.db.kv_list(scope, None).await.expect("orders");
+        if let Some(key) = keys.first() {
+            let (_, order) = app.get(&format!("/v1/orders/{key}")).await;
+            if order["status"] == "paid" {
+                break key.clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the order was never paid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cancel = || app.request(Method::POST, &format!("/v1/orders/{id}/cancel")).bearer_auth(ADMIN_TOKEN);
+    let (status, cancelled) = send(cancel()).await;
+    assert_eq!(status, 200, "{cancelled}");
+    let (status, answer) = checkout.await.expect("checkout");
+    assert_eq!(status, 201, "{answer}");
+    let (_, order) = app.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(
+        (order["status"].as_str(), order["payment"]["status"].as_str()),
+        (Some("cancelled"), Some("refunded")),
+        "{order}"
+    );
+    assert_error(&send(cancel()).await, 409, "conflict");
+    assert_eq!(on_hand(&app, &token).await, (10, 0), "restocked once");
+    assert_eq!(fake.with(|l| l.refunds), 1, "refunded once");
 }
