@@ -149,13 +149,16 @@ async fn start_fake() -> (Fake, SocketAddr) {
     (fake, addr)
 }
 
-async fn shop_with_provider(url: String, timeout_ms: u64) -> (TestApp, String, String) {
+/// A shop whose payments go to the provider at `url`, with `tweak` on top, and
+/// a cart of 2 × MUG (10 in stock): (app, merchant token, cart).
+async fn provider_shop(
+    url: String,
+    tweak: impl FnOnce(&mut mercato::config::Config),
+) -> (TestApp, String, String) {
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.payment.provider_url = Some(url);
         c.payment.secret_key = Some(mercato::config::Secret(SECRET.into()));
-        c.payment.timeout_ms = timeout_ms;
-        c.components.max_instances = 1_000;
-        c.checkout.sweep_interval_ms = 100;
+        tweak(c);
     })
     .await;
     let (_, token) = app.merchant("Shop").await;
@@ -163,6 +166,15 @@ async fn shop_with_provider(url: String, timeout_ms: u64) -> (TestApp, String, S
     let cart = app.cart("EUR").await;
     app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "MUG", "quantity": 2})).await;
     (app, token, cart)
+}
+
+async fn shop_with_provider(url: String, timeout_ms: u64) -> (TestApp, String, String) {
+    provider_shop(url, |c| {
+        c.payment.timeout_ms = timeout_ms;
+        c.components.max_instances = 1_000;
+        c.checkout.sweep_interval_ms = 100;
+    })
+    .await
 }
 
 fn checkout_req(app: &TestApp, cart: &str, key: &str, token: &str) -> reqwest::RequestBuilder {
@@ -263,19 +275,13 @@ async fn provider_down_is_a_502_and_nothing_is_kept() {
 /// Either way nothing is left held, and the retry gets that outcome.
 async fn late_answer_ends_paid_or_voided(ttl_ms: u64) {
     let (fake, addr) = start_fake().await;
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.payment.provider_url = Some(format!("http://{addr}"));
-        c.payment.secret_key = Some(mercato::config::Secret(SECRET.into()));
+    let (app, token, cart) = provider_shop(format!("http://{addr}"), |c| {
         c.payment.timeout_ms = 10_000;
         c.components.deadline_ms = 1_000;
         c.checkout.reservation_ttl_ms = ttl_ms;
         c.checkout.sweep_interval_ms = 100;
     })
     .await;
-    let (_, token) = app.merchant("Shop").await;
-    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
-    let cart = app.cart("EUR").await;
-    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "MUG", "quantity": 2})).await;
 
     fake.with(|l| l.delay = Some(Duration::from_secs(2)));
     let started = std::time::Instant::now();
@@ -340,16 +346,8 @@ async fn late_provider_past_ttl_voids_the_authorization() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_capture_is_kept() {
     let (fake, addr) = start_fake().await;
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.payment.provider_url = Some(format!("http://{addr}"));
-        c.payment.secret_key = Some(mercato::config::Secret(SECRET.into()));
-        c.components.deadline_ms = 10_000;
-    })
-    .await;
-    let (_, token) = app.merchant("Shop").await;
-    app.product(&token, product_body("Mug", &["MUG"], 1999, "EUR")).await;
-    let cart = app.cart("EUR").await;
-    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "MUG", "quantity": 2})).await;
+    let (app, token, cart) =
+        provider_shop(format!("http://{addr}"), |c| c.components.deadline_ms = 10_000).await;
     fake.with(|l| l.capture_delay = Some(Duration::from_millis(1_500)));
     let checkout = tokio::spawn(send(checkout_req(&app, &cart, "slow-capture", "tok_visa")));
     // Wait until the order is paid (T2), i.e. the capture is under way.
