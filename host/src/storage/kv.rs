@@ -49,6 +49,18 @@ fn check_batch(n: usize) -> Result<()> {
 
 impl Db {
     pub async fn kv_get(&self, s: Scope<'_>, key: &str) -> Result<Option<Versioned>> {
+        if let Db::Sqlite { readers: Some(readers), .. } = self {
+            return readers.with(|c| {
+                use rusqlite::OptionalExtension;
+                c.prepare_cached(
+                    "SELECT value, version FROM kv WHERE namespace = ?1 AND bucket = ?2 AND key = ?3",
+                )?
+                .query_row(rusqlite::params![s.namespace, s.bucket, key], |r| {
+                    Ok(Versioned { value: r.get(0)?, version: r.get(1)? })
+                })
+                .optional()
+            });
+        }
         Ok(with_query!(
             read,
             self,
@@ -192,6 +204,17 @@ impl Db {
         for chunk in keys.chunks(CHUNK) {
             let rows: Vec<(String, Vec<u8>)> =
                 match self {
+                    Db::Sqlite { readers: Some(readers), .. } => readers.with(|c| {
+                        let mut q = c.prepare_cached(
+                            "SELECT key, value FROM kv WHERE namespace = ?1 AND bucket = ?2 \
+                             AND key IN (SELECT value FROM json_each(?3))",
+                        )?;
+                        let rows = q
+                            .query_map(rusqlite::params![s.namespace, s.bucket, json_array(chunk)], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })?;
+                        rows.collect::<rusqlite::Result<Vec<_>>>()
+                    })?,
                     Db::Sqlite { read, .. } => {
                         // One fixed statement, prepared once per connection: the
                         // keys travel as a JSON array.

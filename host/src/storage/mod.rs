@@ -70,6 +70,7 @@ pub mod components;
 pub mod group;
 pub mod kv;
 pub mod plugins;
+pub mod readers;
 pub mod tx;
 
 use std::path::Path;
@@ -100,7 +101,12 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// A connected, migrated database.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite { read: SqlitePool, write: SqlitePool, group: group::GroupWriter },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+        group: group::GroupWriter,
+        readers: Option<std::sync::Arc<readers::Readers>>,
+    },
     Postgres(PgPool),
 }
 
@@ -139,6 +145,7 @@ impl Db {
     }
 
     async fn sqlite(options: SqliteConnectOptions) -> Result<Db> {
+        let path = options.get_filename().to_path_buf();
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -158,7 +165,10 @@ impl Db {
             .connect_with(options.read_only(true))
             .await?;
         let group = group::GroupWriter::start(write.clone());
-        Ok(Db::Sqlite { read, write, group })
+        // A file database gets in-place readers; an in-memory one cannot share them.
+        let on_disk = !path.as_os_str().is_empty() && path != std::path::Path::new(":memory:");
+        let readers = on_disk.then(|| std::sync::Arc::new(readers::Readers::new(path)));
+        Ok(Db::Sqlite { read, write, group, readers })
     }
 
     async fn migrate(&self) -> Result<()> {

@@ -403,6 +403,17 @@ impl Db {
             return Ok(Vec::new());
         }
         let rows: Vec<(String, Vec<u8>, i64)> = match self {
+            Db::Sqlite { readers: Some(readers), .. } => readers.with(|c| {
+                let mut q = c.prepare_cached(
+                    "SELECT key, value, version FROM kv WHERE namespace = ?1 AND bucket = ?2 \
+                     AND key IN (SELECT value FROM json_each(?3))",
+                )?;
+                let json = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
+                let rows = q.query_map(rusqlite::params![namespace, bucket, json], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })?,
             Db::Sqlite { read, .. } => {
                 sqlx::query_as(
                     "SELECT key, value, version FROM kv WHERE namespace = ? AND bucket = ? \
