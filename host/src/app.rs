@@ -138,8 +138,6 @@ impl App {
         crate::http::app(self.state.clone())
     }
 
-    /// Serve on `listener` until `shutdown` resolves, then finish in-flight
-    /// requests and close the database.
     /// Start the background work: checkout recovery, following
     /// deploys made elsewhere, watched registry tags.
     fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {

@@ -145,13 +145,12 @@ impl Host for Ctx {
         };
         {
             let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            // All known before any is taken: a bad token leaves the others usable.
+            if !staged.iter().all(|t| staging.tokens.contains_key(t)) {
+                return Ok(Err(invalid("unknown staged token (each is used once, in its request)")));
+            }
             for token in &staged {
-                match staging.tokens.remove(token) {
-                    Some(writes) => all.extend(writes),
-                    None => {
-                        return Ok(Err(invalid("unknown staged token (each is used once, in its request)")));
-                    }
-                }
+                all.extend(staging.tokens.remove(token).unwrap_or_default());
             }
         }
         // The commit runs on its own task: a deadline that fires while it is

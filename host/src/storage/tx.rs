@@ -97,7 +97,8 @@ fn reason(write: &Write, row: Option<&Versioned>) -> (Reason, Option<i64>) {
             None => (Reason::OutOfBounds, Some(0)),
         };
     }
-    // The row changed between the write and this read (PostgreSQL only).
+    // Not reached for writes that can fail only by their precondition or bound;
+    // kept as the answer for a row that changed under a conditional update.
     (Reason::VersionMismatch, None)
 }
 
