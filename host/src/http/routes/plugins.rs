@@ -1,9 +1,8 @@
 //! Merchant: `PUT|GET|DELETE /v1/merchant/pricing-plugin`. Operator:
 //! `GET|PUT /v1/admin/merchants/{id}/plugin-limits`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::put;
 use axum::{Json, Router};
@@ -17,12 +16,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/merchant/pricing-plugin",
-            put(upload)
-                .get(show)
-                .delete(remove)
-                // The per-merchant size budget is checked after reading; this
-                // is only the ceiling an operator can raise it to.
-                .layer(DefaultBodyLimit::max(CEILING.binary_bytes as usize)),
+            // The body is read against the merchant's own size budget as it
+            // streams (see `read_plugin`), not buffered up to a global limit.
+            put(upload).get(show).delete(remove),
         )
         .route("/v1/admin/merchants/{id}/plugin-limits", put(set_limits).get(get_limits))
 }
@@ -35,7 +31,7 @@ async fn upload(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     if extract::media_type(&headers) != "application/wasm" {
         return Err(ApiError::new(
@@ -44,18 +40,55 @@ async fn upload(
             "send the plugin as Content-Type: application/wasm",
         ));
     }
-    let bytes = extract::upload_body(body, "a plugin", CEILING.binary_bytes as usize)?;
+    let plugins = state.runtime.plugins();
+    let limit =
+        plugins.limits(&merchant).await.map_err(ApiError::internal)?.binary_bytes.min(CEILING.binary_bytes);
+    let bytes = read_plugin(&headers, body, limit).await?;
     if bytes.is_empty() {
         return Err(invalid_plugin("the body is empty; send the plugin's .wasm file"));
     }
-    match state.runtime.plugins().upload(&merchant, bytes.to_vec()).await {
+    match plugins.upload(&merchant, bytes).await {
         Ok(info) => Ok(Json(json!({ "digest": info.digest, "status": info.status }))),
         Err(UploadError::Invalid(message)) => {
             tracing::info!(%merchant, %message, "plugin upload refused");
             Err(invalid_plugin(message))
         }
+        Err(UploadError::Busy(message)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message))
+        }
         Err(UploadError::Storage(e)) => Err(ApiError::internal(e)),
         Err(UploadError::Internal(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+/// Read an upload of at most `limit` bytes (the merchant's `binary_bytes`):
+/// a declared `Content-Length` over it is refused before reading, and a
+/// body that streams past it is refused at the first byte too many.
+async fn read_plugin(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let too_large = |size: Option<u64>| {
+        let size = size.map(|s| format!("{s} bytes")).unwrap_or_else(|| "larger".to_string());
+        invalid_plugin(format!(
+            "the plugin is {size}, over this merchant's limit of {limit} bytes (binary_bytes); \
+             the operator can raise it with PUT /v1/admin/merchants/{{id}}/plugin-limits"
+        ))
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&s| s > limit) {
+        return Err(too_large(Some(size)));
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("could not read the body: {e}"),
+        )),
     }
 }
 

@@ -79,6 +79,48 @@ impl Guest for Zoo {
         {
             return Ok(vec![discount(FOREIGN_SKU, 1, &cart.currency)]);
         }
+        #[cfg(feature = "sleep")]
+        {
+            // Far past any deadline; then it would even give a discount.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            let (sku, _) = first(&cart);
+            return Ok(vec![discount(sku, 1, &cart.currency)]);
+        }
+        #[cfg(feature = "nap")]
+        {
+            // A short wait within the deadline: it ends at once in host
+            // time, and the plugin's clock says it slept.
+            let started = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let slept = started.elapsed();
+            println!("nap: slept {} µs", slept.as_micros());
+            let (sku, _) = first(&cart);
+            return Ok(vec![discount(sku, slept.as_millis() as i64, &cart.currency)]);
+        }
+        #[cfg(feature = "poll")]
+        loop {
+            // wasi-libc's poll(2) with no descriptors and a timeout of ~24
+            // days: a wasi:io/poll wait on a clock subscription.
+            // SAFETY: no descriptors are passed (null with a count of zero).
+            unsafe { libc::poll(std::ptr::null_mut(), 0, i32::MAX) };
+        }
+        #[cfg(feature = "sockets")]
+        {
+            use std::net::{TcpStream, ToSocketAddrs};
+            let lookup = "example.com:443".to_socket_addrs().map(|_| ()).map_err(|e| e.to_string());
+            let connect = TcpStream::connect("127.0.0.1:5432").map(|_| ()).map_err(|e| e.to_string());
+            println!("sockets: lookup {lookup:?}, connect {connect:?}");
+            return Err(format!("no network: lookup {lookup:?}, connect {connect:?}"));
+        }
+        #[cfg(feature = "stdout-flood")]
+        {
+            use std::io::Write;
+            let chunk = [b'x'; 64 * 1024];
+            let mut out = std::io::stdout();
+            loop {
+                let _ = out.write_all(&chunk);
+            }
+        }
         Ok(Vec::new())
     }
 }
