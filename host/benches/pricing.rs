@@ -6,6 +6,12 @@
 //!   fresh sandboxed instance, the run and the output checks),
 //!
 //! without and with the plugin. Prints medians and the overhead ratios.
+//!
+//! Then, per language, the pricing engine alone at 1/10/100 lines for the
+//! Rust, JavaScript (componentize-js, built with `npm ci`) and Python
+//! (componentize-py) examples, with the limits the README lists for each;
+//! and a cart read of a merchant whose plugin sleeps 30 s, next to its
+//! plugin deadline (a plugin's clock is virtual: it must not take the sleep).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -131,5 +137,156 @@ async fn main() {
             )
         };
         println!("{n:>6} {:>34} {:>34}", fmt(&http), fmt(&engine));
+    }
+
+    languages(&host).await;
+    sleeping(&host).await;
+}
+
+async fn upload(host: &common::Host, token: &str, wasm: Vec<u8>) -> String {
+    let (status, body) = send(
+        host.client
+            .put(format!("{}/v1/merchant/pricing-plugin", host.base))
+            .bearer_auth(token)
+            .header("content-type", "application/wasm")
+            .body(wasm),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["digest"].as_str().unwrap().to_string()
+}
+
+async fn set_limits(host: &common::Host, merchant: &str, limits: serde_json::Value) {
+    let (status, body) = send(
+        host.client
+            .put(format!("{}/v1/admin/merchants/{merchant}/plugin-limits", host.base))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&limits),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn example(name: &str, program: &str, args: &[&str], out: &str) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins").join(name);
+    if name == "js-volume" && !dir.join("node_modules/@bytecodealliance/componentize-js").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm");
+        assert!(status.success());
+    }
+    let status =
+        std::process::Command::new(program).args(args).arg(out).current_dir(&dir).status().expect(program);
+    assert!(status.success(), "{program} {args:?}");
+    std::fs::read(out).unwrap()
+}
+
+/// The pricing engine alone, per language, at 1/10/100 lines.
+async fn languages(host: &common::Host) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = |f: &str| tmp.path().join(f).to_str().unwrap().to_string();
+    let rust = std::fs::read(
+        std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("plugin-bundles.wasm"),
+    )
+    .unwrap();
+    let js = example("js-volume", "node", &["build.mjs"], &out("js.wasm"));
+    let py = example("py-multibuy", "./build.sh", &[], &out("py.wasm"));
+    let plugins = [
+        ("Rust", rust, json!({})),
+        ("JavaScript", js, json!({"binary_bytes": 16 << 20, "memory_bytes": 32 << 20})),
+        ("Python", py, json!({"binary_bytes": 24 << 20, "memory_bytes": 32 << 20})),
+    ];
+    println!();
+    println!("pricing engine alone, per plugin language (medians; bytes, upload = validate + compile)");
+    println!(
+        "{:>11} {:>10} {:>9} {:>11} {:>11} {:>11}",
+        "language", "bytes", "upload", "1 line", "10 lines", "100 lines"
+    );
+    for (language, wasm, limits) in plugins {
+        let (merchant, token) = host.merchant(language).await;
+        set_limits(host, &merchant, limits).await;
+        let size = wasm.len();
+        let started = Instant::now();
+        upload(host, &token, wasm).await;
+        let upload_took = started.elapsed();
+        let mut cells = Vec::new();
+        for n in SIZES {
+            // 6 units a line: every example discounts (bundles: buy 3 pay 2;
+            // volume: 5+; multibuy: 3+ lines; one line alone gets none there).
+            let lines: Vec<PricedLine> = (0..n)
+                .map(|i| PricedLine {
+                    sku: format!("{language}-{i}"),
+                    product_id: format!("p{i}"),
+                    merchant_id: merchant.clone(),
+                    quantity: 6,
+                    unit_price: Money { amount: 1000 + i as i64, currency: "EUR".into() },
+                })
+                .collect();
+            let plugins = host.runtime.plugins().clone();
+            let probe = plugins.adjust("EUR", &lines, Instant::now() + Duration::from_secs(5)).await.unwrap();
+            assert!(
+                !probe.is_empty() || (language == "Python" && n < 3),
+                "{language} at {n} lines gave nothing"
+            );
+            let iterations = if n == 100 { 50 } else { 200 };
+            let median = time(iterations, || async {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                plugins.adjust("EUR", &lines, deadline).await.unwrap();
+            })
+            .await;
+            cells.push(format!("{:>8.0} µs", median.as_secs_f64() * 1e6));
+        }
+        println!(
+            "{language:>11} {size:>10} {:>7.1} s {:>11} {:>11} {:>11}",
+            upload_took.as_secs_f64(),
+            cells[0],
+            cells[1],
+            cells[2]
+        );
+    }
+}
+
+/// A cart read whose merchant's plugin sleeps 30 s: it must take about
+/// nothing (the wait is virtual and past the deadline), not the sleep.
+async fn sleeping(host: &common::Host) {
+    let (merchant, token) = host.merchant("sleepy").await;
+    let body = json!({"title": "zz", "variants": [{"sku": "ZZ-1", "price": {"amount": 1000, "currency": "EUR"}, "stock": 10}]});
+    let (status, _) =
+        send(host.client.post(format!("{}/v1/merchant/products", host.base)).bearer_auth(&token).json(&body))
+            .await;
+    assert_eq!(status, 201);
+    let sleeper = std::fs::read(
+        std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("zoo-sleep.wasm"),
+    )
+    .unwrap();
+    upload(host, &token, sleeper).await;
+    let (_, cart) =
+        send(host.client.post(format!("{}/v1/carts", host.base)).json(&json!({"currency": "EUR"}))).await;
+    let id = cart["id"].as_str().unwrap().to_string();
+    let (status, _) = send(
+        host.client
+            .post(format!("{}/v1/carts/{id}/items", host.base))
+            .json(&json!({"sku": "ZZ-1", "quantity": 1})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    println!();
+    println!("a cart read whose merchant's plugin sleeps 30 s (medians)");
+    for deadline_ms in [100u64, 1000] {
+        set_limits(host, &merchant, json!({"deadline_ms": deadline_ms})).await;
+        let url = format!("{}/v1/carts/{id}", host.base);
+        let median = time(100, || async {
+            let (status, cart) = send(host.client.get(&url)).await;
+            assert_eq!(status, 200);
+            assert_eq!(cart["discount_total"]["amount"], 0, "the sleeper's discount is dropped");
+        })
+        .await;
+        println!(
+            "  plugin deadline {deadline_ms:>5} ms: cart read {:>8.2} ms ({:.3}× the deadline)",
+            median.as_secs_f64() * 1e3,
+            median.as_secs_f64() * 1e3 / deadline_ms as f64
+        );
     }
 }

@@ -61,10 +61,16 @@ async fn upload(
     }
 }
 
+/// How long a refused upload's rest is read and dropped before the answer,
+/// so an ordinary client (which sends the whole body before it reads) gets
+/// the 422 rather than a reset connection; the bytes are not kept.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Read an upload of at most `limit` bytes (the merchant's `binary_bytes`):
 /// a declared `Content-Length` over it is refused before reading, and a
-/// body that streams past it is refused at the first byte too many.
-async fn read_plugin(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+/// body that streams past it is refused at the first byte too many. Memory
+/// held is at most `limit`.
+async fn read_plugin(headers: &HeaderMap, mut body: Body, limit: u64) -> ApiResult<Vec<u8>> {
     use http_body_util::BodyExt;
     let too_large = |size: Option<u64>| {
         let size = size.map(|s| format!("{s} bytes")).unwrap_or_else(|| "larger".to_string());
@@ -78,17 +84,38 @@ async fn read_plugin(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<V
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared.filter(|&s| s > limit) {
+        drain(body).await;
         return Err(too_large(Some(size)));
     }
-    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("could not read the body: {e}"),
-        )),
+    // Capacity from the declared length (already checked against the limit), at most 1 MiB ahead.
+    let mut bytes = Vec::with_capacity(usize::try_from(declared.unwrap_or(0).min(1 << 20)).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("could not read the body: {e}"))
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if (bytes.len() + data.len()) as u64 > limit {
+                drain(body).await;
+                return Err(too_large(None));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(bytes)
+}
+
+/// Read and drop what is left of `body`, for at most [`DRAIN_FOR`] and
+/// [`CEILING`]`.binary_bytes`.
+async fn drain(mut body: Body) {
+    use http_body_util::BodyExt;
+    let until = tokio::time::Instant::now() + DRAIN_FOR;
+    let mut left = CEILING.binary_bytes;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, body.frame()).await {
+        let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+        if n >= left {
+            return;
+        }
+        left -= n;
     }
 }
 
