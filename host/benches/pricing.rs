@@ -195,8 +195,17 @@ async fn languages(host: &common::Host) {
     let py = example("py-multibuy", "./build.sh", &[], &out("py.wasm"));
     let plugins = [
         ("Rust", rust, json!({})),
-        ("JavaScript", js, json!({"binary_bytes": 16 << 20, "memory_bytes": 32 << 20})),
-        ("Python", py, json!({"binary_bytes": 24 << 20, "memory_bytes": 32 << 20})),
+        // The README's limits for each, with instructions for 100 lines.
+        (
+            "JavaScript",
+            js,
+            json!({"binary_bytes": 16 << 20, "memory_bytes": 32 << 20, "instructions": 200_000_000u64}),
+        ),
+        (
+            "Python",
+            py,
+            json!({"binary_bytes": 24 << 20, "memory_bytes": 32 << 20, "instructions": 200_000_000u64}),
+        ),
     ];
     println!();
     println!("pricing engine alone, per plugin language (medians; bytes, upload = validate + compile)");

@@ -77,6 +77,7 @@ impl App {
             memory_bytes: config.components.memory_mib.saturating_mul(1024 * 1024),
             max_instances: config.components.max_instances,
             plugins: config.plugins,
+            plugin_runs: config.components.plugin_runs.max(1),
             inject_trap: config.inject_trap.as_deref().and_then(|t| {
                 let (call, nth) = t.split_once('#')?;
                 Some((call.to_string(), nth.parse().ok()?))

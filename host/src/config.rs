@@ -31,6 +31,8 @@ pub const DEFAULT_IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 10_000;
 /// Component instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+/// Pricing plugin runs that may execute at once on one replica.
+pub const DEFAULT_PLUGIN_RUNS: usize = 64;
 
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -50,6 +52,9 @@ pub struct ComponentsConfig {
     pub deadline_ms: u64,
     pub memory_mib: usize,
     pub max_instances: u32,
+    /// Pricing plugin runs at once on this replica; a run that finds none
+    /// free by its deadline is skipped as `overloaded`.
+    pub plugin_runs: usize,
     /// Run this file instead of the bundled catalog component.
     pub catalog: Option<PathBuf>,
     /// Run this file instead of the bundled cart component.
@@ -68,6 +73,7 @@ impl Default for ComponentsConfig {
             deadline_ms: DEFAULT_DEADLINE_MS,
             memory_mib: DEFAULT_MEMORY_MIB,
             max_instances: DEFAULT_MAX_INSTANCES,
+            plugin_runs: DEFAULT_PLUGIN_RUNS,
             catalog: None,
             cart: None,
             inventory: None,

@@ -37,9 +37,6 @@ use crate::storage::{Db, StorageError};
 pub use limits::{LimitsUpdate, PluginLimits};
 pub use sandbox::{PluginCtx, RunError};
 
-/// Plugin runs that may execute at once; more wait for a slot, each no
-/// longer than its own deadline (then it is `overloaded`).
-const CONCURRENT_RUNS: usize = 64;
 /// Compiles (uploads and first uses on this replica) queued or running; one
 /// runs at a time, on a blocking thread, so runs of compiled plugins never
 /// wait for one. More are refused: an upload with 503, a first use as
@@ -105,6 +102,7 @@ struct Inner {
     defaults: PluginLimits,
     loaded: Mutex<HashMap<String, Arc<PluginPre<PluginCtx>>>>,
     runs: tokio::sync::Semaphore,
+    run_slots: usize,
     /// One compile at a time.
     compiles: tokio::sync::Semaphore,
     /// Places in the compile queue ([`COMPILE_QUEUE`]).
@@ -127,7 +125,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Plugins {
-    pub fn new(db: Db, defaults: PluginLimits, cache_dir: &Path) -> anyhow::Result<Plugins> {
+    /// `runs`: plugin runs that may execute at once (`components.plugin_runs`);
+    /// more wait for a slot, each no longer than its own deadline (then it is
+    /// `overloaded`).
+    pub fn new(db: Db, defaults: PluginLimits, runs: usize, cache_dir: &Path) -> anyhow::Result<Plugins> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -153,7 +154,8 @@ impl Plugins {
                 db,
                 defaults,
                 loaded: Mutex::new(HashMap::new()),
-                runs: tokio::sync::Semaphore::new(CONCURRENT_RUNS),
+                runs: tokio::sync::Semaphore::new(runs),
+                run_slots: runs,
                 compiles: tokio::sync::Semaphore::new(1),
                 compile_queue: Arc::new(tokio::sync::Semaphore::new(COMPILE_QUEUE)),
                 compiling: Mutex::new(HashMap::new()),
@@ -318,6 +320,11 @@ impl Plugins {
         Ok(pre)
     }
 
+    /// Plugin runs executing now on this replica.
+    pub fn runs_in_progress(&self) -> usize {
+        self.inner.run_slots - self.inner.runs.available_permits()
+    }
+
     pub async fn info(&self, merchant: &str) -> Result<Option<PluginInfo>, StorageError> {
         let Some(row) = self.inner.db.plugin(merchant).await? else { return Ok(None) };
         let recent_errors = self.inner.db.plugin_errors(merchant).await?;
@@ -411,9 +418,8 @@ impl Plugins {
                 Err(_) => sandbox::RunOutcome::failed(RunError::new(
                     "overloaded",
                     format!(
-                        "found all {CONCURRENT_RUNS} plugin run slots of this server busy until its deadline \
-                         of {} ms",
-                        limits.deadline_ms
+                        "found all {} plugin run slots of this server busy until its deadline of {} ms",
+                        self.inner.run_slots, limits.deadline_ms
                     ),
                 )),
             },
@@ -437,7 +443,10 @@ impl Plugins {
             Err(error) => {
                 tracing::warn!(merchant = %plugin.merchant_id, digest = %plugin.digest, kind = error.kind,
                     message = %error.message, "pricing plugin run failed; its adjustments are dropped");
-                self.record(plugin, &error, outcome.log).await;
+                // Recorded off the request's path: a busy writer must not
+                // hold the cart past its deadline.
+                let (this, plugin, log) = (self.clone(), plugin.clone(), outcome.log);
+                tokio::spawn(async move { this.record(&plugin, &error, log).await });
                 None
             }
         }

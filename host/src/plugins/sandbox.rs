@@ -12,8 +12,13 @@ use super::limits::PluginLimits;
 use super::wasi::{RunLog, VirtualClock, VirtualDeadline, inert_wasi};
 use crate::bindings::plugin::mercato::pricing::types::{Cart, Discount};
 use crate::bindings::plugin::{Plugin, PluginPre};
-use crate::runtime::ctx::{Confined, MAX_MEMORIES, MAX_TABLES, MemoryLimiter, confine};
+use crate::runtime::ctx::{Confined, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimiter, confine};
 use crate::runtime::fault::{DeadlineExceeded, MemoryCapExceeded};
+
+/// Resource handles (streams, pollables, …) a run may hold at once, in the
+/// host's table and in the guest's handle tables: host memory outside the
+/// memory budget, so kept small (a language runtime needs a few dozen).
+pub const MAX_HANDLES: usize = 4096;
 
 /// Store data of one plugin run.
 pub struct PluginCtx {
@@ -85,28 +90,37 @@ pub async fn run(
     deadline: Instant,
 ) -> RunOutcome {
     let log = RunLog::default();
+    let clock = VirtualClock::new(Duration::from_millis(limits.deadline_ms));
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HANDLES);
     let ctx = PluginCtx {
         wasi: inert_wasi(digest, &log),
-        table: ResourceTable::new(),
+        table,
         limiter: MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)),
         deadline,
-        clock: VirtualClock::new(Duration::from_millis(limits.deadline_ms)),
+        clock: clock.clone(),
         log: log.clone(),
     };
     let mut store = Store::new(engine, ctx);
+    store.set_max_component_handles(MAX_HANDLES);
     confine(&mut store);
     let fuel = limits.fuel_for(cart.lines.len());
     let mut fuel_used = 0;
     let result = match store.set_fuel(fuel) {
         Err(e) => Err(RunError::new("unavailable", format!("{e:#}"))),
         Ok(()) => {
-            let called = tokio::time::timeout_at(deadline.into(), call(pre, &mut store, cart)).await;
+            // Whichever comes first: the answer, the host timer, or the
+            // plugin waiting past its deadline on its virtual clock.
+            let called = tokio::select! {
+                called = call(pre, &mut store, cart) => called,
+                () = tokio::time::sleep_until(deadline.into()) => Err(wasmtime::Error::new(DeadlineExceeded)),
+                over = clock.overslept() => Err(wasmtime::Error::new(over)),
+            };
             fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             match called {
-                Err(_elapsed) => Err(past_deadline(limits)),
-                Ok(Err(e)) => Err(classify(&e, limits, fuel)),
-                Ok(Ok(Err(message))) => Err(RunError::new("plugin_error", truncate(&message, 1000))),
-                Ok(Ok(Ok(discounts))) => check_output(cart, &discounts, limits).map(|()| discounts),
+                Err(e) => Err(classify(&e, limits, fuel)),
+                Ok(Err(message)) => Err(RunError::new("plugin_error", truncate(&message, 1000))),
+                Ok(Ok(discounts)) => check_output(cart, &discounts, limits).map(|()| discounts),
             }
         }
     };
@@ -135,8 +149,8 @@ fn classify(e: &wasmtime::Error, limits: &PluginLimits, fuel: u64) -> RunError {
         return RunError::new(
             "deadline",
             format!(
-                "asked to wait {} ms (a sleep or a poll), past its deadline of {} ms: a plugin's clock \
-                 is virtual, its waits are not real time",
+                "waited {} ms (a sleep or a poll), past its deadline of {} ms: a plugin's clock is \
+                 virtual, its waits are not real time",
                 v.asked_ns / 1_000_000,
                 limits.deadline_ms
             ),
@@ -161,11 +175,12 @@ fn classify(e: &wasmtime::Error, limits: &PluginLimits, fuel: u64) -> RunError {
         ),
         _ => {
             let text = format!("{e:#}");
-            if text.contains("memory count too high") || text.contains("table count too high") {
+            if ["memory", "table", "instance"].iter().any(|w| text.contains(&format!("{w} count too high"))) {
                 return RunError::new(
                     "memory",
                     format!(
-                        "creates more than {MAX_MEMORIES} memories or {MAX_TABLES} tables: {}",
+                        "creates more than {MAX_MEMORIES} memories, {MAX_TABLES} tables or {MAX_INSTANCES} \
+                         instances: {}",
                         truncate(&text, 300)
                     ),
                 );

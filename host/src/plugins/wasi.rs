@@ -2,19 +2,23 @@
 //!
 //! - **Clocks**: the wall clock always says [`FIXED_TIME`]; the monotonic
 //!   clock is *virtual*: it starts at zero, advances by [`NOW_TICK_NS`] per
-//!   reading and jumps forward when the plugin waits. A subscription
-//!   (`subscribe-duration`, `subscribe-instant`, and so every `sleep` and
-//!   every `poll` with a time-out) is ready at once, so a plugin that sleeps
-//!   holds no host time; one that asks to wait past its deadline is stopped
-//!   there ([`VirtualDeadline`]). The same plugin on the same cart always
-//!   sees the same times: a run can be replayed.
+//!   reading and jumps forward when the plugin waits. When a plugin waits on
+//!   clock subscriptions (`subscribe-duration`, `subscribe-instant`, and so
+//!   every `sleep` and every `poll` with a time-out) and nothing else it
+//!   waits on is ready, the earliest subscription fires at once and the clock
+//!   moves to it — so a plugin that sleeps holds no host time. A wait whose
+//!   earliest end is past the deadline stops the run there
+//!   ([`VirtualDeadline`]). The same plugin on the same cart always sees the
+//!   same times: a run can be replayed.
 //! - **Sockets**: linked with nothing behind them. Creating a TCP or UDP
 //!   socket and looking up a name fail with `access-denied` before any OS
 //!   resource exists (so no other socket operation is reachable); the first
 //!   attempt of a run is noted in its log.
 //! - **Files**: `wasi:filesystem` with no preopened directory.
 //! - stdin is empty; stdout and stderr go to the run's capped log
-//!   ([`RunLog`]); randomness is seeded from the plugin's digest.
+//!   ([`RunLog`]), a stream that is always ready (no writer task, so no
+//!   readiness that depends on scheduling); randomness is seeded from the
+//!   plugin's digest, at most [`MAX_RANDOM_BYTES`] per call.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +33,10 @@ use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, IpAddressFamily, Network};
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
-use wasmtime_wasi::p2::{DynPollable, Pollable, SocketError, SocketResult, TcpSocket, UdpSocket, subscribe};
+use wasmtime_wasi::p2::{
+    DynPollable, OutputStream, Pollable, SocketError, SocketResult, StreamResult, TcpSocket, UdpSocket,
+    subscribe,
+};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder};
 
@@ -57,52 +64,115 @@ impl std::fmt::Display for VirtualDeadline {
 }
 impl std::error::Error for VirtualDeadline {}
 
+/// Random bytes one call may ask for (wasmtime's default is 64 MiB, made
+/// in the host in one uninterruptible call).
+pub const MAX_RANDOM_BYTES: usize = 64 * 1024;
+
 /// The virtual monotonic clock of one run, in nanoseconds since its start.
-pub struct VirtualClock {
-    now: Arc<AtomicU64>,
-    /// Waits that would end past this are refused (the run's deadline).
+#[derive(Clone)]
+pub struct VirtualClock(Arc<ClockState>);
+
+struct ClockState {
+    now: AtomicU64,
+    /// Waits that would end past this stop the run (the run's deadline).
     limit_ns: u64,
+    /// Clock waits in progress, by (end, id): the earliest fires first.
+    waiting: Mutex<std::collections::BTreeSet<(u64, u64)>>,
+    next_id: AtomicU64,
+    /// Set (with how long it asked for) when the plugin waits past the limit.
+    overslept: Mutex<Option<u64>>,
+    overslept_signal: tokio::sync::Notify,
 }
 
 impl VirtualClock {
     pub fn new(deadline: Duration) -> VirtualClock {
-        VirtualClock {
-            now: Arc::new(AtomicU64::new(0)),
+        VirtualClock(Arc::new(ClockState {
+            now: AtomicU64::new(0),
             limit_ns: u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX),
-        }
+            waiting: Mutex::new(std::collections::BTreeSet::new()),
+            next_id: AtomicU64::new(0),
+            overslept: Mutex::new(None),
+            overslept_signal: tokio::sync::Notify::new(),
+        }))
     }
 
     /// Virtual time elapsed so far.
     pub fn elapsed(&self) -> Duration {
-        Duration::from_nanos(self.now.load(Ordering::Relaxed))
+        Duration::from_nanos(self.now())
+    }
+
+    fn now(&self) -> u64 {
+        self.0.now.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the plugin waits past its deadline on this clock.
+    pub async fn overslept(&self) -> VirtualDeadline {
+        loop {
+            if let Some(asked_ns) = *lock(&self.0.overslept) {
+                return VirtualDeadline { asked_ns };
+            }
+            self.0.overslept_signal.notified().await;
+        }
     }
 
     fn subscribe(&self, table: &mut ResourceTable, at: u64) -> wasmtime::Result<Resource<DynPollable>> {
-        let now = self.now.load(Ordering::Relaxed);
-        if at > self.limit_ns {
-            return Err(wasmtime::Error::new(VirtualDeadline { asked_ns: at.saturating_sub(now) }));
-        }
-        let timer = table.push(VirtualTimer { at, now: self.now.clone(), yielded: false })?;
+        let timer = table.push(VirtualTimer { at, clock: self.clone() })?;
         subscribe(table, timer)
     }
 }
 
-/// A wait on the virtual clock: ready at once, moving the clock to its end.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A clock subscription: ready once the virtual clock reaches `at`.
 struct VirtualTimer {
     at: u64,
-    now: Arc<AtomicU64>,
-    yielded: bool,
+    clock: VirtualClock,
+}
+
+/// A wait on a [`VirtualTimer`] in progress (removed when the wait ends or
+/// is given up).
+struct Waiting<'a> {
+    clock: &'a ClockState,
+    key: (u64, u64),
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.clock.waiting).remove(&self.key);
+    }
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for VirtualTimer {
     async fn ready(&mut self) {
-        self.now.fetch_max(self.at, Ordering::Relaxed);
-        if !self.yielded {
-            // A plugin that waits in a loop still lets the executor run
-            // other tasks now and then (as wasmtime's own zero timers do).
-            self.yielded = true;
+        let state = &*self.clock.0;
+        if state.now.load(Ordering::Relaxed) >= self.at {
+            return;
+        }
+        let key = (self.at, state.next_id.fetch_add(1, Ordering::Relaxed));
+        lock(&state.waiting).insert(key);
+        let _waiting = Waiting { clock: state, key };
+        loop {
+            // Let every other pollable of the same `poll` be looked at (and
+            // every other timer register) before time moves.
             tokio::task::yield_now().await;
+            let now = state.now.load(Ordering::Relaxed);
+            if now >= self.at {
+                return;
+            }
+            let earliest = lock(&state.waiting).first().copied();
+            if earliest == Some(key) {
+                if self.at > state.limit_ns {
+                    // The plugin waits past its deadline: the run ends here.
+                    *lock(&state.overslept) = Some(self.at - now);
+                    state.overslept_signal.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                state.now.fetch_max(self.at, Ordering::Relaxed);
+                return;
+            }
         }
     }
 }
@@ -173,10 +243,19 @@ impl StdoutStream for RunLog {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
+
+    /// The log itself is the stream: always ready, no writer task.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
 }
 
-impl tokio::io::AsyncWrite for RunLog {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+/// Bytes a plugin may hand over per write (the log takes what fits and
+/// drops the rest).
+const WRITE_PERMIT: usize = 64 * 1024;
+
+impl RunLog {
+    fn append(&self, buf: &[u8]) {
         let mut guard = self.lock();
         let room = LOG_BYTES.saturating_sub(guard.bytes.len());
         let take = room.min(buf.len());
@@ -184,6 +263,32 @@ impl tokio::io::AsyncWrite for RunLog {
         if take < buf.len() {
             guard.truncated = true;
         }
+    }
+}
+
+impl OutputStream for RunLog {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for RunLog {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for RunLog {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -218,6 +323,7 @@ pub fn inert_wasi(digest: &str, log: &RunLog) -> WasiCtx {
         .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
         .insecure_random(wasmtime_wasi::Deterministic::new(seed))
         .insecure_random_seed(u128::from_le_bytes(seed128))
+        .max_random_size(MAX_RANDOM_BYTES as u64)
         .allow_ip_name_lookup(false)
         .allow_tcp(false)
         .allow_udp(false)
@@ -260,7 +366,7 @@ impl PluginCtx {
 
 impl monotonic_clock::Host for PluginView<'_> {
     fn now(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.clock.now.fetch_add(NOW_TICK_NS, Ordering::Relaxed).saturating_add(NOW_TICK_NS))
+        Ok(self.clock.0.now.fetch_add(NOW_TICK_NS, Ordering::Relaxed).saturating_add(NOW_TICK_NS))
     }
 
     fn resolution(&mut self) -> wasmtime::Result<u64> {
@@ -272,7 +378,7 @@ impl monotonic_clock::Host for PluginView<'_> {
     }
 
     fn subscribe_duration(&mut self, duration: u64) -> wasmtime::Result<Resource<DynPollable>> {
-        let at = self.clock.now.load(Ordering::Relaxed).saturating_add(duration);
+        let at = self.clock.now().saturating_add(duration);
         self.clock.subscribe(self.sockets.table, at)
     }
 }
@@ -346,20 +452,34 @@ impl network::HostNetwork for PluginView<'_> {
 mod tests {
     use super::*;
 
+    use wasmtime_wasi::p2::bindings::io::poll::{Host as _, HostPollable as _};
+
     #[tokio::test]
-    async fn waits_are_ready_at_once_and_move_the_virtual_clock() {
+    async fn the_earliest_wait_fires_at_once_and_moves_the_virtual_clock() {
         let clock = VirtualClock::new(Duration::from_millis(100));
         let mut table = ResourceTable::new();
         let started = std::time::Instant::now();
-        clock.subscribe(&mut table, 60_000_000).unwrap();
-        let mut timer = VirtualTimer { at: 60_000_000, now: clock.now.clone(), yielded: false };
-        timer.ready().await;
-        timer.ready().await;
+        let late = clock.subscribe(&mut table, 90_000_000).unwrap();
+        let early = clock.subscribe(&mut table, 10_000_000).unwrap();
+        let (late_again, early_again) = (Resource::new_borrow(late.rep()), Resource::new_borrow(early.rep()));
+        // Not ready yet, and looking does not move the clock.
+        assert!(!table.ready(Resource::new_borrow(early.rep())).await.unwrap());
+        assert_eq!(clock.elapsed(), Duration::ZERO);
+        // poll([late, early]) returns the early one only, at its time.
+        let ready = table.poll(vec![late_again, early_again]).await.unwrap();
+        assert_eq!(ready, vec![1]);
+        assert_eq!(clock.elapsed(), Duration::from_millis(10));
+        table.block(Resource::new_borrow(late.rep())).await.unwrap();
+        assert_eq!(clock.elapsed(), Duration::from_millis(90));
         assert!(started.elapsed() < Duration::from_secs(1), "a virtual wait holds no host time");
-        assert_eq!(clock.elapsed(), Duration::from_millis(60));
-        let err = clock.subscribe(&mut table, 100_000_001).unwrap_err();
-        let over = err.downcast_ref::<VirtualDeadline>().unwrap();
-        assert_eq!(over.asked_ns, 40_000_001);
+
+        // A wait past the limit never ends; the run is told to stop.
+        let past = clock.subscribe(&mut table, 100_000_001).unwrap();
+        let waited = tokio::select! {
+            _ = table.block(past) => None,
+            over = clock.overslept() => Some(over.asked_ns),
+        };
+        assert_eq!(waited, Some(10_000_001));
     }
 
     #[test]

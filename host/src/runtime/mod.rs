@@ -101,6 +101,8 @@ pub struct Limits {
     pub max_instances: u32,
     /// Budgets of merchants' pricing plugins unless the operator set others.
     pub plugins: crate::plugins::PluginLimits,
+    /// Plugin runs that may execute at once.
+    pub plugin_runs: usize,
     /// Tests only: trap after the Nth host call of this name in a request
     /// (see `Config::inject_trap`).
     pub inject_trap: Option<(String, u32)>,
@@ -419,7 +421,8 @@ impl Runtime {
         let set =
             slots.into_set().map_err(|kind| anyhow::anyhow!("no source for component {}", kind.name()))?;
         let ticker = engine::EpochTicker::start(engine.clone());
-        let plugins = crate::plugins::Plugins::new(db.clone(), limits.plugins, cache_dir)?;
+        let plugins =
+            crate::plugins::Plugins::new(db.clone(), limits.plugins, limits.plugin_runs, cache_dir)?;
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
