@@ -42,6 +42,8 @@ pub use sandbox::{PluginCtx, RunError};
 /// wait for one. More are refused: an upload with 503, a first use as
 /// `overloaded` (the cart prices without that plugin).
 const COMPILE_QUEUE: usize = 8;
+/// How long a stored plugin that failed to compile is not tried again.
+const RETRY_FAILED_COMPILE: Duration = Duration::from_secs(60);
 /// Compiled plugins kept in memory.
 const LOADED_CAPACITY: usize = 512;
 /// The same error of the same plugin is recorded at most this often (a
@@ -61,6 +63,11 @@ pub enum UploadError {
     Busy(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// A place in the compile queue held by an upload.
+pub struct UploadPlace {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A compile in progress, awaited by every run that needs its plugin.
@@ -109,6 +116,10 @@ struct Inner {
     compile_queue: Arc<tokio::sync::Semaphore>,
     /// First-use compiles in progress, by digest.
     compiling: Mutex<HashMap<String, Compiling>>,
+    /// Stored plugins that failed to compile, with when and why: not tried
+    /// again for [`RETRY_FAILED_COMPILE`] (a broken plugin on every cart read
+    /// would otherwise keep the compile queue full).
+    failed: Mutex<HashMap<String, (Instant, String)>>,
     recorded: Mutex<HashMap<(String, String, &'static str), Instant>>,
     last_runs: Mutex<HashMap<String, LastRun>>,
     _ticker: EpochTicker,
@@ -135,7 +146,9 @@ impl Plugins {
             .epoch_interruption(true)
             .consume_fuel(true)
             .max_wasm_stack(limits::STACK_BYTES)
-            .parallel_compilation(true);
+            // A compile (of a merchant's upload, maybe megabytes of runtime)
+            // takes one core, never all of them from everyone's requests.
+            .parallel_compilation(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         // WASI p2 with a virtual clock and no network ([`wasi`]); an upload
@@ -159,6 +172,7 @@ impl Plugins {
                 compiles: tokio::sync::Semaphore::new(1),
                 compile_queue: Arc::new(tokio::sync::Semaphore::new(COMPILE_QUEUE)),
                 compiling: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
                 recorded: Mutex::new(HashMap::new()),
                 last_runs: Mutex::new(HashMap::new()),
                 _ticker: ticker,
@@ -191,8 +205,25 @@ impl Plugins {
         Ok(Ok(new))
     }
 
+    /// A place in the compile queue for an upload, taken before its body is
+    /// read: at most [`COMPILE_QUEUE`] uploads are held in memory at once.
+    pub fn upload_place(&self) -> Result<UploadPlace, UploadError> {
+        self.inner.compile_queue.clone().try_acquire_owned().map(|p| UploadPlace { _permit: p }).map_err(
+            |_| {
+                UploadError::Busy(format!(
+                    "{COMPILE_QUEUE} plugin compiles are queued on this server; try again in a few seconds"
+                ))
+            },
+        )
+    }
+
     /// Check, compile and store `bytes` as `merchant`'s plugin.
-    pub async fn upload(&self, merchant: &str, bytes: Vec<u8>) -> Result<PluginInfo, UploadError> {
+    pub async fn upload(
+        &self,
+        _place: UploadPlace,
+        merchant: &str,
+        bytes: Vec<u8>,
+    ) -> Result<PluginInfo, UploadError> {
         let limits = self.limits(merchant).await?;
         if bytes.len() as u64 > limits.binary_bytes {
             return Err(UploadError::Invalid(format!(
@@ -204,21 +235,17 @@ impl Plugins {
         }
         validate::check(&bytes).map_err(UploadError::Invalid)?;
         let digest = digest_of(&bytes);
-        let pre = {
-            let _place = self.inner.compile_queue.clone().try_acquire_owned().map_err(|_| {
-                UploadError::Busy(format!(
-                    "{COMPILE_QUEUE} plugin compiles are queued on this server; try again in a few seconds"
-                ))
-            })?;
+        let (pre, bytes) = {
             let _permit =
                 self.inner.compiles.acquire().await.map_err(|e| UploadError::Internal(e.to_string()))?;
-            let (this, d, b) = (self.clone(), digest.clone(), bytes.clone());
+            let (this, d) = (self.clone(), digest.clone());
             let started = Instant::now();
-            let pre = tokio::task::spawn_blocking(move || this.prepare(&d, &b))
+            // The bytes go to the compile and come back (no copy).
+            let (pre, bytes) = tokio::task::spawn_blocking(move || (this.prepare(&d, &bytes), bytes))
                 .await
-                .map_err(|e| UploadError::Internal(e.to_string()))??;
+                .map_err(|e| UploadError::Internal(e.to_string()))?;
             tracing::info!(%merchant, size = bytes.len(), ms = started.elapsed().as_millis() as u64, "plugin compiled");
-            pre
+            (pre?, bytes)
         };
         self.inner.db.put_plugin(merchant, &digest, &bytes, crate::now_ms()).await?;
         self.remember(&digest, pre);
@@ -250,7 +277,11 @@ impl Plugins {
     fn remember(&self, digest: &str, pre: Arc<PluginPre<PluginCtx>>) {
         let mut loaded = lock(&self.inner.loaded);
         if loaded.len() >= LOADED_CAPACITY {
-            loaded.clear();
+            // Make room by dropping one (whichever the map yields first): a
+            // full cache does not send every plugin back to the compiler.
+            if let Some(victim) = loaded.keys().next().cloned() {
+                loaded.remove(&victim);
+            }
         }
         loaded.insert(digest.to_string(), pre);
     }
@@ -277,6 +308,14 @@ impl Plugins {
 
     /// The compile of `digest` in progress, or a new one.
     fn compiling(&self, digest: &str) -> Result<Compiling, RunError> {
+        if let Some((at, why)) = lock(&self.inner.failed).get(digest) {
+            if at.elapsed() < RETRY_FAILED_COMPILE {
+                return Err(RunError::new(
+                    "unavailable",
+                    format!("could not be compiled on this server: {why}"),
+                ));
+            }
+        }
         let mut compiling = lock(&self.inner.compiling);
         if let Some(c) = compiling.get(digest) {
             return Ok(c.clone());
@@ -287,6 +326,12 @@ impl Plugins {
         let (this, d) = (self.clone(), digest.to_string());
         let task = tokio::spawn(async move {
             let result = this.compile_stored(&d).await;
+            if let Err(why) = &result {
+                tracing::warn!(digest = %d, error = %why, "a stored plugin could not be compiled");
+                let mut failed = lock(&this.inner.failed);
+                failed.retain(|_, (at, _)| at.elapsed() < RETRY_FAILED_COMPILE);
+                failed.insert(d.clone(), (Instant::now(), why.clone()));
+            }
             lock(&this.inner.compiling).remove(&d);
             drop(place);
             result

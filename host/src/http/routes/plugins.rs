@@ -41,21 +41,29 @@ async fn upload(
         ));
     }
     let plugins = state.runtime.plugins();
+    let busy = |message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+    // A place in the compile queue before the body is read: uploads held in
+    // memory at once are bounded.
+    let place = match plugins.upload_place() {
+        Ok(place) => place,
+        Err(e) => {
+            drain(body).await;
+            return Err(busy(e.to_string()));
+        }
+    };
     let limit =
         plugins.limits(&merchant).await.map_err(ApiError::internal)?.binary_bytes.min(CEILING.binary_bytes);
     let bytes = read_plugin(&headers, body, limit).await?;
     if bytes.is_empty() {
         return Err(invalid_plugin("the body is empty; send the plugin's .wasm file"));
     }
-    match plugins.upload(&merchant, bytes).await {
+    match plugins.upload(place, &merchant, bytes).await {
         Ok(info) => Ok(Json(json!({ "digest": info.digest, "status": info.status }))),
         Err(UploadError::Invalid(message)) => {
             tracing::info!(%merchant, %message, "plugin upload refused");
             Err(invalid_plugin(message))
         }
-        Err(UploadError::Busy(message)) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message))
-        }
+        Err(UploadError::Busy(message)) => Err(busy(message)),
         Err(UploadError::Storage(e)) => Err(ApiError::internal(e)),
         Err(UploadError::Internal(e)) => Err(ApiError::internal(e)),
     }
