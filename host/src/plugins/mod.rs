@@ -308,13 +308,10 @@ impl Plugins {
 
     /// The compile of `digest` in progress, or a new one.
     fn compiling(&self, digest: &str) -> Result<Compiling, RunError> {
-        if let Some((at, why)) = lock(&self.inner.failed).get(digest) {
-            if at.elapsed() < RETRY_FAILED_COMPILE {
-                return Err(RunError::new(
-                    "unavailable",
-                    format!("could not be compiled on this server: {why}"),
-                ));
-            }
+        if let Some((at, why)) = lock(&self.inner.failed).get(digest)
+            && at.elapsed() < RETRY_FAILED_COMPILE
+        {
+            return Err(RunError::new("unavailable", format!("could not be compiled on this server: {why}")));
         }
         let mut compiling = lock(&self.inner.compiling);
         if let Some(c) = compiling.get(digest) {

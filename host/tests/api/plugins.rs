@@ -681,6 +681,23 @@ fn build_python_example() -> Vec<u8> {
         panic!("run build.sh: {e} (componentize-py==0.25.1 is needed: scripts/ci/setup.sh)")
     });
     assert!(status.success(), "building the Python example failed (is componentize-py installed?)");
+    // Its unit tests, natively with CPython, as the README tells a merchant.
+    let bindings = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-multibuy-bindings");
+    let run = |program: &str, args: &[&str], python_path: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).current_dir(&dir).env("PYTHONDONTWRITEBYTECODE", "1");
+        if let Some(p) = python_path {
+            cmd.env("PYTHONPATH", p);
+        }
+        let status = cmd.status().unwrap_or_else(|e| panic!("run {program}: {e}"));
+        assert!(status.success(), "{program} {args:?} failed");
+    };
+    run(
+        "componentize-py",
+        &["-d", "../../../wit/pricing", "-w", "plugin", "bindings", bindings.to_str().unwrap()],
+        None,
+    );
+    run("python3", &["-m", "unittest", "-v", "test_app"], Some(&bindings));
     std::fs::read(&out).unwrap()
 }
 
