@@ -208,9 +208,11 @@ async fn languages(host: &common::Host) {
         ),
     ];
     println!();
-    println!("pricing engine alone, per plugin language (medians; bytes, upload = validate + compile)");
     println!(
-        "{:>11} {:>10} {:>9} {:>11} {:>11} {:>11}",
+        "pricing engine alone, per plugin language (median, instructions of one run; upload = validate + compile)"
+    );
+    println!(
+        "{:>11} {:>10} {:>9} {:>16} {:>16} {:>16}",
         "language", "bytes", "upload", "1 line", "10 lines", "100 lines"
     );
     for (language, wasm, limits) in plugins {
@@ -245,10 +247,12 @@ async fn languages(host: &common::Host) {
                 plugins.adjust("EUR", &lines, deadline).await.unwrap();
             })
             .await;
-            cells.push(format!("{:>8.0} µs", median.as_secs_f64() * 1e6));
+            let used =
+                plugins.info(&merchant).await.unwrap().and_then(|i| i.last_run).map_or(0, |r| r.instructions);
+            cells.push(format!("{:>6.2} ms {:>5.1}M", median.as_secs_f64() * 1e3, used as f64 / 1e6));
         }
         println!(
-            "{language:>11} {size:>10} {:>7.1} s {:>11} {:>11} {:>11}",
+            "{language:>11} {size:>10} {:>7.1} s {:>16} {:>16} {:>16}",
             upload_took.as_secs_f64(),
             cells[0],
             cells[1],
