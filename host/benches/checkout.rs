@@ -20,7 +20,7 @@ const HOT_SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
 
 async fn run(label: &str, database_url: Option<String>) {
     let host = common::start(|c| {
-        c.database_url = database_url;
+        c.database_url = database_url.map(mercato::config::DatabaseUrl);
         c.components.deadline_ms = 60_000;
     })
     .await;

@@ -39,6 +39,62 @@ pub const DEFAULT_PLUGIN_RUNS: usize = 64;
 #[serde(transparent)]
 pub struct Secret(pub String);
 
+/// A database URL: printed (in logs, `Debug`, errors) with its password
+/// replaced, whether in the user info (`postgres://user:pw@host/db`) or in
+/// the query (`?password=pw`).
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// The URL with every password replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let mut out = url.clone();
+        if let Some(scheme_end) = url.find("://") {
+            let rest = &url[scheme_end + 3..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            if let Some(at) = rest[..authority_end].rfind('@')
+                && let Some(colon) = rest[..at].find(':')
+            {
+                let start = scheme_end + 3 + colon + 1;
+                out = format!("{}[redacted]{}", &url[..start], &url[scheme_end + 3 + at..]);
+            }
+        }
+        if let Some(q) = out.find('?') {
+            let (head, query) = out.split_at(q + 1);
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=[redacted]"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out = format!("{head}{}", query.join("&"));
+        }
+        out
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"[redacted]\"")
@@ -195,7 +251,7 @@ pub struct Config {
     /// Directory for the SQLite database and precompiled components.
     pub data_dir: PathBuf,
     /// `postgres://…` for PostgreSQL; unset for SQLite under `data_dir`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Do not seed the demo catalog on an empty database.
     pub no_demo: bool,
     /// The admin token; generated (and printed once) when unset.
@@ -366,6 +422,27 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment's Jail error type
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_print_without_their_passwords() {
+        for (url, shown) in [
+            ("postgres://postgres:hunter2@db:5432/shop", "postgres://postgres:[redacted]@db:5432/shop"),
+            (
+                "postgres://u:p%40ss@db/shop?sslmode=require",
+                "postgres://u:[redacted]@db/shop?sslmode=require",
+            ),
+            (
+                "postgres://db/shop?user=u&password=hunter2&x=1",
+                "postgres://db/shop?user=u&password=[redacted]&x=1",
+            ),
+            ("postgres://postgres@127.0.0.1:5432/test", "postgres://postgres@127.0.0.1:5432/test"),
+        ] {
+            let u = DatabaseUrl(url.to_string());
+            assert_eq!(u.redacted(), shown);
+            assert_eq!(format!("{u:?}"), format!("{shown:?}"));
+            assert!(!format!("{u:?} {u}").contains("hunter2"));
+        }
+    }
 
     #[test]
     fn defaults_follow_the_spec() {

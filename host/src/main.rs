@@ -140,7 +140,7 @@ struct ServeArgs {
     #[arg(long, env = "MERCATO_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// postgres://… to use PostgreSQL instead of SQLite
-    #[arg(long, env = "MERCATO_DATABASE_URL")]
+    #[arg(long, env = "MERCATO_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// A TOML configuration file
     #[arg(long, env = "MERCATO_CONFIG")]

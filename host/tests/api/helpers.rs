@@ -107,7 +107,7 @@ pub fn test_config(dir: &std::path::Path, pg: Option<&PgDatabase>) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.to_path_buf(),
-        database_url: pg.map(|p| p.url.clone()),
+        database_url: pg.map(|p| mercato::config::DatabaseUrl(p.url.clone())),
         no_demo: true,
         admin_token: Some(Secret(ADMIN_TOKEN.to_string())),
         components: ComponentsConfig { max_instances: 64, ..ComponentsConfig::default() },

@@ -37,6 +37,44 @@ async fn not_ready_until_the_components_are_compiled() {
     assert!(compiled >= 5, "the components were compiled into the empty cache ({compiled} files)");
 }
 
+/// SPEC §6.10: secrets never reach the log. A real process started with a
+/// database password in its URL (PostgreSQL here trusts the connection, so
+/// any password works), an admin token and a payment key, at debug level;
+/// after requests with the tokens (a good one and a wrong one) and a
+/// shutdown, nothing it printed contains any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log() {
+    let pg = PgDatabase::create().await;
+    let password = format!("pw-{}", hex::encode(rand::random::<[u8; 8]>()));
+    let url = pg.url.replacen("postgres://postgres@", &format!("postgres://postgres:{password}@"), 1);
+    assert!(url.contains(&password), "{url}");
+    let key = format!("sk_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+    let dir = tempfile::tempdir().expect("dir");
+    let env = [("RUST_LOG", "debug"), ("MERCATO_PAYMENT__SECRET_KEY", key.as_str())];
+    let mut p = Serve::start(dir.path(), Some(&url), &env);
+    let client = reqwest::Client::new();
+    let (status, m) =
+        send(client.post(p.url("/v1/admin/merchants")).bearer_auth(ADMIN_TOKEN).json(&json!({"name": "M"})))
+            .await;
+    assert_eq!(status, 201, "{m}");
+    let token = s(&m["token"]);
+    let (status, _) = send(client.get(p.url("/v1/merchant/orders")).bearer_auth(&token)).await;
+    assert_eq!(status, 200);
+    let (status, _) = send(client.get(p.url("/v1/merchant/orders")).bearer_auth(format!("{token}x"))).await;
+    assert_eq!(status, 401);
+    p.sigterm();
+    let (exit, _) = p.wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}");
+    let printed: Vec<String> =
+        p.stdout.lock().unwrap().iter().chain(p.stderr.lock().unwrap().iter()).cloned().collect();
+    assert!(printed.iter().any(|l| l.contains("starting")), "the configuration is logged: {printed:?}");
+    assert!(printed.iter().any(|l| l.contains("[redacted]")), "{printed:?}");
+    for secret in [password.as_str(), ADMIN_TOKEN, token.as_str(), key.as_str()] {
+        let leaks: Vec<&String> = printed.iter().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{secret:?} is in the log: {leaks:?}");
+    }
+}
+
 /// SIGTERM under load: requests in flight complete, new connections are
 /// refused, the process exits within its bound, no acknowledged order is
 /// lost; logs are JSON lines when configured.

@@ -17,6 +17,8 @@ use crate::helpers::*;
 pub struct Serve {
     child: Child,
     lines: Receiver<String>,
+    /// Every line the process printed on stdout so far.
+    pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
     pub addr: Option<SocketAddr>,
     client: reqwest::Client,
@@ -40,8 +42,11 @@ impl Serve {
         let mut child = cmd.spawn().expect("spawn mercato");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let kept = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                kept.lock().expect("lock").push(line.clone());
                 let _ = tx.send(line);
             }
         });
@@ -53,7 +58,7 @@ impl Serve {
                 sink.lock().expect("lock").push(line);
             }
         });
-        Serve { child, lines, stderr, addr: None, client: reqwest::Client::new() }
+        Serve { child, lines, stdout: printed, stderr, addr: None, client: reqwest::Client::new() }
     }
 
     /// Start it with the tests' shared precompiled cache (unless `data_dir`
