@@ -39,7 +39,11 @@ const ZOO: &[&str] = &[
     "stdout-flood",
 ];
 
+/// The target the components are built for.
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
 fn main() {
+    ensure_guest_target();
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
     let out_dir = PathBuf::from(env("OUT_DIR"));
@@ -85,11 +89,48 @@ fn main() {
     println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
 }
 
+/// Make sure the toolchain building the host can build for [`GUEST_TARGET`],
+/// before anything is compiled for it. rustup installs a toolchain file's
+/// targets only when it installs the toolchain, and not at all with
+/// `RUSTUP_AUTO_INSTALL=0` (as on many CI machines): a toolchain that is
+/// already there without the target would otherwise fail deep in the nested
+/// build with "can't find crate for `std`". So: if the target's standard
+/// library is missing, add it through rustup (an explicit install, which
+/// `RUSTUP_AUTO_INSTALL` does not forbid); without rustup, stop with the
+/// one command to run.
+fn ensure_guest_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let installed = |rustc: &str| {
+        Command::new(rustc)
+            .args(["--print", "sysroot"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .is_some_and(|sysroot| sysroot.join("lib/rustlib").join(GUEST_TARGET).join("lib").is_dir())
+    };
+    if installed(&rustc) {
+        return;
+    }
+    println!("cargo:warning=the {GUEST_TARGET} target is missing from this toolchain; installing it with rustup");
+    // rustup's proxies set RUSTUP_TOOLCHAIN for this process: the target goes
+    // to the toolchain that is building.
+    let added = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status();
+    match added {
+        Ok(status) if status.success() && installed(&rustc) => {}
+        Ok(_) | Err(_) => panic!(
+            "the {GUEST_TARGET} target is not installed for this Rust toolchain, and `rustup target add \
+             {GUEST_TARGET}` did not install it. Run `rustup target add {GUEST_TARGET}` (or install the \
+             target with your Rust distribution), then build again."
+        ),
+    }
+}
+
 /// `cargo build` of guests for `wasm32-wasip2` with the `component` profile.
 fn guest_build(root: &Path, target_dir: &Path) -> Command {
     let mut cmd = Command::new(env("CARGO"));
     cmd.current_dir(root)
-        .args(["build", "--locked", "--target", "wasm32-wasip2", "--profile", "component"])
+        .args(["build", "--locked", "--target", GUEST_TARGET, "--profile", "component"])
         .arg("--target-dir")
         .arg(target_dir);
     // The outer build's settings are for the host, not for the guests.
