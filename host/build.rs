@@ -112,7 +112,9 @@ fn ensure_guest_target() {
     if installed(&rustc) {
         return;
     }
-    println!("cargo:warning=the {GUEST_TARGET} target is missing from this toolchain; installing it with rustup");
+    println!(
+        "cargo:warning=the {GUEST_TARGET} target is missing from this toolchain; installing it with rustup"
+    );
     // rustup's proxies set RUSTUP_TOOLCHAIN for this process: the target goes
     // to the toolchain that is building.
     let added = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status();

@@ -118,6 +118,9 @@ impl App {
                 stored
             }
         };
+        // One key for every replica: the first to start stores it.
+        let order_access_key =
+            db.setting_insert_or_get(crate::auth::ORDER_ACCESS_KEY, &crate::auth::new_secret()).await?;
         if !config.no_demo {
             for (name, token) in crate::demo::seed_if_empty(&runtime, &db).await? {
                 notices.push(format!("demo merchant {name:?} token: {token}"));
@@ -128,6 +131,7 @@ impl App {
             registry,
             runtime,
             admin_token_hash: Arc::from(admin_token_hash),
+            order_access_key: Arc::from(order_access_key),
             body_limit: config.body_limit,
             checkout: config.checkout.clone(),
             work,

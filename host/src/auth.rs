@@ -16,6 +16,28 @@ use crate::storage::accounts::MerchantRow;
 /// The settings key of the stored admin token hash.
 pub const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 
+/// The settings key of the order access key (created once, shared by every
+/// replica through the database).
+pub const ORDER_ACCESS_KEY: &str = "order_access_key";
+
+/// The access token of order `order_id` (SPEC §4): `ot.` and the hex
+/// HMAC-SHA256 of the order id under the deployment's order access key.
+/// Nothing is stored per order: a replayed checkout answers with the same
+/// token, and a token opens only its own order.
+pub fn order_access_token(key: &str, order_id: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("any key length"));
+    mac.update(b"mercato order access\0");
+    mac.update(order_id.as_bytes());
+    format!("ot.{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether `presented` is the access token of `order_id`, in constant time.
+pub fn verify_order_access(key: &str, order_id: &str, presented: &str) -> bool {
+    order_access_token(key, order_id).as_bytes().ct_eq(presented.as_bytes()).into()
+}
+
 /// SHA-256 of `secret`, hex.
 pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))

@@ -170,6 +170,10 @@ pub fn component_swap(component: &'static str, how: &'static str, started: Insta
 }
 
 pub fn http_request(method: &str, route: &str, status: u16, started: Instant) {
+    // Label values from a closed set (SPEC §6.10): a client's made-up method
+    // is `other` (routes are templates or `unmatched` already).
+    const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    let method = METHODS.iter().find(|m| **m == method).copied().unwrap_or("other");
     let (method, route) = (method.to_string(), route.to_string());
     metrics::counter!(
         "mercato_http_requests_total",

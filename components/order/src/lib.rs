@@ -640,6 +640,10 @@ impl Guest for Orders {
         Ok(OrderPage { items, next_cursor: if more { last_key } else { None } })
     }
 
+    fn get_merchant_order(merchant: String, id: String) -> Result<Order, Error> {
+        merchant_view(load(&id)?, &merchant)?.ok_or_else(|| not_found(&id))
+    }
+
     fn fulfill(merchant: String, id: String) -> Result<Order, Error> {
         let order = change(&id, |order| {
             if !order.lines.iter().any(|l| l.merchant_id == merchant) {

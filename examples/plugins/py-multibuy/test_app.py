@@ -1,6 +1,6 @@
 """Unit tests of the plugin's logic, run natively with CPython:
 
-    componentize-py -d ../../../wit/pricing -w plugin bindings bindings
+    rm -rf bindings && componentize-py -d ../../../wit/pricing -w plugin bindings bindings
     PYTHONPATH=bindings python3 -m unittest test_app
 """
 

@@ -25,6 +25,8 @@ pub struct AppState {
     pub registry: crate::registry::Registry,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
+    /// The key order access tokens are derived from (`auth::order_access_token`).
+    pub order_access_key: Arc<str>,
     pub body_limit: usize,
     pub checkout: crate::config::CheckoutConfig,
     /// Every request's work, which runs on its own task (see [`detach`]);
@@ -60,6 +62,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(json_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), pin_versions))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(state.clone(), detach))
@@ -80,6 +83,49 @@ async fn detach(State(state): State<AppState>, req: Request, next: Next) -> Resp
                 .into_response()
         }
     }
+}
+
+/// Every rejection in the API's JSON error shape (SPEC §6.6): axum's own
+/// answers to a path, query or body that does not parse (plain text) become
+/// `{"error": {"code", "message"}}` with a code for their status; answers
+/// that are JSON already pass through untouched.
+async fn json_rejections(req: Request, next: Next) -> Response {
+    use axum::http::StatusCode as S;
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        S::BAD_REQUEST => "bad_request",
+        S::NOT_FOUND => "not_found",
+        S::METHOD_NOT_ALLOWED => "method_not_allowed",
+        S::PAYLOAD_TOO_LARGE => "payload_too_large",
+        S::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        S::UNPROCESSABLE_ENTITY => "invalid_request",
+        S::UNAUTHORIZED => "unauthorized",
+        S::REQUEST_TIMEOUT => "timeout",
+        S::TOO_MANY_REQUESTS => "rate_limited",
+        S::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let headers = response.headers().clone();
+    // A rejection's text is short; more than this is not read.
+    let text = match axum::body::to_bytes(response.into_body(), 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let mut out = ApiError::new(status, code, text).into_response();
+    if let Some(retry) = headers.get(axum::http::header::RETRY_AFTER) {
+        out.headers_mut().insert(axum::http::header::RETRY_AFTER, retry.clone());
+    }
+    out
 }
 
 /// Count and time every request by its route template.

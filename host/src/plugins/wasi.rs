@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::bindings::io::poll;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, IpAddressFamily, Network};
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
@@ -336,6 +337,7 @@ pub fn add_to_linker(linker: &mut Linker<PluginCtx>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     linker.allow_shadowing(true);
     monotonic_clock::add_to_linker::<PluginCtx, Plugin>(linker, PluginCtx::view)?;
+    poll::add_to_linker::<PluginCtx, Plugin>(linker, PluginCtx::view)?;
     tcp_create_socket::add_to_linker::<PluginCtx, Plugin>(linker, PluginCtx::view)?;
     udp_create_socket::add_to_linker::<PluginCtx, Plugin>(linker, PluginCtx::view)?;
     ip_name_lookup::add_to_linker::<PluginCtx, Plugin>(linker, PluginCtx::view)?;
@@ -380,6 +382,37 @@ impl monotonic_clock::Host for PluginView<'_> {
     fn subscribe_duration(&mut self, duration: u64) -> wasmtime::Result<Resource<DynPollable>> {
         let at = self.clock.now().saturating_add(duration);
         self.clock.subscribe(self.sockets.table, at)
+    }
+}
+
+/// `wasi:io/poll` is wasmtime's, raced against the virtual clock: a wait
+/// that ends past the deadline traps right there (the run then ends as any
+/// trap does, unwinding the guest), rather than leaving it suspended.
+impl poll::Host for PluginView<'_> {
+    async fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        let clock = self.clock;
+        tokio::select! {
+            ready = poll::Host::poll(&mut *self.sockets.table, pollables) => ready,
+            over = clock.overslept() => Err(wasmtime::Error::new(over)),
+        }
+    }
+}
+
+impl poll::HostPollable for PluginView<'_> {
+    async fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        let clock = self.clock;
+        tokio::select! {
+            done = poll::HostPollable::block(&mut *self.sockets.table, pollable) => done,
+            over = clock.overslept() => Err(wasmtime::Error::new(over)),
+        }
+    }
+
+    async fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        poll::HostPollable::ready(&mut *self.sockets.table, pollable).await
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        poll::HostPollable::drop(&mut *self.sockets.table, pollable)
     }
 }
 

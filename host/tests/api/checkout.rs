@@ -62,8 +62,19 @@ async fn checks_out_once_per_key(backend: Backend) {
         (Some(8), Some(0), Some(8))
     );
 
-    let (status, fetched) = app.get(&format!("/v1/orders/{}", s(&order["id"]))).await;
-    assert_eq!((status, &fetched), (200, &order));
+    // The shopper reads the order with its access token (SPEC §4); the
+    // order is the checkout's answer without the token itself.
+    let access = s(&order["access_token"]);
+    assert!(access.starts_with("ot.") && access.len() == 67, "{access}");
+    let path = format!("/v1/orders/{}", s(&order["id"]));
+    let (status, fetched) = send(app.request(Method::GET, &path).bearer_auth(&access)).await;
+    let mut expected = order.clone();
+    expected.as_object_mut().unwrap().remove("access_token");
+    assert_eq!((status, &fetched), (200, &expected));
+    // Without it, or with another one, the order does not exist.
+    assert_error(&app.get(&path).await, 404, "not_found");
+    let wrong = format!("{}{}", &access[..access.len() - 1], if access.ends_with('0') { '1' } else { '0' });
+    assert_error(&send(app.request(Method::GET, &path).bearer_auth(&wrong)).await, 404, "not_found");
 
     // The same key and body: the same order, no second charge, no second sale.
     let (status, again) = checkout(&app, &cart, Some("key-1"), "tok_visa").await;
@@ -252,6 +263,40 @@ async fn order_lifecycle_and_merchant_isolation(backend: Backend) {
             .all(|l| l["merchant_id"] == a.as_str()))
     );
 
+    // No route shows merchant A anything of B's (SPEC §4, §6.4): not B's
+    // lines, not the plugin digests (provenance), not the payment, and the
+    // whole order only with its own access token.
+    let path = format!("/v1/orders/{id}");
+    for token in
+        [None, Some(token_a.as_str()), Some(token_b.as_str()), Some(s(&order_a["access_token"]).as_str())]
+    {
+        let mut req = app.request(Method::GET, &path);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_error(&send(req).await, 404, "not_found");
+    }
+    let whole = send(app.request(Method::GET, &path).bearer_auth(s(&order["access_token"]))).await;
+    assert_eq!((whole.0, whole.1["lines"].as_array().map(Vec::len)), (200, Some(2)), "{}", whole.1);
+    let as_admin = app.get_order(&id).await;
+    assert_eq!(as_admin.1["lines"], whole.1["lines"]);
+    let (status, one_a) =
+        send(app.request(Method::GET, &format!("/v1/merchant/orders/{id}")).bearer_auth(&token_a)).await;
+    assert_eq!(status, 200, "{one_a}");
+    assert_eq!(one_a["total"]["amount"], 1000, "{one_a}");
+    let seen_by_a = [one_a.clone(), list_a.clone()];
+    for view in &seen_by_a {
+        let text = view.to_string();
+        for hidden in ["B-1", "provenance", "payment", "sha256:", "access_token"] {
+            assert!(!text.contains(hidden), "A sees {hidden:?}: {text}");
+        }
+    }
+    assert_error(
+        &send(app.request(Method::GET, &format!("/v1/merchant/orders/{id_a}")).bearer_auth(&token_b)).await,
+        404,
+        "not_found",
+    );
+
     // B cannot fulfill an order without B's lines.
     let foreign =
         send(app.request(Method::POST, &format!("/v1/orders/{id_a}/fulfill")).bearer_auth(&token_b)).await;
@@ -261,6 +306,7 @@ async fn order_lifecycle_and_merchant_isolation(backend: Backend) {
         send(app.request(Method::POST, &format!("/v1/orders/{id}/fulfill")).bearer_auth(&token_a)).await;
     assert_eq!(status, 200, "{after_a}");
     assert_eq!(after_a["status"], "paid");
+    assert!(!after_a.to_string().contains("B-1") && after_a.get("provenance").is_none(), "{after_a}");
     assert_error(
         &send(app.request(Method::POST, &format!("/v1/orders/{id}/fulfill")).bearer_auth(&token_a)).await,
         409,

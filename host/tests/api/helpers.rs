@@ -184,6 +184,11 @@ impl TestApp {
         send(self.request(Method::GET, path)).await
     }
 
+    /// `GET /v1/orders/{id}` as the operator (who may read every order).
+    pub async fn get_order(&self, id: &str) -> (u16, Value) {
+        send(self.request(Method::GET, &format!("/v1/orders/{id}")).bearer_auth(ADMIN_TOKEN)).await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         send(self.request(Method::POST, path).json(&body)).await
     }

@@ -391,7 +391,7 @@ async fn finished_checkouts_are_pruned_after_their_retention() {
         assert!(Instant::now() < deadline, "finished checkouts were never pruned");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.get(&format!("/v1/orders/{}", s(&first["id"]))).await.0, 200, "the order stays");
+    assert_eq!(app.get_order(&s(&first["id"])).await.0, 200, "the order stays");
     let (status, second) = checkout().await;
     assert_eq!(status, 201, "{second}");
     assert_ne!(second["id"], first["id"], "after its retention the key is free again");
@@ -430,7 +430,7 @@ async fn recovery_never_overwrites_a_cancel(backend: Backend) {
         assert!(Instant::now() < deadline, "recovery never finished the checkout");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, order) = app.get(&format!("/v1/orders/{id}")).await;
+    let (_, order) = app.get_order(&id).await;
     assert_eq!(order["status"], "cancelled", "{order}");
     assert_eq!(order["payment"]["status"], "refunded", "{order}");
     assert_error(&send(cancel()).await, 409, "conflict");

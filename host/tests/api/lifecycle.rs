@@ -175,7 +175,8 @@ async fn sigterm_under_load_finishes_in_flight_requests() {
     // Every acknowledged order survived.
     let p = Serve::start(dir.path(), None, &[]);
     for id in &acknowledged {
-        let (status, order) = get(&client, p.url(&format!("/v1/orders/{id}"))).await;
+        let (status, order) =
+            send(client.get(p.url(&format!("/v1/orders/{id}"))).bearer_auth(ADMIN_TOKEN)).await;
         assert_eq!((status, &order["status"]), (200, &json!("paid")), "{id}: {order}");
     }
 }

@@ -214,7 +214,7 @@ async fn provider_charges_once_per_key_and_gets_the_idempotency_key() {
     };
     fake.with(|l| l.refunds_fail = true);
     assert_error(&send(cancel()).await, 502, "payment_provider_error");
-    let (_, still) = app.get(&format!("/v1/orders/{}", s(&order["id"]))).await;
+    let (_, still) = app.get_order(&s(&order["id"])).await;
     assert_eq!(still["status"], "paid");
     assert_eq!(on_hand(&app, &token).await, (6, 0), "no stock returned without a refund");
     fake.with(|l| l.refunds_fail = false);
@@ -356,7 +356,7 @@ async fn a_cancel_during_capture_is_kept() {
     let id = loop {
         let (keys, _) = app.db.kv_list(scope, None).await.expect("orders");
         if let Some(key) = keys.first() {
-            let (_, order) = app.get(&format!("/v1/orders/{key}")).await;
+            let (_, order) = app.get_order(key).await;
             if order["status"] == "paid" {
                 break key.clone();
             }
@@ -369,7 +369,7 @@ async fn a_cancel_during_capture_is_kept() {
     assert_eq!(status, 200, "{cancelled}");
     let (status, answer) = checkout.await.expect("checkout");
     assert_eq!(status, 201, "{answer}");
-    let (_, order) = app.get(&format!("/v1/orders/{id}")).await;
+    let (_, order) = app.get_order(&id).await;
     assert_eq!(
         (order["status"].as_str(), order["payment"]["status"].as_str()),
         (Some("cancelled"), Some("refunded")),

@@ -427,82 +427,6 @@ async fn uploads_are_refused_while_they_stream_past_the_limit() {
     assert_error(&plugin_status(app, &shop.a.1).await, 404, "not_found");
 }
 
-/// SPEC §6.8 under load: 100 concurrent cart reads of a merchant whose plugin
-/// sleeps, while another merchant's carts are read. The other merchant's p99
-/// stays within 2× its value under the same load from a merchant whose
-/// plugin behaves, and every request is answered within its deadline plus a
-/// margin. (Before plugin waits were virtual, each sleeping run held a run
-/// slot for 30 s: the other merchant waited behind them.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sleeping_plugin_slows_no_other_merchant() {
-    // Instances for 100 concurrent cart reads (a cart and a catalog each).
-    let shop = shop_with(Backend::Sqlite, |c| c.components.max_instances = 1_000).await;
-    let app = &shop.app;
-    let a_cart = mixed_cart(app).await;
-    let b_cart = app.cart("EUR").await;
-    app.post(&format!("/v1/carts/{b_cart}/items"), json!({"sku": "ZOO-OTHER-1", "quantity": 3})).await;
-
-    let mut p99 = Vec::new();
-    for plugin in ["plugin-bundles.wasm", "zoo-sleep.wasm"] {
-        let (status, body) = upload(app, &shop.a.1, artifact(plugin)).await;
-        assert_eq!(status, 200, "{body}");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // 100 shoppers of a, each reading its cart twice a second (spread
-        // out): up to 100 reads in flight at once, a load the host can carry,
-        // so what b sees is what a's plugin costs it.
-        let load: Vec<_> = (0..100u64)
-            .map(|i| {
-                let (client, url, stop) =
-                    (app.client.clone(), app.url(&format!("/v1/carts/{a_cart}")), stop.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(i * 5)).await;
-                    let mut slowest = std::time::Duration::ZERO;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let started = std::time::Instant::now();
-                        let response = client.get(&url).send().await.unwrap();
-                        assert_eq!(response.status(), 200);
-                        slowest = slowest.max(started.elapsed());
-                        tokio::time::sleep(
-                            std::time::Duration::from_millis(500).saturating_sub(started.elapsed()),
-                        )
-                        .await;
-                    }
-                    slowest
-                })
-            })
-            .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-        let mut samples = Vec::new();
-        for _ in 0..150 {
-            let started = std::time::Instant::now();
-            let (status, priced) = app.get(&format!("/v1/carts/{b_cart}")).await;
-            samples.push(started.elapsed());
-            assert_eq!(status, 200, "{priced}");
-            assert_eq!(priced["discount_total"]["amount"], 2000, "b's plugin ran: {priced}");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut slowest = std::time::Duration::ZERO;
-        for task in load {
-            slowest = slowest.max(task.await.unwrap());
-        }
-        // The request deadline is 2 s (components.deadline_ms).
-        assert!(slowest < std::time::Duration::from_secs(2) + MARGIN, "{plugin}: an a-cart took {slowest:?}");
-        samples.sort();
-        let value = samples[samples.len() * 99 / 100];
-        eprintln!("b's p99 while a runs {plugin}: {value:?} (a's slowest read {slowest:?})");
-        p99.push(value);
-    }
-    assert!(
-        p99[1] <= p99[0] * 2,
-        "b's p99: {:?} with a's sleeping plugin, {:?} with a good one",
-        p99[1],
-        p99[0]
-    );
-    let view = status_with_error(app, &shop.a.1).await;
-    assert_eq!(view["recent_errors"][0]["kind"], "deadline", "{view}");
-}
-
 /// At capacity a cart prices without the plugins that could not run: with
 /// one run slot held by a plugin spinning to its 1.5 s deadline, another
 /// merchant's plugin waits for the slot no longer than its own 100 ms, the
@@ -683,6 +607,8 @@ fn build_python_example() -> Vec<u8> {
     assert!(status.success(), "building the Python example failed (is componentize-py installed?)");
     // Its unit tests, natively with CPython, as the README tells a merchant.
     let bindings = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-multibuy-bindings");
+    // componentize-py refuses to write bindings over existing ones.
+    let _ = std::fs::remove_dir_all(&bindings);
     let run = |program: &str, args: &[&str], python_path: Option<&std::path::Path>| {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).current_dir(&dir).env("PYTHONDONTWRITEBYTECODE", "1");

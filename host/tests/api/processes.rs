@@ -125,7 +125,8 @@ async fn kill_9_loses_no_acknowledged_order() {
 
     let p = Serve::start(dir.path(), None, &[]);
     for id in &acknowledged {
-        let (status, order) = send(p.request(Method::GET, &format!("/v1/orders/{id}"))).await;
+        let (status, order) =
+            send(p.request(Method::GET, &format!("/v1/orders/{id}")).bearer_auth(ADMIN_TOKEN)).await;
         assert_eq!(status, 200, "acknowledged order {id} is gone after kill -9: {order}");
         assert_eq!(order["status"], "paid");
     }
@@ -292,7 +293,8 @@ async fn kill_9_under_checkout_load(backend: Backend) {
     assert!(!acknowledged.is_empty(), "some checkouts were acknowledged before a kill");
     for id in &acknowledged {
         assert!(ids.contains(id), "acknowledged order {id} is gone after kill -9");
-        let (status, order) = send(p.request(Method::GET, &format!("/v1/orders/{id}"))).await;
+        let (status, order) =
+            send(p.request(Method::GET, &format!("/v1/orders/{id}")).bearer_auth(ADMIN_TOKEN)).await;
         assert_eq!((status, order["status"].as_str()), (200, Some("paid")), "{order}");
     }
 }

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orders/{id}/fulfill", post(fulfill))
         .route("/v1/orders/{id}/cancel", post(cancel))
         .route("/v1/merchant/orders", get(merchant_orders))
+        .route("/v1/merchant/orders/{id}", get(merchant_order))
 }
 
 #[derive(Deserialize)]
@@ -114,12 +115,57 @@ async fn checkout(
         lease_ms: state.runtime.deadline_ms().saturating_add(LEASE_MARGIN_MS),
     };
     let order = invoke!(state, order, mercato_commerce_orders, call_checkout(&request))?;
-    Ok((StatusCode::CREATED, Json(order_json(&order))))
+    let mut json = order_json(&order);
+    // The shopper's key to this order (the same on a replay).
+    json["access_token"] = Value::String(crate::auth::order_access_token(&state.order_access_key, &order.id));
+    Ok((StatusCode::CREATED, Json(json)))
 }
 
-async fn one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// `GET /v1/orders/{id}`: with the order's access token (or the admin
+/// token); anything else is answered as if the order did not exist.
+async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer)
+        .unwrap_or("");
+    let allowed = crate::auth::verify_order_access(&state.order_access_key, &id, presented)
+        || crate::auth::verify(presented, &state.admin_token_hash);
+    if !allowed {
+        return Err(ApiError::not_found(format!("order {id:?} not found")));
+    }
     let order = invoke!(state, order, mercato_commerce_orders, call_get_order(&id))?;
     Ok(Json(order_json(&order)))
+}
+
+/// An order as a merchant sees it: only its lines (the component has
+/// filtered them) and what fulfilment needs — no payment, no provenance
+/// (which names every merchant's plugin).
+pub fn merchant_order_json(o: &Order) -> Value {
+    json!({
+        "id": o.id,
+        "status": order_status(o.status),
+        "email": o.email,
+        "currency": o.currency,
+        "lines": o.lines,
+        "subtotal": o.subtotal,
+        "discount_total": o.discount_total,
+        "total": o.total,
+        "created_at": o.created_at,
+    })
+}
+
+async fn merchant_order(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let order = invoke!(state, order, mercato_commerce_orders, call_get_merchant_order(&merchant, &id))?;
+    Ok(Json(merchant_order_json(&order)))
 }
 
 async fn fulfill(
@@ -128,7 +174,7 @@ async fn fulfill(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let order = invoke!(state, order, mercato_commerce_orders, call_fulfill(&merchant, &id))?;
-    Ok(Json(order_json(&order)))
+    Ok(Json(merchant_order_json(&order)))
 }
 
 async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -153,6 +199,6 @@ async fn merchant_orders(
     let cursor = q.get("cursor").map(String::as_str);
     let page =
         invoke!(state, order, mercato_commerce_orders, call_list_merchant_orders(&merchant, limit, cursor))?;
-    let items: Vec<Value> = page.items.iter().map(order_json).collect();
+    let items: Vec<Value> = page.items.iter().map(merchant_order_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": page.next_cursor })))
 }
