@@ -256,7 +256,7 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     let mut registry = mercato::oci::RegistryConfig {
         username: args.username,
         password: args.password.map(mercato::config::Secret),
-        insecure: Vec::new(),
+        ..Default::default()
     };
     if args.insecure {
         let r = mercato::oci::parse(&args.reference)?;

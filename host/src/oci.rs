@@ -8,6 +8,7 @@
 //! tag `sha256-<component hex>.sig` of the same repository.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol, Config as OciConfig, ImageLayer};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
@@ -22,8 +23,15 @@ use crate::runtime::digest_of;
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
 
+/// Largest component artifact a pull accepts, by default.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Time-out of each registry call, by default.
+pub const DEFAULT_REGISTRY_TIMEOUT_MS: u64 = 60_000;
+/// Largest signature document read.
+const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
+
 /// How to reach registries (`[registry]`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Basic-auth user for every registry (`MERCATO_REGISTRY__USERNAME`).
@@ -33,6 +41,61 @@ pub struct RegistryConfig {
     /// Registries (`host:port`) that may be reached over plain HTTP besides
     /// loopback ones.
     pub insecure: Vec<String>,
+    /// Largest component a pull accepts, in bytes: a manifest that declares a
+    /// larger layer is refused before anything is allocated, and a blob that
+    /// streams past its declared size (or this) is cut off.
+    pub max_artifact_bytes: u64,
+    /// Time-out of each registry call (manifest, blob, push), in ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            username: None,
+            password: None,
+            insecure: Vec::new(),
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            timeout_ms: DEFAULT_REGISTRY_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A sink for a blob that refuses bytes past `max`.
+struct Capped {
+    bytes: Vec<u8>,
+    max: u64,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if (self.bytes.len() + buf.len()) as u64 > self.max {
+            let max = self.max;
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the blob is larger than the {max} bytes it may have"
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +193,45 @@ impl Oci {
         let plain = is_loopback(&registry) || self.config.insecure.iter().any(|r| r == &registry);
         let protocol =
             if plain { ClientProtocol::HttpsExcept(vec![registry]) } else { ClientProtocol::Https };
-        Client::new(ClientConfig { protocol, ..ClientConfig::default() })
+        let timeout = Some(Duration::from_millis(self.config.timeout_ms));
+        Client::new(ClientConfig {
+            protocol,
+            read_timeout: timeout,
+            connect_timeout: timeout,
+            ..ClientConfig::default()
+        })
+    }
+
+    /// `call`, or a registry error once `registry.timeout_ms` has passed.
+    async fn timed<T>(
+        &self,
+        reference: &Reference,
+        call: impl std::future::Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
+    ) -> Result<T, OciError> {
+        match tokio::time::timeout(Duration::from_millis(self.config.timeout_ms), call).await {
+            Ok(result) => result.map_err(|e| Self::error(reference, e)),
+            Err(_) => Err(Self::error(reference, format!("no answer within {} ms", self.config.timeout_ms))),
+        }
+    }
+
+    /// Pull `layer` of `reference`, at most `max` bytes and its declared size.
+    async fn pull_capped(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+        max: u64,
+    ) -> Result<Vec<u8>, OciError> {
+        let declared = u64::try_from(layer.size).unwrap_or(u64::MAX);
+        if declared > max {
+            return Err(OciError::Artifact(format!(
+                "the artifact's layer is {declared} bytes, over the limit of {max} bytes (registry.max_artifact_bytes)"
+            )));
+        }
+        let mut sink =
+            Capped { bytes: Vec::with_capacity(usize::try_from(declared).unwrap_or(0)), max: declared };
+        self.timed(reference, client.pull_blob(reference, layer, &mut sink)).await?;
+        Ok(sink.bytes)
     }
 
     fn error(reference: &Reference, e: impl std::fmt::Display) -> OciError {
@@ -140,7 +241,7 @@ impl Oci {
     /// The manifest digest `reference` points at now.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
         let r = parse(reference)?;
-        self.client(&r).fetch_manifest_digest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))
+        self.timed(&r, self.client(&r).fetch_manifest_digest(&r, &self.auth())).await
     }
 
     /// Pull the component at `reference` (a tag is resolved to a digest).
@@ -148,11 +249,10 @@ impl Oci {
         let r = parse(reference)?;
         let client = self.client(&r);
         let (manifest, manifest_digest) =
-            client.pull_image_manifest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))?;
+            self.timed(&r, client.pull_image_manifest(&r, &self.auth())).await?;
         let layer = wasm_layer(&manifest)?;
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
         let pinned_ref = r.clone_with_digest(manifest_digest.clone());
-        client.pull_blob(&pinned_ref, layer, &mut bytes).await.map_err(|e| Self::error(&r, e))?;
+        let bytes = self.pull_capped(&client, &pinned_ref, layer, self.config.max_artifact_bytes).await?;
         let digest = digest_of(&bytes);
         if digest != layer.digest {
             return Err(OciError::Artifact(format!(
@@ -174,7 +274,13 @@ impl Oci {
         let r = parse(reference)?;
         let sig_ref = signature_ref(&r, digest);
         let client = self.client(&sig_ref);
-        let (manifest, _) = match client.pull_image_manifest(&sig_ref, &self.auth()).await {
+        let fetched = tokio::time::timeout(
+            Duration::from_millis(self.config.timeout_ms),
+            client.pull_image_manifest(&sig_ref, &self.auth()),
+        )
+        .await
+        .map_err(|_| Self::error(&r, format!("no answer within {} ms", self.config.timeout_ms)))?;
+        let (manifest, _) = match fetched {
             Ok(m) => m,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(Self::error(&r, e)),
@@ -182,8 +288,7 @@ impl Oci {
         let Some(layer) = manifest.layers.iter().find(|l| l.media_type == SIGNATURE_MEDIA_TYPE) else {
             return Ok(None);
         };
-        let mut bytes = Vec::new();
-        client.pull_blob(&sig_ref, layer, &mut bytes).await.map_err(|e| Self::error(&r, e))?;
+        let bytes = self.pull_capped(&client, &sig_ref, layer, MAX_SIGNATURE_BYTES).await?;
         let doc: SignatureDoc = serde_json::from_slice(&bytes)
             .map_err(|e| OciError::Artifact(format!("unreadable signature document: {e}")))?;
         Ok((doc.digest == digest).then_some(doc))
@@ -201,7 +306,7 @@ impl Oci {
         let layers = [layer];
         let mut manifest = OciImageManifest::build(&layers, &config, annotations);
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-        client.push(r, &layers, config, &self.auth(), Some(manifest)).await.map_err(|e| Self::error(r, e))?;
+        self.timed(r, client.push(r, &layers, config, &self.auth(), Some(manifest))).await?;
         Ok(())
     }
 
@@ -239,8 +344,7 @@ impl Oci {
             None,
         )
         .await?;
-        let manifest_digest =
-            client.fetch_manifest_digest(&r, &self.auth()).await.map_err(|e| Self::error(&r, e))?;
+        let manifest_digest = self.timed(&r, client.fetch_manifest_digest(&r, &self.auth())).await?;
         let signature_tag = match sign {
             None => None,
             Some(key) => {

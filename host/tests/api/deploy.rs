@@ -323,7 +323,7 @@ async fn oci_push_pull_with_basic_auth() {
     let creds = RegistryConfig {
         username: Some("ops".into()),
         password: Some(mercato::config::Secret("s3cret".into())),
-        insecure: Vec::new(),
+        ..RegistryConfig::default()
     };
     let oci = Oci::new(creds.clone());
     let bytes = catalog_v2();
@@ -399,6 +399,71 @@ async fn oci_push_pull_with_basic_auth() {
         "registry_error",
     );
     assert_eq!(component(&components(&stranger).await, "catalog")["active"]["version"], 1);
+}
+
+/// An OCI pull is bounded (`registry.max_artifact_bytes`): a manifest that
+/// claims a 100 GiB layer is refused before anything is allocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_claiming_a_huge_layer_is_refused_without_allocating() {
+    // A real registry holding a real component, under a manifest that says
+    // its layer is 100 GiB (the registry checks that blobs exist, not their
+    // declared sizes). The old pull allocated what the manifest said.
+    let registry = RegistryServer::start(None).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}/v2/huge", registry.addr);
+    let addr = registry.addr.clone();
+    let push_blob = |bytes: Vec<u8>| {
+        let (client, base, addr) = (client.clone(), base.clone(), addr.clone());
+        async move {
+            let digest = mercato::runtime::digest_of(&bytes);
+            let started = client.post(format!("{base}/blobs/uploads/")).send().await.expect("start upload");
+            assert_eq!(started.status().as_u16(), 202);
+            let location = started.headers()["location"].to_str().expect("location").to_string();
+            let location = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://{addr}{location}")
+            };
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let done = client
+                .put(format!("{location}{sep}digest={digest}"))
+                .header("content-type", "application/octet-stream")
+                .body(bytes.clone())
+                .send()
+                .await
+                .expect("upload");
+            assert_eq!(done.status().as_u16(), 201, "{}", done.text().await.unwrap_or_default());
+            (digest, bytes.len())
+        }
+    };
+    let wasm = catalog_v2();
+    let (layer, _) = push_blob(wasm).await;
+    let config =
+        serde_json::to_vec(&json!({"architecture": "wasm", "os": "wasip2", "layerDigests": [layer]}))
+            .unwrap();
+    let (config_digest, config_size) = push_blob(config).await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/wasm", "digest": layer, "size": 100u64 << 30}]
+    });
+    let put = client
+        .put(format!("{base}/manifests/v1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(put.status().as_u16(), 201, "{}", put.text().await.unwrap_or_default());
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let refused = deploy_oci(&app, "catalog", &format!("{}/huge:v1", registry.addr)).await;
+    assert_error(&refused, 422, "invalid_component");
+    let message = refused.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("107374182400 bytes") && message.contains("max_artifact_bytes"), "{message}");
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200, "the host lives on");
 }
 
 /// An artifact written by another tool (`skopeo copy` from an OCI image
