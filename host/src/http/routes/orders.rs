@@ -62,21 +62,13 @@ fn payment_status(s: PaymentStatus) -> &'static str {
     }
 }
 
-/// An order as the API shows it (SPEC §4), with its provenance.
+/// An order as the API shows it to its shopper and the operator (SPEC §4):
+/// what a merchant sees, plus the payment and the provenance.
 pub fn order_json(o: &Order) -> Value {
-    json!({
-        "id": o.id,
-        "status": order_status(o.status),
-        "email": o.email,
-        "currency": o.currency,
-        "lines": o.lines,
-        "subtotal": o.subtotal,
-        "discount_total": o.discount_total,
-        "total": o.total,
-        "payment": { "id": o.payment.id, "status": payment_status(o.payment.status) },
-        "created_at": o.created_at,
-        "provenance": o.provenance,
-    })
+    let mut json = merchant_order_json(o);
+    json["payment"] = json!({ "id": o.payment.id, "status": payment_status(o.payment.status) });
+    json["provenance"] = json!(o.provenance);
+    json
 }
 
 async fn checkout(
