@@ -419,11 +419,8 @@ async fn a_manifest_claiming_a_huge_layer_is_refused_without_allocating() {
             let started = client.post(format!("{base}/blobs/uploads/")).send().await.expect("start upload");
             assert_eq!(started.status().as_u16(), 202);
             let location = started.headers()["location"].to_str().expect("location").to_string();
-            let location = if location.starts_with("http") {
-                location
-            } else {
-                format!("http://{addr}{location}")
-            };
+            let location =
+                if location.starts_with("http") { location } else { format!("http://{addr}{location}") };
             let sep = if location.contains('?') { '&' } else { '?' };
             let done = client
                 .put(format!("{location}{sep}digest={digest}"))
