@@ -1,6 +1,6 @@
 //! Assembling the host: database, runtime, admin token, demo data, router.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +133,7 @@ impl App {
             admin_token_hash: Arc::from(admin_token_hash),
             order_access_key: Arc::from(order_access_key),
             body_limit: config.body_limit,
+            admission: Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight.max(1))),
             checkout: config.checkout.clone(),
             work,
         };
@@ -178,7 +179,10 @@ impl App {
     ) -> anyhow::Result<()> {
         let bound = Duration::from_millis(self.config.shutdown_timeout_ms);
         let tasks = self.start_background();
-        let served = serve_until(listener, self.router(), shutdown, bound, self.state.work.clone()).await;
+        let header_timeout = Duration::from_millis(self.config.header_timeout_ms);
+        let served =
+            serve_until(listener, self.router(), shutdown, bound, header_timeout, self.state.work.clone())
+                .await;
         self.finish(tasks).await;
         served
     }
@@ -196,35 +200,68 @@ impl App {
 /// listener closes: new connections are refused) and let the requests in
 /// flight finish — also the `work` of requests whose clients are gone — for
 /// at most `bound`.
+///
+/// Connections are served by hyper directly (not `axum::serve`, which sets no
+/// time-outs): a client gets `header_timeout` to send a request's head, so
+/// half-open connections (slowloris) are closed instead of held; each
+/// request carries its peer address (`ConnectInfo`).
 async fn serve_until(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Duration,
+    header_timeout: Duration,
     work: tokio_util::task::TaskTracker,
 ) -> anyhow::Result<()> {
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let graceful = async move {
-        shutdown.await;
-        tracing::info!(
-            bound_ms = bound.as_millis() as u64,
-            "shutting down: no new connections, finishing requests in flight"
-        );
-        let _ = stopping_tx.send(true);
-    };
-    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        bound_ms = bound.as_millis() as u64,
+        "shutting down: no new connections, finishing requests in flight"
+    );
     let drained = async move {
-        server.into_future().await?;
+        graceful.shutdown().await;
         work.close();
         work.wait().await;
-        anyhow::Ok(())
     };
-    tokio::select! {
-        served = drained => served?,
-        _ = async move {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(bound).await;
-        } => tracing::warn!(bound_ms = bound.as_millis() as u64, "requests still in flight after the shutdown bound; closing them"),
+    if tokio::time::timeout(bound, drained).await.is_err() {
+        tracing::warn!(
+            bound_ms = bound.as_millis() as u64,
+            "requests still in flight after the shutdown bound; closing them"
+        );
     }
     Ok(())
 }
@@ -251,6 +288,7 @@ pub async fn run(
             let _ = stop_tx.send(true);
         },
         bound,
+        Duration::from_millis(config.header_timeout_ms),
         work.clone(),
     ));
     let app = tokio::select! {

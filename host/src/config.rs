@@ -33,6 +33,8 @@ pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 /// Pricing plugin runs that may execute at once on one replica.
 pub const DEFAULT_PLUGIN_RUNS: usize = 64;
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 2_048;
 
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -262,6 +264,12 @@ pub struct Config {
     pub log_json: bool,
     /// After SIGTERM: how long in-flight requests get before the process exits.
     pub shutdown_timeout_ms: u64,
+    /// How long a client has to send a request's head; a connection that
+    /// takes longer (slowloris) is closed.
+    pub header_timeout_ms: u64,
+    /// API requests served at once; more get 503 `overloaded` with
+    /// `Retry-After` (health and metrics are not counted).
+    pub max_requests_in_flight: usize,
     pub components: ComponentsConfig,
     pub checkout: CheckoutConfig,
     pub payment: PaymentConfig,
@@ -290,6 +298,8 @@ impl Default for Config {
             body_limit: DEFAULT_BODY_LIMIT,
             log_json: false,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             inject_trap: None,
             components: ComponentsConfig::default(),
             checkout: CheckoutConfig::default(),
@@ -326,6 +336,8 @@ const ENV_KEYS: &[&str] = &[
     "body_limit",
     "log_json",
     "shutdown_timeout_ms",
+    "header_timeout_ms",
+    "max_requests_in_flight",
     "components",
     "checkout",
     "payment",

@@ -169,6 +169,11 @@ pub fn component_swap(component: &'static str, how: &'static str, started: Insta
         .record(started.elapsed().as_secs_f64());
 }
 
+/// A request answered 503 at once because too many were in flight.
+pub fn request_shed() {
+    metrics::counter!("mercato_http_requests_shed_total").increment(1);
+}
+
 pub fn http_request(method: &str, route: &str, status: u16, started: Instant) {
     // Label values from a closed set (SPEC §6.10): a client's made-up method
     // is `other` (routes are templates or `unmatched` already).

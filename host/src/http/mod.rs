@@ -28,6 +28,8 @@ pub struct AppState {
     /// The key order access tokens are derived from (`auth::order_access_token`).
     pub order_access_key: Arc<str>,
     pub body_limit: usize,
+    /// Places for API requests in flight (`max_requests_in_flight`).
+    pub admission: Arc<tokio::sync::Semaphore>,
     pub checkout: crate::config::CheckoutConfig,
     /// Every request's work, which runs on its own task (see [`detach`]);
     /// graceful shutdown waits for it.
@@ -64,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(json_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), pin_versions))
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(state.clone(), detach))
         .with_state(state)
@@ -126,6 +129,30 @@ async fn json_rejections(req: Request, next: Next) -> Response {
         out.headers_mut().insert(axum::http::header::RETRY_AFTER, retry.clone());
     }
     out
+}
+
+/// At most `max_requests_in_flight` API requests at once: one more is
+/// answered 503 `overloaded` with `Retry-After` at once (not queued), so an
+/// overloaded host sheds load instead of growing a backlog. Health, readiness
+/// and metrics are always answered.
+async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let Ok(_place) = state.admission.clone().try_acquire_owned() else {
+        crate::telemetry::request_shed();
+        let mut response = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is at its limit of requests in flight; try again shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(req).await
 }
 
 /// Count and time every request by its route template.

@@ -79,3 +79,77 @@ async fn unknown_routes_and_methods_are_json_errors() {
     assert!(not_json.0 == 400 || not_json.0 == 422, "{not_json:?}");
     assert!(not_json.1["error"]["code"].is_string(), "{not_json:?}");
 }
+
+/// A slowloris of 300 connections that never finish their request head does
+/// not lock shoppers out, and each is closed within the header time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_cut_off_and_lock_no_one_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, |c| c.header_timeout_ms = 1_000).await;
+    let mut loris = Vec::new();
+    for _ in 0..300 {
+        let mut socket = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+        socket.write_all(b"GET /v1/products HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write");
+        loris.push(socket);
+    }
+    let opened = std::time::Instant::now();
+    // Shoppers are served meanwhile.
+    for _ in 0..20 {
+        let (status, body) = app.get("/v1/products").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Every half-open connection is closed by the server (EOF, or a 408
+    // before it), within the time-out and a margin.
+    for mut socket in loris {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => {
+                assert!(buf[..n].starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&buf[..n]))
+            }
+            Err(_) => panic!("a half-open connection was still open {:?} after it opened", opened.elapsed()),
+        }
+    }
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+/// Past `max_requests_in_flight` an API request is answered at once with
+/// 503 `overloaded` and `Retry-After`, and health still answers; when the
+/// requests in flight end, the API serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_limit_are_shed_with_retry_after() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.max_requests_in_flight = 2).await;
+    // Two requests that stay in flight: bodies that arrive slowly.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        socket
+            .write_all(b"POST /v1/carts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{")
+            .await
+            .unwrap();
+        slow.push(socket);
+    }
+    // Until both hold their place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let shed = loop {
+        let response = app.client.get(app.url("/v1/products")).send().await.unwrap();
+        if response.status() == 503 {
+            break response;
+        }
+        assert!(std::time::Instant::now() < deadline, "never shed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: serde_json::Value = shed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert_eq!(app.get("/healthz").await.0, 200);
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get("/v1/products").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the API never served again");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
