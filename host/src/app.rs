@@ -180,6 +180,7 @@ impl App {
         let bound = Duration::from_millis(self.config.shutdown_timeout_ms);
         let tasks = self.start_background();
         let header_timeout = Duration::from_millis(self.config.header_timeout_ms);
+        let _metrics = spawn_metrics_listener(&self.config).await?;
         let served =
             serve_until(listener, self.router(), shutdown, bound, header_timeout, self.state.work.clone())
                 .await;
@@ -266,6 +267,40 @@ async fn serve_until(
     Ok(())
 }
 
+/// `metrics_listen`: a listener of its own serving `/metrics` without a token,
+/// for Prometheus inside the cluster (not behind the Service or the gateway).
+async fn spawn_metrics_listener(config: &Config) -> anyhow::Result<Option<AbortOnDrop>> {
+    let Some(addr) = config.metrics_listen else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("bind metrics_listen {addr}"))?;
+    println!("mercato metrics on http://{}/metrics", listener.local_addr()?);
+    let router = axum::Router::new().route("/metrics", axum::routing::get(crate::http::routes::ops::metrics));
+    let header_timeout = Duration::from_millis(config.header_timeout_ms);
+    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+        let never = std::future::pending::<()>();
+        if let Err(e) = serve_until(
+            listener,
+            router,
+            never,
+            Duration::ZERO,
+            header_timeout,
+            tokio_util::task::TaskTracker::new(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    }))))
+}
+
+/// A task stopped when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `mercato serve`: listen at once — `/healthz` answers, `/readyz` says 503
 /// until the database is migrated and every component compiled — then
 /// build the host and serve the API. `on_ready` sees the built host (to print
@@ -280,6 +315,7 @@ pub async fn run(
     let slot: Arc<std::sync::OnceLock<axum::Router>> = Arc::new(std::sync::OnceLock::new());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let work = tokio_util::task::TaskTracker::new();
+    let _metrics = spawn_metrics_listener(&config).await?;
     let server = tokio::spawn(serve_until(
         listener,
         starting_router(slot.clone()),

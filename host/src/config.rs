@@ -264,6 +264,9 @@ pub struct Config {
     pub log_json: bool,
     /// After SIGTERM: how long in-flight requests get before the process exits.
     pub shutdown_timeout_ms: u64,
+    /// Where Prometheus scrapes `/metrics` without a token (unset: only the
+    /// API listener's `/metrics`, which needs the admin token).
+    pub metrics_listen: Option<SocketAddr>,
     /// How long a client has to send a request's head; a connection that
     /// takes longer (slowloris) is closed.
     pub header_timeout_ms: u64,
@@ -299,6 +302,7 @@ impl Default for Config {
             log_json: false,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            metrics_listen: None,
             max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             inject_trap: None,
             components: ComponentsConfig::default(),
@@ -337,6 +341,7 @@ const ENV_KEYS: &[&str] = &[
     "log_json",
     "shutdown_timeout_ms",
     "header_timeout_ms",
+    "metrics_listen",
     "max_requests_in_flight",
     "components",
     "checkout",

@@ -3,7 +3,7 @@
 
 pub mod error;
 pub mod extract;
-mod routes;
+pub(crate) mod routes;
 
 pub use routes::components::MAX_COMPONENT_BYTES;
 

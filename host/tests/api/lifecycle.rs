@@ -75,6 +75,31 @@ async fn secrets_never_reach_the_log() {
     }
 }
 
+/// `metrics_listen`: Prometheus scrapes a port of its own without a token,
+/// while the API listener's /metrics needs the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_a_listener_of_their_own() {
+    let dir = tempfile::tempdir().expect("dir");
+    let p = Serve::start(dir.path(), None, &[("MERCATO_METRICS_LISTEN", "127.0.0.1:0")]);
+    let client = reqwest::Client::new();
+    let printed = p.stdout.lock().unwrap().clone();
+    let url = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("mercato metrics on "))
+        .unwrap_or_else(|| panic!("no metrics address in {printed:?}"))
+        .to_string();
+    assert_eq!(send(client.get(p.url("/v1/products"))).await.0, 200);
+    let scraped = client.get(&url).send().await.expect("scrape");
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.expect("text");
+    assert!(text.contains("mercato_http_requests_total"), "{text}");
+    assert_eq!(send(client.get(p.url("/metrics"))).await.0, 401);
+    assert_eq!(send(client.get(p.url("/metrics")).bearer_auth(ADMIN_TOKEN)).await.0, 200);
+    // The metrics port serves nothing else.
+    let other = url.replace("/metrics", "/v1/products");
+    assert_eq!(client.get(&other).send().await.expect("get").status(), 404);
+}
+
 /// SIGTERM under load: requests in flight complete, new connections are
 /// refused, the process exits within its bound, no acknowledged order is
 /// lost; logs are JSON lines when configured.

@@ -13,7 +13,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_for_admin))
 }
 
 /// The process is alive.
@@ -47,7 +47,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
+/// `/metrics` on the API listener: for operators (the admin token).
+async fn metrics_for_admin(_: crate::http::extract::Admin) -> impl IntoResponse {
+    metrics().await
+}
+
+/// The Prometheus text of every metric (also served without a token on
+/// `metrics_listen`, a port of its own that is not exposed to clients).
+pub async fn metrics() -> impl IntoResponse {
     let body = crate::telemetry::metrics().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
