@@ -133,6 +133,7 @@ impl App {
             admin_token_hash: Arc::from(admin_token_hash),
             order_access_key: Arc::from(order_access_key),
             body_limit: config.body_limit,
+            rate_limits: Arc::new(crate::http::ratelimit::RateLimits::new(&config.rate_limit)),
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight.max(1))),
             checkout: config.checkout.clone(),
             work,

@@ -273,6 +273,8 @@ pub struct Config {
     /// API requests served at once; more get 503 `overloaded` with
     /// `Retry-After` (health and metrics are not counted).
     pub max_requests_in_flight: usize,
+    /// Rate limits per client address (`[rate_limit]`).
+    pub rate_limit: crate::http::ratelimit::RateLimitConfig,
     pub components: ComponentsConfig,
     pub checkout: CheckoutConfig,
     pub payment: PaymentConfig,
@@ -304,6 +306,7 @@ impl Default for Config {
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
             metrics_listen: None,
             max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            rate_limit: crate::http::ratelimit::RateLimitConfig::default(),
             inject_trap: None,
             components: ComponentsConfig::default(),
             checkout: CheckoutConfig::default(),
@@ -343,6 +346,7 @@ const ENV_KEYS: &[&str] = &[
     "header_timeout_ms",
     "metrics_listen",
     "max_requests_in_flight",
+    "rate_limit",
     "components",
     "checkout",
     "payment",

@@ -169,6 +169,11 @@ pub fn component_swap(component: &'static str, how: &'static str, started: Insta
         .record(started.elapsed().as_secs_f64());
 }
 
+/// A request answered 429 (`limit`: `writes` or `auth`).
+pub fn rate_limited(limit: &'static str) {
+    metrics::counter!("mercato_http_rate_limited_total", "limit" => limit).increment(1);
+}
+
 /// A request answered 503 at once because too many were in flight.
 pub fn request_shed() {
     metrics::counter!("mercato_http_requests_shed_total").increment(1);

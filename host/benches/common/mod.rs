@@ -25,6 +25,8 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Host {
         data_dir: dir.path().to_path_buf(),
         no_demo: true,
         admin_token: Some(Secret(ADMIN_TOKEN.into())),
+        // The bench's clients all come from 127.0.0.1.
+        rate_limit: mercato::http::ratelimit::RateLimitConfig { writes_per_second: 0, ..Default::default() },
         ..Config::default()
     };
     tweak(&mut config);

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod ratelimit;
 pub(crate) mod routes;
 
 pub use routes::components::MAX_COMPONENT_BYTES;
@@ -28,6 +29,8 @@ pub struct AppState {
     /// The key order access tokens are derived from (`auth::order_access_token`).
     pub order_access_key: Arc<str>,
     pub body_limit: usize,
+    /// Rate limits per client address (`[rate_limit]`).
+    pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Places for API requests in flight (`max_requests_in_flight`).
     pub admission: Arc<tokio::sync::Semaphore>,
     pub checkout: crate::config::CheckoutConfig,
@@ -67,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(json_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), pin_versions))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(middleware::from_fn_with_state(state.clone(), ratelimit::rate_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(state.clone(), detach))
         .with_state(state)

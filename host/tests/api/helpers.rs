@@ -111,6 +111,9 @@ pub fn test_config(dir: &std::path::Path, pg: Option<&PgDatabase>) -> Config {
         no_demo: true,
         admin_token: Some(Secret(ADMIN_TOKEN.to_string())),
         components: ComponentsConfig { max_instances: 64, ..ComponentsConfig::default() },
+        // Every simulated shopper of a test shares 127.0.0.1: no per-address
+        // write limit (its own test turns it on); failed-auth limits stay.
+        rate_limit: mercato::http::ratelimit::RateLimitConfig { writes_per_second: 0, ..Default::default() },
         ..Config::default()
     }
 }

@@ -141,27 +141,26 @@ async fn half_open_connections_are_cut_off_and_lock_no_one_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_limit_are_shed_with_retry_after() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.max_requests_in_flight = 2).await;
-    // Two requests that stay in flight: bodies that arrive slowly.
+    // Two requests that stay in flight: bodies that arrive slowly. One at a
+    // time, each kept once it has had no answer for a moment (so it holds a
+    // place rather than being shed itself).
     let mut slow = Vec::new();
-    for _ in 0..2 {
+    while slow.len() < 2 {
         use tokio::io::AsyncWriteExt;
         let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
         socket
             .write_all(b"POST /v1/carts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{")
             .await
             .unwrap();
-        slow.push(socket);
-    }
-    // Until both hold their place.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let shed = loop {
-        let response = app.client.get(app.url("/v1/products")).send().await.unwrap();
-        if response.status() == 503 {
-            break response;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        match socket.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => slow.push(socket),
+            other => panic!("a slow request was answered: {other:?} {:?}", String::from_utf8_lossy(&buf)),
         }
-        assert!(std::time::Instant::now() < deadline, "never shed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    }
+    let shed = app.client.get(app.url("/v1/products")).send().await.unwrap();
+    assert_eq!(shed.status(), 503);
     assert_eq!(shed.headers()["retry-after"], "1");
     let body: serde_json::Value = shed.json().await.unwrap();
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
@@ -172,4 +171,54 @@ async fn requests_past_the_limit_are_shed_with_retry_after() {
         assert!(std::time::Instant::now() < deadline, "the API never served again");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Rate limits per client address: past the write burst a write gets 429
+/// with `Retry-After`, and after waiting that long writes work again; after
+/// too many failed authentications the address's authenticated requests get
+/// 429 (even with a good token), while its anonymous reads are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_recover() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.rate_limit.writes_per_second = 2;
+        c.rate_limit.write_burst = 5;
+        c.rate_limit.auth_failures_per_minute = 3;
+    })
+    .await;
+    let mut limited = None;
+    for i in 0..20 {
+        let response = app
+            .client
+            .post(app.url("/v1/carts"))
+            .json(&serde_json::json!({"currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some((i, response));
+            break;
+        }
+        assert_eq!(response.status(), 201);
+    }
+    let (i, response) = limited.expect("the write burst of 5 is enforced");
+    assert!((5..=10).contains(&i), "limited after {i} writes");
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(app.get("/v1/products").await.0, 200, "reads are not limited");
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    assert_eq!(app.post("/v1/carts", serde_json::json!({"currency": "EUR"})).await.0, 201, "recovered");
+
+    // Failed authentication: 3 are allowed per minute, the 4th blocks.
+    for _ in 0..4 {
+        let (status, _) =
+            send(app.request(reqwest::Method::GET, "/v1/merchant/orders").bearer_auth("mt.m_x.guess")).await;
+        assert_eq!(status, 401);
+    }
+    let blocked =
+        app.client.get(app.url("/v1/admin/components")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(blocked.status(), 429, "a good token from a blocked address");
+    assert!(blocked.headers().contains_key("retry-after"));
+    assert_eq!(app.get("/v1/products").await.0, 200, "anonymous reads are served");
 }

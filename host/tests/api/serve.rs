@@ -33,6 +33,8 @@ impl Serve {
             .arg(data_dir)
             .env("MERCATO_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
+            // The test's shoppers share 127.0.0.1 (see helpers::test_config).
+            .env("MERCATO_RATE_LIMIT__WRITES_PER_SECOND", "0")
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
