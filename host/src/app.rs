@@ -84,6 +84,7 @@ impl App {
             }),
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
+        crate::oci::Oci::check(&config.registry).map_err(anyhow::Error::msg)?;
         let policy = crate::registry::signature::Policy::new(&config.deploy.public_keys)
             .map_err(|e| anyhow::anyhow!("deploy.public_keys: {e}"))?;
         for name in config.deploy.watch.keys() {

@@ -258,9 +258,11 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         password: args.password.map(mercato::config::Secret),
         ..Default::default()
     };
+    // The command's credentials are for the registry it pushes to.
+    let target = mercato::oci::parse(&args.reference)?.registry().to_string();
+    registry.auth_registry = Some(target.clone());
     if args.insecure {
-        let r = mercato::oci::parse(&args.reference)?;
-        registry.insecure.push(r.registry().to_string());
+        registry.insecure.push(target);
     }
     let oci = mercato::oci::Oci::new(registry);
     eprintln!(

@@ -34,10 +34,13 @@ const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// Basic-auth user for every registry (`MERCATO_REGISTRY__USERNAME`).
+    /// Basic-auth user (`MERCATO_REGISTRY__USERNAME`), for `auth_registry` only.
     pub username: Option<String>,
-    /// Basic-auth password (`MERCATO_REGISTRY__PASSWORD`).
+    /// Basic-auth password (`MERCATO_REGISTRY__PASSWORD`), for `auth_registry` only.
     pub password: Option<Secret>,
+    /// The registry (`host` or `host:port`, as in references) the username
+    /// and password are for: they are sent to no other registry.
+    pub auth_registry: Option<String>,
     /// Registries (`host:port`) that may be reached over plain HTTP besides
     /// loopback ones.
     pub insecure: Vec<String>,
@@ -54,6 +57,7 @@ impl Default for RegistryConfig {
         RegistryConfig {
             username: None,
             password: None,
+            auth_registry: None,
             insecure: Vec::new(),
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             timeout_ms: DEFAULT_REGISTRY_TIMEOUT_MS,
@@ -178,10 +182,30 @@ impl Oci {
         Oci { config }
     }
 
-    fn auth(&self) -> RegistryAuth {
+    /// Is the configuration whole? Credentials without the registry they
+    /// are for would go nowhere (or, before, to every registry).
+    pub fn check(config: &RegistryConfig) -> Result<(), String> {
+        if config.username.is_some() && config.auth_registry.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "registry.username is set but registry.auth_registry is not: set it to the registry \
+                        (host or host:port) the credentials are for; they are sent to no other"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The credentials for `reference`'s registry: the configured ones only
+    /// for `auth_registry`, anonymous everywhere else.
+    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
+        let theirs = self.config.auth_registry.as_deref().is_some_and(|r| {
+            r.eq_ignore_ascii_case(reference.registry())
+                || r.eq_ignore_ascii_case(reference.resolve_registry())
+        });
         match (&self.config.username, &self.config.password) {
-            (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.0.clone()),
-            (Some(user), None) => RegistryAuth::Basic(user.clone(), String::new()),
+            (Some(user), password) if theirs => {
+                RegistryAuth::Basic(user.clone(), password.as_ref().map(|p| p.0.clone()).unwrap_or_default())
+            }
             _ => RegistryAuth::Anonymous,
         }
     }
@@ -241,7 +265,7 @@ impl Oci {
     /// The manifest digest `reference` points at now.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
         let r = parse(reference)?;
-        self.timed(&r, self.client(&r).fetch_manifest_digest(&r, &self.auth())).await
+        self.timed(&r, self.client(&r).fetch_manifest_digest(&r, &self.auth_for(&r))).await
     }
 
     /// Pull the component at `reference` (a tag is resolved to a digest).
@@ -249,7 +273,7 @@ impl Oci {
         let r = parse(reference)?;
         let client = self.client(&r);
         let (manifest, manifest_digest) =
-            self.timed(&r, client.pull_image_manifest(&r, &self.auth())).await?;
+            self.timed(&r, client.pull_image_manifest(&r, &self.auth_for(&r))).await?;
         let layer = wasm_layer(&manifest)?;
         let pinned_ref = r.clone_with_digest(manifest_digest.clone());
         let bytes = self.pull_capped(&client, &pinned_ref, layer, self.config.max_artifact_bytes).await?;
@@ -276,7 +300,7 @@ impl Oci {
         let client = self.client(&sig_ref);
         let fetched = tokio::time::timeout(
             Duration::from_millis(self.config.timeout_ms),
-            client.pull_image_manifest(&sig_ref, &self.auth()),
+            client.pull_image_manifest(&sig_ref, &self.auth_for(&sig_ref)),
         )
         .await
         .map_err(|_| Self::error(&r, format!("no answer within {} ms", self.config.timeout_ms)))?;
@@ -306,7 +330,7 @@ impl Oci {
         let layers = [layer];
         let mut manifest = OciImageManifest::build(&layers, &config, annotations);
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-        self.timed(r, client.push(r, &layers, config, &self.auth(), Some(manifest))).await?;
+        self.timed(r, client.push(r, &layers, config, &self.auth_for(r), Some(manifest))).await?;
         Ok(())
     }
 
@@ -344,7 +368,7 @@ impl Oci {
             None,
         )
         .await?;
-        let manifest_digest = self.timed(&r, client.fetch_manifest_digest(&r, &self.auth())).await?;
+        let manifest_digest = self.timed(&r, client.fetch_manifest_digest(&r, &self.auth_for(&r))).await?;
         let signature_tag = match sign {
             None => None,
             Some(key) => {

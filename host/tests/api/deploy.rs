@@ -323,9 +323,37 @@ async fn oci_push_pull_with_basic_auth() {
     let creds = RegistryConfig {
         username: Some("ops".into()),
         password: Some(mercato::config::Secret("s3cret".into())),
+        auth_registry: Some(registry.addr.clone()),
         ..RegistryConfig::default()
     };
     let oci = Oci::new(creds.clone());
+    // The credentials go to that registry only: a registry elsewhere (a
+    // listener that records what it is sent) sees none.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut heads = String::new();
+        while let Ok(Ok((mut socket, _))) =
+            tokio::time::timeout(std::time::Duration::from_secs(3), elsewhere.accept()).await
+        {
+            let mut buf = vec![0u8; 8192];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            heads.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // A registry that asks for credentials: a client holding some
+            // for it would send them now.
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"elsewhere\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+        }
+        heads
+    });
+    assert!(oci.pull(&format!("{elsewhere_addr}/mercato/catalog:1")).await.is_err());
+    let heads = seen.await.unwrap();
+    assert!(heads.contains("GET /v2/"), "the other registry was asked: {heads}");
+    assert!(!heads.to_ascii_lowercase().contains("authorization"), "credentials sent elsewhere: {heads}");
     let bytes = catalog_v2();
     let shape = mercato::runtime::shape::parse_component(&bytes).expect("shape");
     let reference = format!("{}/mercato/catalog:2.0.0", registry.addr);
