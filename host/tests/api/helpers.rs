@@ -187,6 +187,14 @@ impl TestApp {
         send(self.request(Method::GET, path)).await
     }
 
+    /// The Prometheus text of `/metrics`, as the operator.
+    pub async fn metrics(&self) -> String {
+        let response =
+            self.request(Method::GET, "/metrics").bearer_auth(ADMIN_TOKEN).send().await.expect("metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("text")
+    }
+
     /// `GET /v1/orders/{id}` as the operator (who may read every order).
     pub async fn get_order(&self, id: &str) -> (u16, Value) {
         send(self.request(Method::GET, &format!("/v1/orders/{id}")).bearer_auth(ADMIN_TOKEN)).await

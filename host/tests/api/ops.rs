@@ -19,16 +19,7 @@ async fn health_readiness_and_metrics() {
     app.get("/v1/products/p000000000404").await;
     // On the API listener /metrics is for operators (SPEC §4).
     assert_error(&app.get("/metrics").await, 401, "unauthorized");
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics().await;
     assert!(
         text.contains("mercato_http_requests_total{method=\"GET\",route=\"/v1/products\",status=\"200\"}"),
         "{text}"
@@ -51,16 +42,7 @@ async fn junk_methods_and_paths_create_no_metric_series() {
         let (status, _) = app.get(&format!("/junk/{i}/{}", hex::encode(rand::random::<[u8; 4]>()))).await;
         assert_eq!(status, 404);
     }
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let series: Vec<&str> = text.lines().filter(|l| l.starts_with("mercato_http_request")).collect();
     for junk in ["JUNK", "/junk/"] {
         let leaked: Vec<&&str> = series.iter().filter(|l| l.contains(junk)).collect();

@@ -42,16 +42,7 @@ async fn an_endless_loop_is_stopped_at_its_deadline_while_others_are_served() {
     assert!(elapsed < Duration::from_millis(DEADLINE_MS + 5_000), "stopped near the deadline: {elapsed:?}");
     let (status, _) = app.get("/v1/products").await;
     assert_eq!(status, 200, "the host keeps serving");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("mercato_component_faults_total{component=\"catalog\",kind=\"deadline\"}"),
         "{metrics}"
@@ -65,16 +56,7 @@ async fn unbounded_allocation_hits_the_memory_cap() {
     assert_error(&got, 503, "component_memory_exceeded");
     let (status, _) = app.get("/v1/products").await;
     assert_eq!(status, 200, "the host keeps serving");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("mercato_component_faults_total{component=\"catalog\",kind=\"memory\"}"),
         "{metrics}"
