@@ -19,6 +19,7 @@ const ORDERS: usize = 2_000;
 const HOT_SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
 
 async fn run(label: &str, database_url: Option<String>) {
+    let round_trips = RoundTrips::new(database_url.as_deref()).await;
     let host = common::start(|c| {
         c.database_url = database_url.map(mercato::config::DatabaseUrl);
         c.components.deadline_ms = 60_000;
@@ -50,7 +51,9 @@ async fn run(label: &str, database_url: Option<String>) {
     }
 
     let transactions_before = transactions();
+    let round_trips_before = round_trips.count().await;
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(carts.into_iter().enumerate()));
+    eprintln!("{label}: timed checkouts start");
     let started = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -86,6 +89,12 @@ async fn run(label: &str, database_url: Option<String>) {
     }
     let elapsed = started.elapsed();
     let per_checkout = (transactions() - transactions_before) / ORDERS as f64;
+    let round_trips_per_checkout = match (round_trips_before, round_trips.count().await) {
+        (Some(before), Some(after)) => {
+            format!("   {:.1} database statements/checkout", (after - before) as f64 / ORDERS as f64)
+        }
+        _ => String::new(),
+    };
     // The stock is exactly consistent: every acknowledged order's units left the shelf, no others.
     let mut left = 0u64;
     for sku in HOT_SKUS {
@@ -104,12 +113,38 @@ async fn run(label: &str, database_url: Option<String>) {
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_secs_f64() * 1e3;
     println!(
-        "{label:<10} {ORDERS} checkouts, {CLIENTS} clients, 3 lines: {:>7.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   {per_checkout:.2} transactions/checkout   failures {failures}",
+        "{label:<10} {ORDERS} checkouts, {CLIENTS} clients, 3 lines: {:>7.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   {per_checkout:.2} transactions/checkout   failures {failures}{round_trips_per_checkout}",
         ORDERS as f64 / elapsed.as_secs_f64(),
         pct(50),
         pct(99),
     );
     drop(host);
+}
+
+/// PostgreSQL's count of the bench database's transactions (each statement
+/// outside a transaction is one): the database round trips.
+struct RoundTrips(Option<sqlx::PgPool>);
+
+impl RoundTrips {
+    async fn new(url: Option<&str>) -> Self {
+        match url {
+            Some(url) => Self(Some(sqlx::PgPool::connect(url).await.expect("postgres"))),
+            None => Self(None),
+        }
+    }
+
+    async fn count(&self) -> Option<i64> {
+        let pool = self.0.as_ref()?;
+        // The statistics are flushed at most once a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let _ = sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pool).await;
+        sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()
+    }
 }
 
 /// Storage transactions committed (or refused) so far, from the host's metrics.

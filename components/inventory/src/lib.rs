@@ -16,11 +16,17 @@
 //! the record; commit = `on_hand −= q` per line + delete the record; release
 //! = `available += q` per line + delete the record. The record's version is
 //! the precondition of commit and release, so exactly one of them applies.
+//!
+//! An instance lives for one request. `reserve` remembers the lines it
+//! staged, so a `commit` of the same reservation in the same request (the
+//! checkout's T2) stages without reading the record: its precondition is
+//! then that the record still exists (reservation ids are never reused, so
+//! a record that is there is the one staged).
 
 mod stock;
 
 use mercato_kit::tx::{self, Precondition, TxError, Write};
-use mercato_kit::types::{Error, ReservationLine, Shortage, StockLevel};
+use mercato_kit::types::{Error, ReservationLine, StockLevel};
 use serde::{Deserialize, Serialize};
 
 mod bindings {
@@ -101,6 +107,12 @@ fn quantity(q: u32) -> i64 {
     i64::from(q)
 }
 
+thread_local! {
+    /// The lines of the reservations this instance staged, by id.
+    static STAGED: std::cell::RefCell<std::collections::HashMap<String, Vec<ReservationLine>>> =
+        Default::default();
+}
+
 /// The record of reservation `id`, if it is held.
 fn held(id: &str) -> Result<Option<(ReservationRecord, u64)>, Error> {
     if id.is_empty() || id.len() > 200 {
@@ -175,36 +187,38 @@ impl Guest for Inventory {
         if id.is_empty() || id.len() > 200 {
             return Err(Error::InvalidInput("reservation id: 1 to 200 characters".into()));
         }
-        let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
-        let shortages: Vec<Shortage> = levels_of(&skus)?
-            .into_iter()
-            .zip(&lines)
-            .filter(|(level, line)| level.available < line.quantity)
-            .map(|(level, line)| Shortage {
-                sku: line.sku.clone(),
-                requested: line.quantity,
-                available: level.available,
-            })
-            .collect();
-        if !shortages.is_empty() {
-            return Err(Error::OutOfStock(shortages));
-        }
+        // No read first: a line that cannot be served fails the caller's
+        // commit on its counter's bound, which is checked under the row lock.
         let mut writes: Vec<Write> =
             lines.iter().map(|l| add_available(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
-        writes.push(tx::put(RESERVATIONS, &id, &ReservationRecord { lines }, Precondition::Absent)?);
-        tx::stage(&writes)
+        writes.push(tx::put(
+            RESERVATIONS,
+            &id,
+            &ReservationRecord { lines: lines.clone() },
+            Precondition::Absent,
+        )?);
+        let token = tx::stage(&writes)?;
+        STAGED.with(|s| s.borrow_mut().insert(id, lines));
+        Ok(token)
     }
 
     fn commit(id: String) -> Result<String, Error> {
-        let (record, version) =
-            held(&id)?.ok_or_else(|| Error::NotFound(format!("reservation {id:?} is not held")))?;
+        let (lines, precondition) = match STAGED.with(|s| s.borrow_mut().remove(&id)) {
+            Some(lines) => (lines, Precondition::Present),
+            None => {
+                let (record, version) =
+                    held(&id)?.ok_or_else(|| Error::NotFound(format!("reservation {id:?} is not held")))?;
+                (record.lines, Precondition::Version(version))
+            }
+        };
         let mut writes: Vec<Write> =
-            record.lines.iter().map(|l| add_on_hand(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
-        writes.push(tx::delete(RESERVATIONS, &id, Precondition::Version(version)));
+            lines.iter().map(|l| add_on_hand(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
+        writes.push(tx::delete(RESERVATIONS, &id, precondition));
         tx::stage(&writes)
     }
 
     fn release(id: String) -> Result<String, Error> {
+        STAGED.with(|s| s.borrow_mut().remove(&id));
         let Some((record, version)) = held(&id)? else { return tx::stage(&[]) };
         let mut writes: Vec<Write> =
             record.lines.iter().map(|l| add_available(&l.sku, quantity(l.quantity), None, None)).collect();

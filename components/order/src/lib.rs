@@ -217,12 +217,24 @@ fn in_doubt(e: &Error) -> bool {
     }
 }
 
-/// The checkout up to T1; then [`drive`].
+/// A checkout: T1 ([`reserve_and_record`]), then [`drive`]. The common case
+/// is a fresh key, so its record is not read first: a key used before fails
+/// on the way to T1 (T1's `absent` precondition, or anything earlier — its
+/// cart may be empty or sold out by now) and then answers as it did the
+/// first time.
 fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
-    let key = &req.idempotency_key;
-    if let Some(answer) = answer_for(key, &fingerprint)? {
-        return answer;
+    match reserve_and_record(req, &fingerprint) {
+        Ok(held) => match drive(held, true) {
+            Ended::Paid(order) => Ok(*order),
+            Ended::Compensated(e) | Ended::Stuck(e) => Err(e),
+        },
+        Err(e) => answer_for(&req.idempotency_key, &fingerprint)?.unwrap_or(Err(e)),
     }
+}
+
+/// Price the cart, stage inventory's holds and commit T1.
+fn reserve_and_record(req: &CheckoutRequest, fingerprint: &str) -> Result<Held, Error> {
+    let key = &req.idempotency_key;
     let cart = cart::get_cart(&req.cart_id)?;
     if cart.lines.is_empty() {
         return Err(Error::EmptyCart("the cart has no lines".into()));
@@ -245,7 +257,7 @@ fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
         cart.lines.iter().map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity }).collect();
     let reservation_id = format!("res_{}", &order.id[4..]);
     let record = CheckoutRecord {
-        fingerprint: fingerprint.clone(),
+        fingerprint: fingerprint.to_string(),
         stage: Stage::Reserved,
         order_id: order.id.clone(),
         reservation_id,
@@ -269,11 +281,11 @@ fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
         let holds = inventory::reserve(&record.reservation_id, &lines)?;
         match tx::commit(&writes, &[holds]) {
             Ok(v) => break v,
-            // A concurrent duplicate got there first.
-            Err(TxError::Failed(f)) if f.index < 2 => {
-                return answer_for(key, &fingerprint)?.unwrap_or_else(|| Err(in_progress()));
-            }
-            // A hold's bound: the last units went to another checkout meanwhile.
+            // The key was used before, or a concurrent duplicate got there
+            // first: [`place`] answers for it.
+            Err(TxError::Failed(f)) if f.index < 2 => return Err(in_progress()),
+            // A hold's bound: a line is sold out, or its last units went to
+            // another checkout meanwhile and may come back (released).
             Err(TxError::Failed(f)) if f.index as usize >= writes.len() => {
                 let short = shortages(&lines)?;
                 attempt += 1;
@@ -284,11 +296,7 @@ fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
             Err(e) => return Err(tx::error(e)),
         }
     };
-    let held = Held { key: key.clone(), record, version: versions[0], order, order_version: versions[2] };
-    match drive(held, true) {
-        Ended::Paid(order) => Ok(*order),
-        Ended::Compensated(e) | Ended::Stuck(e) => Err(e),
-    }
+    Ok(Held { key: key.clone(), record, version: versions[0], order, order_version: versions[2] })
 }
 
 /// Give everything back: void the payment if `void`, release the holds,

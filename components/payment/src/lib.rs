@@ -91,6 +91,19 @@ fn validate(request: &PaymentRequest) -> Result<(), Error> {
     Ok(())
 }
 
+thread_local! {
+    /// The intents this instance wrote, by idempotency key, at the version
+    /// it wrote. An instance lives for one request: the checkout's capture
+    /// then changes the intent its authorize wrote without reading it first
+    /// (the version precondition still catches any change in between).
+    static WRITTEN: std::cell::RefCell<std::collections::HashMap<String, (IntentRecord, u64)>> =
+        Default::default();
+}
+
+fn remember(key: &str, record: &IntentRecord, version: u64) {
+    WRITTEN.with(|w| w.borrow_mut().insert(key.to_string(), (record.clone(), version)));
+}
+
 /// Record a new intent for `key`, or answer with the one recorded first.
 fn record_or_existing(key: &str, fresh: IntentRecord) -> Result<IntentRecord, Error> {
     let writes = [
@@ -98,7 +111,10 @@ fn record_or_existing(key: &str, fresh: IntentRecord) -> Result<IntentRecord, Er
         tx::put(PAYMENTS, &fresh.payment.id, &key, Precondition::Absent)?,
     ];
     match tx::commit(&writes, &[]) {
-        Ok(_) => Ok(fresh),
+        Ok(versions) => {
+            remember(key, &fresh, versions[0]);
+            Ok(fresh)
+        }
         Err(TxError::Failed(f)) if f.index == 0 => {
             let (existing, _): (IntentRecord, u64) = tx::read_one(INTENTS, key)?
                 .ok_or_else(|| Error::Conflict("the payment changed concurrently; try again".into()))?;
@@ -131,12 +147,31 @@ fn change_intent(
     f: impl Fn(&IntentRecord) -> Result<Option<IntentRecord>, Error>,
 ) -> Result<Payment, Error> {
     for _ in 0..mercato_kit::kv::MAX_CAS_RETRIES {
-        let (record, version): (IntentRecord, u64) = tx::read_one(INTENTS, key)?
-            .filter(|(r, _): &(IntentRecord, u64)| r.payment.id == payment_id)
-            .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?;
-        let Some(next) = f(&record)? else { return Ok(record.payment) };
+        // What this instance wrote is only a guess at what is stored now:
+        // good for a write (its version precondition checks it), not for an
+        // answer, which comes from a fresh read.
+        let written =
+            WRITTEN.with(|w| w.borrow_mut().remove(key)).filter(|(r, _)| r.payment.id == payment_id);
+        let from_memory = written.is_some();
+        let (record, version): (IntentRecord, u64) = match written {
+            Some(w) => w,
+            None => tx::read_one(INTENTS, key)?
+                .filter(|(r, _): &(IntentRecord, u64)| r.payment.id == payment_id)
+                .ok_or_else(|| Error::NotFound(format!("payment {payment_id:?}")))?,
+        };
+        let next = match f(&record) {
+            Ok(Some(next)) => next,
+            _ if from_memory => continue,
+            Ok(None) => return Ok(record.payment),
+            Err(e) => return Err(e),
+        };
         match tx::commit(&[tx::put(INTENTS, key, &next, Precondition::Version(version))?], &[]) {
-            Ok(_) => return Ok(next.payment),
+            Ok(versions) => {
+                remember(key, &next, versions[0]);
+                return Ok(next.payment);
+            }
+            // Changed since (by another request, or since this instance
+            // wrote it): read it again.
             Err(TxError::Failed(_)) => continue,
             Err(e) => return Err(tx::error(e)),
         }
