@@ -90,6 +90,25 @@ async fn checks_out_once_per_key(backend: Backend) {
     assert_eq!(status, 201);
     assert_ne!(second["id"], order["id"]);
     assert_eq!(stock(&app, &token, "MUG").await["on_hand"], 6);
+
+    // A replay answers as the first time even when the cart could not be
+    // checked out again now: sold out, then emptied.
+    let (status, level) = send(
+        app.request(Method::PUT, "/v1/merchant/inventory/MUG").bearer_auth(&token).json(&json!({"on_hand": 0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{level}");
+    let (status, again) = checkout(&app, &cart, Some("key-1"), "tok_visa").await;
+    assert_eq!((status, &again["id"]), (201, &order["id"]), "{again}");
+    assert_error(&checkout(&app, &cart, Some("key-3"), "tok_visa").await, 409, "out_of_stock");
+    for sku in ["MUG", "PEN"] {
+        let (status, body) = send(app.request(Method::DELETE, &format!("/v1/carts/{cart}/items/{sku}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, again) = checkout(&app, &cart, Some("key-2"), "tok_visa").await;
+    assert_eq!((status, &again["id"]), (201, &second["id"]), "{again}");
+    assert_error(&checkout(&app, &cart, Some("key-4"), "tok_visa").await, 422, "empty_cart");
+    assert_eq!(app.db.kv_count("payment").await.expect("count"), 4, "two intents: no charge since");
 }
 both_backends!(checkout_idempotent, checks_out_once_per_key);
 
