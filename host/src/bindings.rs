@@ -28,7 +28,7 @@ pub mod host {
         world: "mercato:commerce/host",
         imports: { default: async | trappable },
         // Records serialize as the API's JSON (field names match SPEC §4).
-        additional_derives: [serde::Serialize],
+        additional_derives: [serde::Serialize, utoipa::ToSchema],
         with: {
             "wasi:keyvalue": crate::bindings::keyvalue::wasi::keyvalue,
         },

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod ratelimit;
 pub(crate) mod routes;
 
@@ -52,10 +53,10 @@ macro_rules! invoke {
 }
 pub(crate) use invoke;
 
-/// The whole API.
-pub fn app(state: AppState) -> Router {
-    let body_limit = state.body_limit;
-    Router::new()
+/// Every route with its documented operation (see [`openapi`]).
+pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::products::router())
         .merge(routes::carts::router())
         .merge(routes::merchants::router())
@@ -64,6 +65,15 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::plugins::router())
         .merge(routes::components::router())
         .merge(routes::ops::router())
+        .routes(utoipa_axum::routes!(openapi::document))
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    let (router, doc) = api_routes().split_for_parts();
+    router
+        .layer(axum::Extension(openapi::Document(Arc::new(doc.to_json().unwrap_or_default()))))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

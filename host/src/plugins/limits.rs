@@ -24,7 +24,7 @@ pub const CEILING: PluginLimits = PluginLimits {
 };
 
 /// The budgets of one merchant's plugin.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimits {
     /// Largest accepted upload.
@@ -52,7 +52,8 @@ impl Default for PluginLimits {
 }
 
 /// A partial update of [`PluginLimits`]: fields left out keep their value.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// The budgets to change; the others keep their values.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsUpdate {
     pub binary_bytes: Option<u64>,

@@ -74,7 +74,7 @@ pub struct UploadPlace {
 type Compiling = Shared<BoxFuture<'static, Result<Arc<PluginPre<PluginCtx>>, String>>>;
 
 /// What `GET /v1/merchant/pricing-plugin` shows.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     pub digest: String,
     pub status: &'static str,
@@ -88,7 +88,7 @@ pub struct PluginInfo {
 }
 
 /// What one run used, for a merchant sizing their plugin's budgets.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct LastRun {
     pub at: i64,
     pub digest: String,

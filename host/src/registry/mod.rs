@@ -48,7 +48,7 @@ pub enum Progress {
 }
 
 /// The outcome of a deploy or rollback.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Deployed {
     pub component: &'static str,
     pub version: i64,

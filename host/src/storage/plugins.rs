@@ -20,7 +20,7 @@ pub struct PluginRow {
 }
 
 /// One recorded failure of a run.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginErrorRow {
     pub at: i64,
     pub digest: String,

@@ -94,7 +94,9 @@ async fn checks_out_once_per_key(backend: Backend) {
     // A replay answers as the first time even when the cart could not be
     // checked out again now: sold out, then emptied.
     let (status, level) = send(
-        app.request(Method::PUT, "/v1/merchant/inventory/MUG").bearer_auth(&token).json(&json!({"on_hand": 0})),
+        app.request(Method::PUT, "/v1/merchant/inventory/MUG")
+            .bearer_auth(&token)
+            .json(&json!({"on_hand": 0})),
     )
     .await;
     assert_eq!(status, 200, "{level}");
@@ -102,7 +104,8 @@ async fn checks_out_once_per_key(backend: Backend) {
     assert_eq!((status, &again["id"]), (201, &order["id"]), "{again}");
     assert_error(&checkout(&app, &cart, Some("key-3"), "tok_visa").await, 409, "out_of_stock");
     for sku in ["MUG", "PEN"] {
-        let (status, body) = send(app.request(Method::DELETE, &format!("/v1/carts/{cart}/items/{sku}"))).await;
+        let (status, body) =
+            send(app.request(Method::DELETE, &format!("/v1/carts/{cart}/items/{sku}"))).await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, again) = checkout(&app, &cart, Some("key-2"), "tok_visa").await;

@@ -204,3 +204,64 @@ async fn rate_limits_answer_429_and_recover() {
     assert!(blocked.headers().contains_key("retry-after"));
     assert_eq!(app.get("/v1/products").await.0, 200, "anonymous reads are served");
 }
+
+/// `GET /openapi.json` (SPEC §4): an OpenAPI 3.1 document with every route
+/// of SPEC §4 this host serves, each operation with an id, its security and
+/// a documented success answer, and the cart → checkout → order links.
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "{}", doc["openapi"]);
+    let expected = [
+        ("get", "/v1/products"),
+        ("get", "/v1/products/{id}"),
+        ("post", "/v1/carts"),
+        ("get", "/v1/carts/{id}"),
+        ("post", "/v1/carts/{id}/items"),
+        ("put", "/v1/carts/{id}/items/{sku}"),
+        ("delete", "/v1/carts/{id}/items/{sku}"),
+        ("post", "/v1/carts/{id}/checkout"),
+        ("get", "/v1/orders/{id}"),
+        ("post", "/v1/orders/{id}/fulfill"),
+        ("post", "/v1/orders/{id}/cancel"),
+        ("post", "/v1/merchant/products"),
+        ("put", "/v1/merchant/products/{id}"),
+        ("get", "/v1/merchant/inventory/{sku}"),
+        ("put", "/v1/merchant/inventory/{sku}"),
+        ("get", "/v1/merchant/orders"),
+        ("get", "/v1/merchant/orders/{id}"),
+        ("put", "/v1/merchant/pricing-plugin"),
+        ("get", "/v1/merchant/pricing-plugin"),
+        ("delete", "/v1/merchant/pricing-plugin"),
+        ("post", "/v1/admin/merchants"),
+        ("get", "/v1/admin/merchants/{id}/plugin-limits"),
+        ("put", "/v1/admin/merchants/{id}/plugin-limits"),
+        ("get", "/v1/admin/components"),
+        ("post", "/v1/admin/components/{name}/deploy"),
+        ("post", "/v1/admin/components/{name}/rollback"),
+        ("get", "/metrics"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/openapi.json"),
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for (method, path) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+        assert!(ids.insert(id.to_string()), "operationId {id} twice");
+        let answers = op["responses"].as_object().expect("responses");
+        assert!(answers.keys().any(|k| k.starts_with('2')), "{method} {path}: no success answer");
+        let authenticated = path.starts_with("/v1/merchant") || path.starts_with("/v1/admin");
+        assert!(!authenticated || op["security"].is_array(), "{method} {path}: no security");
+    }
+    let documented: usize =
+        doc["paths"].as_object().expect("paths").values().map(|p| p.as_object().map_or(0, |o| o.len())).sum();
+    assert_eq!(documented, expected.len(), "an operation this test does not know");
+    let links = &doc["paths"]["/v1/carts"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["Checkout"]["operationId"], "checkout", "{links}");
+    let schemes = doc["components"]["securitySchemes"].as_object().expect("security schemes");
+    assert!(["admin_token", "merchant_token", "order_access_token"].iter().all(|s| schemes.contains_key(*s)));
+}

@@ -1,40 +1,43 @@
 //! Shopper carts: create, read, add, set quantity, remove.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bindings::types::Cart;
 use crate::http::extract;
 use crate::http::{ApiError, ApiResult, AppState, invoke};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/carts", post(create))
-        .route("/v1/carts/{id}", get(read))
-        .route("/v1/carts/{id}/items", post(add))
-        .route("/v1/carts/{id}/items/{sku}", put(set).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(read))
+        .routes(routes!(add))
+        .routes(routes!(set, remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCart {
     currency: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddItem {
     sku: String,
+    #[schema(value_type = u32)]
     quantity: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetQuantity {
+    #[schema(value_type = u32)]
     quantity: Value,
 }
 
@@ -52,6 +55,19 @@ fn quantity(v: &Value) -> Result<u32, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/carts",
+    tag = "shopper",
+    operation_id = "create_cart",
+    summary = "A new, empty cart",
+    request_body = NewCart,
+    responses((status = 201, description = "The cart", body = crate::bindings::types::Cart, links(
+            ("GetCart" = (operation_id = "get_cart", parameters(("id" = "$response.body#/id")))),
+            ("AddItem" = (operation_id = "add_item", parameters(("id" = "$response.body#/id")))),
+            ("Checkout" = (operation_id = "checkout", parameters(("id" = "$response.body#/id"))))
+        )), (status = 400, description = "An unknown currency or a malformed body", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn create(
     State(state): State<AppState>,
     extract::Json(body): extract::Json<NewCart>,
@@ -60,10 +76,31 @@ async fn create(
     Ok((StatusCode::CREATED, Json(cart)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/carts/{id}",
+    tag = "shopper",
+    operation_id = "get_cart",
+    summary = "A cart, priced now (plugin adjustments included)",
+    params(("id" = String, Path, description = "The cart id")),
+    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Cart>> {
     Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_get_cart(&id))?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/carts/{id}/items",
+    tag = "shopper",
+    operation_id = "add_item",
+    summary = "Add a sku (to its line, if there is one)",
+    params(("id" = String, Path, description = "The cart id")),
+    request_body = AddItem,
+    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart, links(
+            ("Checkout" = (operation_id = "checkout", parameters(("id" = "$request.path.id"))))
+        )), (status = 400, description = "`invalid_quantity`, a malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart or sku (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn add(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -73,6 +110,16 @@ async fn add(
     Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_add_item(&id, &body.sku, q))?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/carts/{id}/items/{sku}",
+    tag = "shopper",
+    operation_id = "set_quantity",
+    summary = "Set a line's quantity (0 removes it)",
+    params(("id" = String, Path, description = "The cart id"), ("sku" = String, Path, description = "The sku")),
+    request_body = SetQuantity,
+    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 400, description = "`invalid_quantity`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn set(
     State(state): State<AppState>,
     Path((id, sku)): Path<(String, String)>,
@@ -82,6 +129,15 @@ async fn set(
     Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_set_quantity(&id, &sku, q))?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/carts/{id}/items/{sku}",
+    tag = "shopper",
+    operation_id = "remove_item",
+    summary = "Remove a line",
+    params(("id" = String, Path, description = "The cart id"), ("sku" = String, Path, description = "The sku")),
+    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn remove(
     State(state): State<AppState>,
     Path((id, sku)): Path<(String, String)>,

@@ -2,14 +2,15 @@
 //! (the component as `application/wasm`, or `{"oci": "registry/repo:tag"}`),
 //! `POST /v1/admin/components/{name}/rollback`.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::http::extract::{self, Admin};
 use crate::http::{ApiError, ApiResult, AppState};
@@ -22,14 +23,11 @@ pub const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 /// The header that carries a base64 signature of an uploaded component.
 pub const SIGNATURE_HEADER: &str = "x-mercato-signature";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/components", get(list))
-        .route(
-            "/v1/admin/components/{name}/deploy",
-            post(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
-        )
-        .route("/v1/admin/components/{name}/rollback", post(rollback))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+        .routes(routes!(rollback))
 }
 
 impl From<DeployError> for ApiError {
@@ -57,6 +55,15 @@ fn component(name: &str) -> ApiResult<ComponentKind> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/components",
+    tag = "operator",
+    operation_id = "list_components",
+    summary = "Each component: world, active version, history",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The components", body = crate::http::openapi::ComponentList), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
     Ok(Json(state.registry.describe().await?))
 }
@@ -65,6 +72,17 @@ fn answer(d: Deployed) -> (StatusCode, Json<Value>) {
     (StatusCode::OK, Json(json!(d)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/components/{name}/deploy",
+    tag = "operator",
+    operation_id = "deploy_component",
+    summary = "Deploy a component version: uploaded, or pulled from an OCI registry",
+    params(("name" = String, Path, description = "catalog, cart, inventory, payment or order")),
+    request_body(content((Vec<u8> = "application/wasm"), (crate::http::openapi::OciReference = "application/json"))),
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The active version (with `Accept: application/x-ndjson`, one JSON line per stage)", body = crate::registry::Deployed), (status = 400, description = "`invalid_component`, `contract_mismatch`, `signature_invalid`, `invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such component", body = crate::http::openapi::ErrorBody), (status = 409, description = "`conflict`", body = crate::http::openapi::ErrorBody), (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorBody), (status = 502, description = "`registry_error`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn deploy(
     State(state): State<AppState>,
     _: Admin,
@@ -149,6 +167,16 @@ fn follow(state: AppState, kind: ComponentKind, artifact: Artifact) -> Response 
     ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/components/{name}/rollback",
+    tag = "operator",
+    operation_id = "rollback_component",
+    summary = "Go back to the previous version",
+    params(("name" = String, Path, description = "catalog, cart, inventory, payment or order")),
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The active version", body = crate::registry::Deployed), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such component", body = crate::http::openapi::ErrorBody), (status = 409, description = "`nothing_to_roll_back`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn rollback(
     State(state): State<AppState>,
     _: Admin,

@@ -1,25 +1,37 @@
 //! Merchant stock: `GET`/`PUT /v1/merchant/inventory/{sku}`.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bindings::types::StockLevel;
 use crate::http::extract::{self, Merchant};
 use crate::http::{ApiError, ApiResult, AppState, invoke};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/merchant/inventory/{sku}", get(read).put(set))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(read, set))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
+    #[schema(value_type = u32)]
     on_hand: Value,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/inventory/{sku}",
+    tag = "merchant",
+    operation_id = "get_stock",
+    summary = "A sku's stock",
+    params(("sku" = String, Path, description = "The sku")),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "Its stock", body = crate::bindings::types::StockLevel), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "Another merchant's sku (`forbidden`)", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn read(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
@@ -28,6 +40,17 @@ async fn read(
     Ok(Json(invoke!(state, inventory, mercato_commerce_inventory, call_stock_of(&merchant, &sku))?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/merchant/inventory/{sku}",
+    tag = "merchant",
+    operation_id = "set_stock",
+    summary = "Set a sku's on-hand units (never below what is reserved)",
+    params(("sku" = String, Path, description = "The sku")),
+    request_body = SetStock,
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "Its stock", body = crate::bindings::types::StockLevel), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "`forbidden`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Below what is reserved (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn set(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,

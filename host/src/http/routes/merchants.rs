@@ -1,12 +1,13 @@
 //! Operator: `POST /v1/admin/merchants`. Merchant: `POST /v1/merchant/products`,
 //! `PUT /v1/merchant/products/{id}`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{post, put};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bindings::types::{Money, Product, ProductInput, VariantInput};
 use crate::http::extract::{self, Admin, Merchant};
@@ -14,27 +15,27 @@ use crate::http::{ApiError, ApiResult, AppState, invoke};
 
 pub const MAX_MERCHANT_NAME: usize = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/merchants", post(create_merchant))
-        .route("/v1/merchant/products", post(create_product))
-        .route("/v1/merchant/products/{id}", put(update_product))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_merchant))
+        .routes(routes!(create_product))
+        .routes(routes!(update_product))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewMerchant {
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoneyBody {
     amount: i64,
     currency: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VariantBody {
     sku: String,
@@ -46,7 +47,7 @@ struct VariantBody {
     stock: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
     title: String,
@@ -74,6 +75,16 @@ impl From<ProductBody> for ProductInput {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/merchants",
+    tag = "operator",
+    operation_id = "create_merchant",
+    summary = "A new merchant and its token (shown once)",
+    request_body = NewMerchant,
+    security(("admin_token" = [])),
+    responses((status = 201, description = "The merchant", body = crate::http::openapi::CreatedMerchant), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn create_merchant(
     State(state): State<AppState>,
     _: Admin,
@@ -92,6 +103,16 @@ async fn create_merchant(
     Ok((StatusCode::CREATED, Json(json!({ "id": row.id, "name": row.name, "token": token }))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/merchant/products",
+    tag = "merchant",
+    operation_id = "create_product",
+    summary = "A new product with its variants and their initial stock",
+    request_body = ProductBody,
+    security(("merchant_token" = [])),
+    responses((status = 201, description = "The product", body = crate::bindings::types::Product), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 409, description = "A sku taken by another product (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn create_product(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
@@ -102,6 +123,17 @@ async fn create_product(
     Ok((StatusCode::CREATED, Json(product)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/merchant/products/{id}",
+    tag = "merchant",
+    operation_id = "update_product",
+    summary = "Change a product of the merchant",
+    params(("id" = String, Path, description = "The product id")),
+    request_body = ProductBody,
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The product", body = crate::bindings::types::Product), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "Another merchant's product (`forbidden`)", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn update_product(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,

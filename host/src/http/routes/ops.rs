@@ -1,28 +1,42 @@
 //! Operations: `/healthz`, `/readyz`, `/metrics`, and the JSON 404/405.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::http::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_for_admin))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics_for_admin))
 }
 
 /// The process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "The process is alive",
+    responses((status = 200, description = "Alive", body = crate::http::openapi::Health), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready to serve: migrations ran and every component is compiled (both
 /// happen before the listener opens) and the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    summary = "Ready to serve: components compiled, database answering",
+    responses((status = 200, description = "Ready", body = crate::http::openapi::Readiness), (status = 503, description = "Not ready", body = crate::http::openapi::Readiness), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let components: Vec<Value> = state
         .runtime
@@ -48,6 +62,15 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 /// `/metrics` on the API listener: for operators (the admin token).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics (also on `metrics_listen` without a token)",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain"), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn metrics_for_admin(_: crate::http::extract::Admin) -> impl IntoResponse {
     metrics().await
 }

@@ -3,11 +3,12 @@
 //! `POST /v1/orders/{id}/cancel` (admin).
 
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,23 +20,23 @@ use crate::http::{ApiError, ApiResult, AppState, invoke};
 /// skew between replicas, a commit in flight at the deadline).
 const LEASE_MARGIN_MS: u64 = 1_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/carts/{id}/checkout", post(checkout))
-        .route("/v1/orders/{id}", get(one))
-        .route("/v1/orders/{id}/fulfill", post(fulfill))
-        .route("/v1/orders/{id}/cancel", post(cancel))
-        .route("/v1/merchant/orders", get(merchant_orders))
-        .route("/v1/merchant/orders/{id}", get(merchant_order))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(checkout))
+        .routes(routes!(one))
+        .routes(routes!(fulfill))
+        .routes(routes!(cancel))
+        .routes(routes!(merchant_orders))
+        .routes(routes!(merchant_order))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PaymentBody {
     token: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckoutBody {
     email: String,
@@ -71,6 +72,18 @@ pub fn order_json(o: &Order) -> Value {
     json
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/carts/{id}/checkout",
+    tag = "shopper",
+    operation_id = "checkout",
+    summary = "Check the cart out: reserve, pay, order",
+    params(("id" = String, Path, description = "The cart id"), ("Idempotency-Key" = String, Header, description = "Required: the same key and body again answer with the same order, without a second charge")),
+    request_body = CheckoutBody,
+    responses((status = 201, description = "The paid order and its access token", body = crate::http::openapi::PlacedOrder, links(
+            ("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/id"))))
+        )), (status = 400, description = "`missing_idempotency_key`, a malformed body", body = crate::http::openapi::ErrorBody), (status = 402, description = "`payment_declined`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart (`not_found`)", body = crate::http::openapi::ErrorBody), (status = 409, description = "`out_of_stock` (with `details`), or the same key in progress (`conflict`)", body = crate::http::openapi::ErrorBody), (status = 422, description = "`empty_cart`, `idempotency_key_reuse`", body = crate::http::openapi::ErrorBody), (status = 503, description = "The payment provider did not answer in time", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn checkout(
     State(state): State<AppState>,
     Path(cart_id): Path<String>,
@@ -115,6 +128,16 @@ async fn checkout(
 
 /// `GET /v1/orders/{id}`: with the order's access token (or the admin
 /// token); anything else is answered as if the order did not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "shopper",
+    operation_id = "get_order",
+    summary = "An order, with its access token (or the admin token)",
+    params(("id" = String, Path, description = "The order id")),
+    security(("order_access_token" = [])),
+    responses((status = 200, description = "The order", body = crate::http::openapi::ShopperOrder), (status = 404, description = "No such order, or not this token's (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -151,6 +174,16 @@ pub fn merchant_order_json(o: &Order) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/orders/{id}",
+    tag = "merchant",
+    operation_id = "get_merchant_order",
+    summary = "One of the merchant's orders, only its lines",
+    params(("id" = String, Path, description = "The order id")),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The order as the merchant sees it", body = crate::http::openapi::MerchantOrder), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn merchant_order(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
@@ -160,6 +193,16 @@ async fn merchant_order(
     Ok(Json(merchant_order_json(&order)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/fulfill",
+    tag = "merchant",
+    operation_id = "fulfill_order",
+    summary = "Mark the merchant's lines fulfilled",
+    params(("id" = String, Path, description = "The order id")),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The order as the merchant sees it", body = crate::http::openapi::MerchantOrder), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Not paid (`invalid_state`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn fulfill(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
@@ -169,11 +212,31 @@ async fn fulfill(
     Ok(Json(merchant_order_json(&order)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    tag = "operator",
+    operation_id = "cancel_order",
+    summary = "Cancel a paid order and refund it",
+    params(("id" = String, Path, description = "The order id")),
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The order", body = crate::http::openapi::ShopperOrder), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Not cancellable (`invalid_state`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let order = invoke!(state, order, mercato_commerce_orders, call_cancel(&id))?;
     Ok(Json(order_json(&order)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/orders",
+    tag = "merchant",
+    operation_id = "list_merchant_orders",
+    summary = "The merchant's orders, newest first, only its lines",
+    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "A page of orders", body = crate::http::openapi::MerchantOrderPage), (status = 400, description = "A bad query parameter", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn merchant_orders(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,

@@ -1,32 +1,40 @@
 //! Merchant: `PUT|GET|DELETE /v1/merchant/pricing-plugin`. Operator:
 //! `GET|PUT /v1/admin/merchants/{id}/plugin-limits`.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::put;
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::http::extract::{self, Admin, Merchant};
 use crate::http::{ApiError, ApiResult, AppState};
 use crate::plugins::{LimitsUpdate, PluginInfo, UploadError, limits::CEILING};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/merchant/pricing-plugin",
-            // The body is read against the merchant's own size budget as it
-            // streams (see `read_plugin`), not buffered up to a global limit.
-            put(upload).get(show).delete(remove),
-        )
-        .route("/v1/admin/merchants/{id}/plugin-limits", put(set_limits).get(get_limits))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        // The body is read against the merchant's own size budget as it
+        // streams (see `read_plugin`), not buffered up to a global limit.
+        .routes(routes!(upload, show, remove))
+        .routes(routes!(set_limits, get_limits))
 }
 
 fn invalid_plugin(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_plugin", message)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/merchant/pricing-plugin",
+    tag = "merchant",
+    operation_id = "upload_plugin",
+    summary = "Upload the merchant's pricing plugin (a WebAssembly component)",
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component, at most the merchant's `binary_bytes`"),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The plugin", body = crate::http::openapi::UploadedPlugin), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 413, description = "Over the merchant's `binary_bytes` (`payload_too_large`)", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not `application/wasm`", body = crate::http::openapi::ErrorBody), (status = 422, description = "`invalid_plugin`", body = crate::http::openapi::ErrorBody), (status = 503, description = "The compile queue is full (`overloaded`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn upload(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
@@ -127,6 +135,15 @@ async fn drain(mut body: Body) {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/pricing-plugin",
+    tag = "merchant",
+    operation_id = "get_plugin",
+    summary = "The merchant's plugin: digest, status, limits, recent errors, last run",
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The plugin", body = crate::plugins::PluginInfo), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No plugin (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn show(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<Json<PluginInfo>> {
     state
         .runtime
@@ -138,6 +155,15 @@ async fn show(State(state): State<AppState>, Merchant(merchant): Merchant) -> Ap
         .ok_or_else(|| ApiError::not_found("this merchant has no pricing plugin"))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/merchant/pricing-plugin",
+    tag = "merchant",
+    operation_id = "delete_plugin",
+    summary = "Remove the merchant's plugin",
+    security(("merchant_token" = [])),
+    responses((status = 204, description = "Removed"), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No plugin (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn remove(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<StatusCode> {
     if state.runtime.plugins().delete(&merchant).await.map_err(ApiError::internal)? {
         tracing::info!(%merchant, "pricing plugin removed");
@@ -154,6 +180,16 @@ async fn known_merchant(state: &AppState, id: &str) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/merchants/{id}/plugin-limits",
+    tag = "operator",
+    operation_id = "get_plugin_limits",
+    summary = "A merchant's plugin budgets",
+    params(("id" = String, Path, description = "The merchant id")),
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Its budgets", body = crate::http::openapi::MerchantLimits), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn get_limits(
     State(state): State<AppState>,
     _: Admin,
@@ -164,6 +200,17 @@ async fn get_limits(
     Ok(Json(json!({ "merchant_id": id, "limits": limits })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/admin/merchants/{id}/plugin-limits",
+    tag = "operator",
+    operation_id = "set_plugin_limits",
+    summary = "Raise or lower a merchant's plugin budgets",
+    params(("id" = String, Path, description = "The merchant id")),
+    request_body = crate::plugins::LimitsUpdate,
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Its budgets", body = crate::http::openapi::MerchantLimits), (status = 400, description = "Out of range (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn set_limits(
     State(state): State<AppState>,
     _: Admin,

@@ -1,10 +1,11 @@
 //! Shopper catalog: `GET /v1/products`, `GET /v1/products/{id}`.
 
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::bindings::types::Product;
@@ -12,10 +13,19 @@ use crate::http::{ApiError, ApiResult, AppState, invoke};
 
 pub const DEFAULT_LIMIT: u32 = 20;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/products", get(list)).route("/v1/products/{id}", get(one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(one))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/products",
+    tag = "shopper",
+    operation_id = "list_products",
+    summary = "Products, a page at a time",
+    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("merchant_id" = Option<String>, Query, description = "Only this merchant's products")),
+    responses((status = 200, description = "A page of products", body = crate::http::openapi::ProductList), (status = 400, description = "A bad query parameter (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn list(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -36,6 +46,15 @@ async fn list(
     Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}",
+    tag = "shopper",
+    operation_id = "get_product",
+    summary = "One product",
+    params(("id" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The product", body = crate::bindings::types::Product), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
 async fn one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Product>> {
     Ok(Json(invoke!(state, catalog, mercato_commerce_catalog, call_get_product(&id))?))
 }
