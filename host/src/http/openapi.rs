@@ -109,20 +109,13 @@ pub struct OrderPayment {
     pub status: PaymentStatusName,
 }
 
-/// An order as its shopper and the operator see it.
+/// An order as its shopper and the operator see it: what its merchants see,
+/// plus the payment and the provenance.
 #[derive(Serialize, ToSchema)]
 pub struct ShopperOrder {
-    pub id: String,
-    pub status: OrderStatusName,
-    pub email: String,
-    pub currency: String,
-    pub lines: Vec<OrderLine>,
-    pub subtotal: Money,
-    pub discount_total: Money,
-    pub total: Money,
+    #[serde(flatten)]
+    pub order: MerchantOrder,
     pub payment: OrderPayment,
-    /// Unix milliseconds.
-    pub created_at: u64,
     /// The component (and plugin) versions that took part.
     pub provenance: Vec<ProvenanceEntry>,
 }
@@ -147,6 +140,7 @@ pub struct MerchantOrder {
     pub subtotal: Money,
     pub discount_total: Money,
     pub total: Money,
+    /// Unix milliseconds.
     pub created_at: u64,
 }
 
