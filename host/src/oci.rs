@@ -44,6 +44,11 @@ pub struct RegistryConfig {
     /// Registries (`host:port`) that may be reached over plain HTTP besides
     /// loopback ones.
     pub insecure: Vec<String>,
+    /// Registries (`host` or `host:port`, as in references) deploys and
+    /// watches may pull from (`MERCATO_REGISTRY__ALLOWED='["ghcr.io"]'`); a
+    /// reference to any other is refused before anything is fetched. Empty:
+    /// any registry.
+    pub allowed: Vec<String>,
     /// Largest component a pull accepts, in bytes: a manifest that declares a
     /// larger layer is refused before anything is allocated, and a blob that
     /// streams past its declared size (or this) is cut off.
@@ -59,6 +64,7 @@ impl Default for RegistryConfig {
             password: None,
             auth_registry: None,
             insecure: Vec::new(),
+            allowed: Vec::new(),
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             timeout_ms: DEFAULT_REGISTRY_TIMEOUT_MS,
         }
@@ -195,6 +201,23 @@ impl Oci {
         Ok(())
     }
 
+    /// `reference` parsed, if its registry is one deploys may pull from
+    /// (`registry.allowed`).
+    pub fn reference(&self, reference: &str) -> Result<Reference, OciError> {
+        let r = parse(reference)?;
+        let allowed = self.config.allowed.is_empty()
+            || self.config.allowed.iter().any(|a| {
+                a.eq_ignore_ascii_case(r.registry()) || a.eq_ignore_ascii_case(r.resolve_registry())
+            });
+        if !allowed {
+            return Err(OciError::Reference(
+                reference.to_string(),
+                format!("registry {} is not in registry.allowed", r.registry()),
+            ));
+        }
+        Ok(r)
+    }
+
     /// The credentials for `reference`'s registry: the configured ones only
     /// for `auth_registry`, anonymous everywhere else.
     fn auth_for(&self, reference: &Reference) -> RegistryAuth {
@@ -264,13 +287,13 @@ impl Oci {
 
     /// The manifest digest `reference` points at now.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
-        let r = parse(reference)?;
+        let r = self.reference(reference)?;
         self.timed(&r, self.client(&r).fetch_manifest_digest(&r, &self.auth_for(&r))).await
     }
 
     /// Pull the component at `reference` (a tag is resolved to a digest).
     pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
-        let r = parse(reference)?;
+        let r = self.reference(reference)?;
         let client = self.client(&r);
         let (manifest, manifest_digest) =
             self.timed(&r, client.pull_image_manifest(&r, &self.auth_for(&r))).await?;
@@ -295,7 +318,7 @@ impl Oci {
     /// The signature stored next to `reference`'s repository for the
     /// component with `digest`, if there is one.
     pub async fn signature(&self, reference: &str, digest: &str) -> Result<Option<SignatureDoc>, OciError> {
-        let r = parse(reference)?;
+        let r = self.reference(reference)?;
         let sig_ref = signature_ref(&r, digest);
         let client = self.client(&sig_ref);
         let fetched = tokio::time::timeout(
@@ -344,7 +367,7 @@ impl Oci {
         exports: Vec<String>,
         sign: Option<&ed25519_dalek::SigningKey>,
     ) -> Result<Pushed, OciError> {
-        let r = parse(reference)?;
+        let r = self.reference(reference)?;
         if r.digest().is_some() {
             return Err(OciError::Reference(reference.to_string(), "push to a tag, not a digest".into()));
         }

@@ -136,12 +136,18 @@ impl Guest for CartComponent {
             match cart.lines.iter_mut().find(|l| l.sku == sku) {
                 Some(line) => {
                     let total = line.quantity.saturating_add(quantity);
-                    check_quantity(total)?;
+                    if total > MAX_LINE_QUANTITY {
+                        return Err(Error::InvalidQuantity(format!(
+                            "quantity: the line would hold {total} units, at most {MAX_LINE_QUANTITY}"
+                        )));
+                    }
                     line.quantity = total;
                 }
                 None => {
                     if cart.lines.len() >= MAX_LINES {
-                        return Err(Error::InvalidInput(format!("a cart holds at most {MAX_LINES} lines")));
+                        return Err(Error::Conflict(format!(
+                            "the cart is full: it holds at most {MAX_LINES} lines"
+                        )));
                     }
                     cart.lines.push(LineRecord { sku: sku.clone(), quantity });
                 }

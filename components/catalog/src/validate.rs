@@ -23,8 +23,9 @@ pub fn is_sku(s: &str) -> bool {
 }
 
 pub fn product(input: &ProductInput) -> Result<(), Error> {
-    let title = input.title.trim();
-    if title.is_empty() || title.chars().count() > MAX_TITLE {
+    // Blank titles are refused; the length counts what was sent (as the
+    // OpenAPI document's maxLength does).
+    if input.title.trim().is_empty() || input.title.chars().count() > MAX_TITLE {
         return Err(invalid(format!("title: must be 1 to {MAX_TITLE} characters")));
     }
     if input.description.chars().count() > MAX_DESCRIPTION {
@@ -54,6 +55,8 @@ pub fn product(input: &ProductInput) -> Result<(), Error> {
             return Err(invalid(format!("variants[{i}].stock: at most {MAX_STOCK}")));
         }
         if input.variants[..i].iter().any(|o| o.sku == v.sku) {
+            // A rule the OpenAPI document can only say in words (JSON Schema
+            // has no "unique by field").
             return Err(invalid(format!("variants[{i}].sku: {:?} appears twice", v.sku)));
         }
     }

@@ -126,6 +126,28 @@ fn is_order_id(id: &str) -> bool {
     id.len() == 36 && id.starts_with("ord_") && id[4..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A page cursor is `o1.` + the last listed index key after the merchant's
+/// prefix (`<created_at>-<order id>`): the same shape for every merchant, so
+/// the OpenAPI document can state it (`^o1\.[0-9]{13}-ord_[0-9a-f]{32}$`).
+const CURSOR_PREFIX: &str = "o1.";
+
+fn encode_cursor(after_prefix: &str) -> String {
+    format!("{CURSOR_PREFIX}{after_prefix}")
+}
+
+fn decode_cursor(cursor: &str) -> Result<&str, Error> {
+    cursor
+        .strip_prefix(CURSOR_PREFIX)
+        .filter(|rest| {
+            rest.len() == 13 + 1 + 36
+                && rest.is_ascii()
+                && rest[..13].bytes().all(|b| b.is_ascii_digit())
+                && rest.as_bytes()[13] == b'-'
+                && is_order_id(&rest[14..])
+        })
+        .ok_or_else(|| Error::InvalidInput("cursor: not a cursor this API returned".into()))
+}
+
 fn load(id: &str) -> Result<Order, Error> {
     if !is_order_id(id) {
         return Err(not_found(id));
@@ -133,16 +155,29 @@ fn load(id: &str) -> Result<Order, Error> {
     kv::get(&kv::open(ORDERS)?, id)?.ok_or_else(|| not_found(id))
 }
 
+/// Longest checkout Idempotency-Key (visible ASCII: bytes = characters).
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
 fn validate(req: &CheckoutRequest) -> Result<(), Error> {
-    let email = req.email.trim();
-    if email.len() < 3 || email.len() > 254 || !email.contains('@') || email.contains(char::is_whitespace) {
+    // As the OpenAPI document states it: 3 to 254 characters with an `@`,
+    // no whitespace or control characters.
+    let email = &req.email;
+    let length = email.chars().count();
+    if !(3..=254).contains(&length)
+        || !email.contains('@')
+        || email.contains(|c: char| c.is_whitespace() || c.is_control())
+    {
         return Err(Error::InvalidInput("email: must be an email address".into()));
     }
-    if req.payment_token.is_empty() || req.payment_token.len() > 255 {
+    if req.payment_token.is_empty() || req.payment_token.chars().count() > 255 {
         return Err(Error::InvalidInput("payment.token: 1 to 255 characters".into()));
     }
-    if req.idempotency_key.is_empty() || req.idempotency_key.len() > 255 {
-        return Err(Error::InvalidInput("Idempotency-Key: 1 to 255 characters".into()));
+    // 200, not the provider's 255: the keys sent to it are this one with a
+    // prefix (`capture:checkout:<key>` is 17 characters longer). A longer
+    // key used to pass here and fail at the payment step, after the stock
+    // was reserved.
+    if req.idempotency_key.is_empty() || req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Error::InvalidInput(format!("Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters")));
     }
     Ok(())
 }
@@ -613,8 +648,7 @@ impl Guest for Orders {
         let prefix = format!("{merchant}/");
         let start = match cursor {
             None => prefix.clone(),
-            Some(c) if c.starts_with(&prefix) && c.len() <= 200 => c,
-            Some(_) => return Err(Error::InvalidInput("cursor: not a cursor this API returned".into())),
+            Some(c) => format!("{prefix}{}", decode_cursor(&c)?),
         };
         let index = kv::open("by-merchant")?;
         let orders = kv::open("orders")?;
@@ -645,7 +679,8 @@ impl Guest for Orders {
                 after = next;
             }
         }
-        Ok(OrderPage { items, next_cursor: if more { last_key } else { None } })
+        let next_cursor = if more { last_key.map(|k| encode_cursor(&k[prefix.len()..])) } else { None };
+        Ok(OrderPage { items, next_cursor })
     }
 
     fn get_merchant_order(merchant: String, id: String) -> Result<Order, Error> {

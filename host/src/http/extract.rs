@@ -11,6 +11,10 @@ use super::error::ApiError;
 
 /// `axum::Json` with API-shaped rejections: 400 `malformed_json`, 422
 /// `invalid_request`, 413 `payload_too_large`, 415 `unsupported_media_type`.
+///
+/// A number with no fractional part is an integer, as in JSON Schema (the
+/// OpenAPI document's `"type": "integer"` admits `7.0`): integer fields
+/// accept `7.0` as `7`; `7.5` stays an error that names its field.
 pub struct Json<T>(pub T);
 
 impl<T, S> FromRequest<S> for Json<T>
@@ -21,10 +25,36 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        integral_floats_to_integers(&mut value);
+        serde_path_to_error::deserialize(value).map(Json).map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            let message = if path == "." { e.to_string() } else { format!("{path}: {e}") };
+            ApiError::bad_request("invalid_request", message)
+        })
+    }
+}
+
+/// Rewrite every float with no fractional part that fits an `i64`/`u64` as
+/// that integer, in place.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::{Number, Value};
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Exact bounds: 2^63 and 2^64 are representable; anything below
+            // them with no fraction converts without rounding.
+            if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0).contains(&f) {
+                *n = if f < 0.0 { Number::from(f as i64) } else { Number::from(f as u64) };
+            }
         }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
     }
 }
 
@@ -120,4 +150,27 @@ pub fn upload_body(
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integral_floats_become_integers_and_fractions_stay() {
+        let mut v = json!({"a": 7820.0, "b": [1.0, -3.0, 2.5], "c": {"d": 0.0, "e": 1e300}, "f": "7.0"});
+        integral_floats_to_integers(&mut v);
+        assert_eq!(v, json!({"a": 7820, "b": [1, -3, 2.5], "c": {"d": 0, "e": 1e300}, "f": "7.0"}));
+        assert!(v["a"].is_u64() && v["b"][1].is_i64() && v["c"]["e"].is_f64());
+        #[derive(serde::Deserialize, Debug)]
+        struct Limits {
+            #[allow(dead_code)]
+            deadline_ms: u64,
+        }
+        let mut fractional = json!({"deadline_ms": 7.5});
+        integral_floats_to_integers(&mut fractional);
+        let err = serde_path_to_error::deserialize::<_, Limits>(fractional).expect_err("7.5 is no u64");
+        assert_eq!(err.path().to_string(), "deadline_ms");
+    }
 }

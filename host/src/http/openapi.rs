@@ -10,10 +10,54 @@
 //! schemathesis against a real process to check every answer against them.
 
 use serde::Serialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::bindings::types::{Money, OrderLine, Product, ProvenanceEntry};
+
+/// The components' own currency list (one file, not a copy).
+#[path = "../../../components/kit/src/iso4217.rs"]
+mod iso4217;
+
+/// Schema of a currency field: the active ISO 4217 codes the components
+/// accept, as an enum (`#[schema(value_type = Currency)]` on a field).
+pub struct Currency;
+
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("An active ISO 4217 currency code"))
+            .enum_values(Some(iso4217::ISO_4217.iter().copied()))
+            .examples([serde_json::json!("EUR")])
+            .into()
+    }
+}
+
+impl ToSchema for Currency {}
+
+/// Schema of a service component's name (the deploy and rollback paths),
+/// from [`ComponentKind::ALL`](crate::runtime::ComponentKind::ALL).
+pub struct ComponentName;
+
+impl utoipa::PartialSchema for ComponentName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("A service component"))
+            .enum_values(Some(crate::runtime::ComponentKind::ALL.iter().map(|k| k.name())))
+            .into()
+    }
+}
+
+impl ToSchema for ComponentName {}
+
+/// Patterns the handlers' checks agree with, character for character:
+/// `NOT_BLANK` holds a character that is not Unicode White_Space (what
+/// Rust's `trim` removes), so a title of spaces does not match.
+pub const NOT_BLANK: &str = r"[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
 
 /// Security scheme names, as `#[utoipa::path(security(...))]` uses them.
 pub const ADMIN: &str = "admin_token";
@@ -28,7 +72,7 @@ pub const ORDER_ACCESS: &str = "order_access_token";
         license(name = "Apache-2.0")
     ),
     modifiers(&Security),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, Currency, ComponentName)),
     tags(
         (name = "shopper", description = "Products, carts, checkout and orders; no authentication"),
         (name = "merchant", description = "A merchant's products, stock, orders and pricing plugin (merchant token)"),
@@ -189,7 +233,9 @@ pub struct ComponentList {
 
 /// `{"oci": "registry/repo:tag"}` or `registry/repo@sha256:…`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OciReference {
+    #[schema(example = "ghcr.io/acme/catalog:1.4.0")]
     pub oci: String,
 }
 
@@ -224,3 +270,58 @@ pub async fn document(axum::Extension(doc): axum::Extension<Document>) -> impl a
 /// The serialized document, handed to [`document`].
 #[derive(Clone)]
 pub struct Document(pub std::sync::Arc<String>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        let (_, api) = crate::http::api_routes().split_for_parts();
+        serde_json::to_value(api).expect("json")
+    }
+
+    /// `NOT_BLANK` matches a one-character string exactly when Rust's `trim`
+    /// keeps that character, for every character; and the document's
+    /// not-blank fields use it.
+    #[test]
+    fn not_blank_agrees_with_trim() {
+        let re = regex::Regex::new(NOT_BLANK).expect("regex");
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(re.is_match(&c.to_string()), !c.is_whitespace(), "{:?} (U+{:04X})", c, c as u32);
+        }
+        let doc = doc();
+        for (schema, field) in [("NewMerchant", "name"), ("ProductBody", "title")] {
+            let pattern = &doc["components"]["schemas"][schema]["properties"][field]["pattern"];
+            assert_eq!(pattern, NOT_BLANK, "{schema}.{field}");
+        }
+    }
+
+    /// The checkout's email pattern accepts exactly what the order
+    /// component's check does (an `@`, no whitespace or control character),
+    /// for every character around an `@`.
+    #[test]
+    fn email_pattern_agrees_with_the_order_check() {
+        let doc = doc();
+        let pattern = doc["components"]["schemas"]["CheckoutBody"]["properties"]["email"]["pattern"]
+            .as_str()
+            .expect("email pattern")
+            .to_string();
+        let re = regex::Regex::new(&pattern).expect("regex");
+        for c in (0..=0x10FFFF).filter_map(char::from_u32).filter(|c| *c != '@') {
+            let email = format!("a{c}@b");
+            let component_accepts = !email.contains(|c: char| c.is_whitespace() || c.is_control());
+            assert_eq!(re.is_match(&email), component_accepts, "U+{:04X}", c as u32);
+        }
+        assert!(!re.is_match("no-at-sign"));
+    }
+
+    #[test]
+    fn currencies_and_component_names_are_enums() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        let currencies = schemas["Currency"]["enum"].as_array().expect("currency enum");
+        assert!(currencies.len() > 100 && currencies.contains(&serde_json::json!("EUR")));
+        let names = schemas["ComponentName"]["enum"].as_array().expect("component enum");
+        assert_eq!(names.len(), crate::runtime::ComponentKind::ALL.len());
+    }
+}

@@ -56,10 +56,20 @@ impl Default for PluginLimits {
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsUpdate {
+    /// 1 to 64 MiB (`CEILING`).
+    #[schema(minimum = 1, maximum = 67108864)]
     pub binary_bytes: Option<u64>,
+    /// 1 to 512 MiB.
+    #[schema(minimum = 1, maximum = 536870912)]
     pub memory_bytes: Option<u64>,
+    /// 1 to 10^10.
+    #[schema(minimum = 1, maximum = 10000000000u64)]
     pub instructions: Option<u64>,
+    /// 1 to 2000 ms.
+    #[schema(minimum = 1, maximum = 2000)]
     pub deadline_ms: Option<u64>,
+    /// 1 to 1 MiB.
+    #[schema(minimum = 1, maximum = 1048576)]
     pub output_bytes: Option<u64>,
 }
 

@@ -66,6 +66,10 @@ pub enum DeployError {
     InvalidComponent(String),
     #[error("{0}")]
     ContractMismatch(String),
+    /// A reference that does not parse, or names a registry deploys may not
+    /// pull from.
+    #[error("{0}")]
+    InvalidReference(String),
     #[error("{0}")]
     SignatureInvalid(String),
     #[error("{0}")]
@@ -84,6 +88,7 @@ impl From<OciError> for DeployError {
     fn from(e: OciError) -> Self {
         match e {
             OciError::Artifact(m) => DeployError::InvalidComponent(m),
+            e @ OciError::Reference(..) => DeployError::InvalidReference(e.to_string()),
             other => DeployError::Registry(other.to_string()),
         }
     }

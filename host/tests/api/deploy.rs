@@ -212,7 +212,7 @@ async fn contract_mismatches_and_bad_input_change_nothing() {
         )
         .await,
         422,
-        "invalid_request",
+        "invalid_reference",
     );
     // Larger than any component may be (its own client: the connection
     // is closed after the 413).
@@ -427,6 +427,25 @@ async fn oci_push_pull_with_basic_auth() {
         "registry_error",
     );
     assert_eq!(component(&components(&stranger).await, "catalog")["active"]["version"], 1);
+
+    // `registry.allowed`: a reference to another registry is refused (422,
+    // before anything is fetched); the listed one still deploys.
+    let fenced = spawn_app_with(Backend::Sqlite, |c| {
+        c.registry = creds.clone();
+        c.registry.allowed = vec!["registry.invalid".into()];
+    })
+    .await;
+    let refused = deploy_oci(&fenced, "catalog", &reference).await;
+    assert_error(&refused, 422, "invalid_reference");
+    assert!(s(&refused.1["error"]["message"]).contains("registry.allowed"), "{}", refused.1);
+    assert_eq!(component(&components(&fenced).await, "catalog")["active"]["version"], 1);
+    let open = spawn_app_with(Backend::Sqlite, |c| {
+        c.registry = creds.clone();
+        c.registry.allowed = vec![registry.addr.to_string()];
+    })
+    .await;
+    let (status, d) = deploy_oci(&open, "catalog", &reference).await;
+    assert_eq!((status, &d["digest"]), (200, &json!(pushed.digest)), "{d}");
 }
 
 /// An OCI pull is bounded (`registry.max_artifact_bytes`): a manifest that

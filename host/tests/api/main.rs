@@ -20,5 +20,6 @@ mod products;
 mod registry_server;
 mod restart;
 mod sandbox;
+mod schemathesis;
 mod serve;
 mod storage;

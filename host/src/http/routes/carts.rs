@@ -23,21 +23,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCart {
+    #[schema(value_type = crate::http::openapi::Currency)]
     currency: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddItem {
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", example = "MUG-SND")]
     sku: String,
-    #[schema(value_type = u32)]
+    /// Added to the line's quantity; a line holds at most 1000 units.
+    #[schema(value_type = u32, minimum = 1, maximum = 1000, example = 1)]
     quantity: Value,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetQuantity {
-    #[schema(value_type = u32)]
+    /// The line's new quantity; 0 removes the line.
+    #[schema(value_type = u32, minimum = 0, maximum = 1000)]
     quantity: Value,
 }
 
@@ -98,7 +102,9 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
     params(("id" = String, Path, description = "The cart id")),
     request_body = AddItem,
     responses((status = 200, description = "The cart", body = crate::bindings::types::Cart, links(
-            ("Checkout" = (operation_id = "checkout", parameters(("id" = "$request.path.id"))))
+            ("Checkout" = (operation_id = "checkout", parameters(("id" = "$request.path.id")))),
+            ("SetQuantity" = (operation_id = "set_quantity", parameters(("id" = "$request.path.id"), ("sku" = "$request.body#/sku")))),
+            ("RemoveItem" = (operation_id = "remove_item", parameters(("id" = "$request.path.id"), ("sku" = "$request.body#/sku"))))
         )), (status = 400, description = "`invalid_quantity`, a malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart or sku (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn add(

@@ -35,6 +35,7 @@ impl From<DeployError> for ApiError {
         match e {
             DeployError::InvalidComponent(m) => ApiError::bad_request("invalid_component", m),
             DeployError::ContractMismatch(m) => ApiError::bad_request("contract_mismatch", m),
+            DeployError::InvalidReference(m) => ApiError::bad_request("invalid_reference", m),
             DeployError::SignatureInvalid(m) => ApiError::bad_request("signature_invalid", m),
             DeployError::Registry(m) => ApiError::new(StatusCode::BAD_GATEWAY, "registry_error", m),
             DeployError::NothingToRollBack(m) => {
@@ -78,7 +79,7 @@ fn answer(d: Deployed) -> (StatusCode, Json<Value>) {
     tag = "operator",
     operation_id = "deploy_component",
     summary = "Deploy a component version: uploaded, or pulled from an OCI registry",
-    params(("name" = String, Path, description = "catalog, cart, inventory, payment or order")),
+    params(("name" = crate::http::openapi::ComponentName, Path, description = "catalog, cart, inventory, payment or order")),
     request_body(content((Vec<u8> = "application/wasm"), (crate::http::openapi::OciReference = "application/json"))),
     security(("admin_token" = [])),
     responses((status = 200, description = "The active version (with `Accept: application/x-ndjson`, one JSON line per stage)", body = crate::registry::Deployed), (status = 400, description = "`invalid_component`, `contract_mismatch`, `signature_invalid`, `invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such component", body = crate::http::openapi::ErrorBody), (status = 409, description = "`conflict`", body = crate::http::openapi::ErrorBody), (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorBody), (status = 502, description = "`registry_error`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
@@ -116,8 +117,11 @@ async fn deploy(
                     format!("expected {{\"oci\": \"registry/repo:tag\"}}: {e}"),
                 )
             })?;
-            crate::oci::parse(&parsed.oci)
-                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+            state
+                .registry
+                .oci()
+                .reference(&parsed.oci)
+                .map_err(|e| ApiError::bad_request("invalid_reference", e.to_string()))?;
             Artifact::Oci { reference: parsed.oci }
         }
         _ => {
@@ -173,7 +177,7 @@ fn follow(state: AppState, kind: ComponentKind, artifact: Artifact) -> Response 
     tag = "operator",
     operation_id = "rollback_component",
     summary = "Go back to the previous version",
-    params(("name" = String, Path, description = "catalog, cart, inventory, payment or order")),
+    params(("name" = crate::http::openapi::ComponentName, Path, description = "catalog, cart, inventory, payment or order")),
     security(("admin_token" = [])),
     responses((status = 200, description = "The active version", body = crate::registry::Deployed), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such component", body = crate::http::openapi::ErrorBody), (status = 409, description = "`nothing_to_roll_back`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]

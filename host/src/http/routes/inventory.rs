@@ -18,7 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
-    #[schema(value_type = u32)]
+    #[schema(value_type = u32, minimum = 0, maximum = 1000000000)]
     on_hand: Value,
 }
 

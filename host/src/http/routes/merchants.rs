@@ -25,34 +25,54 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewMerchant {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     name: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoneyBody {
+    /// Minor units (cents): 0 to 10^12.
+    #[schema(minimum = 0, maximum = 1000000000000i64)]
     amount: i64,
+    #[schema(value_type = crate::http::openapi::Currency)]
     currency: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VariantBody {
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", example = "MUG-SND")]
     sku: String,
     #[serde(default)]
+    #[schema(max_length = 200)]
     title: String,
     price: MoneyBody,
     /// Initial on-hand stock (create only; existing skus keep theirs).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000000000)]
     stock: Option<u32>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     title: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     description: String,
+    /// 1 to 100 variants in one currency (else 422 `currency_mismatch`) with
+    /// distinct skus (a repeated sku is 422 `invalid_request`).
+    #[schema(min_items = 1, max_items = 100)]
     variants: Vec<VariantBody>,
 }
 
@@ -83,7 +103,10 @@ impl From<ProductBody> for ProductInput {
     summary = "A new merchant and its token (shown once)",
     request_body = NewMerchant,
     security(("admin_token" = [])),
-    responses((status = 201, description = "The merchant", body = crate::http::openapi::CreatedMerchant), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 201, description = "The merchant", body = crate::http::openapi::CreatedMerchant, links(
+            ("GetPluginLimits" = (operation_id = "get_plugin_limits", parameters(("id" = "$response.body#/id")))),
+            ("SetPluginLimits" = (operation_id = "set_plugin_limits", parameters(("id" = "$response.body#/id"))))
+        )), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn create_merchant(
     State(state): State<AppState>,
@@ -91,7 +114,7 @@ async fn create_merchant(
     extract::Json(body): extract::Json<NewMerchant>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_MERCHANT_NAME {
+    if name.is_empty() || body.name.chars().count() > MAX_MERCHANT_NAME {
         return Err(ApiError::bad_request(
             "invalid_request",
             format!("name: must be 1 to {MAX_MERCHANT_NAME} characters"),
@@ -111,7 +134,12 @@ async fn create_merchant(
     summary = "A new product with its variants and their initial stock",
     request_body = ProductBody,
     security(("merchant_token" = [])),
-    responses((status = 201, description = "The product", body = crate::bindings::types::Product), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 409, description = "A sku taken by another product (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 201, description = "The product", body = crate::bindings::types::Product, links(
+            ("GetProduct" = (operation_id = "get_product", parameters(("id" = "$response.body#/id")))),
+            ("UpdateProduct" = (operation_id = "update_product", parameters(("id" = "$response.body#/id")))),
+            ("GetStock" = (operation_id = "get_stock", parameters(("sku" = "$response.body#/variants/0/sku")))),
+            ("SetStock" = (operation_id = "set_stock", parameters(("sku" = "$response.body#/variants/0/sku"))))
+        )), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 409, description = "A sku taken by another product (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn create_product(
     State(state): State<AppState>,

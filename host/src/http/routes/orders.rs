@@ -33,12 +33,21 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PaymentBody {
+    /// The provider's payment token (`tok_visa` in test mode).
+    #[schema(min_length = 1, max_length = 255, example = "tok_visa")]
     token: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckoutBody {
+    /// 3 to 254 characters with an `@`, no whitespace or control characters.
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
+    #[schema(example = "shopper@example.com")]
     email: String,
     payment: PaymentBody,
 }
@@ -78,10 +87,13 @@ pub fn order_json(o: &Order) -> Value {
     tag = "shopper",
     operation_id = "checkout",
     summary = "Check the cart out: reserve, pay, order",
-    params(("id" = String, Path, description = "The cart id"), ("Idempotency-Key" = String, Header, description = "Required: the same key and body again answer with the same order, without a second charge")),
+    params(("id" = String, Path, description = "The cart id"), ("Idempotency-Key" = String, Header, description = "Required: the same key and body again answer with the same order, without a second charge", min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$")),
     request_body = CheckoutBody,
     responses((status = 201, description = "The paid order and its access token", body = crate::http::openapi::PlacedOrder, links(
-            ("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/id"))))
+            ("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/id")))),
+            ("GetMerchantOrder" = (operation_id = "get_merchant_order", parameters(("id" = "$response.body#/id")))),
+            ("FulfillOrder" = (operation_id = "fulfill_order", parameters(("id" = "$response.body#/id")))),
+            ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/id"))))
         )), (status = 400, description = "`missing_idempotency_key`, a malformed body", body = crate::http::openapi::ErrorBody), (status = 402, description = "`payment_declined`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart (`not_found`)", body = crate::http::openapi::ErrorBody), (status = 409, description = "`out_of_stock` (with `details`), or the same key in progress (`conflict`)", body = crate::http::openapi::ErrorBody), (status = 422, description = "`empty_cart`, `idempotency_key_reuse`", body = crate::http::openapi::ErrorBody), (status = 503, description = "The payment provider did not answer in time", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn checkout(
@@ -233,7 +245,7 @@ async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>)
     tag = "merchant",
     operation_id = "list_merchant_orders",
     summary = "The merchant's orders, newest first, only its lines",
-    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = r"^o1\.[0-9]{13}-ord_[0-9a-f]{32}$")),
     security(("merchant_token" = [])),
     responses((status = 200, description = "A page of orders", body = crate::http::openapi::MerchantOrderPage), (status = 400, description = "A bad query parameter", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]

@@ -23,7 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "shopper",
     operation_id = "list_products",
     summary = "Products, a page at a time",
-    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("merchant_id" = Option<String>, Query, description = "Only this merchant's products")),
+    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = r"^c1\.p[0-9]{12}$"), ("merchant_id" = Option<String>, Query, description = "Only this merchant's products")),
     responses((status = 200, description = "A page of products", body = crate::http::openapi::ProductList), (status = 400, description = "A bad query parameter (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn list(
