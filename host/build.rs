@@ -20,8 +20,11 @@ const BUNDLED: &[(&str, &str)] = &[
     ("mercato-payment", "payment.wasm"),
     ("mercato-order", "order.wasm"),
 ];
-const TEST_ONLY: &[(&str, &str)] =
-    &[("mercato-probe", "probe.wasm"), ("mercato-plugin-bundles", "plugin-bundles.wasm")];
+const TEST_ONLY: &[(&str, &str)] = &[
+    ("mercato-probe", "probe.wasm"),
+    ("mercato-plugin-bundles", "plugin-bundles.wasm"),
+    ("mercato-hello-http", "hello-http.wasm"),
+];
 /// The hostile-plugin zoo: one build per feature, `zoo-<feature>.wasm`.
 const ZOO: &[&str] = &[
     "loop",
