@@ -60,6 +60,13 @@ pub fn bearer(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
+/// Whether `id` has the shape of a merchant id (`m_` + 16 lower-case hex):
+/// anything else is not looked up (client input never reaches a query it
+/// could break, such as a NUL in a PostgreSQL `TEXT` parameter).
+pub fn is_merchant_id(id: &str) -> bool {
+    id.len() == 18 && id.starts_with("m_") && id[2..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A new merchant: its id, the token to show once, and the row to store.
 pub fn new_merchant(name: &str) -> (String, MerchantRow) {
     let id = format!("m_{}", hex::encode(rand::random::<[u8; 8]>()));

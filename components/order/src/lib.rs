@@ -143,7 +143,8 @@ fn decode_cursor(cursor: &str) -> Result<&str, Error> {
                 && rest.is_ascii()
                 && rest[..13].bytes().all(|b| b.is_ascii_digit())
                 && rest.as_bytes()[13] == b'-'
-                && is_order_id(&rest[14..])
+                && rest[14..].starts_with("ord_")
+                && rest[18..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         })
         .ok_or_else(|| Error::InvalidInput("cursor: not a cursor this API returned".into()))
 }

@@ -25,8 +25,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(v)) => v,
+        // Through a `Value` that refuses repeated keys: `{"email": "a", "email": "b"}`
+        // is an error, as it is for the derived structs, not "the last one wins".
+        let mut value = match axum::Json::<StrictValue>::from_request(req, state).await {
+            Ok(axum::Json(StrictValue(v))) => v,
             Err(rejection) => return Err(json_rejection(rejection)),
         };
         integral_floats_to_integers(&mut value);
@@ -36,6 +38,70 @@ where
             let message = if path == "." { e.to_string() } else { format!("{path}: {e}") };
             ApiError::bad_request("invalid_request", message)
         })
+    }
+}
+
+/// A JSON value in which no object repeats a key.
+struct StrictValue(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(value) = map.next_value()?;
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+            }
+            fields.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(fields))
     }
 }
 
@@ -172,5 +238,16 @@ mod tests {
         integral_floats_to_integers(&mut fractional);
         let err = serde_path_to_error::deserialize::<_, Limits>(fractional).expect_err("7.5 is no u64");
         assert_eq!(err.path().to_string(), "deadline_ms");
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth() {
+        let ok: StrictValue =
+            serde_json::from_str(r#"{"a": [1, 2.5, {"b": null}], "c": "d"}"#).expect("valid");
+        assert_eq!(ok.0, json!({"a": [1, 2.5, {"b": null}], "c": "d"}));
+        for body in [r#"{"email": "a@b", "email": "x@y"}"#, r#"{"a": [{"b": 1, "b": 2}]}"#] {
+            let err = serde_json::from_str::<StrictValue>(body).err().expect("refused");
+            assert!(err.to_string().contains("duplicate field"), "{err}");
+        }
     }
 }

@@ -59,6 +59,10 @@ impl ToSchema for ComponentName {}
 /// Rust's `trim` removes), so a title of spaces does not match.
 pub const NOT_BLANK: &str = r"[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
 
+/// A merchant's name: not blank (as [`NOT_BLANK`]) and no control character
+/// (a NUL cannot go into a PostgreSQL `TEXT` column).
+pub const MERCHANT_NAME: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$";
+
 /// Security scheme names, as `#[utoipa::path(security(...))]` uses them.
 pub const ADMIN: &str = "admin_token";
 pub const MERCHANT: &str = "merchant_token";
@@ -290,9 +294,22 @@ mod tests {
             assert_eq!(re.is_match(&c.to_string()), !c.is_whitespace(), "{:?} (U+{:04X})", c, c as u32);
         }
         let doc = doc();
-        for (schema, field) in [("NewMerchant", "name"), ("ProductBody", "title")] {
-            let pattern = &doc["components"]["schemas"][schema]["properties"][field]["pattern"];
-            assert_eq!(pattern, NOT_BLANK, "{schema}.{field}");
+        let pattern = &doc["components"]["schemas"]["ProductBody"]["properties"]["title"]["pattern"];
+        assert_eq!(pattern, NOT_BLANK);
+        let pattern = &doc["components"]["schemas"]["NewMerchant"]["properties"]["name"]["pattern"];
+        assert_eq!(pattern, MERCHANT_NAME);
+    }
+
+    /// `MERCHANT_NAME` accepts exactly what `create_merchant` does: some
+    /// character `trim` keeps, none that is a control character.
+    #[test]
+    fn merchant_name_pattern_agrees_with_the_handler() {
+        let re = regex::Regex::new(MERCHANT_NAME).expect("regex");
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            for name in [c.to_string(), format!("a{c}"), format!("{c} b")] {
+                let accepted = !name.trim().is_empty() && !name.contains(char::is_control);
+                assert_eq!(re.is_match(&name), accepted, "{name:?}");
+            }
         }
     }
 

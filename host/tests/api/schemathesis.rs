@@ -88,7 +88,7 @@ async fn schemathesis_finds_nothing(backend: Backend) {
         out.status.success(),
         "schemathesis found problems ({}):\n{stdout}\n{stderr}\n-- server log (last 4000 bytes):\n{}",
         out.status,
-        &server_log[server_log.len().saturating_sub(4000)..]
+        tail(&server_log, 4000)
     );
     assert!(!server_log.contains("panicked"), "{server_log}");
 
@@ -104,6 +104,15 @@ async fn schemathesis_finds_nothing(backend: Backend) {
     };
     assert!(reached("POST", "/items", 200), "no item was ever added to a cart");
     assert!(reached("POST", "/checkout", 201), "no checkout ever succeeded");
+}
+
+/// The last `n` bytes of `text` or a little more (a character boundary).
+fn tail(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    &text[start..]
 }
 
 /// (method, path, status) of every exchange in schemathesis' NDJSON report.

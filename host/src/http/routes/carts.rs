@@ -70,7 +70,7 @@ fn quantity(v: &Value) -> Result<u32, ApiError> {
             ("GetCart" = (operation_id = "get_cart", parameters(("id" = "$response.body#/id")))),
             ("AddItem" = (operation_id = "add_item", parameters(("id" = "$response.body#/id")))),
             ("Checkout" = (operation_id = "checkout", parameters(("id" = "$response.body#/id"))))
-        )), (status = 400, description = "An unknown currency or a malformed body", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+        )), (status = 422, description = "An unknown currency (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn create(
     State(state): State<AppState>,
@@ -105,7 +105,7 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
             ("Checkout" = (operation_id = "checkout", parameters(("id" = "$request.path.id")))),
             ("SetQuantity" = (operation_id = "set_quantity", parameters(("id" = "$request.path.id"), ("sku" = "$request.body#/sku")))),
             ("RemoveItem" = (operation_id = "remove_item", parameters(("id" = "$request.path.id"), ("sku" = "$request.body#/sku"))))
-        )), (status = 400, description = "`invalid_quantity`, a malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart or sku (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+        )), (status = 422, description = "`invalid_quantity`, `unknown_sku`, `currency_mismatch`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart or sku (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn add(
     State(state): State<AppState>,
@@ -124,7 +124,7 @@ async fn add(
     summary = "Set a line's quantity (0 removes it)",
     params(("id" = String, Path, description = "The cart id"), ("sku" = String, Path, description = "The sku")),
     request_body = SetQuantity,
-    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 400, description = "`invalid_quantity`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 422, description = "`invalid_quantity`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn set(
     State(state): State<AppState>,

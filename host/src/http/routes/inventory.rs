@@ -49,7 +49,7 @@ async fn read(
     params(("sku" = String, Path, description = "The sku")),
     request_body = SetStock,
     security(("merchant_token" = [])),
-    responses((status = 200, description = "Its stock", body = crate::bindings::types::StockLevel), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "`forbidden`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Below what is reserved (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "Its stock", body = crate::bindings::types::StockLevel), (status = 422, description = "`invalid_quantity`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "`forbidden`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Below what is reserved (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn set(
     State(state): State<AppState>,

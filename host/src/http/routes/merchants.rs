@@ -25,10 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewMerchant {
+    /// Not blank, no control characters.
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
     )]
     name: String,
 }
@@ -106,7 +107,7 @@ impl From<ProductBody> for ProductInput {
     responses((status = 201, description = "The merchant", body = crate::http::openapi::CreatedMerchant, links(
             ("GetPluginLimits" = (operation_id = "get_plugin_limits", parameters(("id" = "$response.body#/id")))),
             ("SetPluginLimits" = (operation_id = "set_plugin_limits", parameters(("id" = "$response.body#/id"))))
-        )), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+        )), (status = 422, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn create_merchant(
     State(state): State<AppState>,
@@ -114,10 +115,11 @@ async fn create_merchant(
     extract::Json(body): extract::Json<NewMerchant>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = body.name.trim();
-    if name.is_empty() || body.name.chars().count() > MAX_MERCHANT_NAME {
+    let control = body.name.contains(char::is_control);
+    if name.is_empty() || body.name.chars().count() > MAX_MERCHANT_NAME || control {
         return Err(ApiError::bad_request(
             "invalid_request",
-            format!("name: must be 1 to {MAX_MERCHANT_NAME} characters"),
+            format!("name: 1 to {MAX_MERCHANT_NAME} characters, not blank, no control characters"),
         ));
     }
     let (token, row) = crate::auth::new_merchant(name);
@@ -139,7 +141,7 @@ async fn create_merchant(
             ("UpdateProduct" = (operation_id = "update_product", parameters(("id" = "$response.body#/id")))),
             ("GetStock" = (operation_id = "get_stock", parameters(("sku" = "$response.body#/variants/0/sku")))),
             ("SetStock" = (operation_id = "set_stock", parameters(("sku" = "$response.body#/variants/0/sku"))))
-        )), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 409, description = "A sku taken by another product (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+        )), (status = 422, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 409, description = "A sku taken by another product (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn create_product(
     State(state): State<AppState>,
@@ -160,7 +162,7 @@ async fn create_product(
     params(("id" = String, Path, description = "The product id")),
     request_body = ProductBody,
     security(("merchant_token" = [])),
-    responses((status = 200, description = "The product", body = crate::bindings::types::Product), (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "Another merchant's product (`forbidden`)", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "The product", body = crate::bindings::types::Product), (status = 422, description = "`invalid_request`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "Another merchant's product (`forbidden`)", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn update_product(
     State(state): State<AppState>,

@@ -94,7 +94,7 @@ pub fn order_json(o: &Order) -> Value {
             ("GetMerchantOrder" = (operation_id = "get_merchant_order", parameters(("id" = "$response.body#/id")))),
             ("FulfillOrder" = (operation_id = "fulfill_order", parameters(("id" = "$response.body#/id")))),
             ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/id"))))
-        )), (status = 400, description = "`missing_idempotency_key`, a malformed body", body = crate::http::openapi::ErrorBody), (status = 402, description = "`payment_declined`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart (`not_found`)", body = crate::http::openapi::ErrorBody), (status = 409, description = "`out_of_stock` (with `details`), or the same key in progress (`conflict`)", body = crate::http::openapi::ErrorBody), (status = 422, description = "`empty_cart`, `idempotency_key_reuse`", body = crate::http::openapi::ErrorBody), (status = 503, description = "The payment provider did not answer in time", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+        )), (status = 400, description = "`missing_idempotency_key`, `malformed_json`", body = crate::http::openapi::ErrorBody), (status = 402, description = "`payment_declined`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such cart (`not_found`)", body = crate::http::openapi::ErrorBody), (status = 409, description = "`out_of_stock` (with `details`), or the same key in progress (`conflict`)", body = crate::http::openapi::ErrorBody), (status = 422, description = "`invalid_request`, `empty_cart`, `idempotency_key_reuse`", body = crate::http::openapi::ErrorBody), (status = 503, description = "The payment provider did not answer in time", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn checkout(
     State(state): State<AppState>,
@@ -107,11 +107,14 @@ async fn checkout(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty())
+        // Visible ASCII and spaces, as the document's pattern says (the
+        // header parser would also let a tab through).
+        .filter(|k| k.bytes().all(|b| (0x20..0x7f).contains(&b)))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "missing_idempotency_key",
-                "send an Idempotency-Key header",
+                "send an Idempotency-Key header: 1 to 200 visible ASCII characters",
             )
         })?;
     let provenance = state
@@ -247,7 +250,7 @@ async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>)
     summary = "The merchant's orders, newest first, only its lines",
     params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = r"^o1\.[0-9]{13}-ord_[0-9a-f]{32}$")),
     security(("merchant_token" = [])),
-    responses((status = 200, description = "A page of orders", body = crate::http::openapi::MerchantOrderPage), (status = 400, description = "A bad query parameter", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "A page of orders", body = crate::http::openapi::MerchantOrderPage), (status = 422, description = "A bad query parameter (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn merchant_orders(
     State(state): State<AppState>,

@@ -174,6 +174,9 @@ async fn remove(State(state): State<AppState>, Merchant(merchant): Merchant) -> 
 }
 
 async fn known_merchant(state: &AppState, id: &str) -> ApiResult<()> {
+    if !crate::auth::is_merchant_id(id) {
+        return Err(ApiError::not_found(format!("merchant {id:?} not found")));
+    }
     match state.runtime.db().merchant(id).await.map_err(ApiError::internal)? {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found(format!("merchant {id:?} not found"))),
@@ -209,7 +212,7 @@ async fn get_limits(
     params(("id" = String, Path, description = "The merchant id")),
     request_body = crate::plugins::LimitsUpdate,
     security(("admin_token" = [])),
-    responses((status = 200, description = "Its budgets", body = crate::http::openapi::MerchantLimits), (status = 400, description = "Out of range (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "Its budgets", body = crate::http::openapi::MerchantLimits), (status = 422, description = "Out of range (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn set_limits(
     State(state): State<AppState>,

@@ -23,8 +23,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "shopper",
     operation_id = "list_products",
     summary = "Products, a page at a time",
-    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = r"^c1\.p[0-9]{12}$"), ("merchant_id" = Option<String>, Query, description = "Only this merchant's products")),
-    responses((status = 200, description = "A page of products", body = crate::http::openapi::ProductList), (status = 400, description = "A bad query parameter (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = r"^c1\.p[0-9]{12}$"), ("merchant_id" = Option<String>, Query, description = "Only this merchant's products", pattern = r"^m_[0-9a-f]{16}$")),
+    responses((status = 200, description = "A page of products", body = crate::http::openapi::ProductList), (status = 422, description = "A bad query parameter (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -41,6 +41,12 @@ async fn list(
     };
     let cursor = q.get("cursor").map(String::as_str);
     let merchant = q.get("merchant_id");
+    if merchant.is_some_and(|m| !crate::auth::is_merchant_id(m)) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "merchant_id: not a merchant id (m_ + 16 hex digits)",
+        ));
+    }
     let page =
         invoke!(state, catalog, mercato_commerce_catalog, call_list_products(limit, cursor, merchant))?;
     Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
