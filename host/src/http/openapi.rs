@@ -21,18 +21,22 @@ use crate::bindings::types::{Money, OrderLine, Product, ProvenanceEntry};
 #[path = "../../../components/kit/src/iso4217.rs"]
 mod iso4217;
 
+/// A string schema that is one of `values`.
+fn string_enum<'a>(description: &str, values: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(values))
+        .into()
+}
+
 /// Schema of a currency field: the active ISO 4217 codes the components
 /// accept, as an enum (`#[schema(value_type = Currency)]` on a field).
 pub struct Currency;
 
 impl utoipa::PartialSchema for Currency {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("An active ISO 4217 currency code"))
-            .enum_values(Some(iso4217::ISO_4217.iter().copied()))
-            .examples([serde_json::json!("EUR")])
-            .into()
+        string_enum("An active ISO 4217 currency code", iso4217::ISO_4217.iter().copied())
     }
 }
 
@@ -44,11 +48,7 @@ pub struct ComponentName;
 
 impl utoipa::PartialSchema for ComponentName {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("A service component"))
-            .enum_values(Some(crate::runtime::ComponentKind::ALL.iter().map(|k| k.name())))
-            .into()
+        string_enum("A service component", crate::runtime::ComponentKind::ALL.iter().map(|k| k.name()))
     }
 }
 
