@@ -21,12 +21,18 @@ use crate::bindings::types::{Money, OrderLine, Product, ProvenanceEntry};
 #[path = "../../../components/kit/src/iso4217.rs"]
 mod iso4217;
 
-/// A string schema that is one of `values`.
-fn string_enum<'a>(description: &str, values: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
+/// A string schema that is one of `values`, with `example` as its example
+/// (schemathesis starts from it: carts in EUR, like the seeded products).
+fn string_enum<'a>(
+    description: &str,
+    values: impl IntoIterator<Item = &'a str>,
+    example: &str,
+) -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some(description))
         .enum_values(Some(values))
+        .examples([serde_json::json!(example)])
         .into()
 }
 
@@ -36,7 +42,7 @@ pub struct Currency;
 
 impl utoipa::PartialSchema for Currency {
     fn schema() -> RefOr<Schema> {
-        string_enum("An active ISO 4217 currency code", iso4217::ISO_4217.iter().copied())
+        string_enum("An active ISO 4217 currency code", iso4217::ISO_4217.iter().copied(), "EUR")
     }
 }
 
@@ -48,7 +54,11 @@ pub struct ComponentName;
 
 impl utoipa::PartialSchema for ComponentName {
     fn schema() -> RefOr<Schema> {
-        string_enum("A service component", crate::runtime::ComponentKind::ALL.iter().map(|k| k.name()))
+        string_enum(
+            "A service component",
+            crate::runtime::ComponentKind::ALL.iter().map(|k| k.name()),
+            "catalog",
+        )
     }
 }
 
