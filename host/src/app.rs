@@ -87,12 +87,16 @@ impl App {
         crate::oci::Oci::check(&config.registry).map_err(anyhow::Error::msg)?;
         let policy = crate::registry::signature::Policy::new(&config.deploy.public_keys)
             .map_err(|e| anyhow::anyhow!("deploy.public_keys: {e}"))?;
-        for name in config.deploy.watch.keys() {
+        let oci = crate::oci::Oci::new(config.registry.clone());
+        for (name, reference) in &config.deploy.watch {
             if !ComponentKind::ALL.iter().any(|k| k.name() == name) {
                 anyhow::bail!(
                     "deploy.watch: {name:?} is not a component (catalog, cart, inventory, payment, order)"
                 );
             }
+            // A tag that does not parse, or sits outside registry.allowed,
+            // would only ever log warnings: refuse it at start-up.
+            oci.reference(reference).map_err(|e| anyhow::anyhow!("deploy.watch.{name}: {e}"))?;
         }
         let sources = crate::registry::bootstrap(&db, startup_components(&config)?)
             .await

@@ -198,6 +198,13 @@ impl Oci {
                     .into(),
             );
         }
+        if let Some(bad) =
+            config.allowed.iter().find(|a| a.is_empty() || a.contains(['/', ' ']) || a.contains("://"))
+        {
+            return Err(format!(
+                "registry.allowed: {bad:?} is not a registry; write host or host:port, as in references (ghcr.io, 127.0.0.1:5000)"
+            ));
+        }
         Ok(())
     }
 
@@ -454,6 +461,16 @@ mod tests {
     fn references_and_loopback() {
         assert_eq!(parse("oci://127.0.0.1:5000/m/catalog:v2").expect("ref").repository(), "m/catalog");
         assert!(parse("not a reference").is_err() && parse("reg/Repo:x").is_err());
+        let allowed = |list: &[&str]| {
+            Oci::check(&RegistryConfig {
+                allowed: list.iter().map(|s| s.to_string()).collect(),
+                ..RegistryConfig::default()
+            })
+        };
+        assert!(allowed(&["ghcr.io", "127.0.0.1:5000"]).is_ok());
+        for bad in ["https://ghcr.io", "ghcr.io/acme", ""] {
+            assert!(allowed(&[bad]).unwrap_err().contains("registry.allowed"), "{bad:?}");
+        }
         assert!(is_loopback("127.0.0.1:5000") && is_loopback("localhost:1") && is_loopback("[::1]:5000"));
         assert!(!is_loopback("ghcr.io") && !is_loopback("10.0.0.1:5000"));
     }

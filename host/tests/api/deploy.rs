@@ -809,3 +809,20 @@ async fn deploy_progress_streams_each_stage() {
     );
     assert_eq!(component(&components(&app).await, "catalog")["active"]["version"], 2);
 }
+
+/// `registry.allowed` is checked at start-up too: a watched tag outside it
+/// (which could only ever log warnings) and an entry that is not a registry
+/// both stop the host with the key named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_watches_outside_the_allowed_registries() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = test_config(dir.path(), None);
+    config.registry.allowed = vec!["ghcr.io".into()];
+    config.deploy.watch.insert("catalog".into(), "registry.example.com/mercato/catalog:stable".into());
+    let err = mercato::App::build(config.clone()).await.err().expect("refused").to_string();
+    assert!(err.contains("deploy.watch.catalog") && err.contains("registry.allowed"), "{err}");
+    config.deploy.watch.clear();
+    config.registry.allowed = vec!["https://ghcr.io".into()];
+    let err = mercato::App::build(config).await.err().expect("refused").to_string();
+    assert!(err.contains("registry.allowed"), "{err}");
+}
