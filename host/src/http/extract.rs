@@ -25,13 +25,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // Through a `Value` that refuses repeated keys: `{"email": "a", "email": "b"}`
-        // is an error, as it is for the derived structs, not "the last one wins".
-        let mut value = match axum::Json::<StrictValue>::from_request(req, state).await {
+        // Through a `Value` that refuses repeated keys (`{"email": "a", "email": "b"}`
+        // is an error, as it is for the derived structs, not "the last one
+        // wins") and reads integral floats as integers, in one pass.
+        let value = match axum::Json::<StrictValue>::from_request(req, state).await {
             Ok(axum::Json(StrictValue(v))) => v,
             Err(rejection) => return Err(json_rejection(rejection)),
         };
-        integral_floats_to_integers(&mut value);
         serde_path_to_error::deserialize(value).map(Json).map_err(|e| {
             let path = e.path().to_string();
             let e = e.into_inner();
@@ -41,7 +41,8 @@ where
     }
 }
 
-/// A JSON value in which no object repeats a key.
+/// A JSON value in which no object repeats a key, and every float with no
+/// fractional part that fits an `i64`/`u64` is that integer.
 struct StrictValue(serde_json::Value);
 
 impl<'de> serde::Deserialize<'de> for StrictValue {
@@ -68,6 +69,11 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         Ok(v.into())
     }
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // Exact bounds: 2^63 and 2^64 are representable; anything below them
+        // with no fraction converts without rounding.
+        if v.fract() == 0.0 && (-9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0).contains(&v) {
+            return Ok(if v < 0.0 { (v as i64).into() } else { (v as u64).into() });
+        }
         Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
     }
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
@@ -102,25 +108,6 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
             fields.insert(key, value);
         }
         Ok(serde_json::Value::Object(fields))
-    }
-}
-
-/// Rewrite every float with no fractional part that fits an `i64`/`u64` as
-/// that integer, in place.
-fn integral_floats_to_integers(value: &mut serde_json::Value) {
-    use serde_json::{Number, Value};
-    match value {
-        Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64().unwrap_or(f64::NAN);
-            // Exact bounds: 2^63 and 2^64 are representable; anything below
-            // them with no fraction converts without rounding.
-            if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0).contains(&f) {
-                *n = if f < 0.0 { Number::from(f as i64) } else { Number::from(f as u64) };
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
-        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
-        _ => {}
     }
 }
 
@@ -225,8 +212,10 @@ mod tests {
 
     #[test]
     fn integral_floats_become_integers_and_fractions_stay() {
-        let mut v = json!({"a": 7820.0, "b": [1.0, -3.0, 2.5], "c": {"d": 0.0, "e": 1e300}, "f": "7.0"});
-        integral_floats_to_integers(&mut v);
+        let StrictValue(v) = serde_json::from_str(
+            r#"{"a": 7820.0, "b": [1.0, -3.0, 2.5], "c": {"d": 0.0, "e": 1e300}, "f": "7.0"}"#,
+        )
+        .expect("valid");
         assert_eq!(v, json!({"a": 7820, "b": [1, -3, 2.5], "c": {"d": 0, "e": 1e300}, "f": "7.0"}));
         assert!(v["a"].is_u64() && v["b"][1].is_i64() && v["c"]["e"].is_f64());
         #[derive(serde::Deserialize, Debug)]
@@ -234,8 +223,7 @@ mod tests {
             #[allow(dead_code)]
             deadline_ms: u64,
         }
-        let mut fractional = json!({"deadline_ms": 7.5});
-        integral_floats_to_integers(&mut fractional);
+        let StrictValue(fractional) = serde_json::from_str(r#"{"deadline_ms": 7.5}"#).expect("valid");
         let err = serde_path_to_error::deserialize::<_, Limits>(fractional).expect_err("7.5 is no u64");
         assert_eq!(err.path().to_string(), "deadline_ms");
     }

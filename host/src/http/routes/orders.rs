@@ -247,7 +247,7 @@ async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>)
     path = "/v1/merchant/orders",
     tag = "merchant",
     operation_id = "list_merchant_orders",
-    summary = "The merchant's orders, newest first, only its lines",
+    summary = "The merchant's orders, in the order they were placed, only its lines",
     params(("limit" = Option<u32>, Query, description = "Items per page (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", pattern = r"^o1\.[0-9]{13}-ord_[0-9a-f]{32}$")),
     security(("merchant_token" = [])),
     responses((status = 200, description = "A page of orders", body = crate::http::openapi::MerchantOrderPage), (status = 422, description = "A bad query parameter (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
