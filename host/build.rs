@@ -12,14 +12,24 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (crate, file name in OUT_DIR)
-const BUNDLED: &[(&str, &str)] = &[
-    ("mercato-catalog", "catalog.wasm"),
-    ("mercato-cart", "cart.wasm"),
-    ("mercato-inventory", "inventory.wasm"),
-    ("mercato-payment", "payment.wasm"),
-    ("mercato-order", "order.wasm"),
-];
+/// The service components: every crate `components/<name>` that builds a
+/// component (a `cdylib`), as (crate `mercato-<name>`, `<name>.wasm` in
+/// OUT_DIR). The host's component table (`runtime::table`) includes each
+/// `<name>.wasm` in its row, so a row without a crate fails to compile.
+fn bundled(root: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join("components")).expect("read components/") {
+        let dir = entry.expect("components/ entry").path();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+        if manifest.contains("\"cdylib\"") {
+            let name = dir.file_name().expect("dir name").to_string_lossy().into_owned();
+            found.push((format!("mercato-{name}"), format!("{name}.wasm")));
+        }
+    }
+    found.sort();
+    found
+}
+
 const TEST_ONLY: &[(&str, &str)] = &[
     ("mercato-probe", "probe.wasm"),
     ("mercato-plugin-bundles", "plugin-bundles.wasm"),
@@ -60,15 +70,17 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("wasm");
 
+    let mut all: Vec<(String, String)> = bundled(&root);
+    all.extend(TEST_ONLY.iter().map(|(k, f)| (k.to_string(), f.to_string())));
     let mut cmd = guest_build(&root, &target_dir);
-    for (krate, _) in BUNDLED.iter().chain(TEST_ONLY) {
+    for (krate, _) in &all {
         cmd.args(["-p", krate]);
     }
     let status = cmd.status().expect("run cargo for the components");
     assert!(status.success(), "building the components for wasm32-wasip2 failed");
 
     let built = target_dir.join("wasm32-wasip2").join("component");
-    for (krate, file) in BUNDLED.iter().chain(TEST_ONLY) {
+    for (krate, file) in &all {
         let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
         copy(&from, &out_dir.join(file));
     }

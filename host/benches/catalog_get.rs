@@ -98,7 +98,8 @@ async fn run() {
     let inst = measure("component: store + instantiate + drop (no call)", 200, 2_000, || {
         let runtime = runtime.clone();
         async move {
-            let instance = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let instance =
+                runtime.instance::<mercato::bindings::catalog::Service>().await.expect("instantiate");
             drop(instance);
         }
     })
@@ -107,7 +108,7 @@ async fn run() {
         let runtime = runtime.clone();
         let id = id.clone();
         async move {
-            let mut i = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let mut i = runtime.instance::<mercato::bindings::catalog::Service>().await.expect("instantiate");
             let p = i
                 .bindings
                 .mercato_commerce_catalog()
@@ -122,7 +123,7 @@ async fn run() {
     measure("component: instantiate + get-product(invalid id, no I/O)", 200, 2_000, || {
         let runtime = runtime.clone();
         async move {
-            let mut i = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let mut i = runtime.instance::<mercato::bindings::catalog::Service>().await.expect("instantiate");
             let r = i
                 .bindings
                 .mercato_commerce_catalog()
@@ -136,7 +137,7 @@ async fn run() {
     measure("component: instantiate + lookup-skus(1 unknown: 1 read)", 200, 2_000, || {
         let runtime = runtime.clone();
         async move {
-            let mut i = runtime.catalog(runtime.request_deadline()).await.expect("instantiate");
+            let mut i = runtime.instance::<mercato::bindings::catalog::Service>().await.expect("instantiate");
             let r = i
                 .bindings
                 .mercato_commerce_catalog()

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::registry::{Registry, StartupComponent};
-use crate::runtime::{ComponentKind, Grants, Limits, Runtime, bundled};
+use crate::runtime::{ComponentKind, Grants, Limits, Runtime, Scope, bundled};
 use crate::storage::Db;
 
 /// A built host, ready to serve.
@@ -26,14 +26,7 @@ fn startup_components(config: &Config) -> anyhow::Result<Vec<StartupComponent>> 
     ComponentKind::ALL
         .iter()
         .map(|&kind| {
-            let path = match kind {
-                ComponentKind::Catalog => &config.components.catalog,
-                ComponentKind::Cart => &config.components.cart,
-                ComponentKind::Inventory => &config.components.inventory,
-                ComponentKind::Payment => &config.components.payment,
-                ComponentKind::Order => &config.components.order,
-            };
-            let (bytes, source) = match path {
+            let (bytes, source) = match config.components.files.get(kind) {
                 Some(p) => (
                     std::fs::read(p).with_context(|| format!("read component {}", p.display()))?,
                     format!("file:{}", p.display()),
@@ -402,15 +395,18 @@ async fn recover_checkouts(
         let rt = runtime.clone();
         let pass = tokio::spawn(async move {
             let now = u64::try_from(crate::now_ms()).unwrap_or(0);
-            let until = std::time::Instant::now() + deadline;
             let lease_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-            crate::runtime::call!(
-                rt,
-                deadline = until,
-                order,
-                mercato_commerce_orders,
-                call_recover(now, lease_ms, retain_ms)
-            )
+            // A pass is a request of its own, with the recovery budget as its deadline.
+            let scope = Scope { deadline: std::time::Instant::now() + deadline, ..rt.new_scope() };
+            Runtime::scoped(scope, async {
+                let mut order = rt.instance::<crate::bindings::order::Service>().await?;
+                order
+                    .call("recover", |c, s| {
+                        c.mercato_commerce_orders().call_recover(s, now, lease_ms, retain_ms)
+                    })
+                    .await
+            })
+            .await
         });
         match pass.await {
             Ok(Ok(Ok(report))) => {

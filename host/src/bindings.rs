@@ -35,13 +35,36 @@ pub mod host {
     });
 }
 
-/// A component world's bindings. Storage, logging and the shared types, which
-/// every component imports, come from the modules above; `{ … }` maps the
-/// world's other imports.
+/// A component world's bindings, and `Service`, which tells the runtime how
+/// to type-check and instantiate them (`crate::runtime::table::Service`).
+/// Storage, logging and the shared types, which every component imports,
+/// come from the modules above; `{ … }` maps the world's other imports.
 macro_rules! component_world {
-    ($(#[$doc:meta])* $module:ident, $world:literal, { $($extra:tt)* }) => {
+    ($(#[$doc:meta])* $module:ident, $world:literal, $kind:ident, $bindings:ident, $pre:ident, { $($extra:tt)* }) => {
         $(#[$doc])*
         pub mod $module {
+            /// This world as the runtime's table knows it.
+            pub struct Service;
+
+            impl crate::runtime::table::Service for Service {
+                const KIND: crate::runtime::ComponentKind = crate::runtime::ComponentKind::$kind;
+                type Bindings = $bindings;
+                type Pre = $pre<crate::runtime::Ctx>;
+
+                fn pre(
+                    pre: wasmtime::component::InstancePre<crate::runtime::Ctx>,
+                ) -> wasmtime::Result<Self::Pre> {
+                    $pre::new(pre)
+                }
+
+                fn instantiate<'a>(
+                    pre: &'a Self::Pre,
+                    store: &'a mut wasmtime::Store<crate::runtime::Ctx>,
+                ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + Send + 'a {
+                    pre.instantiate_async(store)
+                }
+            }
+
             wasmtime::component::bindgen!({
                 path: "../wit",
                 world: $world,
@@ -62,6 +85,9 @@ component_world!(
     /// The catalog component's world.
     catalog,
     "mercato:commerce/catalog-component",
+    Catalog,
+    CatalogComponent,
+    CatalogComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
@@ -72,6 +98,9 @@ component_world!(
     /// The cart component's world.
     cart,
     "mercato:commerce/cart-component",
+    Cart,
+    CartComponent,
+    CartComponentPre,
     {
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "mercato:commerce/catalog": crate::bindings::host::mercato::commerce::catalog,
@@ -83,6 +112,9 @@ component_world!(
     /// The inventory component's world.
     inventory,
     "mercato:commerce/inventory-component",
+    Inventory,
+    InventoryComponent,
+    InventoryComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:random": wasmtime_wasi::p2::bindings::random,
@@ -94,6 +126,9 @@ component_world!(
     /// The payment component's world.
     payment,
     "mercato:commerce/payment-component",
+    Payment,
+    PaymentComponent,
+    PaymentComponentPre,
     {
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
@@ -107,6 +142,9 @@ component_world!(
     /// The order component's world.
     order,
     "mercato:commerce/order-component",
+    Order,
+    OrderComponent,
+    OrderComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:random": wasmtime_wasi::p2::bindings::random,

@@ -2,6 +2,7 @@
 //! environment variables (nested keys with `__`, e.g.
 //! `MERCATO_COMPONENTS__DEADLINE_MS`), then command-line flags.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,7 +106,7 @@ impl fmt::Debug for Secret {
 
 /// Sandbox settings of the service components.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ComponentsConfig {
     pub deadline_ms: u64,
     pub memory_mib: usize,
@@ -113,16 +114,38 @@ pub struct ComponentsConfig {
     /// Pricing plugin runs at once on this replica; a run that finds none
     /// free by its deadline is skipped as `overloaded`.
     pub plugin_runs: usize,
-    /// Run this file instead of the bundled catalog component.
-    pub catalog: Option<PathBuf>,
-    /// Run this file instead of the bundled cart component.
-    pub cart: Option<PathBuf>,
-    /// Run this file instead of the bundled inventory component.
-    pub inventory: Option<PathBuf>,
-    /// Run this file instead of the bundled payment component.
-    pub payment: Option<PathBuf>,
-    /// Run this file instead of the bundled order component.
-    pub order: Option<PathBuf>,
+    /// `components.<name>`: run this file instead of the bundled component
+    /// of that name (one key per row of the component table).
+    #[serde(flatten)]
+    pub files: ComponentFiles,
+}
+
+/// Files to run instead of bundled components, by component name. Read as
+/// the leftover keys of `[components]`, so a key that is neither a setting
+/// nor a component's name is refused as `deny_unknown_fields` would.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ComponentFiles(pub BTreeMap<String, PathBuf>);
+
+impl ComponentFiles {
+    /// The file configured for `kind`, if any.
+    pub fn get(&self, kind: crate::runtime::ComponentKind) -> Option<&PathBuf> {
+        self.0.get(kind.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ComponentFiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, PathBuf>::deserialize(d)?;
+        if let Some(unknown) = map.keys().find(|k| crate::runtime::ComponentKind::from_name(k).is_none()) {
+            let mut expected = vec!["deadline_ms", "memory_mib", "max_instances", "plugin_runs"];
+            expected.extend(crate::runtime::ComponentKind::ALL.iter().map(|k| k.name()));
+            return Err(serde::de::Error::custom(format!(
+                "unknown field `{unknown}`, expected one of {}",
+                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(ComponentFiles(map))
+    }
 }
 
 impl Default for ComponentsConfig {
@@ -132,11 +155,7 @@ impl Default for ComponentsConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             max_instances: DEFAULT_MAX_INSTANCES,
             plugin_runs: DEFAULT_PLUGIN_RUNS,
-            catalog: None,
-            cart: None,
-            inventory: None,
-            payment: None,
-            order: None,
+            files: ComponentFiles::default(),
         }
     }
 }
@@ -286,7 +305,7 @@ pub struct Config {
     pub registry: crate::oci::RegistryConfig,
     /// Tests only, not a configuration key: make a component trap right after
     /// the Nth host call of a name it makes within one request, e.g.
-    /// `"order:transactions.commit#2"` or `"order:payment.call_authorize#1"`
+    /// `"order:transactions.commit#2"` or `"order:payment.authorize#1"`
     /// (the call itself completes), to interrupt a write path at a chosen step.
     #[serde(skip)]
     pub inject_trap: Option<String>,
@@ -393,6 +412,12 @@ pub fn keys() -> Vec<KeyInfo> {
                 for (k, v) in map {
                     let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                     walk(&key, v, out);
+                }
+                // `components.<name>`: one key per component, unset by default.
+                if prefix == "components" {
+                    for kind in crate::runtime::ComponentKind::ALL {
+                        leaf(&format!("{prefix}.{}", kind.name()), &serde_json::Value::Null, out);
+                    }
                 }
             }
             other => leaf(prefix, other, out),
@@ -509,6 +534,30 @@ mod tests {
             assert_eq!((c.components.deadline_ms, c.components.memory_mib), (500, 32));
             Ok(())
         });
+    }
+
+    #[test]
+    fn component_files_are_keys_of_components_and_nothing_else_is() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "[components]\ncart = \"/opt/cart.wasm\"\nmax_instances = 7\n")?;
+            jail.set_env("MERCATO_COMPONENTS__ORDER", "/opt/order.wasm");
+            let c = Config::load(Some(std::path::Path::new("m.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            use crate::runtime::ComponentKind;
+            assert_eq!(c.components.files.get(ComponentKind::Cart), Some(&PathBuf::from("/opt/cart.wasm")));
+            assert_eq!(c.components.files.get(ComponentKind::Order), Some(&PathBuf::from("/opt/order.wasm")));
+            assert_eq!(c.components.files.get(ComponentKind::Catalog), None);
+            assert_eq!(c.components.max_instances, 7);
+            jail.set_env("MERCATO_COMPONENTS__ORDERS", "/opt/order.wasm");
+            let e = Config::load(None, &Overrides::default()).expect_err("a typo is refused").to_string();
+            assert!(e.contains("unknown field `orders`") && e.contains("`order`"), "{e}");
+            Ok(())
+        });
+        let keys = keys();
+        for kind in crate::runtime::ComponentKind::ALL {
+            let env = format!("MERCATO_COMPONENTS__{}", kind.name().to_ascii_uppercase());
+            assert!(keys.iter().any(|k| k.env == env), "{env}");
+        }
     }
 
     #[test]

@@ -152,12 +152,17 @@ pub async fn seed_if_empty(runtime: &Runtime, db: &Db) -> anyhow::Result<Vec<(St
                     })
                     .collect(),
             };
-            match crate::runtime::call!(
-                runtime,
-                catalog,
-                mercato_commerce_catalog,
-                call_create_product(&row.id, &input)
-            ) {
+            let created = match runtime.instance::<crate::bindings::catalog::Service>().await {
+                Ok(mut catalog) => {
+                    catalog
+                        .call("create-product", |c, s| {
+                            c.mercato_commerce_catalog().call_create_product(s, &row.id, &input)
+                        })
+                        .await
+                }
+                Err(fault) => Err(fault),
+            };
+            match created {
                 Ok(Ok(_)) => count += 1,
                 Ok(Err(e)) => anyhow::bail!("demo product {:?}: {e:?}", product.title),
                 Err(fault) => anyhow::bail!("demo product {:?}: {fault}", product.title),

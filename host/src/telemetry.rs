@@ -9,6 +9,7 @@
 //!   `mercato_plugin_run_duration_seconds` and `mercato_plugin_run_instructions`
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -17,6 +18,25 @@ use tracing_subscriber::EnvFilter;
 use crate::runtime::Fault;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Whether component calls get spans of their own: set when spans are
+/// exported (an OTLP endpoint is configured) or by [`trace_component_calls`].
+static COMPONENT_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Give every component call a span (`component`, `function`, `version`,
+/// `outcome`), as [`init`] does when it exports spans.
+pub fn trace_component_calls(on: bool) {
+    COMPONENT_SPANS.store(on, Ordering::Relaxed);
+}
+
+/// The span of one component call, a child of the request's; disabled (no
+/// cost beyond a branch) unless spans are exported.
+pub fn component_span(component: &'static str, function: &'static str, version: i64) -> tracing::Span {
+    if !COMPONENT_SPANS.load(Ordering::Relaxed) {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("component_call", component, function, version, outcome = tracing::field::Empty)
+}
 
 /// Install the process-wide metrics recorder (once) and return its handle.
 pub fn metrics() -> Option<&'static PrometheusHandle> {
@@ -93,6 +113,7 @@ pub fn init(json: bool) -> Telemetry {
                     .build();
                 let tracer = p.tracer("mercato");
                 provider = Some(p);
+                trace_component_calls(true);
                 eprintln!("mercato: exporting traces to {endpoint}");
                 Some(tracing_opentelemetry::layer().with_tracer(tracer))
             }

@@ -1,21 +1,20 @@
 //! Service interfaces imported by components (cart → catalog; catalog →
 //! inventory; order → cart, inventory, payment), served by calling the
-//! currently active version of the component that exports them. The first
-//! call in a request instantiates it
-//! in its own store (own namespace, own memory cap, the same deadline); later
-//! calls in the same request reuse that instance. A fault in the callee
-//! (trap, deadline) is returned as a trap to the caller: it is not an answer.
+//! version of the component that exports them in the request's scope. The
+//! first call in a request instantiates it in its own store (own namespace,
+//! own memory cap, the same deadline); later calls in the same request reuse
+//! that instance. A fault in the callee (trap, deadline) is returned as a trap
+//! to the caller: it is not an answer.
 
-use crate::bindings::cart::CartComponent;
-use crate::bindings::catalog::CatalogComponent;
 use crate::bindings::host::mercato::commerce::{cart, catalog, inventory, payment};
-use crate::bindings::inventory::InventoryComponent;
-use crate::bindings::payment::PaymentComponent;
 use crate::bindings::types::{
     Cart, Error, Money, Payment, PaymentRequest, Product, ProductInput, ProductPage, ReservationLine,
     SkuInfo, StockLevel,
 };
-use crate::runtime::{Ctx, Fault, Instance};
+use crate::bindings::{
+    cart as cart_world, catalog as catalog_world, inventory as inventory_world, payment as payment_world,
+};
+use crate::runtime::{Ctx, Fault, Instance, Service};
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
@@ -23,71 +22,46 @@ fn trap(f: Fault) -> wasmtime::Error {
     wasmtime::Error::new(f)
 }
 
-/// The instance in `slot`, made by `make` on first use.
-async fn peer<B>(
-    slot: &mut Option<Instance<B>>,
-    make: impl Future<Output = Result<Instance<B>, Fault>>,
-) -> wasmtime::Result<&mut Instance<B>> {
-    if slot.is_none() {
-        *slot = Some(make.await.map_err(trap)?);
-    }
-    slot.as_mut().ok_or_else(|| wasmtime::format_err!("peer instance missing"))
-}
-
 impl Ctx {
-    async fn catalog_peer(&mut self) -> wasmtime::Result<&mut Instance<CatalogComponent>> {
-        let (rt, set, deadline, staged) =
-            (self.rt.clone(), self.set.clone(), self.deadline, self.staged.clone());
-        peer(&mut self.peers.catalog, async move { rt.instantiate_catalog(&set, deadline, staged).await })
-            .await
-    }
-
-    async fn inventory_peer(&mut self) -> wasmtime::Result<&mut Instance<InventoryComponent>> {
-        let (rt, set, deadline, staged) =
-            (self.rt.clone(), self.set.clone(), self.deadline, self.staged.clone());
-        peer(&mut self.peers.inventory, async move { rt.instantiate_inventory(&set, deadline, staged).await })
-            .await
-    }
-
-    async fn cart_peer(&mut self) -> wasmtime::Result<&mut Instance<CartComponent>> {
-        let (rt, set, deadline, staged) =
-            (self.rt.clone(), self.set.clone(), self.deadline, self.staged.clone());
-        peer(&mut self.peers.cart, async move { rt.instantiate_cart(&set, deadline, staged).await }).await
-    }
-
-    async fn payment_peer(&mut self) -> wasmtime::Result<&mut Instance<PaymentComponent>> {
-        let (rt, set, deadline, staged) =
-            (self.rt.clone(), self.set.clone(), self.deadline, self.staged.clone());
-        peer(&mut self.peers.payment, async move { rt.instantiate_payment(&set, deadline, staged).await })
-            .await
-    }
-}
-
-/// Call `$method` of the peer's exported interface, raced against the
-/// request deadline in host time, and time it. At the deadline the caller
-/// gets a `timeout` error (it can compensate) and the peer instance, cut off
-/// mid-call, is thrown away.
-macro_rules! peer_call {
-    ($self:ident, $peer:ident, $slot:ident, $iface:ident, $component:literal, $method:ident ( $($arg:expr),* )) => {{
-        let deadline = $self.deadline;
-        let peer = $self.$peer().await?;
-        let started = std::time::Instant::now();
-        let call = peer.bindings.$iface().$method(&mut peer.store, $($arg),*);
-        let result = crate::capabilities::bounded(deadline, call).await;
-        crate::telemetry::component_call($component, stringify!($method), started);
-        let call_name = concat!($component, ".", stringify!($method));
-        if $self.trap_here(call_name) {
-            return Err(crate::capabilities::transactions::injected(call_name));
+    /// This request's instance of `S`: the one an earlier call left, or a
+    /// fresh one in the request's scope. Hand it back with [`Ctx::settle`].
+    async fn lend<S: Service>(&mut self) -> wasmtime::Result<Instance<S::Bindings>> {
+        if let Some(Ok(peer)) =
+            self.peers.slots[S::KIND as usize].take().map(|p| p.downcast::<Instance<S::Bindings>>())
+        {
+            return Ok(*peer);
         }
-        match result {
-            Some(result) => result.map_err(|e| trap(Fault::classify($component, &e))),
+        self.rt.clone().instantiate::<S>(&self.scope, self.staged.clone()).await.map_err(trap)
+    }
+
+    /// The caller's answer from a call on a lent instance, whose outcome is
+    /// `None` if the request's deadline cut it off (see [`Instance::call_until`]).
+    /// After an answer the instance is kept for the request's next call; at
+    /// the deadline the caller gets a `timeout` error (it can compensate) and
+    /// the instance, cut off mid-call, is thrown away; after a fault, which
+    /// reaches the caller as a trap, too.
+    fn settle<S: Service, T>(
+        &mut self,
+        peer: Instance<S::Bindings>,
+        function: &'static str,
+        outcome: Option<Result<Result<T, Error>, Fault>>,
+    ) -> Answer<T> {
+        let component = S::KIND.name();
+        if self.trap_here(component, function) {
+            return Err(crate::capabilities::transactions::injected(&format!("{component}.{function}")));
+        }
+        match outcome {
+            Some(Ok(answer)) => {
+                self.peers.slots[S::KIND as usize] = Some(Box::new(peer));
+                Ok(answer)
+            }
+            Some(Err(fault)) => Err(trap(fault)),
             None => {
-                $self.peers.$slot = None;
-                crate::telemetry::host_call_timed_out($component, stringify!($method));
-                Ok(Err(Error::Timeout(format!("{} did not answer before the deadline", $component))))
+                crate::telemetry::host_call_timed_out(component, function);
+                Ok(Err(Error::Timeout(format!("{component} did not answer before the deadline"))))
             }
         }
-    }};
+    }
 }
 
 impl catalog::Host for Ctx {
@@ -97,177 +71,190 @@ impl catalog::Host for Ctx {
         cursor: Option<String>,
         merchant: Option<String>,
     ) -> Answer<ProductPage> {
-        peer_call!(
-            self,
-            catalog_peer,
-            catalog,
-            mercato_commerce_catalog,
-            "catalog",
-            call_list_products(limit, cursor.as_deref(), merchant.as_ref())
-        )
+        let mut peer = self.lend::<catalog_world::Service>().await?;
+        let outcome = peer
+            .call_until("list-products", |c, s| {
+                c.mercato_commerce_catalog().call_list_products(
+                    s,
+                    limit,
+                    cursor.as_deref(),
+                    merchant.as_ref(),
+                )
+            })
+            .await;
+        self.settle::<catalog_world::Service, _>(peer, "list-products", outcome)
     }
 
     async fn get_product(&mut self, id: String) -> Answer<Product> {
-        peer_call!(self, catalog_peer, catalog, mercato_commerce_catalog, "catalog", call_get_product(&id))
+        let mut peer = self.lend::<catalog_world::Service>().await?;
+        let outcome = peer
+            .call_until("get-product", |c, s| c.mercato_commerce_catalog().call_get_product(s, &id))
+            .await;
+        self.settle::<catalog_world::Service, _>(peer, "get-product", outcome)
     }
 
     async fn lookup_skus(&mut self, skus: Vec<String>) -> Answer<Vec<Option<SkuInfo>>> {
-        peer_call!(self, catalog_peer, catalog, mercato_commerce_catalog, "catalog", call_lookup_skus(&skus))
+        let mut peer = self.lend::<catalog_world::Service>().await?;
+        let outcome = peer
+            .call_until("lookup-skus", |c, s| c.mercato_commerce_catalog().call_lookup_skus(s, &skus))
+            .await;
+        self.settle::<catalog_world::Service, _>(peer, "lookup-skus", outcome)
     }
 
     async fn create_product(&mut self, merchant: String, input: ProductInput) -> Answer<Product> {
-        peer_call!(
-            self,
-            catalog_peer,
-            catalog,
-            mercato_commerce_catalog,
-            "catalog",
-            call_create_product(&merchant, &input)
-        )
+        let mut peer = self.lend::<catalog_world::Service>().await?;
+        let outcome = peer
+            .call_until("create-product", |c, s| {
+                c.mercato_commerce_catalog().call_create_product(s, &merchant, &input)
+            })
+            .await;
+        self.settle::<catalog_world::Service, _>(peer, "create-product", outcome)
     }
 
     async fn update_product(&mut self, merchant: String, id: String, input: ProductInput) -> Answer<Product> {
-        peer_call!(
-            self,
-            catalog_peer,
-            catalog,
-            mercato_commerce_catalog,
-            "catalog",
-            call_update_product(&merchant, &id, &input)
-        )
+        let mut peer = self.lend::<catalog_world::Service>().await?;
+        let outcome = peer
+            .call_until("update-product", |c, s| {
+                c.mercato_commerce_catalog().call_update_product(s, &merchant, &id, &input)
+            })
+            .await;
+        self.settle::<catalog_world::Service, _>(peer, "update-product", outcome)
     }
 }
 
 impl inventory::Host for Ctx {
     async fn levels(&mut self, skus: Vec<String>) -> Answer<Vec<StockLevel>> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_levels(&skus)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome =
+            peer.call_until("levels", |c, s| c.mercato_commerce_inventory().call_levels(s, &skus)).await;
+        self.settle::<inventory_world::Service, _>(peer, "levels", outcome)
     }
 
     async fn stock_of(&mut self, merchant: String, sku: String) -> Answer<StockLevel> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_stock_of(&merchant, &sku)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome = peer
+            .call_until("stock-of", |c, s| c.mercato_commerce_inventory().call_stock_of(s, &merchant, &sku))
+            .await;
+        self.settle::<inventory_world::Service, _>(peer, "stock-of", outcome)
     }
 
     async fn register_sku(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_register_sku(&merchant, &sku, on_hand)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome = peer
+            .call_until("register-sku", |c, s| {
+                c.mercato_commerce_inventory().call_register_sku(s, &merchant, &sku, on_hand)
+            })
+            .await;
+        self.settle::<inventory_world::Service, _>(peer, "register-sku", outcome)
     }
 
     async fn set_on_hand(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_set_on_hand(&merchant, &sku, on_hand)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome = peer
+            .call_until("set-on-hand", |c, s| {
+                c.mercato_commerce_inventory().call_set_on_hand(s, &merchant, &sku, on_hand)
+            })
+            .await;
+        self.settle::<inventory_world::Service, _>(peer, "set-on-hand", outcome)
     }
 
     async fn reserve(&mut self, id: String, lines: Vec<ReservationLine>) -> Answer<String> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_reserve(&id, &lines)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome = peer
+            .call_until("reserve", |c, s| c.mercato_commerce_inventory().call_reserve(s, &id, &lines))
+            .await;
+        self.settle::<inventory_world::Service, _>(peer, "reserve", outcome)
     }
 
     async fn commit(&mut self, id: String) -> Answer<String> {
-        peer_call!(self, inventory_peer, inventory, mercato_commerce_inventory, "inventory", call_commit(&id))
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome =
+            peer.call_until("commit", |c, s| c.mercato_commerce_inventory().call_commit(s, &id)).await;
+        self.settle::<inventory_world::Service, _>(peer, "commit", outcome)
     }
 
     async fn release(&mut self, id: String) -> Answer<String> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_release(&id)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome =
+            peer.call_until("release", |c, s| c.mercato_commerce_inventory().call_release(s, &id)).await;
+        self.settle::<inventory_world::Service, _>(peer, "release", outcome)
     }
 
     async fn restock(&mut self, lines: Vec<ReservationLine>) -> Answer<()> {
-        peer_call!(
-            self,
-            inventory_peer,
-            inventory,
-            mercato_commerce_inventory,
-            "inventory",
-            call_restock(&lines)
-        )
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome =
+            peer.call_until("restock", |c, s| c.mercato_commerce_inventory().call_restock(s, &lines)).await;
+        self.settle::<inventory_world::Service, _>(peer, "restock", outcome)
     }
 }
 
 impl cart::Host for Ctx {
     async fn create_cart(&mut self, currency: String) -> Answer<Cart> {
-        peer_call!(self, cart_peer, cart, mercato_commerce_cart, "cart", call_create_cart(&currency))
+        let mut peer = self.lend::<cart_world::Service>().await?;
+        let outcome = peer
+            .call_until("create-cart", |c, s| c.mercato_commerce_cart().call_create_cart(s, &currency))
+            .await;
+        self.settle::<cart_world::Service, _>(peer, "create-cart", outcome)
     }
 
     async fn get_cart(&mut self, id: String) -> Answer<Cart> {
-        peer_call!(self, cart_peer, cart, mercato_commerce_cart, "cart", call_get_cart(&id))
+        let mut peer = self.lend::<cart_world::Service>().await?;
+        let outcome =
+            peer.call_until("get-cart", |c, s| c.mercato_commerce_cart().call_get_cart(s, &id)).await;
+        self.settle::<cart_world::Service, _>(peer, "get-cart", outcome)
     }
 
     async fn add_item(&mut self, id: String, sku: String, quantity: u32) -> Answer<Cart> {
-        peer_call!(self, cart_peer, cart, mercato_commerce_cart, "cart", call_add_item(&id, &sku, quantity))
+        let mut peer = self.lend::<cart_world::Service>().await?;
+        let outcome = peer
+            .call_until("add-item", |c, s| c.mercato_commerce_cart().call_add_item(s, &id, &sku, quantity))
+            .await;
+        self.settle::<cart_world::Service, _>(peer, "add-item", outcome)
     }
 
     async fn set_quantity(&mut self, id: String, sku: String, quantity: u32) -> Answer<Cart> {
-        peer_call!(
-            self,
-            cart_peer,
-            cart,
-            mercato_commerce_cart,
-            "cart",
-            call_set_quantity(&id, &sku, quantity)
-        )
+        let mut peer = self.lend::<cart_world::Service>().await?;
+        let outcome = peer
+            .call_until("set-quantity", |c, s| {
+                c.mercato_commerce_cart().call_set_quantity(s, &id, &sku, quantity)
+            })
+            .await;
+        self.settle::<cart_world::Service, _>(peer, "set-quantity", outcome)
     }
 
     async fn remove_item(&mut self, id: String, sku: String) -> Answer<Cart> {
-        peer_call!(self, cart_peer, cart, mercato_commerce_cart, "cart", call_remove_item(&id, &sku))
+        let mut peer = self.lend::<cart_world::Service>().await?;
+        let outcome = peer
+            .call_until("remove-item", |c, s| c.mercato_commerce_cart().call_remove_item(s, &id, &sku))
+            .await;
+        self.settle::<cart_world::Service, _>(peer, "remove-item", outcome)
     }
 }
 
 impl payment::Host for Ctx {
     async fn authorize(&mut self, request: PaymentRequest) -> Answer<Payment> {
-        peer_call!(self, payment_peer, payment, mercato_commerce_payment, "payment", call_authorize(&request))
+        let mut peer = self.lend::<payment_world::Service>().await?;
+        let outcome = peer
+            .call_until("authorize", |c, s| c.mercato_commerce_payment().call_authorize(s, &request))
+            .await;
+        self.settle::<payment_world::Service, _>(peer, "authorize", outcome)
     }
 
     async fn capture(&mut self, payment_id: String, idempotency_key: String) -> Answer<Payment> {
-        peer_call!(
-            self,
-            payment_peer,
-            payment,
-            mercato_commerce_payment,
-            "payment",
-            call_capture(&payment_id, &idempotency_key)
-        )
+        let mut peer = self.lend::<payment_world::Service>().await?;
+        let outcome = peer
+            .call_until("capture", |c, s| {
+                c.mercato_commerce_payment().call_capture(s, &payment_id, &idempotency_key)
+            })
+            .await;
+        self.settle::<payment_world::Service, _>(peer, "capture", outcome)
     }
 
     async fn void(&mut self, request: PaymentRequest) -> Answer<Payment> {
-        peer_call!(self, payment_peer, payment, mercato_commerce_payment, "payment", call_void(&request))
+        let mut peer = self.lend::<payment_world::Service>().await?;
+        let outcome =
+            peer.call_until("void", |c, s| c.mercato_commerce_payment().call_void(s, &request)).await;
+        self.settle::<payment_world::Service, _>(peer, "void", outcome)
     }
 
     async fn refund(
@@ -276,13 +263,12 @@ impl payment::Host for Ctx {
         amount: Money,
         idempotency_key: String,
     ) -> Answer<Payment> {
-        peer_call!(
-            self,
-            payment_peer,
-            payment,
-            mercato_commerce_payment,
-            "payment",
-            call_refund(&payment_id, &amount, &idempotency_key)
-        )
+        let mut peer = self.lend::<payment_world::Service>().await?;
+        let outcome = peer
+            .call_until("refund", |c, s| {
+                c.mercato_commerce_payment().call_refund(s, &payment_id, &amount, &idempotency_key)
+            })
+            .await;
+        self.settle::<payment_world::Service, _>(peer, "refund", outcome)
     }
 }

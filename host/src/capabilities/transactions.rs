@@ -26,21 +26,22 @@ const MAX_STAGED: usize = 64;
 #[derive(Default)]
 pub struct Staging {
     tokens: HashMap<String, Vec<tx::Write>>,
-    calls: HashMap<&'static str, u32>,
+    calls: HashMap<(&'static str, &'static str), u32>,
 }
 
 impl Ctx {
-    /// Whether this host call, just completed, is the one a test asked to
-    /// trap after (`Limits::inject_trap`; once per process). Never set
-    /// outside tests.
-    pub(crate) fn trap_here(&self, call: &'static str) -> bool {
+    /// Whether this host call (`<target>.<function>`), just completed, is
+    /// the one a test asked to trap after (`Limits::inject_trap`; once per
+    /// process). Never set outside tests.
+    pub(crate) fn trap_here(&self, target: &'static str, function: &'static str) -> bool {
         let Some((name, nth)) = &self.rt.limits.inject_trap else { return false };
-        // `<component>:<call>`: calls this component makes.
-        if name.split_once(':') != Some((self.kind.name(), call)) {
+        // `<component>:<target>.<function>`: calls this component makes.
+        let Some((component, call)) = name.split_once(':') else { return false };
+        if component != self.kind.name() || call.split_once('.') != Some((target, function)) {
             return false;
         }
         let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-        let n = staging.calls.entry(call).or_default();
+        let n = staging.calls.entry((target, function)).or_default();
         *n += 1;
         *n == *nth && !self.rt.trap_fired.swap(true, std::sync::atomic::Ordering::SeqCst)
     }
@@ -161,7 +162,7 @@ impl Host for Ctx {
         let work = tokio::spawn(async move { db.tx_commit(&all).await });
         let result = tokio::time::timeout_at(self.deadline.into(), work).await;
         crate::telemetry::transaction(self.kind.name(), started);
-        if self.trap_here("transactions.commit") {
+        if self.trap_here("transactions", "commit") {
             return Err(injected("transactions.commit"));
         }
         Ok(match result {

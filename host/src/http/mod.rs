@@ -40,19 +40,6 @@ pub struct AppState {
     pub work: tokio_util::task::TaskTracker,
 }
 
-/// Call an export of a fresh instance of a component (see
-/// [`crate::runtime::call`]), turning faults and domain errors into [`ApiError`]s.
-macro_rules! invoke {
-    ($state:expr, $($call:tt)+) => {{
-        match crate::runtime::call!($state.runtime, $($call)+) {
-            Ok(Ok(v)) => Ok::<_, crate::http::ApiError>(v),
-            Ok(Err(domain)) => Err(crate::http::ApiError::from(domain)),
-            Err(fault) => Err(crate::http::ApiError::from(fault)),
-        }
-    }};
-}
-pub(crate) use invoke;
-
 /// Every route with its documented operation (see [`openapi`]).
 pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
     use utoipa::OpenApi;
@@ -196,12 +183,14 @@ async fn observe(State(_): State<AppState>, req: Request, next: Next) -> Respons
 /// The response header naming the component versions that served a request.
 pub const VERSIONS_HEADER: &str = "x-mercato-versions";
 
-/// Pin the request to the active versions at its start (every instance it
-/// creates comes from that set, even if a deploy swaps one meanwhile) and
-/// name them in the `x-mercato-versions` header.
+/// Give the request its scope at its start: the active versions (every
+/// instance it creates comes from that set, even if a deploy swaps one
+/// meanwhile), named in the `x-mercato-versions` header, and its one
+/// deadline, which every component call and host call it makes shares.
 async fn pin_versions(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let set = state.runtime.snapshot();
-    let mut response = Runtime::pinned(set.clone(), next.run(req)).await;
+    let scope = state.runtime.new_scope();
+    let set = scope.set.clone();
+    let mut response = Runtime::scoped(scope, next.run(req)).await;
     if let Ok(value) = axum::http::HeaderValue::from_str(set.header()) {
         response.headers_mut().insert(VERSIONS_HEADER, value);
     }

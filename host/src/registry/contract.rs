@@ -6,52 +6,11 @@
 
 use crate::runtime::ComponentKind;
 use crate::runtime::shape::{Shape, parse_component};
-
-/// The version of the `mercato:commerce` package the host speaks.
-pub const COMMERCE_VERSION: &str = "0.1.0";
+pub use crate::runtime::table::COMMERCE_VERSION;
 
 /// The world a component of `kind` must fit (`wit/worlds.wit`).
 pub fn world(kind: ComponentKind) -> String {
-    format!("mercato:commerce/{}-component@{COMMERCE_VERSION}", kind.name())
-}
-
-/// The interface a component of `kind` exports.
-pub fn export(kind: ComponentKind) -> String {
-    let iface = match kind {
-        ComponentKind::Order => "orders",
-        other => other.name(),
-    };
-    format!("mercato:commerce/{iface}@{COMMERCE_VERSION}")
-}
-
-/// WASI interfaces every component may import: what Rust's std (and other
-/// language runtimes) import, linked inert by the host.
-const BASE_WASI: &[&str] = &["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
-/// Host capabilities every component has: storage in its own namespace, logging.
-const BASE_HOST: &[&str] = &[
-    "wasi:keyvalue/store@",
-    "wasi:keyvalue/atomics@",
-    "wasi:keyvalue/batch@",
-    "wasi:logging/logging@",
-    "mercato:commerce/types@",
-];
-
-/// What `kind` may import beyond the base: other components' interfaces,
-/// multi-key transactions for those that write several keys at once and, for
-/// payment only, outbound HTTP and configuration (ARCHITECTURE.md's table).
-fn granted(kind: ComponentKind) -> &'static [&'static str] {
-    match kind {
-        ComponentKind::Catalog => &["mercato:commerce/inventory@"],
-        ComponentKind::Cart => &["mercato:commerce/catalog@", "mercato:commerce/pricing-engine@"],
-        ComponentKind::Inventory => &["mercato:commerce/transactions@"],
-        ComponentKind::Payment => &["wasi:http/", "wasi:config/store@", "mercato:commerce/transactions@"],
-        ComponentKind::Order => &[
-            "mercato:commerce/inventory@",
-            "mercato:commerce/payment@",
-            "mercato:commerce/cart@",
-            "mercato:commerce/transactions@",
-        ],
-    }
+    kind.row().world()
 }
 
 /// Why a component does not fit.
@@ -67,7 +26,8 @@ pub enum Misfit {
 pub fn check(kind: ComponentKind, bytes: &[u8]) -> Result<Shape, Misfit> {
     let shape = parse_component(bytes).map_err(Misfit::Invalid)?;
     let name = kind.name();
-    let wanted = export(kind);
+    let row = kind.row();
+    let wanted = row.export_name();
     if !shape.exports.iter().any(|e| e == &wanted) {
         return Err(Misfit::Contract(format!(
             "does not export {wanted}, which the {name} capability must (it exports: {})",
@@ -75,12 +35,10 @@ pub fn check(kind: ComponentKind, bytes: &[u8]) -> Result<Shape, Misfit> {
         )));
     }
     for import in &shape.imports {
-        let allowed =
-            BASE_WASI.iter().chain(BASE_HOST).chain(granted(kind)).any(|prefix| import.starts_with(prefix));
-        if !allowed {
+        if !row.may_import(import) {
             return Err(Misfit::Contract(format!(
                 "imports {import}, which the host does not grant the {name} capability (world {})",
-                world(kind)
+                row.world()
             )));
         }
     }
@@ -94,14 +52,13 @@ fn list(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bundled;
 
     #[test]
     fn bundled_components_fit_their_own_worlds_only() {
         for kind in ComponentKind::ALL {
-            assert!(check(kind, bundled::bytes(kind)).is_ok(), "{kind:?}");
+            assert!(check(kind, kind.row().bundled).is_ok(), "{kind:?}");
             for other in ComponentKind::ALL.into_iter().filter(|o| *o != kind) {
-                let Err(Misfit::Contract(why)) = check(other, bundled::bytes(kind)) else {
+                let Err(Misfit::Contract(why)) = check(other, kind.row().bundled) else {
                     panic!("{kind:?} accepted as {other:?}");
                 };
                 assert!(why.contains("does not export") || why.contains("imports"), "{why}");

@@ -1,22 +1,11 @@
-//! The components built by `build.rs` and shipped inside the binary.
+//! The components built by `build.rs` and shipped inside the binary (their
+//! bytes are in [`super::table::TABLE`]).
 
 use super::{ComponentKind, ComponentSource};
 
-const CATALOG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/catalog.wasm"));
-const CART: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cart.wasm"));
-const INVENTORY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inventory.wasm"));
-const PAYMENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payment.wasm"));
-const ORDER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/order.wasm"));
-
 /// The bundled bytes of `kind`.
 pub fn bytes(kind: ComponentKind) -> &'static [u8] {
-    match kind {
-        ComponentKind::Catalog => CATALOG,
-        ComponentKind::Cart => CART,
-        ComponentKind::Inventory => INVENTORY,
-        ComponentKind::Payment => PAYMENT,
-        ComponentKind::Order => ORDER,
-    }
+    kind.row().bundled
 }
 
 /// Sources for every component from the bundle, each as version 1 (for

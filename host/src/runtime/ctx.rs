@@ -8,25 +8,63 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::fault::{DeadlineExceeded, MemoryCapExceeded};
-use super::{ActiveSet, ComponentKind, Inner};
-use crate::bindings::{
-    cart::CartComponent, catalog::CatalogComponent, inventory::InventoryComponent, payment::PaymentComponent,
-};
+use super::{COUNT, ComponentKind, Fault, Inner, Scope};
 
-/// A component instance and the store it lives in.
+/// A component instance and the store it lives in, serving one request.
 pub struct Instance<B> {
     pub store: Store<Ctx>,
     pub bindings: B,
+    /// Its registry version (for traces).
+    pub version: i64,
+}
+
+impl<B> Instance<B> {
+    /// Call one export: `f` gets the bindings and the store, as in
+    /// `instance.call("get_product", |c, s| c.mercato_commerce_catalog().call_get_product(s, &id))`.
+    /// The call runs under the instance's confinement (memory cap, the
+    /// request's deadline by epochs, every host call bounded by the same
+    /// deadline); it is timed, traced as a span when spans are exported, and
+    /// a wasmtime error is classified as a [`Fault`]. The domain answer, if
+    /// any, is `T`.
+    pub async fn call<'a, T, F, Fut>(&'a mut self, function: &'static str, f: F) -> Result<T, Fault>
+    where
+        F: FnOnce(&'a B, &'a mut Store<Ctx>) -> Fut,
+        Fut: Future<Output = wasmtime::Result<T>>,
+    {
+        use tracing::Instrument;
+        let component = self.store.data().kind.name();
+        let span = crate::telemetry::component_span(component, function, self.version);
+        let started = Instant::now();
+        let result = f(&self.bindings, &mut self.store).instrument(span.clone()).await;
+        crate::telemetry::component_call(component, function, started);
+        let result = result.map_err(|e| Fault::classify(component, &e));
+        span.record("outcome", result.as_ref().map_or_else(Fault::kind, |_| "ok"));
+        result
+    }
+
+    /// [`Instance::call`] raced against the request's deadline in host time:
+    /// `None` if the deadline came first (the call is dropped mid-way; the
+    /// instance must not be called again).
+    pub async fn call_until<'a, T, F, Fut>(
+        &'a mut self,
+        function: &'static str,
+        f: F,
+    ) -> Option<Result<T, Fault>>
+    where
+        F: FnOnce(&'a B, &'a mut Store<Ctx>) -> Fut,
+        Fut: Future<Output = wasmtime::Result<T>>,
+    {
+        let deadline = self.store.data().deadline;
+        tokio::time::timeout_at(deadline.into(), self.call(function, f)).await.ok()
+    }
 }
 
 /// Instances of other components that this instance has called during the
-/// current request, kept so that repeated calls reuse one instance.
+/// current request, by kind, kept so that repeated calls reuse one instance
+/// (each is an `Instance<S::Bindings>` of its row's [`super::Service`]).
 #[derive(Default)]
 pub struct Peers {
-    pub catalog: Option<Instance<CatalogComponent>>,
-    pub inventory: Option<Instance<InventoryComponent>>,
-    pub cart: Option<Instance<CartComponent>>,
-    pub payment: Option<Instance<PaymentComponent>>,
+    pub(crate) slots: [Option<Box<dyn std::any::Any + Send>>; COUNT],
 }
 
 /// Bytes one table element takes in wasmtime (a pointer); tables count
@@ -161,11 +199,11 @@ pub struct Ctx {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    /// When the whole request must be done; peers inherit it.
+    /// When the whole request must be done (the scope's deadline).
     pub(crate) deadline: Instant,
     pub(crate) rt: Arc<Inner>,
-    /// The versions this request runs on; peers come from the same set.
-    pub(crate) set: Arc<ActiveSet>,
+    /// The request's versions and deadline; peers come from the same scope.
+    pub(crate) scope: Scope,
     pub(crate) peers: Peers,
     /// Writes staged in this request for a caller's transaction; shared by
     /// every instance serving the request.
@@ -200,10 +238,10 @@ impl Inner {
     pub(crate) fn new_store(
         self: &Arc<Self>,
         kind: ComponentKind,
-        deadline: Instant,
-        set: Arc<ActiveSet>,
+        scope: Scope,
         staged: crate::capabilities::transactions::SharedStaging,
     ) -> Store<Ctx> {
+        let deadline = scope.deadline;
         let ctx = Ctx {
             kind,
             wasi: WasiCtxBuilder::new().build(),
@@ -211,7 +249,7 @@ impl Inner {
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             deadline,
             rt: self.clone(),
-            set,
+            scope,
             peers: Peers::default(),
             staged,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),

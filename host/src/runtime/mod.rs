@@ -21,6 +21,7 @@ pub mod ctx;
 pub mod engine;
 pub mod fault;
 pub mod shape;
+pub mod table;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -29,66 +30,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use crate::bindings::{cart, catalog, host, inventory, order, payment};
+use crate::bindings::host;
 use crate::storage::Db;
 pub use cache::{ArtifactCache, Origin};
 pub use ctx::{Ctx, Instance};
 pub use fault::Fault;
-
-/// Call an export of a fresh instance of the active version of a component:
-/// `call!(runtime, catalog, mercato_commerce_catalog, call_get_product(&id))`.
-/// Gives `Result<Result<T, types::Error>, Fault>`: the outer error is a fault
-/// (trap, deadline, memory cap), the inner one the component's domain answer.
-macro_rules! call {
-    ($rt:expr, $kind:ident, $iface:ident, $method:ident ( $($arg:expr),* )) => {{
-        let rt: &crate::runtime::Runtime = &$rt;
-        crate::runtime::call!(rt, deadline = rt.request_deadline(), $kind, $iface, $method($($arg),*))
-    }};
-    ($rt:expr, deadline = $deadline:expr, $kind:ident, $iface:ident, $method:ident ( $($arg:expr),* )) => {{
-        let rt: &crate::runtime::Runtime = &$rt;
-        match rt.$kind($deadline).await {
-            Err(fault) => Err(fault),
-            Ok(mut instance) => {
-                let started = std::time::Instant::now();
-                let result = instance.bindings.$iface().$method(&mut instance.store, $($arg),*).await;
-                crate::telemetry::component_call(stringify!($kind), stringify!($method), started);
-                result.map_err(|e| crate::runtime::Fault::classify(stringify!($kind), &e))
-            }
-        }
-    }};
-}
-pub(crate) use call;
-
-/// The service components the host runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ComponentKind {
-    Catalog,
-    Cart,
-    Inventory,
-    Payment,
-    Order,
-}
-
-impl ComponentKind {
-    pub const ALL: [ComponentKind; 5] = [
-        ComponentKind::Catalog,
-        ComponentKind::Cart,
-        ComponentKind::Inventory,
-        ComponentKind::Payment,
-        ComponentKind::Order,
-    ];
-
-    /// Its name, which is also its storage namespace.
-    pub fn name(self) -> &'static str {
-        match self {
-            ComponentKind::Catalog => "catalog",
-            ComponentKind::Cart => "cart",
-            ComponentKind::Inventory => "inventory",
-            ComponentKind::Payment => "payment",
-            ComponentKind::Order => "order",
-        }
-    }
-}
+pub use table::{COUNT, ComponentKind, Service, TypedPre};
 
 /// Sandbox limits for service components.
 #[derive(Clone, Debug)]
@@ -108,60 +55,53 @@ pub struct Limits {
     pub inject_trap: Option<(String, u32)>,
 }
 
-/// Capabilities granted beyond the base set, per component: outbound HTTP
-/// authorities and `wasi:config` values. Only the payment component gets any.
+/// Values of the capabilities a component was granted, per component:
+/// outbound HTTP authorities and `wasi:config` values. Only the payment
+/// component is granted either (see [`table::TABLE`]).
 pub struct Grants {
-    payment_hosts: Arc<[String]>,
-    payment_config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
-    no_hosts: Arc<[String]>,
-    no_config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    hosts: [Arc<[String]>; COUNT],
+    config: [Arc<wasmtime_wasi_config::WasiConfigVariables>; COUNT],
 }
 
 impl Grants {
     /// Grant the payment component `hosts` and the `config` values.
     pub fn payment(hosts: Vec<String>, config: Vec<(String, String)>) -> Grants {
-        Grants {
-            payment_hosts: hosts.into(),
-            payment_config: Arc::new(config.into_iter().collect()),
-            no_hosts: Arc::from(Vec::new()),
-            no_config: Arc::new(wasmtime_wasi_config::WasiConfigVariables::new()),
-        }
+        let mut grants = Grants {
+            hosts: std::array::from_fn(|_| Arc::from(Vec::new())),
+            config: std::array::from_fn(|_| Arc::new(wasmtime_wasi_config::WasiConfigVariables::new())),
+        };
+        grants.hosts[ComponentKind::Payment as usize] = hosts.into();
+        grants.config[ComponentKind::Payment as usize] = Arc::new(config.into_iter().collect());
+        grants
     }
 
     pub(crate) fn outbound(&self, kind: ComponentKind) -> Arc<[String]> {
-        match kind {
-            ComponentKind::Payment => self.payment_hosts.clone(),
-            _ => self.no_hosts.clone(),
-        }
+        self.hosts[kind as usize].clone()
     }
 
     pub(crate) fn config(&self, kind: ComponentKind) -> Arc<wasmtime_wasi_config::WasiConfigVariables> {
-        match kind {
-            ComponentKind::Payment => self.payment_config.clone(),
-            _ => self.no_config.clone(),
-        }
+        self.config[kind as usize].clone()
     }
 }
 
 /// A component version ready to instantiate.
-pub struct Active<P> {
+pub struct Active {
+    pub kind: ComponentKind,
     /// Its number in the component registry.
     pub version: i64,
     pub digest: String,
     pub origin: Origin,
-    pub pre: P,
+    /// Its bindings' `…Pre`, typed by its row ([`ActiveSet::pre`]).
+    pre: TypedPre,
 }
 
 /// The active version of every component, swapped as a whole: a request
-/// takes one set when it starts ([`Runtime::snapshot`]) and every instance it
+/// takes one set when it starts ([`Runtime::scope`]) and every instance it
 /// creates, peers included, comes from that set, so a request is served by
 /// exactly one version of each component even while a deploy swaps the set.
 pub struct ActiveSet {
-    catalog: Arc<Active<catalog::CatalogComponentPre<Ctx>>>,
-    cart: Arc<Active<cart::CartComponentPre<Ctx>>>,
-    inventory: Arc<Active<inventory::InventoryComponentPre<Ctx>>>,
-    payment: Arc<Active<payment::PaymentComponentPre<Ctx>>>,
-    order: Arc<Active<order::OrderComponentPre<Ctx>>>,
+    /// Indexed by [`ComponentKind`].
+    slots: [Arc<Active>; COUNT],
     /// `catalog=3,cart=1,…`, made once per set, sent with every response.
     header: String,
 }
@@ -175,60 +115,50 @@ pub struct RunningVersion {
     pub origin: Origin,
 }
 
-/// A set being assembled: one slot per component.
-#[derive(Default)]
-struct Slots {
-    catalog: Option<Arc<Active<catalog::CatalogComponentPre<Ctx>>>>,
-    cart: Option<Arc<Active<cart::CartComponentPre<Ctx>>>>,
-    inventory: Option<Arc<Active<inventory::InventoryComponentPre<Ctx>>>>,
-    payment: Option<Arc<Active<payment::PaymentComponentPre<Ctx>>>>,
-    order: Option<Arc<Active<order::OrderComponentPre<Ctx>>>>,
-}
-
-impl Slots {
-    fn put(&mut self, p: Prepared) {
-        let Prepared { version, digest, origin, pre } = p;
-        match pre {
-            Pre::Catalog(pre) => self.catalog = Some(Arc::new(Active { version, digest, origin, pre })),
-            Pre::Cart(pre) => self.cart = Some(Arc::new(Active { version, digest, origin, pre })),
-            Pre::Inventory(pre) => self.inventory = Some(Arc::new(Active { version, digest, origin, pre })),
-            Pre::Payment(pre) => self.payment = Some(Arc::new(Active { version, digest, origin, pre })),
-            Pre::Order(pre) => self.order = Some(Arc::new(Active { version, digest, origin, pre })),
-        }
-    }
-
-    /// The set, or the first component without a version.
-    fn into_set(self) -> Result<ActiveSet, ComponentKind> {
-        let mut set = ActiveSet {
-            catalog: self.catalog.ok_or(ComponentKind::Catalog)?,
-            cart: self.cart.ok_or(ComponentKind::Cart)?,
-            inventory: self.inventory.ok_or(ComponentKind::Inventory)?,
-            payment: self.payment.ok_or(ComponentKind::Payment)?,
-            order: self.order.ok_or(ComponentKind::Order)?,
-            header: String::new(),
-        };
-        set.header = set
-            .versions()
-            .iter()
-            .map(|v| format!("{}={}", v.kind.name(), v.version))
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(set)
-    }
-}
-
 impl ActiveSet {
+    /// The set of these versions, or the first component without one.
+    fn new(slots: [Option<Arc<Active>>; COUNT]) -> Result<ActiveSet, ComponentKind> {
+        let filled: Vec<Arc<Active>> = slots
+            .into_iter()
+            .zip(ComponentKind::ALL)
+            .map(|(slot, kind)| slot.ok_or(kind))
+            .collect::<Result<_, _>>()?;
+        let slots: [Arc<Active>; COUNT] = filled.try_into().map_err(|_| ComponentKind::ALL[0])?;
+        Ok(ActiveSet::from_slots(slots))
+    }
+
+    fn from_slots(slots: [Arc<Active>; COUNT]) -> ActiveSet {
+        let header =
+            slots.iter().map(|a| format!("{}={}", a.kind.name(), a.version)).collect::<Vec<_>>().join(",");
+        ActiveSet { slots, header }
+    }
+
     pub fn versions(&self) -> Vec<RunningVersion> {
-        fn v<P>(kind: ComponentKind, a: &Active<P>) -> RunningVersion {
-            RunningVersion { kind, version: a.version, digest: a.digest.clone(), origin: a.origin }
-        }
-        vec![
-            v(ComponentKind::Catalog, &self.catalog),
-            v(ComponentKind::Cart, &self.cart),
-            v(ComponentKind::Inventory, &self.inventory),
-            v(ComponentKind::Payment, &self.payment),
-            v(ComponentKind::Order, &self.order),
-        ]
+        self.slots
+            .iter()
+            .map(|a| RunningVersion {
+                kind: a.kind,
+                version: a.version,
+                digest: a.digest.clone(),
+                origin: a.origin,
+            })
+            .collect()
+    }
+
+    /// The version of `kind` in this set.
+    pub fn get(&self, kind: ComponentKind) -> &Active {
+        &self.slots[kind as usize]
+    }
+
+    /// The typed bindings of `S`'s version in this set.
+    fn pre<S: Service>(&self) -> Result<(&Active, &S::Pre), Fault> {
+        let active = self.get(S::KIND);
+        // `Prepared` is only made by `prepare`, which types it by its row.
+        let pre = active.pre.downcast_ref::<S::Pre>().ok_or_else(|| Fault::Trap {
+            component: S::KIND.name(),
+            detail: "the active version is typed as another component".into(),
+        })?;
+        Ok((active, pre))
     }
 
     /// `catalog=3,cart=1,…`: the versions that serve a request (the
@@ -238,35 +168,29 @@ impl ActiveSet {
     }
 
     /// This set with `p` in its component's place.
-    fn with(&self, p: Prepared) -> Result<ActiveSet, ComponentKind> {
-        let mut slots = Slots {
-            catalog: Some(self.catalog.clone()),
-            cart: Some(self.cart.clone()),
-            inventory: Some(self.inventory.clone()),
-            payment: Some(self.payment.clone()),
-            order: Some(self.order.clone()),
-        };
-        slots.put(p);
-        slots.into_set()
+    fn with(&self, p: Prepared) -> ActiveSet {
+        let mut slots = self.slots.clone();
+        let kind = p.kind;
+        slots[kind as usize] = Arc::new(p.into_active());
+        ActiveSet::from_slots(slots)
     }
-}
-
-/// The instantiable form of a component, by capability.
-enum Pre {
-    Catalog(catalog::CatalogComponentPre<Ctx>),
-    Cart(cart::CartComponentPre<Ctx>),
-    Inventory(inventory::InventoryComponentPre<Ctx>),
-    Payment(payment::PaymentComponentPre<Ctx>),
-    Order(order::OrderComponentPre<Ctx>),
 }
 
 /// A compiled, linked and type-checked component version, ready to swap in.
 pub struct Prepared {
+    pub kind: ComponentKind,
     /// Its number in the component registry (set once it is recorded).
     pub version: i64,
     pub digest: String,
     pub origin: Origin,
-    pre: Pre,
+    pre: TypedPre,
+}
+
+impl Prepared {
+    fn into_active(self) -> Active {
+        let Prepared { kind, version, digest, origin, pre } = self;
+        Active { kind, version, digest, origin, pre }
+    }
 }
 
 /// Why a component cannot run as a capability.
@@ -287,9 +211,18 @@ pub struct ComponentSource {
     pub bytes: Vec<u8>,
 }
 
+/// What one request runs on: the set of versions it was pinned to when it
+/// started and its one deadline. Every instance the request creates, peers
+/// included, takes both from here.
+#[derive(Clone)]
+pub struct Scope {
+    pub set: Arc<ActiveSet>,
+    pub deadline: Instant,
+}
+
 tokio::task_local! {
-    /// The set a request was pinned to (see [`Runtime::pinned`]).
-    static PINNED: Arc<ActiveSet>;
+    /// The scope of the request this task serves (see [`Runtime::scoped`]).
+    static SCOPE: Scope;
 }
 
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -338,34 +271,11 @@ fn base_linker(engine: &Engine) -> anyhow::Result<Linker<Ctx>> {
     Ok(linker)
 }
 
-/// The linker for `kind`: the base capabilities plus the service interfaces
-/// its world imports. This is the capability table of ARCHITECTURE.md.
+/// The linker for `kind`: the base capabilities plus its row's grants.
 fn linker_for(engine: &Engine, kind: ComponentKind) -> anyhow::Result<Linker<Ctx>> {
     let mut linker = base_linker(engine)?;
-    match kind {
-        ComponentKind::Catalog => {
-            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-        }
-        ComponentKind::Cart => {
-            host::mercato::commerce::catalog::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-            host::mercato::commerce::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-        }
-        ComponentKind::Order => {
-            host::mercato::commerce::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-            host::mercato::commerce::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-            host::mercato::commerce::payment::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-            host::mercato::commerce::cart::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-        }
-        ComponentKind::Payment => {
-            host::mercato::commerce::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-            wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| {
-                wasmtime_wasi_config::WasiConfig::from(&*c.config)
-            })?;
-        }
-        ComponentKind::Inventory => {
-            host::mercato::commerce::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-        }
+    for grant in kind.row().grants {
+        grant.link(&mut linker)?;
     }
     Ok(linker)
 }
@@ -386,18 +296,11 @@ fn prepare(
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         PrepareError::Contract(format!("its imports do not fit what the host grants {name}: {e:#}"))
     })?;
-    let typed = match source.kind {
-        ComponentKind::Catalog => catalog::CatalogComponentPre::new(pre).map(Pre::Catalog),
-        ComponentKind::Cart => cart::CartComponentPre::new(pre).map(Pre::Cart),
-        ComponentKind::Inventory => inventory::InventoryComponentPre::new(pre).map(Pre::Inventory),
-        ComponentKind::Payment => payment::PaymentComponentPre::new(pre).map(Pre::Payment),
-        ComponentKind::Order => order::OrderComponentPre::new(pre).map(Pre::Order),
-    };
-    let pre = typed.map_err(|e| {
+    let pre = (source.kind.row().typed)(pre).map_err(|e| {
         PrepareError::Contract(format!("it does not export the {name} interface with the same types: {e:#}"))
     })?;
     tracing::info!(component = name, version = source.version, %digest, ?origin, "component ready");
-    Ok(Prepared { version: source.version, digest, origin, pre })
+    Ok(Prepared { kind: source.kind, version: source.version, digest, origin, pre })
 }
 
 impl Runtime {
@@ -411,15 +314,14 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         let engine = engine::build(&limits)?;
         let cache = ArtifactCache::new(cache_dir, &engine);
-        let mut slots = Slots::default();
+        let mut slots: [Option<Arc<Active>>; COUNT] = Default::default();
         for source in sources {
-            slots.put(
-                prepare(&engine, &cache, source)
-                    .map_err(|e| anyhow::anyhow!("component {}: {e}", source.kind.name()))?,
-            );
+            let prepared = prepare(&engine, &cache, source)
+                .map_err(|e| anyhow::anyhow!("component {}: {e}", source.kind.name()))?;
+            slots[source.kind as usize] = Some(Arc::new(prepared.into_active()));
         }
-        let set =
-            slots.into_set().map_err(|kind| anyhow::anyhow!("no source for component {}", kind.name()))?;
+        let set = ActiveSet::new(slots)
+            .map_err(|kind| anyhow::anyhow!("no source for component {}", kind.name()))?;
         let ticker = engine::EpochTicker::start(engine.clone());
         let plugins =
             crate::plugins::Plugins::new(db.clone(), limits.plugins, limits.plugin_runs, cache_dir)?;
@@ -452,14 +354,22 @@ impl Runtime {
         read(&self.inner.active).versions()
     }
 
-    /// The set this request is pinned to, or else the live one.
-    pub fn snapshot(&self) -> Arc<ActiveSet> {
-        PINNED.try_with(|set| set.clone()).unwrap_or_else(|_| read(&self.inner.active))
+    /// The scope of the request this task serves, or else a new one: the
+    /// live set and a deadline from now (for work outside a request, such as
+    /// recovery passes and seeding).
+    pub fn scope(&self) -> Scope {
+        SCOPE.try_with(Scope::clone).unwrap_or_else(|_| self.new_scope())
     }
 
-    /// Run `f` with every instance it creates taken from `set`.
-    pub async fn pinned<F: Future>(set: Arc<ActiveSet>, f: F) -> F::Output {
-        PINNED.scope(set, f).await
+    /// A scope for a new request: the live set, the configured deadline from now.
+    pub fn new_scope(&self) -> Scope {
+        Scope { set: read(&self.inner.active), deadline: Instant::now() + self.inner.limits.deadline }
+    }
+
+    /// Run `f` as one request: every instance it creates takes its versions
+    /// and its deadline from `scope`.
+    pub async fn scoped<F: Future>(scope: Scope, f: F) -> F::Output {
+        SCOPE.scope(scope, f).await
     }
 
     /// Compile, link and type-check `source` (blocking; see [`prepare`]).
@@ -474,10 +384,8 @@ impl Runtime {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // Every slot of the live set is filled, so `with` cannot miss one.
-        if let Ok(next) = guard.with(p) {
-            *guard = Arc::new(next);
-        }
+        let next = guard.with(p);
+        *guard = Arc::new(next);
     }
 
     /// The request deadline, in milliseconds.
@@ -485,65 +393,26 @@ impl Runtime {
         u64::try_from(self.inner.limits.deadline.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A deadline for a new request.
-    pub fn request_deadline(&self) -> Instant {
-        Instant::now() + self.inner.limits.deadline
+    /// A fresh instance of `S` in the current request's scope, to call one
+    /// of its exports with [`Instance::call`].
+    pub async fn instance<S: Service>(&self) -> Result<Instance<S::Bindings>, Fault> {
+        self.inner.instantiate::<S>(&self.scope(), Default::default()).await
     }
-
-    pub async fn catalog(&self, deadline: Instant) -> Result<Instance<catalog::CatalogComponent>, Fault> {
-        self.inner.instantiate_catalog(&self.snapshot(), deadline, Default::default()).await
-    }
-
-    pub async fn cart(&self, deadline: Instant) -> Result<Instance<cart::CartComponent>, Fault> {
-        self.inner.instantiate_cart(&self.snapshot(), deadline, Default::default()).await
-    }
-
-    pub async fn inventory(
-        &self,
-        deadline: Instant,
-    ) -> Result<Instance<inventory::InventoryComponent>, Fault> {
-        self.inner.instantiate_inventory(&self.snapshot(), deadline, Default::default()).await
-    }
-
-    pub async fn payment(&self, deadline: Instant) -> Result<Instance<payment::PaymentComponent>, Fault> {
-        self.inner.instantiate_payment(&self.snapshot(), deadline, Default::default()).await
-    }
-
-    pub async fn order(&self, deadline: Instant) -> Result<Instance<order::OrderComponent>, Fault> {
-        self.inner.instantiate_order(&self.snapshot(), deadline, Default::default()).await
-    }
-}
-
-/// `Inner::$name(set, deadline)`: a fresh instance of a component's version in `set`.
-macro_rules! instantiate_fn {
-    ($name:ident, $field:ident, $kind:expr, $bindings:ty) => {
-        pub(crate) async fn $name(
-            self: &Arc<Self>,
-            set: &Arc<ActiveSet>,
-            deadline: Instant,
-            staged: crate::capabilities::transactions::SharedStaging,
-        ) -> Result<Instance<$bindings>, Fault> {
-            let mut store = self.new_store($kind, deadline, set.clone(), staged);
-            let bindings = set
-                .$field
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| Fault::classify($kind.name(), &e))?;
-            Ok(Instance { store, bindings })
-        }
-    };
 }
 
 impl Inner {
-    instantiate_fn!(instantiate_catalog, catalog, ComponentKind::Catalog, catalog::CatalogComponent);
-    instantiate_fn!(instantiate_cart, cart, ComponentKind::Cart, cart::CartComponent);
-    instantiate_fn!(
-        instantiate_inventory,
-        inventory,
-        ComponentKind::Inventory,
-        inventory::InventoryComponent
-    );
-    instantiate_fn!(instantiate_payment, payment, ComponentKind::Payment, payment::PaymentComponent);
-    instantiate_fn!(instantiate_order, order, ComponentKind::Order, order::OrderComponent);
+    /// A fresh instance of `S`'s version in `scope`, in a store of its own
+    /// (its memory cap, its grants, the scope's deadline); `staged` is the
+    /// request's staging area for a caller's transaction.
+    pub(crate) async fn instantiate<S: Service>(
+        self: &Arc<Self>,
+        scope: &Scope,
+        staged: crate::capabilities::transactions::SharedStaging,
+    ) -> Result<Instance<S::Bindings>, Fault> {
+        let (active, pre) = scope.set.pre::<S>()?;
+        let mut store = self.new_store(S::KIND, scope.clone(), staged);
+        let bindings =
+            S::instantiate(pre, &mut store).await.map_err(|e| Fault::classify(S::KIND.name(), &e))?;
+        Ok(Instance { store, bindings, version: active.version })
+    }
 }

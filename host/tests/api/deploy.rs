@@ -749,7 +749,7 @@ async fn requests_in_flight_keep_their_versions() {
     let app = spawn_app(Backend::Sqlite).await;
     let (_, cart) = shop(&app).await;
     let line_title = |rt: Runtime, cart: String| async move {
-        let mut cart_instance = rt.cart(rt.request_deadline()).await.expect("instance");
+        let mut cart_instance = rt.instance::<mercato::bindings::cart::Service>().await.expect("instance");
         let answer = cart_instance
             .bindings
             .mercato_commerce_cart()
@@ -759,15 +759,15 @@ async fn requests_in_flight_keep_their_versions() {
             .expect("cart");
         answer.lines[0].title.clone()
     };
-    let before = app.runtime.snapshot();
-    assert_eq!(before.header(), "catalog=1,cart=1,inventory=1,payment=1,order=1");
+    let before = app.runtime.new_scope();
+    assert_eq!(before.set.header(), "catalog=1,cart=1,inventory=1,payment=1,order=1");
     assert_eq!(deploy_bytes(&app, "catalog", catalog_v2(), None).await.0, 200);
     // The cart instance comes from `before`, and so does its catalog peer.
-    let pinned = Runtime::pinned(before.clone(), line_title(app.runtime.clone(), cart.clone())).await;
+    let pinned = Runtime::scoped(before.clone(), line_title(app.runtime.clone(), cart.clone())).await;
     assert!(!pinned.ends_with(" [v2]"), "{pinned}");
     let live = line_title(app.runtime.clone(), cart.clone()).await;
     assert!(live.ends_with(" [v2]"), "{live}");
-    assert_eq!(app.runtime.snapshot().header(), "catalog=2,cart=1,inventory=1,payment=1,order=1");
+    assert_eq!(app.runtime.new_scope().set.header(), "catalog=2,cart=1,inventory=1,payment=1,order=1");
 }
 
 /// `Accept: application/x-ndjson`: a JSON line per stage, then the outcome.

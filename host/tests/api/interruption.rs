@@ -218,9 +218,9 @@ both_backends!(disconnects, disconnects_leave_no_partial_checkout);
 /// capture, after T3.
 const TRAP_POINTS: [&str; 5] = [
     "order:transactions.commit#1",
-    "order:payment.call_authorize#1",
+    "order:payment.authorize#1",
     "order:transactions.commit#2",
-    "order:payment.call_capture#1",
+    "order:payment.capture#1",
     "order:transactions.commit#3",
 ];
 
@@ -252,9 +252,7 @@ async fn a_trap_at_each_step_is_recovered(backend: Backend) {
             // finishes it within the TTL and compensates it after.
             let past_t2 = matches!(
                 point,
-                "order:transactions.commit#2"
-                    | "order:payment.call_capture#1"
-                    | "order:transactions.commit#3"
+                "order:transactions.commit#2" | "order:payment.capture#1" | "order:transactions.commit#3"
             );
             let expect_paid = past_t2 || ttl_ms > 1_000;
             assert_eq!(orders.len(), usize::from(expect_paid), "{point}, ttl {ttl_ms}: {orders:?}");
@@ -402,7 +400,7 @@ async fn finished_checkouts_are_pruned_after_their_retention() {
 /// cancel (refund + restock) stays, so a second cancel cannot restock twice.
 async fn recovery_never_overwrites_a_cancel(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        c.inject_trap = Some("order:payment.call_capture#1".to_string());
+        c.inject_trap = Some("order:payment.capture#1".to_string());
         c.checkout.sweep_interval_ms = 100;
         c.components.deadline_ms = 1_000;
     })

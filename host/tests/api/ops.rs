@@ -26,7 +26,12 @@ async fn health_readiness_and_metrics() {
     );
     assert!(text.contains("route=\"/v1/products/{id}\",status=\"404\""), "{text}");
     assert!(text.contains("mercato_http_request_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("mercato_component_call_duration_seconds_bucket{component=\"catalog\",function=\"call_list_products\""), "{text}");
+    assert!(
+        text.contains(
+            "mercato_component_call_duration_seconds_bucket{component=\"catalog\",function=\"list-products\""
+        ),
+        "{text}"
+    );
 }
 
 /// SPEC §6.10: client input never creates metric series. 500 requests with

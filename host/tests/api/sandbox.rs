@@ -11,7 +11,7 @@ const DEADLINE_MS: u64 = 1_500;
 async fn probe_app() -> TestApp {
     let probe = std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("probe.wasm");
     spawn_app_with(Backend::Sqlite, |c| {
-        c.components.catalog = Some(probe);
+        c.components.files.0.insert("catalog".into(), probe);
         c.components.deadline_ms = DEADLINE_MS;
         c.components.memory_mib = 16;
     })

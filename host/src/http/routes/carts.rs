@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use crate::bindings::types::Cart;
 use crate::http::extract;
-use crate::http::{ApiError, ApiResult, AppState, invoke};
+use crate::http::{ApiError, ApiResult, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -76,7 +76,12 @@ async fn create(
     State(state): State<AppState>,
     extract::Json(body): extract::Json<NewCart>,
 ) -> ApiResult<(StatusCode, Json<Cart>)> {
-    let cart = invoke!(state, cart, mercato_commerce_cart, call_create_cart(&body.currency))?;
+    let cart = state
+        .runtime
+        .instance::<crate::bindings::cart::Service>()
+        .await?
+        .call("create-cart", |c, s| c.mercato_commerce_cart().call_create_cart(s, &body.currency))
+        .await??;
     Ok((StatusCode::CREATED, Json(cart)))
 }
 
@@ -90,7 +95,14 @@ async fn create(
     responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Cart>> {
-    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_get_cart(&id))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::cart::Service>()
+            .await?
+            .call("get-cart", |c, s| c.mercato_commerce_cart().call_get_cart(s, &id))
+            .await??,
+    ))
 }
 
 #[utoipa::path(
@@ -113,7 +125,14 @@ async fn add(
     extract::Json(body): extract::Json<AddItem>,
 ) -> ApiResult<Json<Cart>> {
     let q = quantity(&body.quantity)?;
-    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_add_item(&id, &body.sku, q))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::cart::Service>()
+            .await?
+            .call("add-item", |c, s| c.mercato_commerce_cart().call_add_item(s, &id, &body.sku, q))
+            .await??,
+    ))
 }
 
 #[utoipa::path(
@@ -132,7 +151,14 @@ async fn set(
     extract::Json(body): extract::Json<SetQuantity>,
 ) -> ApiResult<Json<Cart>> {
     let q = quantity(&body.quantity)?;
-    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_set_quantity(&id, &sku, q))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::cart::Service>()
+            .await?
+            .call("set-quantity", |c, s| c.mercato_commerce_cart().call_set_quantity(s, &id, &sku, q))
+            .await??,
+    ))
 }
 
 #[utoipa::path(
@@ -148,7 +174,14 @@ async fn remove(
     State(state): State<AppState>,
     Path((id, sku)): Path<(String, String)>,
 ) -> ApiResult<Json<Cart>> {
-    Ok(Json(invoke!(state, cart, mercato_commerce_cart, call_remove_item(&id, &sku))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::cart::Service>()
+            .await?
+            .call("remove-item", |c, s| c.mercato_commerce_cart().call_remove_item(s, &id, &sku))
+            .await??,
+    ))
 }
 
 #[cfg(test)]

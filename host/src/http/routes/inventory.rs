@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use crate::bindings::types::StockLevel;
 use crate::http::extract::{self, Merchant};
-use crate::http::{ApiError, ApiResult, AppState, invoke};
+use crate::http::{ApiError, ApiResult, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(read, set))
@@ -37,7 +37,14 @@ async fn read(
     Merchant(merchant): Merchant,
     Path(sku): Path<String>,
 ) -> ApiResult<Json<StockLevel>> {
-    Ok(Json(invoke!(state, inventory, mercato_commerce_inventory, call_stock_of(&merchant, &sku))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::inventory::Service>()
+            .await?
+            .call("stock-of", |c, s| c.mercato_commerce_inventory().call_stock_of(s, &merchant, &sku))
+            .await??,
+    ))
 }
 
 #[utoipa::path(
@@ -65,10 +72,14 @@ async fn set(
         .ok_or_else(|| {
         ApiError::bad_request("invalid_quantity", "on_hand: a whole number from 0 to 1000000000")
     })?;
-    Ok(Json(invoke!(
-        state,
-        inventory,
-        mercato_commerce_inventory,
-        call_set_on_hand(&merchant, &sku, on_hand)
-    )?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::inventory::Service>()
+            .await?
+            .call("set-on-hand", |c, s| {
+                c.mercato_commerce_inventory().call_set_on_hand(s, &merchant, &sku, on_hand)
+            })
+            .await??,
+    ))
 }

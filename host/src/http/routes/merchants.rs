@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use crate::bindings::types::{Money, Product, ProductInput, VariantInput};
 use crate::http::extract::{self, Admin, Merchant};
-use crate::http::{ApiError, ApiResult, AppState, invoke};
+use crate::http::{ApiError, ApiResult, AppState};
 
 pub const MAX_MERCHANT_NAME: usize = 100;
 
@@ -149,7 +149,12 @@ async fn create_product(
     extract::Json(body): extract::Json<ProductBody>,
 ) -> ApiResult<(StatusCode, Json<Product>)> {
     let input = ProductInput::from(body);
-    let product = invoke!(state, catalog, mercato_commerce_catalog, call_create_product(&merchant, &input))?;
+    let product = state
+        .runtime
+        .instance::<crate::bindings::catalog::Service>()
+        .await?
+        .call("create-product", |c, s| c.mercato_commerce_catalog().call_create_product(s, &merchant, &input))
+        .await??;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
@@ -171,5 +176,14 @@ async fn update_product(
     extract::Json(body): extract::Json<ProductBody>,
 ) -> ApiResult<Json<Product>> {
     let input = ProductInput::from(body);
-    Ok(Json(invoke!(state, catalog, mercato_commerce_catalog, call_update_product(&merchant, &id, &input))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::catalog::Service>()
+            .await?
+            .call("update-product", |c, s| {
+                c.mercato_commerce_catalog().call_update_product(s, &merchant, &id, &input)
+            })
+            .await??,
+    ))
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::bindings::types::{CheckoutRequest, Order, OrderStatus, PaymentStatus, ProvenanceEntry};
 use crate::http::extract::{self, Admin, Merchant};
-use crate::http::{ApiError, ApiResult, AppState, invoke};
+use crate::http::{ApiError, ApiResult, AppState};
 
 /// How long past its deadline a checkout's request keeps its lease (clock
 /// skew between replicas, a commit in flight at the deadline).
@@ -119,7 +119,8 @@ async fn checkout(
         })?;
     let provenance = state
         .runtime
-        .snapshot()
+        .scope()
+        .set
         .versions()
         .into_iter()
         .map(|v| ProvenanceEntry { name: v.kind.name().to_string(), digest: v.digest })
@@ -134,7 +135,12 @@ async fn checkout(
         // The request's deadline plus a margin: until then recovery leaves it alone.
         lease_ms: state.runtime.deadline_ms().saturating_add(LEASE_MARGIN_MS),
     };
-    let order = invoke!(state, order, mercato_commerce_orders, call_checkout(&request))?;
+    let order = state
+        .runtime
+        .instance::<crate::bindings::order::Service>()
+        .await?
+        .call("checkout", |c, s| c.mercato_commerce_orders().call_checkout(s, &request))
+        .await??;
     let mut json = order_json(&order);
     // The shopper's key to this order (the same on a replay).
     json["access_token"] = Value::String(crate::auth::order_access_token(&state.order_access_key, &order.id));
@@ -168,7 +174,12 @@ async fn one(
     if !allowed {
         return Err(ApiError::not_found(format!("order {id:?} not found")));
     }
-    let order = invoke!(state, order, mercato_commerce_orders, call_get_order(&id))?;
+    let order = state
+        .runtime
+        .instance::<crate::bindings::order::Service>()
+        .await?
+        .call("get-order", |c, s| c.mercato_commerce_orders().call_get_order(s, &id))
+        .await??;
     Ok(Json(order_json(&order)))
 }
 
@@ -204,7 +215,14 @@ async fn merchant_order(
     Merchant(merchant): Merchant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let order = invoke!(state, order, mercato_commerce_orders, call_get_merchant_order(&merchant, &id))?;
+    let order = state
+        .runtime
+        .instance::<crate::bindings::order::Service>()
+        .await?
+        .call("get-merchant-order", |c, s| {
+            c.mercato_commerce_orders().call_get_merchant_order(s, &merchant, &id)
+        })
+        .await??;
     Ok(Json(merchant_order_json(&order)))
 }
 
@@ -223,7 +241,12 @@ async fn fulfill(
     Merchant(merchant): Merchant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let order = invoke!(state, order, mercato_commerce_orders, call_fulfill(&merchant, &id))?;
+    let order = state
+        .runtime
+        .instance::<crate::bindings::order::Service>()
+        .await?
+        .call("fulfill", |c, s| c.mercato_commerce_orders().call_fulfill(s, &merchant, &id))
+        .await??;
     Ok(Json(merchant_order_json(&order)))
 }
 
@@ -238,7 +261,12 @@ async fn fulfill(
     responses((status = 200, description = "The order", body = crate::http::openapi::ShopperOrder), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Not cancellable (`invalid_state`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let order = invoke!(state, order, mercato_commerce_orders, call_cancel(&id))?;
+    let order = state
+        .runtime
+        .instance::<crate::bindings::order::Service>()
+        .await?
+        .call("cancel", |c, s| c.mercato_commerce_orders().call_cancel(s, &id))
+        .await??;
     Ok(Json(order_json(&order)))
 }
 
@@ -267,8 +295,14 @@ async fn merchant_orders(
         })?,
     };
     let cursor = q.get("cursor").map(String::as_str);
-    let page =
-        invoke!(state, order, mercato_commerce_orders, call_list_merchant_orders(&merchant, limit, cursor))?;
+    let page = state
+        .runtime
+        .instance::<crate::bindings::order::Service>()
+        .await?
+        .call("list-merchant-orders", |c, s| {
+            c.mercato_commerce_orders().call_list_merchant_orders(s, &merchant, limit, cursor)
+        })
+        .await??;
     let items: Vec<Value> = page.items.iter().map(merchant_order_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": page.next_cursor })))
 }

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
 
 use crate::bindings::types::Product;
-use crate::http::{ApiError, ApiResult, AppState, invoke};
+use crate::http::{ApiError, ApiResult, AppState};
 
 pub const DEFAULT_LIMIT: u32 = 20;
 
@@ -47,8 +47,14 @@ async fn list(
             "merchant_id: not a merchant id (m_ + 16 hex digits)",
         ));
     }
-    let page =
-        invoke!(state, catalog, mercato_commerce_catalog, call_list_products(limit, cursor, merchant))?;
+    let page = state
+        .runtime
+        .instance::<crate::bindings::catalog::Service>()
+        .await?
+        .call("list-products", |c, s| {
+            c.mercato_commerce_catalog().call_list_products(s, limit, cursor, merchant)
+        })
+        .await??;
     Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
 }
 
@@ -62,5 +68,12 @@ async fn list(
     responses((status = 200, description = "The product", body = crate::bindings::types::Product), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Product>> {
-    Ok(Json(invoke!(state, catalog, mercato_commerce_catalog, call_get_product(&id))?))
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::catalog::Service>()
+            .await?
+            .call("get-product", |c, s| c.mercato_commerce_catalog().call_get_product(s, &id))
+            .await??,
+    ))
 }
