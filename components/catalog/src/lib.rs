@@ -30,6 +30,8 @@ use bindings::mercato::commerce::inventory;
 
 /// Most products one page may hold.
 pub const MAX_PAGE: u32 = 100;
+/// Records read at a time while a merchant filter skips most of them.
+const FILTER_CHUNK: usize = 100;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct StoredMoney {
@@ -173,16 +175,27 @@ impl Guest for Catalog {
         let mut kv_cursor = after;
         'scan: loop {
             let (keys, next) = kv::list_keys(&products, kv_cursor.as_deref())?;
-            let records: Vec<Option<ProductRecord>> = kv::get_many(&products, &keys)?;
-            for record in records.into_iter().flatten() {
-                if merchant.as_ref().is_some_and(|m| *m != record.merchant_id) {
-                    continue;
+            // Read only the records the page can still take, plus one to know
+            // whether there are more (a listing names up to 500 keys; reading
+            // and decoding them all cost a page of 20 most of its time). With
+            // a merchant filter most records are skipped: read in chunks.
+            let mut keys = &keys[..];
+            while !keys.is_empty() {
+                let room = limit as usize + 1 - page.len();
+                let take = if merchant.is_some() { room.max(FILTER_CHUNK) } else { room };
+                let (chunk, rest) = keys.split_at(take.min(keys.len()));
+                keys = rest;
+                let records: Vec<Option<ProductRecord>> = kv::get_many(&products, chunk)?;
+                for record in records.into_iter().flatten() {
+                    if merchant.as_ref().is_some_and(|m| *m != record.merchant_id) {
+                        continue;
+                    }
+                    if page.len() == limit as usize {
+                        more = true;
+                        break 'scan;
+                    }
+                    page.push(record);
                 }
-                if page.len() == limit as usize {
-                    more = true;
-                    break 'scan;
-                }
-                page.push(record);
             }
             match next {
                 Some(n) => kv_cursor = Some(n),
