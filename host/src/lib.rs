@@ -26,6 +26,13 @@ pub mod runtime;
 pub mod storage;
 pub mod telemetry;
 
+/// mimalloc rather than the system allocator: a request allocates many small
+/// strings and vectors on whichever worker thread runs it (lifting guest
+/// values, rows, JSON), where glibc's malloc spent a fifth of the list-page
+/// profile (see `cargo bench --bench read_path`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use app::App;
 pub use config::Config;
 

@@ -66,6 +66,45 @@ mod tests {
         }
     }
 
+    /// For every world, a component that imports anything granted to
+    /// another component but not to it is refused, naming the import; the
+    /// same component without that import passes.
+    #[test]
+    fn each_world_refuses_imports_outside_its_grants() {
+        use crate::runtime::table::{Grant, TABLE};
+        fn import_name(grant: Grant) -> String {
+            match grant {
+                Grant::OutboundHttp => "wasi:http/outgoing-handler@0.2.6".to_string(),
+                Grant::Config => "wasi:config/store@0.2.0-rc.1".to_string(),
+                other => format!("{}{COMMERCE_VERSION}", other.import_prefix()),
+            }
+        }
+        let component = |row: &crate::runtime::table::Row, import: Option<&str>| {
+            let export = row.export_name();
+            let import = import.map(|i| format!(r#"(import "{i}" (instance))"#)).unwrap_or_default();
+            wat::parse_str(format!(r#"(component {import} (instance $e) (export "{export}" (instance $e)))"#))
+                .expect("wat")
+        };
+        let mut refused = 0;
+        for row in &TABLE {
+            assert!(check(row.kind, &component(row, None)).is_ok(), "{}: the bare export", row.name);
+            for grant in Grant::ALL {
+                let import = import_name(grant);
+                let result = check(row.kind, &component(row, Some(&import)));
+                if row.grants.contains(&grant) {
+                    assert!(result.is_ok(), "{} may import {import}: {result:?}", row.name);
+                    continue;
+                }
+                let Err(Misfit::Contract(why)) = result else {
+                    panic!("{} accepted an import of {import}", row.name)
+                };
+                assert!(why.contains(&import) && why.contains(row.name), "{why}");
+                refused += 1;
+            }
+        }
+        assert!(refused >= TABLE.len(), "every world refuses something: {refused}");
+    }
+
     #[test]
     fn what_is_not_a_component_is_named() {
         let core = wat::parse_str("(module)").expect("wat");

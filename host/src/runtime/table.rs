@@ -105,6 +105,18 @@ pub enum Grant {
 }
 
 impl Grant {
+    /// Every grant.
+    pub const ALL: [Grant; 8] = [
+        Grant::Transactions,
+        Grant::Catalog,
+        Grant::Inventory,
+        Grant::Cart,
+        Grant::Payment,
+        Grant::PricingEngine,
+        Grant::OutboundHttp,
+        Grant::Config,
+    ];
+
     /// The prefix of the import names this grant allows.
     pub fn import_prefix(self) -> &'static str {
         match self {

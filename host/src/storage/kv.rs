@@ -108,6 +108,20 @@ impl Db {
     pub async fn kv_list(&self, s: Scope<'_>, after: Option<&str>) -> Result<(Vec<String>, bool)> {
         let after = after.unwrap_or("");
         let limit = (LIST_PAGE + 1) as i64;
+        // A range of at most LIST_PAGE + 1 keys on the primary key's index:
+        // bounded like a batch read, so it runs in place too.
+        if let Db::Sqlite { readers: Some(readers), .. } = self {
+            let mut keys: Vec<String> = readers.with(|c| {
+                c.prepare_cached(
+                    "SELECT key FROM kv WHERE namespace = ?1 AND bucket = ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+                )?
+                .query_map(rusqlite::params![s.namespace, s.bucket, after, limit], |r| r.get(0))?
+                .collect()
+            })?;
+            let more = keys.len() > LIST_PAGE;
+            keys.truncate(LIST_PAGE);
+            return Ok((keys, more));
+        }
         let mut keys: Vec<String> = with_query!(
             read,
             self,

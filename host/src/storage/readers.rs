@@ -4,7 +4,8 @@
 //! mode takes a few microseconds and never waits for the writer, so these
 //! reads run in place, on the calling task's thread, on a small pool of
 //! read-only rusqlite connections to the same file (statements prepared once
-//! per connection). Reads that may scan (listing pages) stay on sqlx.
+//! per connection). Key listings run here too: each is one bounded range of the
+//! primary key (at most `kv::LIST_PAGE` + 1 keys).
 
 use std::path::PathBuf;
 use std::sync::Mutex;

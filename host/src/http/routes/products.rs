@@ -6,9 +6,8 @@ use utoipa_axum::routes;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde_json::{Value, json};
 
-use crate::bindings::types::Product;
+use crate::bindings::types::{Product, ProductPage};
 use crate::http::{ApiError, ApiResult, AppState};
 
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -29,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn list(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProductPage>> {
     if let Some(unknown) = q.keys().find(|k| !["limit", "cursor", "merchant_id"].contains(&k.as_str())) {
         return Err(ApiError::bad_request("invalid_request", format!("unknown query parameter {unknown:?}")));
     }
@@ -55,7 +54,8 @@ async fn list(
             c.mercato_commerce_catalog().call_list_products(s, limit, cursor, merchant)
         })
         .await??;
-    Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
+    // Serialized as it is (`items`, `next_cursor`), with no `Value` in between.
+    Ok(Json(page))
 }
 
 #[utoipa::path(
