@@ -152,6 +152,7 @@ component_world!(
         "mercato:commerce/payment": crate::bindings::host::mercato::commerce::payment,
         "mercato:commerce/cart": crate::bindings::host::mercato::commerce::cart,
         "mercato:commerce/transactions": crate::bindings::host::mercato::commerce::transactions,
+        "mercato:commerce/provenance": crate::bindings::host::mercato::commerce::provenance,
     }
 );
 

@@ -44,7 +44,7 @@ use mercato_kit::money;
 use mercato_kit::tx::{self, Precondition, TxError, Write};
 use mercato_kit::types::{
     Cart, CheckoutRequest, Error, Order, OrderLine, OrderPage, OrderStatus, Payment, PaymentRequest,
-    PaymentStatus, ProvenanceEntry, RecoveryReport, ReservationLine, Shortage,
+    PaymentStatus, RecoveryReport, ReservationLine, Shortage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,7 @@ mod bindings {
 }
 
 use bindings::exports::mercato::commerce::orders::Guest;
-use bindings::mercato::commerce::{cart, inventory, payment};
+use bindings::mercato::commerce::{cart, inventory, payment, provenance};
 
 pub const MAX_PAGE: u32 = 100;
 
@@ -287,7 +287,9 @@ fn reserve_and_record(req: &CheckoutRequest, fingerprint: &str) -> Result<Held, 
         total: cart.total.clone(),
         payment: Payment { id: String::new(), status: PaymentStatus::Pending, amount: cart.total.clone() },
         created_at: now,
-        provenance: provenance(&req.provenance, &cart),
+        // From the host: the versions serving this request and the plugins
+        // that priced the cart just read.
+        provenance: provenance::served_by(),
     };
     let lines: Vec<ReservationLine> =
         cart.lines.iter().map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity }).collect();
@@ -730,20 +732,3 @@ impl Guest for Orders {
 // Exports are wasm symbols; a native build (unit tests) has none.
 #[cfg(target_family = "wasm")]
 bindings::export!(Orders with_types_in bindings);
-
-/// The component versions that served the checkout, plus each pricing
-/// plugin whose adjustments the order carries (`source` = `plugin:<digest>`),
-/// named after its merchant.
-fn provenance(components: &[ProvenanceEntry], cart: &Cart) -> Vec<ProvenanceEntry> {
-    let mut out = components.to_vec();
-    for line in &cart.lines {
-        for a in &line.adjustments {
-            let Some(digest) = a.source.strip_prefix("plugin:") else { continue };
-            let name = format!("pricing-plugin:{}", line.merchant_id);
-            if !out.iter().any(|e| e.name == name && e.digest == digest) {
-                out.push(ProvenanceEntry { name, digest: digest.to_string() });
-            }
-        }
-    }
-    out
-}

@@ -5,6 +5,7 @@ pub mod keyvalue;
 pub mod logging;
 pub mod peers;
 pub mod pricing;
+pub mod provenance;
 pub mod transactions;
 
 use std::time::Instant;

@@ -3,8 +3,30 @@
 //! discounts come back as adjustments (see `crate::plugins`).
 
 use crate::bindings::host::mercato::commerce::pricing_engine::Host;
-use crate::bindings::types::{Error, LineAdjustment, PricedLine};
+use crate::bindings::types::{Error, LineAdjustment, PricedLine, ProvenanceEntry};
 use crate::runtime::Ctx;
+
+/// Most plugins one request records (one per merchant in a cart).
+const MAX_PLUGINS: usize = 64;
+
+impl Ctx {
+    /// Remember, for the request's provenance, which merchant's plugin (by
+    /// digest) made these adjustments: the host made their `source`, so the
+    /// record does not depend on what a guest passes along.
+    fn record_plugins(&self, lines: &[PricedLine], adjustments: &[LineAdjustment]) {
+        let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        for a in adjustments {
+            let Some(digest) = a.adjustment.source.strip_prefix("plugin:") else { continue };
+            let Some(line) = lines.iter().find(|l| l.sku == a.sku) else { continue };
+            let name = format!("pricing-plugin:{}", line.merchant_id);
+            if staging.plugins.len() < MAX_PLUGINS
+                && !staging.plugins.iter().any(|e| e.name == name && e.digest == digest)
+            {
+                staging.plugins.push(ProvenanceEntry { name, digest: digest.to_string() });
+            }
+        }
+    }
+}
 
 impl Host for Ctx {
     async fn adjust(
@@ -16,7 +38,11 @@ impl Host for Ctx {
         let priced =
             crate::capabilities::bounded(self.deadline, plugins.adjust(&currency, &lines, self.deadline));
         Ok(match priced.await {
-            Some(result) => result.map_err(|e| Error::Storage(e.to_string())),
+            Some(Ok(adjustments)) => {
+                self.record_plugins(&lines, &adjustments);
+                Ok(adjustments)
+            }
+            Some(Err(e)) => Err(Error::Storage(e.to_string())),
             None => {
                 crate::telemetry::host_call_timed_out("cart", "pricing-engine");
                 Err(Error::Timeout("pricing did not finish before the deadline".into()))

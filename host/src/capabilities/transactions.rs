@@ -27,6 +27,9 @@ const MAX_STAGED: usize = 64;
 pub struct Staging {
     tokens: HashMap<String, Vec<tx::Write>>,
     calls: HashMap<(&'static str, &'static str), u32>,
+    /// The pricing plugins that priced lines in this request, as
+    /// `pricing-plugin:<merchant>` → digest (see `capabilities::provenance`).
+    pub(crate) plugins: Vec<crate::bindings::types::ProvenanceEntry>,
 }
 
 impl Ctx {

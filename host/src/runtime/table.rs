@@ -102,11 +102,13 @@ pub enum Grant {
     OutboundHttp,
     /// `wasi:config` values.
     Config,
+    /// What served the request: pinned versions and plugin digests.
+    Provenance,
 }
 
 impl Grant {
     /// Every grant.
-    pub const ALL: [Grant; 8] = [
+    pub const ALL: [Grant; 9] = [
         Grant::Transactions,
         Grant::Catalog,
         Grant::Inventory,
@@ -115,6 +117,7 @@ impl Grant {
         Grant::PricingEngine,
         Grant::OutboundHttp,
         Grant::Config,
+        Grant::Provenance,
     ];
 
     /// The prefix of the import names this grant allows.
@@ -128,6 +131,7 @@ impl Grant {
             Grant::PricingEngine => "mercato:commerce/pricing-engine@",
             Grant::OutboundHttp => "wasi:http/",
             Grant::Config => "wasi:config/store@",
+            Grant::Provenance => "mercato:commerce/provenance@",
         }
     }
 
@@ -144,6 +148,7 @@ impl Grant {
             Grant::Config => wasmtime_wasi_config::add_to_linker(linker, |c: &mut Ctx| {
                 wasmtime_wasi_config::WasiConfig::from(&*c.config)
             }),
+            Grant::Provenance => iface::provenance::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
         }?;
         Ok(())
     }
@@ -220,7 +225,7 @@ pub const TABLE: [Row; 5] = [
         kind: ComponentKind::Order,
         name: "order",
         export: "orders",
-        grants: &[Grant::Transactions, Grant::Inventory, Grant::Payment, Grant::Cart],
+        grants: &[Grant::Transactions, Grant::Inventory, Grant::Payment, Grant::Cart, Grant::Provenance],
         typed: typed::<bindings::order::Service>,
         bundled: include_bytes!(concat!(env!("OUT_DIR"), "/order.wasm")),
     },

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::bindings::types::{CheckoutRequest, Order, OrderStatus, PaymentStatus, ProvenanceEntry};
+use crate::bindings::types::{CheckoutRequest, Order, OrderStatus, PaymentStatus};
 use crate::http::extract::{self, Admin, Merchant};
 use crate::http::{ApiError, ApiResult, AppState};
 
@@ -117,21 +117,12 @@ async fn checkout(
                 "send an Idempotency-Key header: 1 to 200 visible ASCII characters",
             )
         })?;
-    let provenance = state
-        .runtime
-        .scope()
-        .set
-        .versions()
-        .into_iter()
-        .map(|v| ProvenanceEntry { name: v.kind.name().to_string(), digest: v.digest })
-        .collect();
     let request = CheckoutRequest {
         cart_id,
         email: body.email,
         payment_token: body.payment.token,
         idempotency_key: key.to_string(),
         reservation_ttl_ms: state.checkout.reservation_ttl_ms,
-        provenance,
         // The request's deadline plus a margin: until then recovery leaves it alone.
         lease_ms: state.runtime.deadline_ms().saturating_add(LEASE_MARGIN_MS),
     };
