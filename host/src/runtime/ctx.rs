@@ -10,6 +10,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::fault::{DeadlineExceeded, MemoryCapExceeded};
 use super::{COUNT, ComponentKind, Fault, Inner, Scope};
 
+/// How long past its deadline a top-level component call may run before the
+/// host cuts it off: a few epoch ticks, so that a guest that is running traps
+/// by its epoch first (and a host call in flight returns its own time-out).
+pub const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A component instance and the store it lives in, serving one request.
 pub struct Instance<B> {
     pub store: Store<Ctx>,
@@ -23,10 +28,30 @@ impl<B> Instance<B> {
     /// `instance.call("get_product", |c, s| c.mercato_commerce_catalog().call_get_product(s, &id))`.
     /// The call runs under the instance's confinement (memory cap, the
     /// request's deadline by epochs, every host call bounded by the same
-    /// deadline); it is timed, traced as a span when spans are exported, and
-    /// a wasmtime error is classified as a [`Fault`]. The domain answer, if
-    /// any, is `T`.
+    /// deadline) and is also raced against the deadline in host time, with
+    /// [`DEADLINE_GRACE`] for the epoch trap to land first: a guest that waits
+    /// where epochs do not run (a WASI sleep or poll) is cut off there as a
+    /// `Fault::Deadline`. It is timed, traced as a span when spans are
+    /// exported, and a wasmtime error is classified as a [`Fault`]. The
+    /// domain answer, if any, is `T`.
     pub async fn call<'a, T, F, Fut>(&'a mut self, function: &'static str, f: F) -> Result<T, Fault>
+    where
+        F: FnOnce(&'a B, &'a mut Store<Ctx>) -> Fut,
+        Fut: Future<Output = wasmtime::Result<T>>,
+    {
+        let (component, deadline) = (self.store.data().kind.name(), self.store.data().deadline);
+        let cut_off = deadline + DEADLINE_GRACE;
+        match tokio::time::timeout_at(cut_off.into(), self.call_unraced(function, f)).await {
+            Ok(result) => result,
+            Err(_) => {
+                crate::telemetry::host_call_timed_out(component, function);
+                Err(Fault::Deadline { component })
+            }
+        }
+    }
+
+    /// [`Instance::call`] without the host-time race (its callers race it).
+    async fn call_unraced<'a, T, F, Fut>(&'a mut self, function: &'static str, f: F) -> Result<T, Fault>
     where
         F: FnOnce(&'a B, &'a mut Store<Ctx>) -> Fut,
         Fut: Future<Output = wasmtime::Result<T>>,
@@ -55,7 +80,7 @@ impl<B> Instance<B> {
         Fut: Future<Output = wasmtime::Result<T>>,
     {
         let deadline = self.store.data().deadline;
-        tokio::time::timeout_at(deadline.into(), self.call(function, f)).await.ok()
+        tokio::time::timeout_at(deadline.into(), self.call_unraced(function, f)).await.ok()
     }
 }
 

@@ -18,6 +18,21 @@ async fn probe_app() -> TestApp {
     .await
 }
 
+/// A guest that sleeps in WASI (where epochs never fire) is cut off by the
+/// host at its deadline, not when it wakes 30 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_component_is_cut_off_at_its_deadline() {
+    let app = probe_app().await;
+    let started = Instant::now();
+    let got = send(app.request(reqwest::Method::GET, "/v1/products/sleep")).await;
+    let elapsed = started.elapsed();
+    assert_error(&got, 503, "component_timeout");
+    assert!(elapsed >= Duration::from_millis(DEADLINE_MS - 50), "not before the deadline: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(DEADLINE_MS + 5_000), "near the deadline: {elapsed:?}");
+    let (status, _) = app.get("/v1/products").await;
+    assert_eq!(status, 200, "the host keeps serving");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_stopped_at_its_deadline_while_others_are_served() {
     let app = probe_app().await;

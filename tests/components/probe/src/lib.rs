@@ -66,6 +66,11 @@ impl bindings::exports::mercato::commerce::catalog::Guest for Probe {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            // Waits in WASI (a monotonic-clock poll), where epochs do not run.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Err(Error::NotFound(id))
+            }
             "alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
