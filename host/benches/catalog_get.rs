@@ -140,7 +140,7 @@ async fn run() {
             let mut i = runtime.instance::<mercato::bindings::catalog::Service>().await.expect("instantiate");
             let r = i
                 .bindings
-                .mercato_commerce_catalog()
+                .mercato_commerce_sku_lookup()
                 .call_lookup_skus(&mut i.store, &["nope".to_string()])
                 .await
                 .expect("call");

@@ -2,7 +2,8 @@
 //!
 //! [`host`] is generated from the `mercato:commerce/host` world: the union of
 //! everything the host can provide (storage, logging, config, and each service
-//! interface, which the host serves by calling the active component). Each
+//! interface a component may import, which the host serves by calling the
+//! active component that exports it). Each
 //! component world below reuses those modules with `with:`, so an import is
 //! implemented once, and a value returned by one component's export is the
 //! same Rust type that another component's import takes.
@@ -90,7 +91,8 @@ component_world!(
     CatalogComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-        "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
+        "mercato:commerce/stock-levels": crate::bindings::host::mercato::commerce::stock_levels,
+        "mercato:commerce/stock-registry": crate::bindings::host::mercato::commerce::stock_registry,
     }
 );
 
@@ -103,7 +105,7 @@ component_world!(
     CartComponentPre,
     {
         "wasi:random": wasmtime_wasi::p2::bindings::random,
-        "mercato:commerce/catalog": crate::bindings::host::mercato::commerce::catalog,
+        "mercato:commerce/sku-lookup": crate::bindings::host::mercato::commerce::sku_lookup,
         "mercato:commerce/pricing-engine": crate::bindings::host::mercato::commerce::pricing_engine,
     }
 );
@@ -148,9 +150,10 @@ component_world!(
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:random": wasmtime_wasi::p2::bindings::random,
-        "mercato:commerce/inventory": crate::bindings::host::mercato::commerce::inventory,
+        "mercato:commerce/stock-levels": crate::bindings::host::mercato::commerce::stock_levels,
+        "mercato:commerce/reservations": crate::bindings::host::mercato::commerce::reservations,
         "mercato:commerce/payment": crate::bindings::host::mercato::commerce::payment,
-        "mercato:commerce/cart": crate::bindings::host::mercato::commerce::cart,
+        "mercato:commerce/cart-contents": crate::bindings::host::mercato::commerce::cart_contents,
         "mercato:commerce/transactions": crate::bindings::host::mercato::commerce::transactions,
         "mercato:commerce/provenance": crate::bindings::host::mercato::commerce::provenance,
     }

@@ -156,7 +156,7 @@ pub async fn seed_if_empty(runtime: &Runtime, db: &Db) -> anyhow::Result<Vec<(St
                 Ok(mut catalog) => {
                     catalog
                         .call("create-product", |c, s| {
-                            c.mercato_commerce_catalog().call_create_product(s, &row.id, &input)
+                            c.mercato_commerce_merchant_catalog().call_create_product(s, &row.id, &input)
                         })
                         .await
                 }

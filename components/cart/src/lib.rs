@@ -19,8 +19,8 @@ mod bindings {
     });
 }
 
-use bindings::exports::mercato::commerce::cart::Guest;
-use bindings::mercato::commerce::{catalog, pricing_engine};
+use bindings::exports::mercato::commerce::{cart, cart_contents};
+use bindings::mercato::commerce::{pricing_engine, sku_lookup};
 
 /// Most units one line may hold.
 pub const MAX_LINE_QUANTITY: u32 = 1_000;
@@ -58,7 +58,7 @@ fn check_quantity(quantity: u32) -> Result<(), Error> {
 /// Price a stored cart now: current catalog prices, then plugin adjustments.
 fn price(record: &CartRecord) -> Result<Cart, Error> {
     let skus: Vec<String> = record.lines.iter().map(|l| l.sku.clone()).collect();
-    let infos = if skus.is_empty() { Vec::new() } else { catalog::lookup_skus(&skus)? };
+    let infos = if skus.is_empty() { Vec::new() } else { sku_lookup::lookup_skus(&skus)? };
     // A sku the merchant has since removed drops out of the priced cart.
     let lines: Vec<(u32, SkuInfo)> =
         record.lines.iter().zip(infos).filter_map(|(l, info)| info.map(|i| (l.quantity, i))).collect();
@@ -93,7 +93,7 @@ fn modify(id: &str, f: impl Fn(&mut CartRecord) -> Result<(), Error>) -> Result<
 
 struct CartComponent;
 
-impl Guest for CartComponent {
+impl cart::Guest for CartComponent {
     fn create_cart(currency: String) -> Result<Cart, Error> {
         mercato_kit::money::check_currency("currency", &currency)?;
         let record = CartRecord { id: mercato_kit::random_id("cart_"), currency, lines: Vec::new() };
@@ -101,15 +101,6 @@ impl Guest for CartComponent {
         if !kv::insert_if_absent(&carts, &record.id, &record)? {
             return Err(Error::Conflict("cart id collision; try again".to_string()));
         }
-        price(&record)
-    }
-
-    fn get_cart(id: String) -> Result<Cart, Error> {
-        if !is_cart_id(&id) {
-            return Err(not_found(&id));
-        }
-        let carts = kv::open("carts")?;
-        let record: CartRecord = kv::get(&carts, &id)?.ok_or_else(|| not_found(&id))?;
         price(&record)
     }
 
@@ -122,7 +113,7 @@ impl Guest for CartComponent {
             return Err(not_found(&id));
         }
         // Check the sku once, before the read-modify-write loop.
-        let info = catalog::lookup_skus(std::slice::from_ref(&sku))?
+        let info = sku_lookup::lookup_skus(std::slice::from_ref(&sku))?
             .pop()
             .flatten()
             .ok_or_else(|| Error::UnknownSku(format!("sku {sku:?} is not in the catalog")))?;
@@ -182,6 +173,17 @@ impl Guest for CartComponent {
             }
             Ok(())
         })
+    }
+}
+
+impl cart_contents::Guest for CartComponent {
+    fn get_cart(id: String) -> Result<Cart, Error> {
+        if !is_cart_id(&id) {
+            return Err(not_found(&id));
+        }
+        let carts = kv::open("carts")?;
+        let record: CartRecord = kv::get(&carts, &id)?.ok_or_else(|| not_found(&id))?;
+        price(&record)
     }
 }
 

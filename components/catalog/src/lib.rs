@@ -25,8 +25,8 @@ mod bindings {
     });
 }
 
-use bindings::exports::mercato::commerce::catalog::Guest;
-use bindings::mercato::commerce::inventory;
+use bindings::exports::mercato::commerce::{catalog, merchant_catalog, sku_lookup};
+use bindings::mercato::commerce::{stock_levels, stock_registry};
 
 /// Most products one page may hold.
 pub const MAX_PAGE: u32 = 100;
@@ -96,7 +96,7 @@ const MARK: &str = " [v2]";
 /// Attach availability from inventory to stored records.
 fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
     let skus: Vec<String> = records.iter().flat_map(|r| r.variants.iter().map(|v| v.sku.clone())).collect();
-    let levels = if skus.is_empty() { Vec::new() } else { inventory::levels(&skus)? };
+    let levels = if skus.is_empty() { Vec::new() } else { stock_levels::levels(&skus)? };
     let mut available = levels.into_iter().map(|l| l.available);
     Ok(records
         .into_iter()
@@ -139,7 +139,7 @@ fn claim_skus(merchant: &str, id: &str, variants: &[(String, Option<u32>)]) -> R
                 return Err(Error::Conflict(format!("sku {sku:?} already exists")));
             }
             claimed.push(sku);
-            inventory::register_sku(merchant, sku, stock.unwrap_or(0))?;
+            stock_registry::register_sku(merchant, sku, stock.unwrap_or(0))?;
         }
         Ok(())
     })();
@@ -156,7 +156,7 @@ fn claim_skus(merchant: &str, id: &str, variants: &[(String, Option<u32>)]) -> R
 
 struct Catalog;
 
-impl Guest for Catalog {
+impl catalog::Guest for Catalog {
     fn list_products(
         limit: u32,
         cursor: Option<String>,
@@ -211,7 +211,9 @@ impl Guest for Catalog {
         let record = load(&products, &id)?;
         with_stock(vec![record])?.pop().ok_or_else(|| Error::NotFound(format!("product {id:?}")))
     }
+}
 
+impl sku_lookup::Guest for Catalog {
     fn lookup_skus(skus: Vec<String>) -> Result<Vec<Option<SkuInfo>>, Error> {
         let index = kv::open("skus")?;
         let products = kv::open("products")?;
@@ -241,7 +243,9 @@ impl Guest for Catalog {
             })
             .collect())
     }
+}
 
+impl merchant_catalog::Guest for Catalog {
     fn create_product(merchant: String, input: ProductInput) -> Result<Product, Error> {
         validate::product(&input)?;
         let meta = kv::open("meta")?;

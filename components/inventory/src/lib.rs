@@ -34,11 +34,11 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.1.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.2.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
-use bindings::exports::mercato::commerce::inventory::Guest;
+use bindings::exports::mercato::commerce::{merchant_stock, reservations, stock_levels, stock_registry};
 
 const SKUS: &str = "sku";
 const LEVELS: &str = "levels";
@@ -123,16 +123,13 @@ fn held(id: &str) -> Result<Option<(ReservationRecord, u64)>, Error> {
 
 struct Inventory;
 
-impl Guest for Inventory {
+impl stock_levels::Guest for Inventory {
     fn levels(skus: Vec<String>) -> Result<Vec<StockLevel>, Error> {
         levels_of(&skus)
     }
+}
 
-    fn stock_of(merchant: String, sku: String) -> Result<StockLevel, Error> {
-        owned(&merchant, &sku)?;
-        one_level(&sku)
-    }
-
+impl stock_registry::Guest for Inventory {
     fn register_sku(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
         let writes = [
             tx::put(SKUS, &sku, &SkuRecord { merchant: merchant.clone() }, Precondition::Absent)?,
@@ -149,6 +146,13 @@ impl Guest for Inventory {
             },
             Err(e) => Err(tx::error(e)),
         }
+    }
+}
+
+impl merchant_stock::Guest for Inventory {
+    fn stock_of(merchant: String, sku: String) -> Result<StockLevel, Error> {
+        owned(&merchant, &sku)?;
+        one_level(&sku)
     }
 
     fn set_on_hand(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
@@ -181,7 +185,9 @@ impl Guest for Inventory {
         }
         Err(Error::Conflict(format!("sku {sku:?}: the stock kept changing; try again")))
     }
+}
 
+impl reservations::Guest for Inventory {
     fn reserve(id: String, lines: Vec<ReservationLine>) -> Result<String, Error> {
         let lines = stock::merge_lines(&lines)?;
         if id.is_empty() || id.len() > 200 {

@@ -53,12 +53,12 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.1.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.2.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
 use bindings::exports::mercato::commerce::orders::Guest;
-use bindings::mercato::commerce::{cart, inventory, payment, provenance};
+use bindings::mercato::commerce::{cart_contents, payment, provenance, reservations, stock_levels};
 
 pub const MAX_PAGE: u32 = 100;
 
@@ -226,7 +226,7 @@ const RESERVE_ATTEMPTS: u32 = 8;
 /// The lines that cannot be served now (empty: they can, again).
 fn shortages(lines: &[ReservationLine]) -> Result<Vec<Shortage>, Error> {
     let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
-    Ok(inventory::levels(&skus)?
+    Ok(stock_levels::levels(&skus)?
         .into_iter()
         .zip(lines)
         .filter(|(level, line)| level.available < line.quantity)
@@ -271,7 +271,7 @@ fn place(req: &CheckoutRequest, fingerprint: String) -> Result<Order, Error> {
 /// Price the cart, stage inventory's holds and commit T1.
 fn reserve_and_record(req: &CheckoutRequest, fingerprint: &str) -> Result<Held, Error> {
     let key = &req.idempotency_key;
-    let cart = cart::get_cart(&req.cart_id)?;
+    let cart = cart_contents::get_cart(&req.cart_id)?;
     if cart.lines.is_empty() {
         return Err(Error::EmptyCart("the cart has no lines".into()));
     }
@@ -316,7 +316,7 @@ fn reserve_and_record(req: &CheckoutRequest, fingerprint: &str) -> Result<Held, 
     ];
     let mut attempt = 0;
     let versions = loop {
-        let holds = inventory::reserve(&record.reservation_id, &lines)?;
+        let holds = reservations::reserve(&record.reservation_id, &lines)?;
         match tx::commit(&writes, &[holds]) {
             Ok(v) => break v,
             // The key was used before, or a concurrent duplicate got there
@@ -349,7 +349,7 @@ fn compensate(held: &mut Held, void: bool, why: Error) -> Ended {
             &format!("void {}: failed; recovery retries", held.record.order_id),
         );
     }
-    let release = match inventory::release(&held.record.reservation_id) {
+    let release = match reservations::release(&held.record.reservation_id) {
         Ok(r) => r,
         Err(_) => return Ended::Stuck(why),
     };
@@ -394,7 +394,7 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
                 return compensate(&mut held, void, e);
             }
         };
-        let taken = match inventory::commit(&held.record.reservation_id) {
+        let taken = match reservations::commit(&held.record.reservation_id) {
             Ok(t) => t,
             Err(e) => return Ended::Stuck(e),
         };
@@ -721,7 +721,7 @@ impl Guest for Orders {
             .iter()
             .map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity })
             .collect();
-        inventory::restock(&lines)?;
+        reservations::restock(&lines)?;
         change(&id, |o| {
             o.payment.status = PaymentStatus::Refunded;
             Ok(())

@@ -1,15 +1,17 @@
-//! Service interfaces imported by components (cart → catalog; catalog →
-//! inventory; order → cart, inventory, payment), served by calling the
-//! version of the component that exports them in the request's scope. The
+//! Service interfaces imported by components (cart → `sku-lookup`; catalog →
+//! `stock-levels`, `stock-registry`; order → `cart-contents`, `stock-levels`,
+//! `reservations`, `payment`), served by calling the version of the component
+//! that exports them in the request's scope. The
 //! first call in a request instantiates it in its own store (own namespace,
 //! own memory cap, the same deadline); later calls in the same request reuse
 //! that instance. A fault in the callee (trap, deadline) is returned as a trap
 //! to the caller: it is not an answer.
 
-use crate::bindings::host::mercato::commerce::{cart, catalog, inventory, payment};
+use crate::bindings::host::mercato::commerce::{
+    cart_contents, payment, reservations, sku_lookup, stock_levels, stock_registry,
+};
 use crate::bindings::types::{
-    Cart, Error, Money, Payment, PaymentRequest, Product, ProductInput, ProductPage, ReservationLine,
-    SkuInfo, StockLevel,
+    Cart, Error, Money, Payment, PaymentRequest, ReservationLine, SkuInfo, StockLevel,
 };
 use crate::bindings::{
     cart as cart_world, catalog as catalog_world, inventory as inventory_world, payment as payment_world,
@@ -64,104 +66,42 @@ impl Ctx {
     }
 }
 
-impl catalog::Host for Ctx {
-    async fn list_products(
-        &mut self,
-        limit: u32,
-        cursor: Option<String>,
-        merchant: Option<String>,
-    ) -> Answer<ProductPage> {
-        let mut peer = self.lend::<catalog_world::Service>().await?;
-        let outcome = peer
-            .call_until("list-products", |c, s| {
-                c.mercato_commerce_catalog().call_list_products(
-                    s,
-                    limit,
-                    cursor.as_deref(),
-                    merchant.as_ref(),
-                )
-            })
-            .await;
-        self.settle::<catalog_world::Service, _>(peer, "list-products", outcome)
-    }
-
-    async fn get_product(&mut self, id: String) -> Answer<Product> {
-        let mut peer = self.lend::<catalog_world::Service>().await?;
-        let outcome = peer
-            .call_until("get-product", |c, s| c.mercato_commerce_catalog().call_get_product(s, &id))
-            .await;
-        self.settle::<catalog_world::Service, _>(peer, "get-product", outcome)
-    }
-
+impl sku_lookup::Host for Ctx {
     async fn lookup_skus(&mut self, skus: Vec<String>) -> Answer<Vec<Option<SkuInfo>>> {
         let mut peer = self.lend::<catalog_world::Service>().await?;
         let outcome = peer
-            .call_until("lookup-skus", |c, s| c.mercato_commerce_catalog().call_lookup_skus(s, &skus))
+            .call_until("lookup-skus", |c, s| c.mercato_commerce_sku_lookup().call_lookup_skus(s, &skus))
             .await;
         self.settle::<catalog_world::Service, _>(peer, "lookup-skus", outcome)
     }
-
-    async fn create_product(&mut self, merchant: String, input: ProductInput) -> Answer<Product> {
-        let mut peer = self.lend::<catalog_world::Service>().await?;
-        let outcome = peer
-            .call_until("create-product", |c, s| {
-                c.mercato_commerce_catalog().call_create_product(s, &merchant, &input)
-            })
-            .await;
-        self.settle::<catalog_world::Service, _>(peer, "create-product", outcome)
-    }
-
-    async fn update_product(&mut self, merchant: String, id: String, input: ProductInput) -> Answer<Product> {
-        let mut peer = self.lend::<catalog_world::Service>().await?;
-        let outcome = peer
-            .call_until("update-product", |c, s| {
-                c.mercato_commerce_catalog().call_update_product(s, &merchant, &id, &input)
-            })
-            .await;
-        self.settle::<catalog_world::Service, _>(peer, "update-product", outcome)
-    }
 }
 
-impl inventory::Host for Ctx {
+impl stock_levels::Host for Ctx {
     async fn levels(&mut self, skus: Vec<String>) -> Answer<Vec<StockLevel>> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
         let outcome =
-            peer.call_until("levels", |c, s| c.mercato_commerce_inventory().call_levels(s, &skus)).await;
+            peer.call_until("levels", |c, s| c.mercato_commerce_stock_levels().call_levels(s, &skus)).await;
         self.settle::<inventory_world::Service, _>(peer, "levels", outcome)
     }
+}
 
-    async fn stock_of(&mut self, merchant: String, sku: String) -> Answer<StockLevel> {
-        let mut peer = self.lend::<inventory_world::Service>().await?;
-        let outcome = peer
-            .call_until("stock-of", |c, s| c.mercato_commerce_inventory().call_stock_of(s, &merchant, &sku))
-            .await;
-        self.settle::<inventory_world::Service, _>(peer, "stock-of", outcome)
-    }
-
+impl stock_registry::Host for Ctx {
     async fn register_sku(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
         let outcome = peer
             .call_until("register-sku", |c, s| {
-                c.mercato_commerce_inventory().call_register_sku(s, &merchant, &sku, on_hand)
+                c.mercato_commerce_stock_registry().call_register_sku(s, &merchant, &sku, on_hand)
             })
             .await;
         self.settle::<inventory_world::Service, _>(peer, "register-sku", outcome)
     }
+}
 
-    async fn set_on_hand(&mut self, merchant: String, sku: String, on_hand: u32) -> Answer<StockLevel> {
-        let mut peer = self.lend::<inventory_world::Service>().await?;
-        let outcome = peer
-            .call_until("set-on-hand", |c, s| {
-                c.mercato_commerce_inventory().call_set_on_hand(s, &merchant, &sku, on_hand)
-            })
-            .await;
-        self.settle::<inventory_world::Service, _>(peer, "set-on-hand", outcome)
-    }
-
+impl reservations::Host for Ctx {
     async fn reserve(&mut self, id: String, lines: Vec<ReservationLine>) -> Answer<String> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
         let outcome = peer
-            .call_until("reserve", |c, s| c.mercato_commerce_inventory().call_reserve(s, &id, &lines))
+            .call_until("reserve", |c, s| c.mercato_commerce_reservations().call_reserve(s, &id, &lines))
             .await;
         self.settle::<inventory_world::Service, _>(peer, "reserve", outcome)
     }
@@ -169,65 +109,33 @@ impl inventory::Host for Ctx {
     async fn commit(&mut self, id: String) -> Answer<String> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
         let outcome =
-            peer.call_until("commit", |c, s| c.mercato_commerce_inventory().call_commit(s, &id)).await;
+            peer.call_until("commit", |c, s| c.mercato_commerce_reservations().call_commit(s, &id)).await;
         self.settle::<inventory_world::Service, _>(peer, "commit", outcome)
     }
 
     async fn release(&mut self, id: String) -> Answer<String> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
         let outcome =
-            peer.call_until("release", |c, s| c.mercato_commerce_inventory().call_release(s, &id)).await;
+            peer.call_until("release", |c, s| c.mercato_commerce_reservations().call_release(s, &id)).await;
         self.settle::<inventory_world::Service, _>(peer, "release", outcome)
     }
 
     async fn restock(&mut self, lines: Vec<ReservationLine>) -> Answer<()> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
-        let outcome =
-            peer.call_until("restock", |c, s| c.mercato_commerce_inventory().call_restock(s, &lines)).await;
+        let outcome = peer
+            .call_until("restock", |c, s| c.mercato_commerce_reservations().call_restock(s, &lines))
+            .await;
         self.settle::<inventory_world::Service, _>(peer, "restock", outcome)
     }
 }
 
-impl cart::Host for Ctx {
-    async fn create_cart(&mut self, currency: String) -> Answer<Cart> {
-        let mut peer = self.lend::<cart_world::Service>().await?;
-        let outcome = peer
-            .call_until("create-cart", |c, s| c.mercato_commerce_cart().call_create_cart(s, &currency))
-            .await;
-        self.settle::<cart_world::Service, _>(peer, "create-cart", outcome)
-    }
-
+impl cart_contents::Host for Ctx {
     async fn get_cart(&mut self, id: String) -> Answer<Cart> {
         let mut peer = self.lend::<cart_world::Service>().await?;
-        let outcome =
-            peer.call_until("get-cart", |c, s| c.mercato_commerce_cart().call_get_cart(s, &id)).await;
+        let outcome = peer
+            .call_until("get-cart", |c, s| c.mercato_commerce_cart_contents().call_get_cart(s, &id))
+            .await;
         self.settle::<cart_world::Service, _>(peer, "get-cart", outcome)
-    }
-
-    async fn add_item(&mut self, id: String, sku: String, quantity: u32) -> Answer<Cart> {
-        let mut peer = self.lend::<cart_world::Service>().await?;
-        let outcome = peer
-            .call_until("add-item", |c, s| c.mercato_commerce_cart().call_add_item(s, &id, &sku, quantity))
-            .await;
-        self.settle::<cart_world::Service, _>(peer, "add-item", outcome)
-    }
-
-    async fn set_quantity(&mut self, id: String, sku: String, quantity: u32) -> Answer<Cart> {
-        let mut peer = self.lend::<cart_world::Service>().await?;
-        let outcome = peer
-            .call_until("set-quantity", |c, s| {
-                c.mercato_commerce_cart().call_set_quantity(s, &id, &sku, quantity)
-            })
-            .await;
-        self.settle::<cart_world::Service, _>(peer, "set-quantity", outcome)
-    }
-
-    async fn remove_item(&mut self, id: String, sku: String) -> Answer<Cart> {
-        let mut peer = self.lend::<cart_world::Service>().await?;
-        let outcome = peer
-            .call_until("remove-item", |c, s| c.mercato_commerce_cart().call_remove_item(s, &id, &sku))
-            .await;
-        self.settle::<cart_world::Service, _>(peer, "remove-item", outcome)
     }
 }
 

@@ -370,7 +370,7 @@ impl Registry {
             out.push(json!({
                 "name": name,
                 "world": contract::world(kind),
-                "export": kind.row().export_name(),
+                "exports": kind.row().export_names(),
                 "active": active.as_ref().map(|a| json!({
                     "version": a.version.version,
                     "digest": a.version.digest,

@@ -29,7 +29,7 @@ pub enum ComponentKind {
 }
 
 /// The version of the `mercato:commerce` package the host speaks.
-pub const COMMERCE_VERSION: &str = "0.1.0";
+pub const COMMERCE_VERSION: &str = "0.2.0";
 
 /// Imports every component may have, by prefix: the WASI interfaces that
 /// Rust's std and other language runtimes import (linked inert), and the
@@ -88,13 +88,17 @@ impl ComponentKind {
 pub enum Grant {
     /// Multi-key transactions over its own storage.
     Transactions,
-    /// Calls into the active catalog component.
-    Catalog,
-    /// Calls into the active inventory component.
-    Inventory,
-    /// Calls into the active cart component.
-    Cart,
-    /// Calls into the active payment component.
+    /// The catalog's `sku-lookup` (resolving skus for pricing).
+    SkuLookup,
+    /// Inventory's `stock-levels` (reading stock).
+    StockLevels,
+    /// Inventory's `stock-registry` (registering new skus).
+    StockRegistry,
+    /// Inventory's `reservations` (holding, taking, returning stock).
+    Reservations,
+    /// The cart's `cart-contents` (reading a cart).
+    CartContents,
+    /// The payment component's `payment`.
     Payment,
     /// Merchants' pricing plugins (the host's pricing engine).
     PricingEngine,
@@ -108,11 +112,13 @@ pub enum Grant {
 
 impl Grant {
     /// Every grant.
-    pub const ALL: [Grant; 9] = [
+    pub const ALL: [Grant; 11] = [
         Grant::Transactions,
-        Grant::Catalog,
-        Grant::Inventory,
-        Grant::Cart,
+        Grant::SkuLookup,
+        Grant::StockLevels,
+        Grant::StockRegistry,
+        Grant::Reservations,
+        Grant::CartContents,
         Grant::Payment,
         Grant::PricingEngine,
         Grant::OutboundHttp,
@@ -124,9 +130,11 @@ impl Grant {
     pub fn import_prefix(self) -> &'static str {
         match self {
             Grant::Transactions => "mercato:commerce/transactions@",
-            Grant::Catalog => "mercato:commerce/catalog@",
-            Grant::Inventory => "mercato:commerce/inventory@",
-            Grant::Cart => "mercato:commerce/cart@",
+            Grant::SkuLookup => "mercato:commerce/sku-lookup@",
+            Grant::StockLevels => "mercato:commerce/stock-levels@",
+            Grant::StockRegistry => "mercato:commerce/stock-registry@",
+            Grant::Reservations => "mercato:commerce/reservations@",
+            Grant::CartContents => "mercato:commerce/cart-contents@",
             Grant::Payment => "mercato:commerce/payment@",
             Grant::PricingEngine => "mercato:commerce/pricing-engine@",
             Grant::OutboundHttp => "wasi:http/",
@@ -139,9 +147,11 @@ impl Grant {
     pub fn link(self, linker: &mut Linker<Ctx>) -> anyhow::Result<()> {
         match self {
             Grant::Transactions => iface::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
-            Grant::Catalog => iface::catalog::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
-            Grant::Inventory => iface::inventory::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
-            Grant::Cart => iface::cart::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::SkuLookup => iface::sku_lookup::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::StockLevels => iface::stock_levels::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::StockRegistry => iface::stock_registry::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::Reservations => iface::reservations::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::CartContents => iface::cart_contents::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::Payment => iface::payment::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::PricingEngine => iface::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::OutboundHttp => wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker),
@@ -159,8 +169,9 @@ pub struct Row {
     pub kind: ComponentKind,
     /// Name, storage namespace, `[components]` config key, admin path segment.
     pub name: &'static str,
-    /// The interface it exports, `mercato:commerce/<export>`.
-    pub export: &'static str,
+    /// The interfaces it exports, `mercato:commerce/<export>`: split by who
+    /// may call them (the host only, or other components through a grant).
+    pub exports: &'static [&'static str],
     /// What it may import beyond the base set.
     pub grants: &'static [Grant],
     /// Types a linked component as this component's bindings.
@@ -175,9 +186,9 @@ impl Row {
         format!("mercato:commerce/{}-component@{COMMERCE_VERSION}", self.name)
     }
 
-    /// `mercato:commerce/<export>@…`, the interface it must export.
-    pub fn export_name(&self) -> String {
-        format!("mercato:commerce/{}@{COMMERCE_VERSION}", self.export)
+    /// `mercato:commerce/<export>@…`, the interfaces it must export.
+    pub fn export_names(&self) -> Vec<String> {
+        self.exports.iter().map(|e| format!("mercato:commerce/{e}@{COMMERCE_VERSION}")).collect()
     }
 
     /// Whether a component of this kind may import `import`.
@@ -192,23 +203,23 @@ pub const TABLE: [Row; 5] = [
     Row {
         kind: ComponentKind::Catalog,
         name: "catalog",
-        export: "catalog",
-        grants: &[Grant::Inventory],
+        exports: &["catalog", "merchant-catalog", "sku-lookup"],
+        grants: &[Grant::StockLevels, Grant::StockRegistry],
         typed: typed::<bindings::catalog::Service>,
         bundled: include_bytes!(concat!(env!("OUT_DIR"), "/catalog.wasm")),
     },
     Row {
         kind: ComponentKind::Cart,
         name: "cart",
-        export: "cart",
-        grants: &[Grant::Catalog, Grant::PricingEngine],
+        exports: &["cart", "cart-contents"],
+        grants: &[Grant::SkuLookup, Grant::PricingEngine],
         typed: typed::<bindings::cart::Service>,
         bundled: include_bytes!(concat!(env!("OUT_DIR"), "/cart.wasm")),
     },
     Row {
         kind: ComponentKind::Inventory,
         name: "inventory",
-        export: "inventory",
+        exports: &["stock-levels", "stock-registry", "merchant-stock", "reservations"],
         grants: &[Grant::Transactions],
         typed: typed::<bindings::inventory::Service>,
         bundled: include_bytes!(concat!(env!("OUT_DIR"), "/inventory.wasm")),
@@ -216,7 +227,7 @@ pub const TABLE: [Row; 5] = [
     Row {
         kind: ComponentKind::Payment,
         name: "payment",
-        export: "payment",
+        exports: &["payment"],
         grants: &[Grant::Transactions, Grant::OutboundHttp, Grant::Config],
         typed: typed::<bindings::payment::Service>,
         bundled: include_bytes!(concat!(env!("OUT_DIR"), "/payment.wasm")),
@@ -224,8 +235,15 @@ pub const TABLE: [Row; 5] = [
     Row {
         kind: ComponentKind::Order,
         name: "order",
-        export: "orders",
-        grants: &[Grant::Transactions, Grant::Inventory, Grant::Payment, Grant::Cart, Grant::Provenance],
+        exports: &["orders"],
+        grants: &[
+            Grant::Transactions,
+            Grant::StockLevels,
+            Grant::Reservations,
+            Grant::Payment,
+            Grant::CartContents,
+            Grant::Provenance,
+        ],
         typed: typed::<bindings::order::Service>,
         bundled: include_bytes!(concat!(env!("OUT_DIR"), "/order.wasm")),
     },
@@ -304,8 +322,11 @@ mod tests {
             granted.sort();
             granted.dedup();
             assert_eq!(imported, granted, "{}: imports of its world vs the table's grants", row.name);
-            let exports: Vec<String> = world.exports.keys().map(|k| resolve.name_world_key(k)).collect();
-            assert_eq!(exports, vec![row.export_name()], "{}", row.name);
+            let mut exports: Vec<String> = world.exports.keys().map(|k| resolve.name_world_key(k)).collect();
+            exports.sort();
+            let mut wanted = row.export_names();
+            wanted.sort();
+            assert_eq!(exports, wanted, "{}", row.name);
         }
     }
 }

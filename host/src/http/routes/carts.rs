@@ -100,7 +100,7 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
             .runtime
             .instance::<crate::bindings::cart::Service>()
             .await?
-            .call("get-cart", |c, s| c.mercato_commerce_cart().call_get_cart(s, &id))
+            .call("get-cart", |c, s| c.mercato_commerce_cart_contents().call_get_cart(s, &id))
             .await??,
     ))
 }

@@ -42,7 +42,7 @@ async fn read(
             .runtime
             .instance::<crate::bindings::inventory::Service>()
             .await?
-            .call("stock-of", |c, s| c.mercato_commerce_inventory().call_stock_of(s, &merchant, &sku))
+            .call("stock-of", |c, s| c.mercato_commerce_merchant_stock().call_stock_of(s, &merchant, &sku))
             .await??,
     ))
 }
@@ -78,7 +78,7 @@ async fn set(
             .instance::<crate::bindings::inventory::Service>()
             .await?
             .call("set-on-hand", |c, s| {
-                c.mercato_commerce_inventory().call_set_on_hand(s, &merchant, &sku, on_hand)
+                c.mercato_commerce_merchant_stock().call_set_on_hand(s, &merchant, &sku, on_hand)
             })
             .await??,
     ))

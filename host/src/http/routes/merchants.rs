@@ -153,7 +153,9 @@ async fn create_product(
         .runtime
         .instance::<crate::bindings::catalog::Service>()
         .await?
-        .call("create-product", |c, s| c.mercato_commerce_catalog().call_create_product(s, &merchant, &input))
+        .call("create-product", |c, s| {
+            c.mercato_commerce_merchant_catalog().call_create_product(s, &merchant, &input)
+        })
         .await??;
     Ok((StatusCode::CREATED, Json(product)))
 }
@@ -182,7 +184,7 @@ async fn update_product(
             .instance::<crate::bindings::catalog::Service>()
             .await?
             .call("update-product", |c, s| {
-                c.mercato_commerce_catalog().call_update_product(s, &merchant, &id, &input)
+                c.mercato_commerce_merchant_catalog().call_update_product(s, &merchant, &id, &input)
             })
             .await??,
     ))

@@ -84,11 +84,15 @@ impl bindings::exports::mercato::commerce::catalog::Guest for Probe {
             },
         }
     }
+}
 
+impl bindings::exports::mercato::commerce::sku_lookup::Guest for Probe {
     fn lookup_skus(skus: Vec<String>) -> Result<Vec<Option<SkuInfo>>, Error> {
         Ok(skus.iter().map(|_| None).collect())
     }
+}
 
+impl bindings::exports::mercato::commerce::merchant_catalog::Guest for Probe {
     fn create_product(_: String, _: ProductInput) -> Result<Product, Error> {
         Err(Error::Forbidden("probe".into()))
     }
