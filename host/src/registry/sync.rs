@@ -5,15 +5,14 @@ use std::time::Duration;
 
 use super::{Artifact, Registry};
 use crate::runtime::ComponentKind;
-use crate::storage::Db;
 use crate::storage::components::CHANNEL;
 
 /// Run the active versions the database names: at once on a PostgreSQL
 /// notification (another replica deployed or rolled back), and every
 /// `interval` in any case (a missed notification, SQLite shared by processes).
 pub async fn follow(registry: Registry, interval: Duration) {
-    let mut listener = match registry.db() {
-        Db::Postgres(pool) => {
+    let mut listener = match registry.db().postgres() {
+        Some(pool) => {
             let listening = async {
                 let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
                 l.listen(CHANNEL).await?;
@@ -24,7 +23,7 @@ pub async fn follow(registry: Registry, interval: Duration) {
                 .map_err(|e| tracing::warn!(error = %e, "cannot LISTEN for deploys; re-checking every interval only"))
                 .ok()
         }
-        Db::Sqlite { .. } => None,
+        None => None,
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,11 +1,11 @@
 //! The component registry: versions of each service component (bytes by
 //! version) and their activations. The active version of a component is its
-//! newest activation not rolled back. Every change is one statement, so a
+//! newest activation not rolled back. Every change is one atomic step, so a
 //! killed process leaves either the old or the new state, never half of one.
 
-use sqlx::Row;
+use async_trait::async_trait;
 
-use super::{Db, Result, StorageError, numbered_placeholders};
+use super::Result;
 
 /// The PostgreSQL channel on which a change of active versions is announced
 /// (payload: the component's name).
@@ -38,212 +38,44 @@ pub struct ActiveRow {
     pub activated_at: i64,
 }
 
-/// Ok(true): the statement ran; Ok(false): it lost a unique-key race with
-/// another writer (another replica deploying at the same moment) — retry.
-fn ran(result: std::result::Result<(), sqlx::Error>) -> Result<bool> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-const RETRIES: usize = 5;
-
-impl Db {
+#[async_trait]
+pub trait Components: Send + Sync {
     /// Record `bytes` as a version of `component` (once per digest) and give
     /// its version number.
-    pub async fn put_component_version(
+    async fn put_component_version(
         &self,
         component: &str,
         digest: &str,
         bytes: &[u8],
         source: &str,
         now: i64,
-    ) -> Result<i64> {
-        let size = bytes.len() as i64;
-        for _ in 0..RETRIES {
-            if let Some(v) = self.component_version_by_digest(component, digest).await? {
-                return Ok(v.version);
-            }
-            let inserted = with_query!(
-                write,
-                self,
-                "INSERT INTO component_versions (component, version, digest, bytes, size, source, created_at) \
-                 SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ? FROM component_versions \
-                 WHERE component = ? ON CONFLICT (component, digest) DO NOTHING",
-                |q, pool| q
-                    .bind(component)
-                    .bind(digest)
-                    .bind(bytes)
-                    .bind(size)
-                    .bind(source)
-                    .bind(now)
-                    .bind(component)
-                    .execute(pool)
-                    .await
-                    .map(drop)
-            );
-            // Inserted or lost a race: either way the next round finds it.
-            ran(inserted)?;
-        }
-        self.component_version_by_digest(component, digest)
-            .await?
-            .map(|v| v.version)
-            .ok_or_else(|| StorageError::Invalid(format!("{component}: could not record version {digest}")))
-    }
+    ) -> Result<i64>;
 
-    pub async fn component_version_by_digest(
-        &self,
-        component: &str,
-        digest: &str,
-    ) -> Result<Option<VersionRow>> {
-        Ok(with_query!(
-            read,
-            self,
-            "SELECT version, digest, size, source, created_at FROM component_versions \
-             WHERE component = ? AND digest = ?",
-            |q, pool| q.bind(component).bind(digest).fetch_optional(pool).await?.map(|r| version_row(&r, 0))
-        ))
-    }
+    async fn component_version_by_digest(&self, component: &str, digest: &str) -> Result<Option<VersionRow>>;
 
     /// Every version of `component`, oldest first.
-    pub async fn component_versions(&self, component: &str) -> Result<Vec<VersionRow>> {
-        Ok(with_query!(
-            read,
-            self,
-            "SELECT version, digest, size, source, created_at FROM component_versions \
-             WHERE component = ? ORDER BY version",
-            |q, pool| q.bind(component).fetch_all(pool).await?.iter().map(|r| version_row(r, 0)).collect()
-        ))
-    }
+    async fn component_versions(&self, component: &str) -> Result<Vec<VersionRow>>;
 
-    pub async fn component_bytes(&self, component: &str, version: i64) -> Result<Option<Vec<u8>>> {
-        Ok(with_query!(
-            read,
-            self,
-            "SELECT bytes FROM component_versions WHERE component = ? AND version = ?",
-            |q, pool| q
-                .bind(component)
-                .bind(version)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| r.get::<Vec<u8>, _>(0))
-        ))
-    }
+    async fn component_bytes(&self, component: &str, version: i64) -> Result<Option<Vec<u8>>>;
 
     /// The active version of `component`, if it has one.
-    pub async fn active_component(&self, component: &str) -> Result<Option<ActiveRow>> {
-        Ok(with_query!(
-            read,
-            self,
-            "SELECT v.version, v.digest, v.size, v.source, v.created_at, a.seq, a.activated_at \
-             FROM component_activations a JOIN component_versions v \
-               ON v.component = a.component AND v.version = a.version \
-             WHERE a.component = ? AND a.rolled_back_at IS NULL ORDER BY a.seq DESC LIMIT 1",
-            |q, pool| q.bind(component).fetch_optional(pool).await?.map(|r| ActiveRow {
-                version: version_row(&r, 0),
-                seq: r.get(5),
-                activated_at: r.get(6),
-            })
-        ))
-    }
+    async fn active_component(&self, component: &str) -> Result<Option<ActiveRow>>;
 
     /// Activations of `component`, newest first (at most `limit`); with
     /// `live_only`, those not rolled back.
-    pub async fn component_activations(
+    async fn component_activations(
         &self,
         component: &str,
         live_only: bool,
         limit: i64,
-    ) -> Result<Vec<ActivationRow>> {
-        Ok(with_query!(
-            read,
-            self,
-            "SELECT seq, version, activated_at, rolled_back_at FROM component_activations \
-             WHERE component = ? AND (rolled_back_at IS NULL OR ?) ORDER BY seq DESC LIMIT ?",
-            |q, pool| q
-                .bind(component)
-                .bind(!live_only)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| ActivationRow {
-                    seq: r.get(0),
-                    version: r.get(1),
-                    activated_at: r.get(2),
-                    rolled_back_at: r.get(3),
-                })
-                .collect()
-        ))
-    }
+    ) -> Result<Vec<ActivationRow>>;
 
     /// Make `version` the active version of `component` (a new activation on
     /// top), unless it already is. Announces the change to other replicas.
-    pub async fn activate_component(&self, component: &str, version: i64, now: i64) -> Result<()> {
-        for _ in 0..RETRIES {
-            if self.active_component(component).await?.is_some_and(|a| a.version.version == version) {
-                return Ok(());
-            }
-            let inserted = with_query!(
-                write,
-                self,
-                "INSERT INTO component_activations (component, seq, version, activated_at) \
-                 SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM component_activations WHERE component = ?",
-                |q, pool| q
-                    .bind(component)
-                    .bind(version)
-                    .bind(now)
-                    .bind(component)
-                    .execute(pool)
-                    .await
-                    .map(drop)
-            );
-            if ran(inserted)? {
-                return self.announce(component).await;
-            }
-        }
-        Err(StorageError::Invalid(format!("{component}: too many concurrent activations, try again")))
-    }
+    async fn activate_component(&self, component: &str, version: i64, now: i64) -> Result<()>;
 
     /// Roll back the newest activation of `component` whose sequence number
     /// is `seq` (so two racing rollbacks roll back one activation, not two).
     /// False when `seq` is no longer the newest live activation.
-    pub async fn roll_back_component(&self, component: &str, seq: i64, now: i64) -> Result<bool> {
-        let changed = with_query!(
-            write,
-            self,
-            "UPDATE component_activations SET rolled_back_at = ? \
-             WHERE component = ? AND seq = ? AND rolled_back_at IS NULL",
-            |q, pool| q.bind(now).bind(component).bind(seq).execute(pool).await?.rows_affected()
-        );
-        if changed == 1 {
-            self.announce(component).await?;
-        }
-        Ok(changed == 1)
-    }
-
-    /// Tell the other replicas (PostgreSQL `NOTIFY`) that `component` changed.
-    async fn announce(&self, component: &str) -> Result<()> {
-        if let Db::Postgres(pool) = self {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(component).execute(pool).await?;
-        }
-        Ok(())
-    }
-}
-
-fn version_row<R: Row>(r: &R, at: usize) -> VersionRow
-where
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    VersionRow {
-        version: r.get(at),
-        digest: r.get(at + 1),
-        size: r.get(at + 2),
-        source: r.get(at + 3),
-        created_at: r.get(at + 4),
-    }
+    async fn roll_back_component(&self, component: &str, seq: i64, now: i64) -> Result<bool>;
 }

@@ -1,90 +1,30 @@
-//! The host's database: SQLite (embedded default) or PostgreSQL (several
-//! replicas). It holds the components' key-value data ([`kv`]) and the host's
-//! own tables ([`accounts`]).
-//!
-//! SQLite runs in WAL mode with one writer connection and a pool of readers:
-//! writes are serialized in-process (no `SQLITE_BUSY` storms), multi-statement
-//! writes use `BEGIN IMMEDIATE`, and `busy_timeout` covers other processes.
-//! `synchronous = NORMAL` in WAL mode survives a killed process (every commit
-//! is in the WAL before it is acknowledged); only an OS crash could lose the
-//! last commits.
-
-/// Run `$body` with `$q = sqlx::query($sql)` and `$pool` on the right pool
-/// for `read` or `write`; PostgreSQL gets `$1, $2, …` for each `?`. The body
-/// is compiled once per backend, so it must not return backend types.
-macro_rules! with_query {
-    // A literal: no allocation per call. SQLite takes it as is; PostgreSQL's
-    // numbered copy is made once per call site and kept.
-    ($mode:ident, $db:expr, $sql:literal, |$q:ident, $pool:ident| $body:expr) => {
-        match $db {
-            Db::Sqlite { read: _read, write: _write, .. } => {
-                let $pool = with_query!(@pick $mode, _read, _write);
-                let $q = sqlx::query($sql);
-                $body
-            }
-            Db::Postgres(pool) => {
-                static NUMBERED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-                let $pool = pool;
-                let $q = sqlx::query(NUMBERED.get_or_init(|| numbered_placeholders($sql)).as_str());
-                $body
-            }
-        }
-    };
-    ($mode:ident, $db:expr, $sql:expr, |$q:ident, $pool:ident| $body:expr) => {
-        match $db {
-            Db::Sqlite { read: _read, write: _write, .. } => {
-                let $pool = with_query!(@pick $mode, _read, _write);
-                let $q = sqlx::query(sqlx::AssertSqlSafe($sql.to_string()));
-                $body
-            }
-            Db::Postgres(pool) => {
-                let $pool = pool;
-                let numbered = numbered_placeholders($sql);
-                let $q = sqlx::query(sqlx::AssertSqlSafe(numbered));
-                $body
-            }
-        }
-    };
-    (@pick read, $read:ident, $write:ident) => { $read };
-    (@pick write, $read:ident, $write:ident) => { $write };
-}
-
-/// `?` → `$1`, `$2`, … (the statements here have no `?` inside literals).
-pub(crate) fn numbered_placeholders(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+//! The host's storage, behind traits: the components' key-value data and
+//! transactions ([`kv`], [`tx`]) and the host's own tables as small
+//! repositories ([`accounts`], [`components`], [`plugins`]). Three backends
+//! implement them all — SQLite (embedded default), PostgreSQL (several
+//! replicas) in [`sql`], and an in-memory one ([`memory`], `memory:`: nothing
+//! survives the process; for tests and throwaway shops) — and the shared
+//! storage suite (`host/tests/api/storage.rs`) holds them to the same answers.
+//! The rest of the host sees only [`Db`], a handle on one of them.
 
 pub mod accounts;
 pub mod components;
-pub mod group;
 pub mod kv;
+pub mod memory;
 pub mod plugins;
-pub mod readers;
+pub mod sql;
 pub mod tx;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use async_trait::async_trait;
 
-/// How long a connection waits for a lock held by another process.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const SQLITE_READERS: u32 = 8;
-const POSTGRES_CONNECTIONS: u32 = 16;
+pub use accounts::Accounts;
+pub use components::Components;
+pub use kv::KeyValue;
+pub use plugins::Plugins;
+pub use tx::Transactions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -98,110 +38,52 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// A connected, migrated database.
-#[derive(Clone, Debug)]
-pub enum Db {
-    Sqlite {
-        read: SqlitePool,
-        write: SqlitePool,
-        group: group::GroupWriter,
-        readers: Option<std::sync::Arc<readers::Readers>>,
-    },
-    Postgres(PgPool),
-}
-
-impl Db {
-    /// Open `database_url` (`postgres://…`) or, without one, `mercato.db`
-    /// under `data_dir`; then run the migrations.
-    pub async fn connect(database_url: Option<&str>, data_dir: &Path) -> Result<Db> {
-        let db = match database_url {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let options = PgConnectOptions::from_str(url)?;
-                let pool = PgPoolOptions::new()
-                    .test_before_acquire(false)
-                    .max_connections(POSTGRES_CONNECTIONS)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
-                    .await?;
-                Db::Postgres(pool)
-            }
-            Some(url) if url.starts_with("sqlite:") => {
-                Self::sqlite(SqliteConnectOptions::from_str(url)?).await?
-            }
-            Some(other) => {
-                return Err(StorageError::Invalid(format!(
-                    "database URL must start with postgres:// or sqlite: (got {:?})",
-                    other.split(':').next().unwrap_or_default()
-                )));
-            }
-            None => {
-                std::fs::create_dir_all(data_dir)
-                    .map_err(|e| StorageError::Invalid(format!("create {}: {e}", data_dir.display())))?;
-                Self::sqlite(SqliteConnectOptions::new().filename(data_dir.join("mercato.db"))).await?
-            }
-        };
-        db.migrate().await?;
-        Ok(db)
-    }
-
-    async fn sqlite(options: SqliteConnectOptions) -> Result<Db> {
-        let path = options.get_filename().to_path_buf();
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        // No ping before each acquire: it doubles the round trips of a read.
-        let write = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        let read = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(SQLITE_READERS)
-            .connect_with(options.read_only(true))
-            .await?;
-        let group = group::GroupWriter::start(write.clone());
-        // A file database gets in-place readers; an in-memory one cannot share them.
-        let on_disk = !path.as_os_str().is_empty() && path != std::path::Path::new(":memory:");
-        let readers = on_disk.then(|| std::sync::Arc::new(readers::Readers::new(path)));
-        Ok(Db::Sqlite { read, write, group, readers })
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        match self {
-            Db::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
-        }
-        Ok(())
-    }
+/// Everything a storage backend provides.
+#[async_trait]
+pub trait Backend: KeyValue + Transactions + Accounts + Components + Plugins + std::fmt::Debug {
+    /// `sqlite`, `postgres` or `memory`.
+    fn name(&self) -> &'static str;
 
     /// A cheap round trip, for readiness.
-    pub async fn ping(&self) -> Result<()> {
-        match self {
-            Db::Sqlite { read, .. } => sqlx::query("SELECT 1").execute(read).await.map(drop)?,
-            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+    async fn ping(&self) -> Result<()>;
+
+    async fn close(&self);
+
+    /// The PostgreSQL pool, where replicas listen for each other's deploys.
+    fn postgres(&self) -> Option<&sqlx::PgPool> {
+        None
+    }
+}
+
+/// A connected, migrated database: a cheap handle on one backend. Its
+/// methods are the [`Backend`] traits' (callable without importing them).
+#[derive(Clone, Debug)]
+pub struct Db(Arc<dyn Backend>);
+
+impl Db {
+    /// Open `database_url` — `postgres://…`, `sqlite:…` or `memory:` — or,
+    /// without one, `mercato.db` under `data_dir`.
+    pub async fn connect(database_url: Option<&str>, data_dir: &Path) -> Result<Db> {
+        match database_url {
+            Some("memory:") => Ok(Db::memory()),
+            _ => Ok(Db(Arc::new(sql::Sql::connect(database_url, data_dir).await?))),
         }
-        Ok(())
+    }
+
+    /// A fresh, empty in-memory database.
+    pub fn memory() -> Db {
+        Db(Arc::new(memory::Memory::default()))
     }
 
     pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Sqlite { .. } => "sqlite",
-            Db::Postgres(_) => "postgres",
-        }
+        self.0.name()
     }
+}
 
-    pub async fn close(&self) {
-        match self {
-            Db::Sqlite { read, write, .. } => {
-                read.close().await;
-                write.close().await;
-            }
-            Db::Postgres(pool) => pool.close().await,
-        }
+impl std::ops::Deref for Db {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 
 async fn shop(app: &TestApp) {
@@ -48,7 +48,7 @@ async fn fills_a_cart_with_integer_totals(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(again, cart);
 }
-both_backends!(cart_totals, fills_a_cart_with_integer_totals);
+each_backend!(cart_totals, fills_a_cart_with_integer_totals);
 
 async fn bad_input_is_4xx_and_writes_nothing(backend: Backend) {
     // A small body limit, so the oversized body below fits in the socket
@@ -121,7 +121,7 @@ async fn bad_input_is_4xx_and_writes_nothing(backend: Backend) {
     }
     assert_error(&app.post("/v1/carts", json!({})).await, 422, "invalid_request");
 }
-both_backends!(cart_bad_input, bad_input_is_4xx_and_writes_nothing);
+each_backend!(cart_bad_input, bad_input_is_4xx_and_writes_nothing);
 
 async fn concurrent_adds_lose_no_update(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -138,4 +138,4 @@ async fn concurrent_adds_lose_no_update(backend: Backend) {
     assert_eq!(line(&cart, "PEN")["quantity"], 12);
     assert_eq!(cart["total"]["amount"], 12 * 1999 + 12 * 250);
 }
-both_backends!(cart_concurrency, concurrent_adds_lose_no_update);
+each_backend!(cart_concurrency, concurrent_adds_lose_no_update);

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 
 /// POST a checkout with `key` (None: no header).
@@ -113,7 +113,7 @@ async fn checks_out_once_per_key(backend: Backend) {
     assert_error(&checkout(&app, &cart, Some("key-4"), "tok_visa").await, 422, "empty_cart");
     assert_eq!(app.db.kv_count("payment").await.expect("count"), 4, "two intents: no charge since");
 }
-both_backends!(checkout_idempotent, checks_out_once_per_key);
+each_backend!(checkout_idempotent, checks_out_once_per_key);
 
 async fn failures_release_stock_and_charge_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -158,7 +158,7 @@ async fn failures_release_stock_and_charge_nothing(backend: Backend) {
     assert_eq!(status, 201, "{order}");
     assert_eq!(stock(&app, &token, "MUG").await["available"], 0);
 }
-both_backends!(checkout_failures, failures_release_stock_and_charge_nothing);
+each_backend!(checkout_failures, failures_release_stock_and_charge_nothing);
 
 /// 120 concurrent checkouts of carts sharing three hot skus of 10 units each.
 async fn never_oversells(backend: Backend) {
@@ -217,7 +217,7 @@ async fn never_oversells(backend: Backend) {
         assert_eq!(level["reserved"], 0, "{sku}: no reservation left behind");
     }
 }
-both_backends!(no_oversell, never_oversells);
+each_backend!(no_oversell, never_oversells);
 
 async fn duplicates_make_one_order_and_one_charge(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.components.max_instances = 1_000).await;
@@ -252,7 +252,7 @@ async fn duplicates_make_one_order_and_one_charge(backend: Backend) {
     assert_eq!(stock(&app, &token, "MUG").await["on_hand"], 9, "sold once");
     assert_eq!(app.db.kv_count("payment").await.expect("count"), 2, "charged once (one intent + its index)");
 }
-both_backends!(idempotency_concurrency, duplicates_make_one_order_and_one_charge);
+each_backend!(idempotency_concurrency, duplicates_make_one_order_and_one_charge);
 
 async fn order_lifecycle_and_merchant_isolation(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -362,7 +362,7 @@ async fn order_lifecycle_and_merchant_isolation(backend: Backend) {
     );
     assert_error(&app.get("/v1/orders/ord_00000000000000000000000000000000").await, 404, "not_found");
 }
-both_backends!(order_lifecycle, order_lifecycle_and_merchant_isolation);
+each_backend!(order_lifecycle, order_lifecycle_and_merchant_isolation);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merchants_manage_only_their_stock() {
@@ -418,7 +418,7 @@ async fn idempotency_keys_up_to_200_characters(backend: Backend) {
     let mug = stock(&app, &token, "MUG").await;
     assert_eq!((mug["on_hand"].as_u64(), mug["reserved"].as_u64()), (Some(8), Some(0)), "{mug}");
 }
-both_backends!(idempotency_key_length, idempotency_keys_up_to_200_characters);
+each_backend!(idempotency_key_length, idempotency_keys_up_to_200_characters);
 
 /// A merchant's order list pages with `o1.` cursors (the document's
 /// pattern): every order once, and a cursor that is not
@@ -461,4 +461,4 @@ async fn merchant_orders_page_with_cursors(backend: Backend) {
     let bad = send(app.request(Method::GET, "/v1/merchant/orders?cursor=o1.nope").bearer_auth(&token)).await;
     assert_error(&bad, 422, "invalid_request");
 }
-both_backends!(merchant_order_pages, merchant_orders_page_with_cursors);
+each_backend!(merchant_order_pages, merchant_orders_page_with_cursors);

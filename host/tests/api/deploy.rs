@@ -15,9 +15,9 @@ use mercato::runtime::{ComponentKind, Origin};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::both_backends;
 use crate::helpers::*;
 use crate::registry_server::RegistryServer;
+use crate::{both_backends, each_backend};
 
 pub fn test_component(file: &str) -> Vec<u8> {
     std::fs::read(Path::new(TEST_COMPONENTS_DIR).join(file)).expect("test component")
@@ -140,7 +140,7 @@ async fn deploy_and_roll_back(backend: Backend) {
     assert_error(&rollback(&app, "cart").await, 409, "nothing_to_roll_back");
     assert_error(&rollback(&app, "basket").await, 404, "not_found");
 }
-both_backends!(deploy_then_roll_back, deploy_and_roll_back);
+each_backend!(deploy_then_roll_back, deploy_and_roll_back);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_mismatches_and_bad_input_change_nothing() {

@@ -23,6 +23,19 @@ pub fn postgres_admin_url() -> String {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// `memory:`: nothing is kept past the process (the fast tier).
+    Memory,
+}
+
+impl Backend {
+    /// The database URL of a test on this backend (`None`: SQLite in the
+    /// test's data directory).
+    pub fn url(self, pg: Option<&PgDatabase>) -> Option<String> {
+        match self {
+            Backend::Memory => Some("memory:".to_string()),
+            _ => pg.map(|p| p.url.clone()),
+        }
+    }
 }
 
 /// One precompiled-artifact directory for the whole test run: the first app
@@ -40,7 +53,7 @@ pub fn shared_cache_dir() -> PathBuf {
 /// A fresh, empty database for `backend`; returns its URL (None: SQLite in the data dir).
 pub async fn fresh_database(backend: Backend) -> Option<PgDatabase> {
     match backend {
-        Backend::Sqlite => None,
+        Backend::Sqlite | Backend::Memory => None,
         Backend::Postgres => Some(PgDatabase::create().await),
     }
 }
@@ -126,6 +139,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     let dir = tempfile::tempdir().expect("tempdir");
     let pg = fresh_database(backend).await;
     let mut config = test_config(dir.path(), pg.as_ref());
+    config.database_url = backend.url(pg.as_ref()).map(mercato::config::DatabaseUrl);
     tweak(&mut config);
     start(config, dir, pg).await
 }
@@ -136,7 +150,8 @@ pub async fn spawn_app_with_private_cache(backend: Backend) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("cache")).expect("private cache");
     let pg = fresh_database(backend).await;
-    let config = test_config(dir.path(), pg.as_ref());
+    let mut config = test_config(dir.path(), pg.as_ref());
+    config.database_url = backend.url(pg.as_ref()).map(mercato::config::DatabaseUrl);
     start(config, dir, pg).await
 }
 
@@ -307,7 +322,30 @@ pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert!(got.1["error"]["message"].is_string(), "message of {}", got.1);
 }
 
-/// Define `$name::sqlite` and `$name::postgres` tests running `$body(backend)`.
+/// Define `$name::sqlite`, `$name::postgres` and `$name::memory` tests
+/// running `$body(backend)`: for what holds on every backend.
+#[macro_export]
+macro_rules! each_backend {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::helpers::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$body($crate::helpers::Backend::Memory).await
+            }
+        }
+    };
+}
+
+/// Define `$name::sqlite` and `$name::postgres` tests running `$body(backend)`:
+/// for what needs a durable database (restarts, other processes).
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:ident) => {

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 use mercato::storage::kv::Scope;
 
@@ -211,7 +211,7 @@ async fn disconnects_leave_no_partial_checkout(backend: Backend) {
     );
     settled(&app, &token, &stock).await;
 }
-both_backends!(disconnects, disconnects_leave_no_partial_checkout);
+each_backend!(disconnects, disconnects_leave_no_partial_checkout);
 
 /// Where a test makes the order component trap (the host call completes,
 /// then the guest traps): after T1, after authorize, after T2, after
@@ -269,7 +269,7 @@ async fn a_trap_at_each_step_is_recovered(backend: Backend) {
         }
     }
 }
-both_backends!(trap_at_each_step, a_trap_at_each_step_is_recovered);
+each_backend!(trap_at_each_step, a_trap_at_each_step_is_recovered);
 
 /// 32 concurrent clients on 4 hot skus: every checkout succeeds while there
 /// is stock (no `conflict` from contention), and once it runs short only
@@ -357,7 +357,7 @@ async fn hot_skus_never_conflict(backend: Backend) {
     }
     assert_eq!(sold, 3 * paid as u64, "every sold unit belongs to a paid order");
 }
-both_backends!(hot_skus, hot_skus_never_conflict);
+each_backend!(hot_skus, hot_skus_never_conflict);
 
 /// Finished checkouts are forgotten after `checkout.idempotency_retention_ms`
 /// (nothing grows per request without bound); their orders stay, and the key
@@ -434,4 +434,4 @@ async fn recovery_never_overwrites_a_cancel(backend: Backend) {
     assert_error(&send(cancel()).await, 409, "conflict");
     assert_eq!(level(&app, &token, "MUG").await, (10, 0), "restocked once");
 }
-both_backends!(recovery_keeps_a_cancel, recovery_never_overwrites_a_cancel);
+each_backend!(recovery_keeps_a_cancel, recovery_never_overwrites_a_cancel);

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +118,7 @@ async fn merchants_own_their_products(backend: Backend) {
     .await;
     assert_error(&admin, 401, "unauthorized");
 }
-both_backends!(ownership, merchants_own_their_products);
+each_backend!(ownership, merchants_own_their_products);
 
 async fn invalid_products_are_refused_and_not_written(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -159,7 +159,7 @@ async fn invalid_products_are_refused_and_not_written(backend: Backend) {
     assert_eq!(all["items"], json!([]), "nothing was written");
     assert_eq!(app.db.kv_count("inventory").await.expect("count"), 0, "no stock was registered");
 }
-both_backends!(product_validation, invalid_products_are_refused_and_not_written);
+each_backend!(product_validation, invalid_products_are_refused_and_not_written);
 
 /// Inputs the schemathesis review found reaching storage or being read two
 /// ways: a NUL in a merchant name (PostgreSQL `TEXT` refuses it: was a 500),
@@ -199,4 +199,4 @@ async fn hostile_inputs_get_clear_4xx(backend: Backend) {
     let (_, all) = app.get("/v1/products").await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(1));
 }
-both_backends!(hostile_inputs, hostile_inputs_get_clear_4xx);
+each_backend!(hostile_inputs, hostile_inputs_get_clear_4xx);

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 
 fn artifact(name: &str) -> Vec<u8> {
@@ -190,7 +190,7 @@ async fn a_plugin_discounts_carts_and_orders(backend: Backend) {
     let (_, priced) = app.get(&format!("/v1/carts/{cart2}")).await;
     assert_priced(&priced, &shop.b_digest, 0);
 }
-both_backends!(plugin_discounts_carts_and_orders, a_plugin_discounts_carts_and_orders);
+each_backend!(plugin_discounts_carts_and_orders, a_plugin_discounts_carts_and_orders);
 
 /// Uploads the host must refuse, each with a message naming what is wrong;
 /// nothing is stored and the merchant's current plugin stays in force.

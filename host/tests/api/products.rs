@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 
 async fn pages_through_every_product(backend: Backend) {
@@ -47,7 +47,7 @@ async fn pages_through_every_product(backend: Backend) {
     assert_eq!(rest["items"].as_array().map(Vec::len), Some(8));
     assert_eq!(rest["next_cursor"], Value::Null);
 }
-both_backends!(pagination, pages_through_every_product);
+each_backend!(pagination, pages_through_every_product);
 
 async fn get_one_and_not_found(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -64,7 +64,7 @@ async fn get_one_and_not_found(backend: Backend) {
         assert_error(&app.get(&format!("/v1/products/{missing}")).await, 404, "not_found");
     }
 }
-both_backends!(get_product, get_one_and_not_found);
+each_backend!(get_product, get_one_and_not_found);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_query_parameters_are_422() {

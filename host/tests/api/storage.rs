@@ -1,12 +1,13 @@
-//! One storage suite, run on both backends: the guarantees the
-//! `wasi:keyvalue` capability relies on.
+//! One storage suite, run on every backend (SQLite, PostgreSQL, in-memory):
+//! the guarantees the `wasi:keyvalue` and transaction capabilities rely on,
+//! and the host's own repositories.
 
 use std::collections::HashSet;
 
 use mercato::storage::Db;
 use mercato::storage::kv::{LIST_PAGE, MAX_BATCH, Scope};
 
-use crate::both_backends;
+use crate::each_backend;
 use crate::helpers::*;
 
 const A: Scope<'static> = Scope { namespace: "alpha", bucket: "things" };
@@ -15,7 +16,7 @@ const B: Scope<'static> = Scope { namespace: "beta", bucket: "things" };
 async fn db(backend: Backend) -> (Db, tempfile::TempDir, Option<PgDatabase>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pg = fresh_database(backend).await;
-    let db = Db::connect(pg.as_ref().map(|p| p.url.as_str()), dir.path()).await.expect("connect");
+    let db = Db::connect(backend.url(pg.as_ref()).as_deref(), dir.path()).await.expect("connect");
     (db, dir, pg)
 }
 
@@ -35,7 +36,7 @@ async fn basics_and_namespaces(backend: Backend) {
     let other_bucket = Scope { namespace: "alpha", bucket: "else" };
     assert!(db.kv_get(other_bucket, "k").await.expect("get").is_none());
 }
-both_backends!(kv_basics, basics_and_namespaces);
+each_backend!(kv_basics, basics_and_namespaces);
 
 async fn list_pages_in_byte_order(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
@@ -65,7 +66,7 @@ async fn list_pages_in_byte_order(backend: Backend) {
     expected.sort(); // Rust sorts strings by bytes, as both backends must.
     assert_eq!(seen, expected);
 }
-both_backends!(kv_list, list_pages_in_byte_order);
+each_backend!(kv_list, list_pages_in_byte_order);
 
 async fn compare_and_swap_is_exact(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
@@ -85,7 +86,7 @@ async fn compare_and_swap_is_exact(backend: Backend) {
     db.kv_set(A, "c", b"5").await.expect("set");
     assert!(!db.kv_swap(A, "c", Some(v3.version), b"6").await.expect("swap"));
 }
-both_backends!(kv_cas, compare_and_swap_is_exact);
+each_backend!(kv_cas, compare_and_swap_is_exact);
 
 async fn concurrent_cas_loses_no_update(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
@@ -113,7 +114,7 @@ async fn concurrent_cas_loses_no_update(backend: Backend) {
     let v = db.kv_get(A, "counter").await.expect("get").expect("present");
     assert_eq!(v.value, b"24");
 }
-both_backends!(kv_cas_concurrency, concurrent_cas_loses_no_update);
+each_backend!(kv_cas_concurrency, concurrent_cas_loses_no_update);
 
 async fn increments_are_atomic(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
@@ -142,7 +143,7 @@ async fn increments_are_atomic(backend: Backend) {
     db.kv_set(A, "max", i64::MAX.to_string().as_bytes()).await.expect("set");
     assert!(db.kv_increment(A, "max", 1).await.is_err(), "overflow is an error");
 }
-both_backends!(kv_increment, increments_are_atomic);
+each_backend!(kv_increment, increments_are_atomic);
 
 async fn batches(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
@@ -163,7 +164,7 @@ async fn batches(backend: Backend) {
     let too_many: Vec<String> = (0..=MAX_BATCH).map(|i| format!("x{i}")).collect();
     assert!(db.kv_get_many(A, &too_many).await.is_err());
 }
-both_backends!(kv_batch, batches);
+each_backend!(kv_batch, batches);
 
 // ---- transactions (`mercato:commerce/transactions`) ---------------------
 
@@ -258,7 +259,7 @@ async fn transactions_are_all_or_none(backend: Backend) {
     assert!(rows[1].is_none());
     assert_eq!(rows[2].as_ref().map(|r| r.version), rows[0].as_ref().map(|r| r.version));
 }
-both_backends!(tx_all_or_none, transactions_are_all_or_none);
+each_backend!(tx_all_or_none, transactions_are_all_or_none);
 
 /// 64 concurrent transactions each take 3 from a counter of 100 (and 1 from a
 /// second one, in the other key order): exactly 33 apply, none fails for
@@ -293,4 +294,136 @@ async fn bounded_counters_under_contention(backend: Backend) {
     assert_eq!(value(&db, A, "hot").await.as_deref(), Some("1"));
     assert_eq!(value(&db, A, "warm").await.as_deref(), Some("67"));
 }
-both_backends!(tx_contention, bounded_counters_under_contention);
+each_backend!(tx_contention, bounded_counters_under_contention);
+
+// ---- the host's own repositories -----------------------------------------
+
+use mercato::storage::accounts::MerchantRow;
+use mercato::storage::plugins::{PluginErrorRow, RECENT_ERRORS};
+
+async fn merchants_and_settings(backend: Backend) {
+    let (db, _dir, _pg) = db(backend).await;
+    assert_eq!(db.merchant_count().await.expect("count"), 0);
+    let row =
+        |id: &str| MerchantRow { id: id.into(), name: format!("{id} ltd"), token_hash: format!("h-{id}") };
+    db.insert_merchant(&row("m1"), 1).await.expect("insert");
+    db.insert_merchant(&row("m2"), 2).await.expect("insert");
+    assert!(
+        db.insert_merchant(&MerchantRow { name: "other".into(), ..row("m1") }, 3).await.is_err(),
+        "ids are unique"
+    );
+    assert_eq!(db.merchant_count().await.expect("count"), 2);
+    let m1 = db.merchant("m1").await.expect("get").expect("m1");
+    assert_eq!((m1.name.as_str(), m1.token_hash.as_str()), ("m1 ltd", "h-m1"), "the first insert stays");
+    assert!(db.merchant("m3").await.expect("get").is_none());
+
+    assert!(db.setting("k").await.expect("get").is_none());
+    assert_eq!(db.setting_insert_or_get("k", "first").await.expect("insert"), "first");
+    assert_eq!(
+        db.setting_insert_or_get("k", "second").await.expect("insert"),
+        "first",
+        "the first value wins"
+    );
+    assert_eq!(db.setting("k").await.expect("get").as_deref(), Some("first"));
+}
+each_backend!(repo_accounts, merchants_and_settings);
+
+async fn component_versions_and_activations(backend: Backend) {
+    let (db, _dir, _pg) = db(backend).await;
+    assert!(db.active_component("catalog").await.expect("active").is_none());
+    let v1 = db.put_component_version("catalog", "sha256:a", b"aaaa", "upload", 10).await.expect("put");
+    let again = db.put_component_version("catalog", "sha256:a", b"aaaa", "oci", 11).await.expect("put");
+    let v2 = db.put_component_version("catalog", "sha256:b", b"bb", "oci", 12).await.expect("put");
+    let cart = db.put_component_version("cart", "sha256:a", b"aaaa", "upload", 13).await.expect("put");
+    assert_eq!((v1, again, v2, cart), (1, 1, 2, 1), "numbered per component, once per digest");
+    let versions = db.component_versions("catalog").await.expect("versions");
+    assert_eq!(
+        versions.iter().map(|v| (v.version, v.size, v.source.as_str())).collect::<Vec<_>>(),
+        [(1, 4, "upload"), (2, 2, "oci")]
+    );
+    assert_eq!(
+        db.component_version_by_digest("catalog", "sha256:b").await.expect("get").map(|v| v.version),
+        Some(2)
+    );
+    assert!(db.component_version_by_digest("payment", "sha256:b").await.expect("get").is_none());
+    assert_eq!(db.component_bytes("catalog", 2).await.expect("bytes").as_deref(), Some(&b"bb"[..]));
+    assert!(db.component_bytes("catalog", 3).await.expect("bytes").is_none());
+
+    assert!(db.activate_component("catalog", 3, 19).await.is_err(), "only a recorded version");
+    db.activate_component("catalog", 1, 20).await.expect("activate");
+    db.activate_component("catalog", 1, 21).await.expect("activating the active version");
+    db.activate_component("catalog", 2, 22).await.expect("activate");
+    let active = db.active_component("catalog").await.expect("active").expect("one");
+    assert_eq!((active.version.version, active.seq, active.activated_at), (2, 2, 22));
+    let all = db.component_activations("catalog", false, 10).await.expect("activations");
+    assert_eq!(
+        all.iter().map(|a| (a.seq, a.version)).collect::<Vec<_>>(),
+        [(2, 2), (1, 1)],
+        "newest first, no repeat"
+    );
+
+    assert!(db.roll_back_component("catalog", 2, 30).await.expect("roll back"));
+    assert!(!db.roll_back_component("catalog", 2, 31).await.expect("roll back"), "once only");
+    let active = db.active_component("catalog").await.expect("active").expect("one");
+    assert_eq!((active.version.version, active.seq), (1, 1), "back to the one before");
+    let live = db.component_activations("catalog", true, 10).await.expect("live");
+    assert_eq!(live.iter().map(|a| a.seq).collect::<Vec<_>>(), [1]);
+    let all = db.component_activations("catalog", false, 1).await.expect("limit");
+    assert_eq!(all.iter().map(|a| (a.seq, a.rolled_back_at)).collect::<Vec<_>>(), [(2, Some(30))]);
+    assert!(db.active_component("cart").await.expect("active").is_none(), "per component");
+}
+each_backend!(repo_components, component_versions_and_activations);
+
+async fn plugins_blobs_limits_and_errors(backend: Backend) {
+    let (db, _dir, _pg) = db(backend).await;
+    let error = |i: i64| PluginErrorRow {
+        at: i,
+        digest: "d1".into(),
+        kind: "trap".into(),
+        message: format!("error {i}"),
+        log: String::new(),
+    };
+    for id in ["m1", "m2", "m3"] {
+        let row = MerchantRow { id: id.into(), name: id.into(), token_hash: id.into() };
+        db.insert_merchant(&row, 0).await.expect("merchant");
+    }
+    assert!(db.put_plugin("nobody", "d1", b"one", 1).await.is_err(), "a plugin belongs to a merchant");
+    assert!(db.set_plugin_limits("nobody", "{}", 1).await.is_err(), "limits belong to a merchant");
+    db.put_plugin("m2", "d1", b"one", 1).await.expect("put");
+    db.put_plugin("m1", "d1", b"one", 2).await.expect("put");
+    db.set_plugin_limits("m1", r#"{"memory":1}"#, 3).await.expect("limits");
+    db.set_plugin_limits("m3", r#"{"memory":2}"#, 3).await.expect("limits without a plugin");
+    let names = ["m2".to_string(), "m3".into(), "m1".into(), "m2".into()];
+    let active = db.active_plugins(&names).await.expect("active");
+    assert_eq!(
+        active
+            .iter()
+            .map(|p| (p.merchant_id.as_str(), p.digest.as_str(), p.size, p.limits.as_deref()))
+            .collect::<Vec<_>>(),
+        [("m1", "d1", 3, Some(r#"{"memory":1}"#)), ("m2", "d1", 3, None)],
+        "only merchants with a plugin, by id, once each"
+    );
+    assert_eq!(db.plugin_limits("m3").await.expect("limits").as_deref(), Some(r#"{"memory":2}"#));
+
+    for i in 0..(RECENT_ERRORS + 5) {
+        db.record_plugin_error("m1", &error(i)).await.expect("record");
+    }
+    db.record_plugin_error("m2", &error(100)).await.expect("record");
+    let errors = db.plugin_errors("m1").await.expect("errors");
+    assert_eq!(errors.len() as i64, RECENT_ERRORS, "only the newest are kept");
+    assert_eq!(errors[0].at, RECENT_ERRORS + 4, "newest first");
+    assert_eq!(errors.last().map(|e| e.at), Some(5));
+
+    // A new version: its errors start empty; the old binary stays while m2 uses it.
+    db.put_plugin("m1", "d2", b"two!", 4).await.expect("replace");
+    assert!(db.plugin_errors("m1").await.expect("errors").is_empty());
+    assert_eq!(db.plugin_errors("m2").await.expect("errors").len(), 1, "per merchant");
+    assert_eq!(db.plugin("m1").await.expect("get").map(|p| (p.digest, p.size)), Some(("d2".into(), 4)));
+    assert_eq!(db.plugin_blob("d1").await.expect("blob").as_deref(), Some(&b"one"[..]));
+    assert!(db.delete_plugin("m2").await.expect("delete"));
+    assert!(!db.delete_plugin("m2").await.expect("delete"), "nothing left to delete");
+    assert!(db.plugin_blob("d1").await.expect("blob").is_none(), "an unused binary goes");
+    assert!(db.plugin_errors("m2").await.expect("errors").is_empty());
+    assert_eq!(db.plugin_blob("d2").await.expect("blob").as_deref(), Some(&b"two!"[..]));
+}
+each_backend!(repo_plugins, plugins_blobs_limits_and_errors);

@@ -13,8 +13,9 @@
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::tx::{Outcome, Write, run_sqlite};
+use super::tx::run_sqlite;
 use super::{Result, StorageError};
+use crate::storage::tx::{Outcome, Write};
 
 /// Most transactions one group commit takes.
 const MAX_GROUP: usize = 128;

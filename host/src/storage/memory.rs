@@ -1,0 +1,470 @@
+//! The in-memory backend (`memory:`): every table in one map under one lock,
+//! so each operation — a transaction included — is atomic by holding it (no
+//! lock is held across an await). Nothing survives the process. It gives the
+//! answers the SQL backends give (the shared storage suite runs on all three)
+//! and serves the fast test tier and throwaway shops.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::accounts::{Accounts, MerchantRow};
+use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
+use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
+use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS};
+use super::tx::{self, Failed, MAX_WRITES, Op, Outcome, Precondition, Transactions, Write, counter_value};
+use super::{Backend, Result, StorageError};
+
+/// `(namespace, bucket, key)`: byte order, as SQLite's keys.
+type Key = (String, String, String);
+
+#[derive(Debug, Default)]
+pub struct Memory {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    kv: BTreeMap<Key, Versioned>,
+    merchants: HashMap<String, MerchantRow>,
+    settings: HashMap<String, String>,
+    /// Per component, oldest first.
+    versions: HashMap<String, Vec<(VersionRow, Vec<u8>)>>,
+    /// Per component, by ascending `seq`.
+    activations: HashMap<String, Vec<ActivationRow>>,
+    blobs: HashMap<String, Vec<u8>>,
+    /// Merchant → (digest, uploaded_at).
+    plugins: BTreeMap<String, (String, i64)>,
+    limits: HashMap<String, String>,
+    /// Merchant → errors, newest last.
+    errors: HashMap<String, VecDeque<PluginErrorRow>>,
+}
+
+impl Memory {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves no half-applied change (each
+        // operation writes only after it has decided), so poisoning is moot.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key(s: Scope<'_>, key: &str) -> Key {
+    (s.namespace.to_string(), s.bucket.to_string(), key.to_string())
+}
+
+fn counter(key: &str, bytes: &[u8]) -> Result<i64> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| StorageError::Invalid(format!("value of {key:?} is not an integer")))
+}
+
+#[async_trait]
+impl KeyValue for Memory {
+    async fn kv_get(&self, s: Scope<'_>, k: &str) -> Result<Option<Versioned>> {
+        Ok(self.state().kv.get(&key(s, k)).cloned())
+    }
+
+    async fn kv_set(&self, s: Scope<'_>, k: &str, value: &[u8]) -> Result<()> {
+        self.state().kv.insert(key(s, k), Versioned { value: value.to_vec(), version: kv::new_version() });
+        Ok(())
+    }
+
+    async fn kv_delete(&self, s: Scope<'_>, k: &str) -> Result<()> {
+        self.state().kv.remove(&key(s, k));
+        Ok(())
+    }
+
+    async fn kv_list(&self, s: Scope<'_>, after: Option<&str>) -> Result<(Vec<String>, bool)> {
+        let state = self.state();
+        let from = key(s, after.unwrap_or(""));
+        let mut keys: Vec<String> = state
+            .kv
+            .range((Bound::Excluded(from), Bound::Unbounded))
+            .take_while(|((ns, bucket, _), _)| ns == s.namespace && bucket == s.bucket)
+            .take(LIST_PAGE + 1)
+            .map(|((_, _, k), _)| k.clone())
+            .collect();
+        let more = keys.len() > LIST_PAGE;
+        keys.truncate(LIST_PAGE);
+        Ok((keys, more))
+    }
+
+    async fn kv_swap(&self, s: Scope<'_>, k: &str, expected: Option<i64>, value: &[u8]) -> Result<bool> {
+        let mut state = self.state();
+        let k = key(s, k);
+        let current = state.kv.get(&k).map(|v| v.version);
+        if current != expected {
+            return Ok(false);
+        }
+        state.kv.insert(k, Versioned { value: value.to_vec(), version: kv::new_version() });
+        Ok(true)
+    }
+
+    async fn kv_increment(&self, s: Scope<'_>, k: &str, delta: i64) -> Result<i64> {
+        let mut state = self.state();
+        let full = key(s, k);
+        let old = match state.kv.get(&full) {
+            None => 0,
+            Some(v) => counter(k, &v.value)?,
+        };
+        let new = old
+            .checked_add(delta)
+            .ok_or_else(|| StorageError::Invalid(format!("incrementing {k:?} overflows")))?;
+        state.kv.insert(full, Versioned { value: new.to_string().into_bytes(), version: kv::new_version() });
+        Ok(new)
+    }
+
+    async fn kv_get_many(&self, s: Scope<'_>, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        check_batch(keys.len())?;
+        let state = self.state();
+        Ok(keys.iter().map(|k| state.kv.get(&key(s, k)).map(|v| v.value.clone())).collect())
+    }
+
+    async fn kv_set_many(&self, s: Scope<'_>, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        check_batch(pairs.len())?;
+        let mut state = self.state();
+        for (k, value) in pairs {
+            state.kv.insert(key(s, k), Versioned { value: value.clone(), version: kv::new_version() });
+        }
+        Ok(())
+    }
+
+    async fn kv_delete_many(&self, s: Scope<'_>, keys: &[String]) -> Result<()> {
+        check_batch(keys.len())?;
+        let mut state = self.state();
+        for k in keys {
+            state.kv.remove(&key(s, k));
+        }
+        Ok(())
+    }
+
+    async fn kv_count(&self, namespace: &str) -> Result<i64> {
+        let state = self.state();
+        let from = (namespace.to_string(), String::new(), String::new());
+        let n = state.kv.range(from..).take_while(|((ns, _, _), _)| ns == namespace).count();
+        Ok(n as i64)
+    }
+}
+
+/// Whether `write`'s precondition holds of `row`.
+fn holds(precondition: &Precondition, row: Option<&Versioned>) -> bool {
+    match (precondition, row) {
+        (Precondition::None, _) => true,
+        (Precondition::Absent, r) => r.is_none(),
+        (Precondition::Present, r) => r.is_some(),
+        (Precondition::Version(v), Some(r)) => r.version == *v,
+        (Precondition::Version(_), None) => false,
+    }
+}
+
+#[async_trait]
+impl Transactions for Memory {
+    async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome> {
+        if writes.len() > MAX_WRITES {
+            return Err(StorageError::Invalid(format!(
+                "a transaction may hold at most {MAX_WRITES} writes (got {})",
+                writes.len()
+            )));
+        }
+        let mut state = self.state();
+        // Decide every write on a view of the rows (later writes see earlier
+        // ones), then apply the view; a failure leaves the map untouched.
+        let mut view: HashMap<Key, Option<Versioned>> = HashMap::new();
+        let mut versions = vec![0i64; writes.len()];
+        for i in tx::key_order(writes) {
+            let w = &writes[i];
+            let k = (w.namespace.to_string(), w.bucket.clone(), w.key.clone());
+            let row = match view.get(&k) {
+                Some(seen) => seen.clone(),
+                None => state.kv.get(&k).cloned(),
+            };
+            let version = tx::new_version();
+            let next = if !holds(&w.precondition, row.as_ref()) {
+                None
+            } else {
+                match &w.op {
+                    Op::Check => Some(row.clone()),
+                    Op::Delete => Some(None),
+                    Op::Put(value) => Some(Some(Versioned { value: value.clone(), version })),
+                    Op::Add { delta, min, max } => {
+                        let current = match &row {
+                            None => Some(0),
+                            Some(r) => counter_value(&r.value),
+                        };
+                        current
+                            .and_then(|n| n.checked_add(*delta))
+                            .filter(|n| (*min..=*max).contains(n))
+                            .map(|n| Some(Versioned { value: n.to_string().into_bytes(), version }))
+                    }
+                }
+            };
+            let Some(next) = next else {
+                let (reason, current) = tx::reason(w, row.as_ref());
+                return Ok(Err(Failed { index: i, reason, current }));
+            };
+            if matches!(w.op, Op::Put(_) | Op::Add { .. }) {
+                versions[i] = version;
+            }
+            view.insert(k, next);
+        }
+        for (k, row) in view {
+            match row {
+                Some(row) => state.kv.insert(k, row),
+                None => state.kv.remove(&k),
+            };
+        }
+        Ok(Ok(versions))
+    }
+
+    async fn tx_read(
+        &self,
+        namespace: &str,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Versioned>>> {
+        if keys.len() > kv::MAX_BATCH {
+            return Err(StorageError::Invalid(format!(
+                "a read may name at most {} keys (got {})",
+                kv::MAX_BATCH,
+                keys.len()
+            )));
+        }
+        let state = self.state();
+        let s = Scope { namespace, bucket };
+        Ok(keys.iter().map(|k| state.kv.get(&key(s, k)).cloned()).collect())
+    }
+}
+
+#[async_trait]
+impl Accounts for Memory {
+    async fn insert_merchant(&self, m: &MerchantRow, _created_at: i64) -> Result<()> {
+        let mut state = self.state();
+        if state.merchants.contains_key(&m.id) {
+            return Err(StorageError::Invalid(format!("merchant {:?} exists", m.id)));
+        }
+        state.merchants.insert(m.id.clone(), m.clone());
+        Ok(())
+    }
+
+    async fn merchant(&self, id: &str) -> Result<Option<MerchantRow>> {
+        Ok(self.state().merchants.get(id).cloned())
+    }
+
+    async fn merchant_count(&self) -> Result<i64> {
+        Ok(self.state().merchants.len() as i64)
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.state().settings.get(key).cloned())
+    }
+
+    async fn setting_insert_or_get(&self, key: &str, value: &str) -> Result<String> {
+        Ok(self.state().settings.entry(key.to_string()).or_insert_with(|| value.to_string()).clone())
+    }
+}
+
+impl State {
+    fn active(&self, component: &str) -> Option<ActiveRow> {
+        let live = self.activations.get(component)?.iter().rev().find(|a| a.rolled_back_at.is_none())?;
+        let (version, _) = self.versions.get(component)?.iter().find(|(v, _)| v.version == live.version)?;
+        Some(ActiveRow { seq: live.seq, version: version.clone(), activated_at: live.activated_at })
+    }
+
+    /// As the SQL schemas' foreign keys: plugins and limits belong to a
+    /// merchant that exists.
+    fn known_merchant(&self, merchant: &str) -> Result<()> {
+        if self.merchants.contains_key(merchant) {
+            Ok(())
+        } else {
+            Err(StorageError::Invalid(format!("no merchant {merchant:?}")))
+        }
+    }
+
+    fn drop_unused_blob(&mut self, digest: &str) {
+        if !self.plugins.values().any(|(d, _)| d == digest) {
+            self.blobs.remove(digest);
+        }
+    }
+}
+
+#[async_trait]
+impl Components for Memory {
+    async fn put_component_version(
+        &self,
+        component: &str,
+        digest: &str,
+        bytes: &[u8],
+        source: &str,
+        now: i64,
+    ) -> Result<i64> {
+        let mut state = self.state();
+        let versions = state.versions.entry(component.to_string()).or_default();
+        if let Some((v, _)) = versions.iter().find(|(v, _)| v.digest == digest) {
+            return Ok(v.version);
+        }
+        let version = versions.last().map_or(0, |(v, _)| v.version) + 1;
+        let row = VersionRow {
+            version,
+            digest: digest.to_string(),
+            size: bytes.len() as i64,
+            source: source.to_string(),
+            created_at: now,
+        };
+        versions.push((row, bytes.to_vec()));
+        Ok(version)
+    }
+
+    async fn component_version_by_digest(&self, component: &str, digest: &str) -> Result<Option<VersionRow>> {
+        let state = self.state();
+        let versions = state.versions.get(component).map(Vec::as_slice).unwrap_or_default();
+        Ok(versions.iter().find(|(v, _)| v.digest == digest).map(|(v, _)| v.clone()))
+    }
+
+    async fn component_versions(&self, component: &str) -> Result<Vec<VersionRow>> {
+        let state = self.state();
+        let versions = state.versions.get(component).map(Vec::as_slice).unwrap_or_default();
+        Ok(versions.iter().map(|(v, _)| v.clone()).collect())
+    }
+
+    async fn component_bytes(&self, component: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        let state = self.state();
+        let versions = state.versions.get(component).map(Vec::as_slice).unwrap_or_default();
+        Ok(versions.iter().find(|(v, _)| v.version == version).map(|(_, bytes)| bytes.clone()))
+    }
+
+    async fn active_component(&self, component: &str) -> Result<Option<ActiveRow>> {
+        Ok(self.state().active(component))
+    }
+
+    async fn component_activations(
+        &self,
+        component: &str,
+        live_only: bool,
+        limit: i64,
+    ) -> Result<Vec<ActivationRow>> {
+        let state = self.state();
+        let all = state.activations.get(component).map(Vec::as_slice).unwrap_or_default();
+        Ok(all
+            .iter()
+            .rev()
+            .filter(|a| !live_only || a.rolled_back_at.is_none())
+            .take(usize::try_from(limit).unwrap_or(0))
+            .cloned()
+            .collect())
+    }
+
+    async fn activate_component(&self, component: &str, version: i64, now: i64) -> Result<()> {
+        let mut state = self.state();
+        if state.active(component).is_some_and(|a| a.version.version == version) {
+            return Ok(());
+        }
+        // As the SQL schemas' foreign key: only a recorded version.
+        if !state.versions.get(component).is_some_and(|v| v.iter().any(|(v, _)| v.version == version)) {
+            return Err(StorageError::Invalid(format!("{component} has no version {version}")));
+        }
+        let activations = state.activations.entry(component.to_string()).or_default();
+        let seq = activations.last().map_or(0, |a| a.seq) + 1;
+        activations.push(ActivationRow { seq, version, activated_at: now, rolled_back_at: None });
+        Ok(())
+    }
+
+    async fn roll_back_component(&self, component: &str, seq: i64, now: i64) -> Result<bool> {
+        let mut state = self.state();
+        let Some(activations) = state.activations.get_mut(component) else { return Ok(false) };
+        match activations.iter_mut().find(|a| a.seq == seq && a.rolled_back_at.is_none()) {
+            Some(a) => {
+                a.rolled_back_at = Some(now);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Plugins for Memory {
+    async fn put_plugin(&self, merchant: &str, digest: &str, bytes: &[u8], now: i64) -> Result<()> {
+        let mut state = self.state();
+        state.known_merchant(merchant)?;
+        state.blobs.entry(digest.to_string()).or_insert_with(|| bytes.to_vec());
+        let previous = state.plugins.insert(merchant.to_string(), (digest.to_string(), now));
+        state.errors.remove(merchant);
+        if let Some((old, _)) = previous.filter(|(old, _)| old != digest) {
+            state.drop_unused_blob(&old);
+        }
+        Ok(())
+    }
+
+    async fn delete_plugin(&self, merchant: &str) -> Result<bool> {
+        let mut state = self.state();
+        let Some((digest, _)) = state.plugins.remove(merchant) else { return Ok(false) };
+        state.errors.remove(merchant);
+        state.drop_unused_blob(&digest);
+        Ok(true)
+    }
+
+    async fn active_plugins(&self, merchants: &[String]) -> Result<Vec<PluginRow>> {
+        let state = self.state();
+        let wanted: BTreeSet<&String> = merchants.iter().collect();
+        Ok(wanted
+            .into_iter()
+            .filter_map(|m| {
+                let (digest, uploaded_at) = state.plugins.get(m)?;
+                let blob = state.blobs.get(digest)?;
+                Some(PluginRow {
+                    merchant_id: m.clone(),
+                    digest: digest.clone(),
+                    size: blob.len() as i64,
+                    uploaded_at: *uploaded_at,
+                    limits: state.limits.get(m).cloned(),
+                })
+            })
+            .collect())
+    }
+
+    async fn plugin_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.state().blobs.get(digest).cloned())
+    }
+
+    async fn plugin_limits(&self, merchant: &str) -> Result<Option<String>> {
+        Ok(self.state().limits.get(merchant).cloned())
+    }
+
+    async fn set_plugin_limits(&self, merchant: &str, limits_json: &str, _now: i64) -> Result<()> {
+        let mut state = self.state();
+        state.known_merchant(merchant)?;
+        state.limits.insert(merchant.to_string(), limits_json.to_string());
+        Ok(())
+    }
+
+    async fn record_plugin_error(&self, merchant: &str, e: &PluginErrorRow) -> Result<()> {
+        let mut state = self.state();
+        let errors = state.errors.entry(merchant.to_string()).or_default();
+        errors.push_back(e.clone());
+        while errors.len() > RECENT_ERRORS as usize {
+            errors.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn plugin_errors(&self, merchant: &str) -> Result<Vec<PluginErrorRow>> {
+        let state = self.state();
+        Ok(state.errors.get(merchant).map(|e| e.iter().rev().cloned().collect()).unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Backend for Memory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}

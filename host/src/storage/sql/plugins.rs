@@ -1,0 +1,201 @@
+//! Pricing plugins on SQLite and PostgreSQL.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::Sql;
+use crate::storage::Result;
+use crate::storage::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS};
+
+#[async_trait]
+impl Plugins for Sql {
+    /// Store `bytes` under `digest` (once) and make it `merchant`'s plugin.
+    async fn put_plugin(&self, merchant: &str, digest: &str, bytes: &[u8], now: i64) -> Result<()> {
+        let size = bytes.len() as i64;
+        with_query!(
+            write,
+            self,
+            "INSERT INTO plugin_blobs (digest, bytes, size, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (digest) DO NOTHING",
+            |q, pool| q.bind(digest).bind(bytes).bind(size).bind(now).execute(pool).await?.rows_affected()
+        );
+        let previous = self.plugin(merchant).await?.map(|p| p.digest);
+        with_query!(
+            write,
+            self,
+            "INSERT INTO merchant_plugins (merchant_id, digest, uploaded_at) VALUES (?, ?, ?) \
+             ON CONFLICT (merchant_id) DO UPDATE SET digest = excluded.digest, uploaded_at = excluded.uploaded_at",
+            |q, pool| q.bind(merchant).bind(digest).bind(now).execute(pool).await?.rows_affected()
+        );
+        // Errors of the replaced version say nothing about this one.
+        self.clear_plugin_errors(merchant).await?;
+        if let Some(old) = previous.filter(|old| old != digest) {
+            self.drop_unused_blob(&old).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove `merchant`'s plugin; false if there was none.
+    async fn delete_plugin(&self, merchant: &str) -> Result<bool> {
+        let Some(current) = self.plugin(merchant).await? else { return Ok(false) };
+        let deleted =
+            with_query!(write, self, "DELETE FROM merchant_plugins WHERE merchant_id = ?", |q, pool| q
+                .bind(merchant)
+                .execute(pool)
+                .await?
+                .rows_affected());
+        self.clear_plugin_errors(merchant).await?;
+        self.drop_unused_blob(&current.digest).await?;
+        Ok(deleted > 0)
+    }
+
+    /// The active plugins of `merchants` (those that have one), with limits.
+    async fn active_plugins(&self, merchants: &[String]) -> Result<Vec<PluginRow>> {
+        if merchants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; merchants.len()].join(", ");
+        let sql = format!(
+            "SELECT p.merchant_id, p.digest, b.size, p.uploaded_at, l.limits \
+             FROM merchant_plugins p JOIN plugin_blobs b ON b.digest = p.digest \
+             LEFT JOIN plugin_limits l ON l.merchant_id = p.merchant_id \
+             WHERE p.merchant_id IN ({marks}) ORDER BY p.merchant_id"
+        );
+        let rows = with_query!(read, self, &sql, |q, pool| {
+            let mut q = q;
+            for m in merchants {
+                q = q.bind(m);
+            }
+            q.fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| PluginRow {
+                    merchant_id: r.get(0),
+                    digest: r.get(1),
+                    size: r.get(2),
+                    uploaded_at: r.get(3),
+                    limits: r.get(4),
+                })
+                .collect::<Vec<_>>()
+        });
+        Ok(rows)
+    }
+
+    async fn plugin_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        Ok(with_query!(read, self, "SELECT bytes FROM plugin_blobs WHERE digest = ?", |q, pool| q
+            .bind(digest)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| r.get::<Vec<u8>, _>(0))))
+    }
+
+    /// The operator's limits for `merchant` (JSON), if any were set.
+    async fn plugin_limits(&self, merchant: &str) -> Result<Option<String>> {
+        Ok(with_query!(read, self, "SELECT limits FROM plugin_limits WHERE merchant_id = ?", |q, pool| q
+            .bind(merchant)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| r.get::<String, _>(0))))
+    }
+
+    async fn set_plugin_limits(&self, merchant: &str, limits_json: &str, now: i64) -> Result<()> {
+        with_query!(
+            write,
+            self,
+            "INSERT INTO plugin_limits (merchant_id, limits, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (merchant_id) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at",
+            |q, pool| q.bind(merchant).bind(limits_json).bind(now).execute(pool).await?.rows_affected()
+        );
+        Ok(())
+    }
+
+    /// Record a failed run and keep only the [`RECENT_ERRORS`] newest.
+    async fn record_plugin_error(&self, merchant: &str, e: &PluginErrorRow) -> Result<()> {
+        with_query!(
+            write,
+            self,
+            "INSERT INTO plugin_errors (merchant_id, digest, at, kind, message, log) VALUES (?, ?, ?, ?, ?, ?)",
+            |q, pool| q
+                .bind(merchant)
+                .bind(&e.digest)
+                .bind(e.at)
+                .bind(&e.kind)
+                .bind(&e.message)
+                .bind(&e.log)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        );
+        with_query!(
+            write,
+            self,
+            "DELETE FROM plugin_errors WHERE merchant_id = ? AND id NOT IN \
+             (SELECT id FROM plugin_errors WHERE merchant_id = ? ORDER BY id DESC LIMIT ?)",
+            |q, pool| q
+                .bind(merchant)
+                .bind(merchant)
+                .bind(RECENT_ERRORS)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        );
+        Ok(())
+    }
+
+    /// The newest errors first.
+    async fn plugin_errors(&self, merchant: &str) -> Result<Vec<PluginErrorRow>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT at, digest, kind, message, log FROM plugin_errors WHERE merchant_id = ? \
+             ORDER BY id DESC LIMIT ?",
+            |q, pool| q
+                .bind(merchant)
+                .bind(RECENT_ERRORS)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| PluginErrorRow {
+                    at: r.get(0),
+                    digest: r.get(1),
+                    kind: r.get(2),
+                    message: r.get(3),
+                    log: r.get(4),
+                })
+                .collect::<Vec<_>>()
+        ))
+    }
+}
+
+impl Sql {
+    async fn drop_unused_blob(&self, digest: &str) -> Result<()> {
+        with_query!(
+            write,
+            self,
+            "DELETE FROM plugin_blobs WHERE digest = ? \
+             AND NOT EXISTS (SELECT 1 FROM merchant_plugins WHERE digest = ?)",
+            |q, pool| q.bind(digest).bind(digest).execute(pool).await?.rows_affected()
+        );
+        Ok(())
+    }
+
+    async fn clear_plugin_errors(&self, merchant: &str) -> Result<()> {
+        with_query!(write, self, "DELETE FROM plugin_errors WHERE merchant_id = ?", |q, pool| q
+            .bind(merchant)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::storage::sql::numbered_placeholders;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(numbered_placeholders("a = ? AND b IN (?, ?)"), "a = $1 AND b IN ($2, $3)");
+        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
+    }
+}
