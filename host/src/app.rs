@@ -69,8 +69,6 @@ impl App {
             deadline: Duration::from_millis(config.components.deadline_ms),
             memory_bytes: config.components.memory_mib.saturating_mul(1024 * 1024),
             max_instances: config.components.max_instances,
-            plugins: config.plugins,
-            plugin_runs: config.components.plugin_runs.max(1),
             inject_trap: config.inject_trap.as_deref().and_then(|t| {
                 let (call, nth) = t.split_once('#')?;
                 Some((call.to_string(), nth.parse().ok()?))
@@ -78,7 +76,7 @@ impl App {
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
         crate::oci::Oci::check(&config.registry).map_err(anyhow::Error::msg)?;
-        let policy = crate::registry::signature::Policy::new(&config.deploy.public_keys)
+        let policy = crate::signature::Policy::new(&config.deploy.public_keys)
             .map_err(|e| anyhow::anyhow!("deploy.public_keys: {e}"))?;
         let oci = crate::oci::Oci::new(config.registry.clone());
         for (name, reference) in &config.deploy.watch {
@@ -95,13 +93,20 @@ impl App {
             .await
             .context("component registry")?;
         let cache_dir = config.data_dir.join("cache");
-        let rt_db = db.clone();
+        let plugins = crate::plugins::Plugins::new(
+            db.clone(),
+            config.plugins,
+            config.components.plugin_runs.max(1),
+            &cache_dir,
+        )?;
+        let (rt_db, rt_plugins) = (db.clone(), plugins.clone());
         // Compiling is CPU-bound: keep it off the async workers.
         let grants = payment_grants(&config)?;
-        let runtime =
-            tokio::task::spawn_blocking(move || Runtime::new(rt_db, limits, grants, &cache_dir, &sources))
-                .await
-                .context("component compilation panicked")??;
+        let runtime = tokio::task::spawn_blocking(move || {
+            Runtime::new(rt_db, rt_plugins, limits, grants, &cache_dir, &sources)
+        })
+        .await
+        .context("component compilation panicked")??;
 
         let mut notices = Vec::new();
         let admin_token_hash = match &config.admin_token {
@@ -128,12 +133,14 @@ impl App {
         let state = AppState {
             registry,
             runtime,
+            db,
+            plugins,
             admin_token_hash: Arc::from(admin_token_hash),
             order_access_key: Arc::from(order_access_key),
             body_limit: config.body_limit,
             rate_limits: Arc::new(crate::http::ratelimit::RateLimits::new(&config.rate_limit)),
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight.max(1))),
-            checkout: config.checkout.clone(),
+            reservation_ttl_ms: config.checkout.reservation_ttl_ms,
             work,
         };
         Ok(App { state, config, notices })
@@ -191,7 +198,7 @@ impl App {
         for task in tasks {
             task.abort();
         }
-        self.state.runtime.db().close().await;
+        self.state.db.close().await;
         tracing::info!("stopped");
     }
 }

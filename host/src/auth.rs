@@ -96,6 +96,17 @@ pub async fn merchant(db: &Db, token: &str) -> Result<Option<String>, crate::sto
     }
 }
 
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, Default, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,13 +11,25 @@
 /// `wasi:keyvalue` (store, atomics, batch), implemented in
 /// `crate::capabilities::keyvalue`.
 pub mod keyvalue {
+    /// An open bucket of the calling component's namespace.
+    pub struct BucketHandle {
+        pub name: String,
+    }
+
+    /// A compare-and-swap in progress: the value and version read at `new`.
+    pub struct CasHandle {
+        pub bucket: String,
+        pub key: String,
+        pub current: Option<crate::storage::kv::Versioned>,
+    }
+
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "wasi:keyvalue/imports@0.2.0-draft2",
         imports: { default: async | trappable },
         with: {
-            "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::BucketHandle,
-            "wasi:keyvalue/atomics.cas": crate::capabilities::keyvalue::CasHandle,
+            "wasi:keyvalue/store.bucket": BucketHandle,
+            "wasi:keyvalue/atomics.cas": CasHandle,
         },
     });
 }
@@ -36,35 +48,17 @@ pub mod host {
     });
 }
 
-/// A component world's bindings, and `Service`, which tells the runtime how
-/// to type-check and instantiate them (`crate::runtime::table::Service`).
-/// Storage, logging and the shared types, which every component imports,
-/// come from the modules above; `{ … }` maps the world's other imports.
+/// A component world's bindings, and `Service`, the marker the runtime's
+/// table implements `crate::runtime::table::Service` for (how to type-check
+/// and instantiate them). Storage, logging and the shared types, which every
+/// component imports, come from the modules above; `{ … }` maps the world's
+/// other imports.
 macro_rules! component_world {
-    ($(#[$doc:meta])* $module:ident, $world:literal, $kind:ident, $bindings:ident, $pre:ident, { $($extra:tt)* }) => {
+    ($(#[$doc:meta])* $module:ident, $world:literal, { $($extra:tt)* }) => {
         $(#[$doc])*
         pub mod $module {
             /// This world as the runtime's table knows it.
             pub struct Service;
-
-            impl crate::runtime::table::Service for Service {
-                const KIND: crate::runtime::ComponentKind = crate::runtime::ComponentKind::$kind;
-                type Bindings = $bindings;
-                type Pre = $pre<crate::runtime::Ctx>;
-
-                fn pre(
-                    pre: wasmtime::component::InstancePre<crate::runtime::Ctx>,
-                ) -> wasmtime::Result<Self::Pre> {
-                    $pre::new(pre)
-                }
-
-                fn instantiate<'a>(
-                    pre: &'a Self::Pre,
-                    store: &'a mut wasmtime::Store<crate::runtime::Ctx>,
-                ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + Send + 'a {
-                    pre.instantiate_async(store)
-                }
-            }
 
             wasmtime::component::bindgen!({
                 path: "../wit",
@@ -86,9 +80,6 @@ component_world!(
     /// The catalog component's world.
     catalog,
     "mercato:commerce/catalog-component",
-    Catalog,
-    CatalogComponent,
-    CatalogComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "mercato:commerce/stock-levels": crate::bindings::host::mercato::commerce::stock_levels,
@@ -100,9 +91,6 @@ component_world!(
     /// The cart component's world.
     cart,
     "mercato:commerce/cart-component",
-    Cart,
-    CartComponent,
-    CartComponentPre,
     {
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "mercato:commerce/sku-lookup": crate::bindings::host::mercato::commerce::sku_lookup,
@@ -114,9 +102,6 @@ component_world!(
     /// The inventory component's world.
     inventory,
     "mercato:commerce/inventory-component",
-    Inventory,
-    InventoryComponent,
-    InventoryComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:random": wasmtime_wasi::p2::bindings::random,
@@ -128,9 +113,6 @@ component_world!(
     /// The payment component's world.
     payment,
     "mercato:commerce/payment-component",
-    Payment,
-    PaymentComponent,
-    PaymentComponentPre,
     {
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
@@ -144,9 +126,6 @@ component_world!(
     /// The order component's world.
     order,
     "mercato:commerce/order-component",
-    Order,
-    OrderComponent,
-    OrderComponentPre,
     {
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:random": wasmtime_wasi::p2::bindings::random,

@@ -37,10 +37,7 @@ pub const DEFAULT_PLUGIN_RUNS: usize = 64;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 2_048;
 
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
+pub use crate::auth::Secret;
 
 /// A database URL: printed (in logs, `Debug`, errors) with its password
 /// replaced, whether in the user info (`postgres://user:pw@host/db`) or in
@@ -95,12 +92,6 @@ impl fmt::Debug for DatabaseUrl {
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"[redacted]\"")
     }
 }
 
@@ -205,12 +196,7 @@ impl Default for PaymentConfig {
     }
 }
 
-/// `localhost` or a loopback address (IPv6 with or without brackets): the
-/// only hosts reached over plain HTTP unless configured otherwise.
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_matches(['[', ']']);
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::net::is_loopback_host;
 
 impl PaymentConfig {
     /// The `host[:port]` the payment component may call, after checking the URL.

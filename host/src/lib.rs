@@ -19,12 +19,18 @@ pub mod capabilities;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod net;
 pub mod oci;
 pub mod plugins;
 pub mod registry;
 pub mod runtime;
+pub mod signature;
 pub mod storage;
 pub mod telemetry;
+pub mod wasm;
+
+#[cfg(test)]
+mod layers;
 
 /// mimalloc rather than the system allocator: a request allocates many small
 /// strings and vectors on whichever worker thread runs it (lifting guest

@@ -228,12 +228,12 @@ async fn client(command: Command) -> anyhow::Result<()> {
 fn read_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path).with_context(|| format!("read key {}", path.display()))?;
-    mercato::registry::signature::signing_key(&text).map_err(anyhow::Error::msg)
+    mercato::signature::signing_key(&text).map_err(anyhow::Error::msg)
 }
 
 fn keygen(file: &std::path::Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let (private, public) = mercato::registry::signature::generate();
+    let (private, public) = mercato::signature::generate();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -297,7 +297,7 @@ async fn deploy(name: String, artifact: String, sign: Option<PathBuf>, api: ApiA
         eprintln!("deploying {name} from {artifact} ({}, {digest}): uploading…", kib(bytes.len()));
         if let Some(path) = sign {
             let key = read_key(&path)?;
-            let doc = mercato::registry::signature::sign(&key, &digest);
+            let doc = mercato::signature::sign(&key, &digest);
             request = request.header("x-mercato-signature", doc.signature);
         }
         request = request.header("content-type", "application/wasm").body(bytes);

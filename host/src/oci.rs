@@ -4,7 +4,7 @@
 //! exports, and one layer `application/wasm` holding the component.
 //! (`oci-client`'s own `WASM_*` constants are an older, different layout.)
 //!
-//! Signatures (see [`crate::registry::signature`]) are artifacts under the
+//! Signatures (see [`crate::signature`]) are artifacts under the
 //! tag `sha256-<component hex>.sig` of the same repository.
 
 use std::collections::BTreeMap;
@@ -16,9 +16,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
-use crate::registry::signature::{self, SIGNATURE_CONFIG_MEDIA_TYPE, SIGNATURE_MEDIA_TYPE, SignatureDoc};
-use crate::runtime::digest_of;
+use crate::auth::Secret;
+use crate::signature::{self, SIGNATURE_CONFIG_MEDIA_TYPE, SIGNATURE_MEDIA_TYPE, SignatureDoc};
+use crate::wasm::digest_of;
 
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
@@ -171,7 +171,7 @@ fn is_loopback(registry: &str) -> bool {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => registry,
     };
-    crate::config::is_loopback_host(host)
+    crate::net::is_loopback_host(host)
 }
 
 /// A registry client with the configured credentials.

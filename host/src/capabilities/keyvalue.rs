@@ -5,29 +5,35 @@
 //! bucket identifier that tries to reach elsewhere (`cart/carts`,
 //! `cart:carts`, `../x`) is refused with `access-denied`.
 
-use wasmtime::component::Resource;
+use std::time::Instant;
+
+use wasmtime::component::{Resource, ResourceTable};
 
 use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
+pub use crate::bindings::keyvalue::{BucketHandle, CasHandle};
 use crate::capabilities::bounded;
-use crate::runtime::Ctx;
-use crate::storage::StorageError;
-use crate::storage::kv::{Scope, Versioned};
+use crate::storage::kv::Scope;
+use crate::storage::{Db, StorageError};
 
 /// Largest key, in bytes.
 pub const MAX_KEY: usize = 512;
 /// Largest value, in bytes.
 pub const MAX_VALUE: usize = 1024 * 1024;
 
-/// An open bucket of the calling component's namespace.
-pub struct BucketHandle {
-    name: String,
+/// The `wasi:keyvalue` state of one store: the component's namespace, the
+/// database, the request's deadline, and its own table of open buckets and
+/// compare-and-swap handles.
+pub struct KeyValueState {
+    namespace: &'static str,
+    db: Db,
+    deadline: Instant,
+    table: ResourceTable,
 }
 
-/// A compare-and-swap in progress: the value and version read at `new`.
-pub struct CasHandle {
-    bucket: String,
-    key: String,
-    current: Option<Versioned>,
+impl KeyValueState {
+    pub fn new(namespace: &'static str, db: Db, deadline: Instant) -> KeyValueState {
+        KeyValueState { namespace, db, deadline, table: ResourceTable::new() }
+    }
 }
 
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
@@ -65,34 +71,34 @@ fn check_value(value: &[u8]) -> Result<(), store::Error> {
     Ok(())
 }
 
-impl Ctx {
+impl KeyValueState {
     fn bucket_name(&self, bucket: &Resource<BucketHandle>) -> wasmtime::Result<String> {
         Ok(self.table.get(bucket)?.name.clone())
     }
 
     fn scope<'a>(&self, bucket: &'a str) -> Scope<'a> {
-        Scope { namespace: self.kind.name(), bucket }
+        Scope { namespace: self.namespace, bucket }
     }
 }
 
-impl store::Host for Ctx {
+impl store::Host for KeyValueState {
     async fn open(&mut self, identifier: String) -> KvResult<Resource<BucketHandle>> {
         if !is_bucket_name(&identifier) {
             let reaches_out = identifier.contains(['/', ':', '.', '\\']);
-            tracing::warn!(component = self.kind.name(), bucket = %identifier, "bucket refused");
+            tracing::warn!(component = self.namespace, bucket = %identifier, "bucket refused");
             return Ok(Err(if reaches_out { store::Error::AccessDenied } else { store::Error::NoSuchStore }));
         }
         Ok(Ok(self.table.push(BucketHandle { name: identifier })?))
     }
 }
 
-impl store::HostBucket for Ctx {
+impl store::HostBucket for KeyValueState {
     async fn get(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<Option<Vec<u8>>> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_get(self.scope(&name), &key))
             .await
             .ok_or_else(late)
@@ -104,7 +110,7 @@ impl store::HostBucket for Ctx {
         if let Err(e) = check_key(&key).and_then(|()| check_value(&value)) {
             return Ok(Err(e));
         }
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_set(self.scope(&name), &key, &value))
             .await
             .ok_or_else(late)
@@ -113,7 +119,7 @@ impl store::HostBucket for Ctx {
 
     async fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_delete(self.scope(&name), &key))
             .await
             .ok_or_else(late)
@@ -122,7 +128,7 @@ impl store::HostBucket for Ctx {
 
     async fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<bool> {
         let name = self.bucket_name(&bucket)?;
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_get(self.scope(&name), &key))
             .await
             .ok_or_else(late)
@@ -135,7 +141,7 @@ impl store::HostBucket for Ctx {
         cursor: Option<String>,
     ) -> KvResult<store::KeyResponse> {
         let name = self.bucket_name(&bucket)?;
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_list(self.scope(&name), cursor.as_deref()))
             .await
             .ok_or_else(late)
@@ -154,13 +160,13 @@ impl store::HostBucket for Ctx {
     }
 }
 
-impl atomics::HostCas for Ctx {
+impl atomics::HostCas for KeyValueState {
     async fn new(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<Resource<CasHandle>> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         match bounded(self.deadline, db.kv_get(self.scope(&name), &key)).await {
             None => Ok(Err(late())),
             Some(Ok(current)) => Ok(Ok(self.table.push(CasHandle { bucket: name, key, current })?)),
@@ -178,13 +184,13 @@ impl atomics::HostCas for Ctx {
     }
 }
 
-impl atomics::Host for Ctx {
+impl atomics::Host for KeyValueState {
     async fn increment(&mut self, bucket: Resource<BucketHandle>, key: String, delta: i64) -> KvResult<i64> {
         let name = self.bucket_name(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_increment(self.scope(&name), &key, delta))
             .await
             .ok_or_else(late)
@@ -200,7 +206,7 @@ impl atomics::Host for Ctx {
         if let Err(e) = check_value(&value) {
             return Ok(Err(atomics::CasError::StoreError(e)));
         }
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         let scope = self.scope(&handle.bucket);
         let expected = handle.current.as_ref().map(|v| v.version);
         let Some(swapped) = bounded(self.deadline, db.kv_swap(scope, &handle.key, expected, &value)).await
@@ -224,14 +230,14 @@ impl atomics::Host for Ctx {
     }
 }
 
-impl batch::Host for Ctx {
+impl batch::Host for KeyValueState {
     async fn get_many(
         &mut self,
         bucket: Resource<BucketHandle>,
         keys: Vec<String>,
     ) -> KvResult<Vec<(String, Option<Vec<u8>>)>> {
         let name = self.bucket_name(&bucket)?;
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         let got = bounded(self.deadline, db.kv_get_many(self.scope(&name), &keys)).await;
         Ok(got
             .ok_or_else(late)
@@ -247,7 +253,7 @@ impl batch::Host for Ctx {
         if let Err(e) = pairs.iter().try_for_each(|(k, v)| check_key(k).and_then(|()| check_value(v))) {
             return Ok(Err(e));
         }
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_set_many(self.scope(&name), &pairs))
             .await
             .ok_or_else(late)
@@ -256,7 +262,7 @@ impl batch::Host for Ctx {
 
     async fn delete_many(&mut self, bucket: Resource<BucketHandle>, keys: Vec<String>) -> KvResult<()> {
         let name = self.bucket_name(&bucket)?;
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         Ok(bounded(self.deadline, db.kv_delete_many(self.scope(&name), &keys))
             .await
             .ok_or_else(late)

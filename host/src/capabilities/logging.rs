@@ -2,11 +2,15 @@
 //! the component's name.
 
 use crate::bindings::host::wasi::logging::logging::{Host, Level};
-use crate::runtime::Ctx;
 
-impl Host for Ctx {
+/// The `wasi:logging` state of one store: whose records they are.
+pub struct Logging {
+    pub component: &'static str,
+}
+
+impl Host for Logging {
     async fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
-        let component = self.kind.name();
+        let component = self.component;
         match level {
             Level::Trace => tracing::trace!(component, %context, "{message}"),
             Level::Debug => tracing::debug!(component, %context, "{message}"),

@@ -2,14 +2,26 @@
 //! merchant's pricing plugin runs on that merchant's lines, and the validated
 //! discounts come back as adjustments (see `crate::plugins`).
 
+use std::time::Instant;
+
 use crate::bindings::host::mercato::commerce::pricing_engine::Host;
 use crate::bindings::types::{Error, LineAdjustment, PricedLine, ProvenanceEntry};
-use crate::runtime::Ctx;
+use crate::capabilities::transactions::SharedStaging;
+use crate::plugins::Plugins;
+
+/// The pricing-engine state of one store: the merchants' plugins only when
+/// its component was granted the engine (the cart), the request's deadline
+/// and staging (where the plugins that ran are recorded).
+pub struct PricingState {
+    pub plugins: Option<Plugins>,
+    pub deadline: Instant,
+    pub staged: SharedStaging,
+}
 
 /// Most plugins one request records (one per merchant in a cart).
 const MAX_PLUGINS: usize = 64;
 
-impl Ctx {
+impl PricingState {
     /// Remember, for the request's provenance, which merchant's plugin (by
     /// digest) made these adjustments: the host made their `source`, so the
     /// record does not depend on what a guest passes along.
@@ -28,13 +40,15 @@ impl Ctx {
     }
 }
 
-impl Host for Ctx {
+impl Host for PricingState {
     async fn adjust(
         &mut self,
         currency: String,
         lines: Vec<PricedLine>,
     ) -> wasmtime::Result<Result<Vec<LineAdjustment>, Error>> {
-        let plugins = self.rt.plugins.clone();
+        let Some(plugins) = self.plugins.clone() else {
+            return Ok(Err(Error::Forbidden("the pricing engine is not granted to this component".into())));
+        };
         let priced =
             crate::capabilities::bounded(self.deadline, plugins.adjust(&currency, &lines, self.deadline));
         Ok(match priced.await {

@@ -5,17 +5,22 @@
 
 use crate::bindings::host::mercato::commerce::provenance::Host;
 use crate::bindings::types::ProvenanceEntry;
-use crate::runtime::Ctx;
+use crate::capabilities::transactions::SharedStaging;
 
-impl Host for Ctx {
+/// The provenance state of one store: the versions of the request's scope
+/// (component name → digest, in table order) only when its component was
+/// granted provenance (the order), and the request's staging.
+pub struct ProvenanceState {
+    pub versions: Option<Vec<ProvenanceEntry>>,
+    pub staged: SharedStaging,
+}
+
+impl Host for ProvenanceState {
     async fn served_by(&mut self) -> wasmtime::Result<Vec<ProvenanceEntry>> {
-        let mut out: Vec<ProvenanceEntry> = self
-            .scope
-            .set
-            .versions()
-            .into_iter()
-            .map(|v| ProvenanceEntry { name: v.kind.name().to_string(), digest: v.digest })
-            .collect();
+        let Some(versions) = &self.versions else {
+            return Err(wasmtime::format_err!("provenance is not granted to this component"));
+        };
+        let mut out = versions.clone();
         let staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
         out.extend(staging.plugins.iter().cloned());
         Ok(out)

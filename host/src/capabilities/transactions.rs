@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::bindings::host::mercato::commerce::transactions::{
     Failed, FailureReason, Host, Operation, Precondition, TxError, Versioned, Write,
 };
 use crate::capabilities::keyvalue::{MAX_KEY, MAX_VALUE, is_bucket_name};
-use crate::runtime::Ctx;
-use crate::storage::tx;
+use crate::capabilities::{TrapPlan, injected};
+use crate::storage::{Db, tx};
 
 /// Most tokens one request may stage (a checkout stages two or three).
 const MAX_STAGED: usize = 64;
@@ -26,36 +27,23 @@ const MAX_STAGED: usize = 64;
 #[derive(Default)]
 pub struct Staging {
     tokens: HashMap<String, Vec<tx::Write>>,
-    calls: HashMap<(&'static str, &'static str), u32>,
+    pub(crate) calls: HashMap<(&'static str, &'static str), u32>,
     /// The pricing plugins that priced lines in this request, as
     /// `pricing-plugin:<merchant>` → digest (see `capabilities::provenance`).
     pub(crate) plugins: Vec<crate::bindings::types::ProvenanceEntry>,
 }
 
-impl Ctx {
-    /// Whether this host call (`<target>.<function>`), just completed, is
-    /// the one a test asked to trap after (`Limits::inject_trap`; once per
-    /// process). Never set outside tests.
-    pub(crate) fn trap_here(&self, target: &'static str, function: &'static str) -> bool {
-        let Some((name, nth)) = &self.rt.limits.inject_trap else { return false };
-        // `<component>:<target>.<function>`: calls this component makes.
-        let Some((component, call)) = name.split_once(':') else { return false };
-        if component != self.kind.name() || call.split_once('.') != Some((target, function)) {
-            return false;
-        }
-        let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-        let n = staging.calls.entry((target, function)).or_default();
-        *n += 1;
-        *n == *nth && !self.rt.trap_fired.swap(true, std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// The trap a test injected.
-pub(crate) fn injected(call: &str) -> wasmtime::Error {
-    wasmtime::format_err!("trap injected by the test after {call}")
-}
-
 pub type SharedStaging = Arc<Mutex<Staging>>;
+
+/// The transactions state of one store: the component's namespace (every
+/// write's), the database, the request's deadline and staging.
+pub struct TxState {
+    pub namespace: &'static str,
+    pub db: Db,
+    pub deadline: Instant,
+    pub staged: SharedStaging,
+    pub traps: Arc<TrapPlan>,
+}
 
 type TxResult<T> = wasmtime::Result<Result<T, TxError>>;
 
@@ -125,13 +113,13 @@ fn failed(f: tx::Failed) -> TxError {
     })
 }
 
-impl Host for Ctx {
+impl Host for TxState {
     async fn read(&mut self, bucket: String, keys: Vec<String>) -> TxResult<Vec<Option<Versioned>>> {
         if let Err(e) = keys.iter().try_for_each(|k| check_bucket_key(&bucket, k)) {
             return Ok(Err(e));
         }
-        let db = self.rt.db.clone();
-        let read = db.tx_read(self.kind.name(), &bucket, &keys);
+        let db = self.db.clone();
+        let read = db.tx_read(self.namespace, &bucket, &keys);
         Ok(match tokio::time::timeout_at(self.deadline.into(), read).await {
             Err(_) => Err(TxError::Timeout),
             Ok(Err(e)) => Err(storage(e)),
@@ -143,7 +131,7 @@ impl Host for Ctx {
     }
 
     async fn commit(&mut self, writes: Vec<Write>, staged: Vec<String>) -> TxResult<Vec<u64>> {
-        let mut all = match convert(self.kind.name(), writes) {
+        let mut all = match convert(self.namespace, writes) {
             Ok(w) => w,
             Err(e) => return Ok(Err(e)),
         };
@@ -160,12 +148,12 @@ impl Host for Ctx {
         // The commit runs on its own task: a deadline that fires while it is
         // in flight leaves it to finish whole (the caller hears `timeout`:
         // outcome unknown), it never cuts it in half.
-        let db = self.rt.db.clone();
+        let db = self.db.clone();
         let started = std::time::Instant::now();
         let work = tokio::spawn(async move { db.tx_commit(&all).await });
         let result = tokio::time::timeout_at(self.deadline.into(), work).await;
-        crate::telemetry::transaction(self.kind.name(), started);
-        if self.trap_here("transactions", "commit") {
+        crate::telemetry::transaction(self.namespace, started);
+        if self.traps.here(self.namespace, &self.staged, "transactions", "commit") {
             return Err(injected("transactions.commit"));
         }
         Ok(match result {
@@ -178,7 +166,7 @@ impl Host for Ctx {
     }
 
     async fn stage(&mut self, writes: Vec<Write>) -> TxResult<String> {
-        let writes = match convert(self.kind.name(), writes) {
+        let writes = match convert(self.namespace, writes) {
             Ok(w) => w,
             Err(e) => return Ok(Err(e)),
         };

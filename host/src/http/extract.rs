@@ -151,7 +151,7 @@ impl FromRequestParts<AppState> for Merchant {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        match crate::auth::merchant(state.runtime.db(), token).await {
+        match crate::auth::merchant(&state.db, token).await {
             Ok(Some(id)) => Ok(Merchant(id)),
             Ok(None) => Err(ApiError::unauthorized("invalid merchant token")),
             Err(e) => Err(ApiError::internal(e)),

@@ -24,6 +24,11 @@ pub use error::{ApiError, ApiResult};
 #[derive(Clone)]
 pub struct AppState {
     pub runtime: Runtime,
+    /// The database (the host's own tables; components reach theirs through
+    /// the runtime's capabilities).
+    pub db: crate::storage::Db,
+    /// Merchants' pricing plugins.
+    pub plugins: crate::plugins::Plugins,
     pub registry: crate::registry::Registry,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
@@ -34,7 +39,8 @@ pub struct AppState {
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Places for API requests in flight (`max_requests_in_flight`).
     pub admission: Arc<tokio::sync::Semaphore>,
-    pub checkout: crate::config::CheckoutConfig,
+    /// How long a checkout may hold stock (`checkout.reservation_ttl_ms`).
+    pub reservation_ttl_ms: u64,
     /// Every request's work, which runs on its own task (see [`detach`]);
     /// graceful shutdown waits for it.
     pub work: tokio_util::task::TaskTracker,

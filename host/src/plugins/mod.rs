@@ -29,11 +29,11 @@ use wasmtime::{Config, Engine};
 use crate::bindings::plugin::PluginPre;
 use crate::bindings::plugin::mercato::pricing::types::{Cart, Line, Money as PluginMoney};
 use crate::bindings::types::{Adjustment, LineAdjustment, Money, PricedLine};
-use crate::runtime::cache::ArtifactCache;
-use crate::runtime::digest_of;
-use crate::runtime::engine::EpochTicker;
 use crate::storage::plugins::{PluginErrorRow, PluginRow};
 use crate::storage::{Db, StorageError};
+use crate::wasm::cache::ArtifactCache;
+use crate::wasm::digest_of;
+use crate::wasm::engine::EpochTicker;
 pub use limits::{LimitsUpdate, PluginLimits};
 pub use sandbox::{PluginCtx, RunError};
 

@@ -12,8 +12,8 @@ use super::limits::PluginLimits;
 use super::wasi::{RunLog, VirtualClock, VirtualDeadline, inert_wasi};
 use crate::bindings::plugin::mercato::pricing::types::{Cart, Discount};
 use crate::bindings::plugin::{Plugin, PluginPre};
-use crate::runtime::ctx::{Confined, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimiter, confine};
-use crate::runtime::fault::{DeadlineExceeded, MemoryCapExceeded};
+use crate::wasm::confine::{Confined, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimiter, confine};
+use crate::wasm::fault::{DeadlineExceeded, MemoryCapExceeded};
 
 /// Resource handles (streams, pollables, …) a run may hold at once, in the
 /// host's table and in the guest's handle tables: host memory outside the

@@ -2,7 +2,7 @@
 //! interfaces does it import and export. They run before the (expensive)
 //! compile, so a refused upload costs a parse, not a code generation.
 
-pub use crate::runtime::shape::{Shape, parse_component};
+pub use crate::wasm::shape::{Shape, parse_component};
 
 /// The interface every plugin exports.
 pub const PRICING_EXPORT: &str = "mercato:pricing/pricing@0.1.0";

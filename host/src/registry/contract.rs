@@ -5,8 +5,8 @@
 //! is wasmtime's linking and type-checking in [`crate::runtime::Runtime::prepare`].
 
 use crate::runtime::ComponentKind;
-use crate::runtime::shape::{Shape, parse_component};
 pub use crate::runtime::table::COMMERCE_VERSION;
+use crate::wasm::shape::{Shape, parse_component};
 
 /// The world a component of `kind` must fit (`wit/worlds.wit`).
 pub fn world(kind: ComponentKind) -> String {

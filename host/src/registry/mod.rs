@@ -11,7 +11,7 @@
 //! which precompiles before it swaps.
 
 pub mod contract;
-pub mod signature;
+pub use crate::signature;
 pub mod sync;
 
 use std::sync::Arc;

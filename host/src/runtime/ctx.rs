@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::fault::{DeadlineExceeded, MemoryCapExceeded};
-use super::{COUNT, ComponentKind, Fault, Inner, Scope};
+use super::{COUNT, ComponentKind, Inner, Scope};
+use crate::wasm::confine::{Confined, MemoryLimiter, confine};
+use crate::wasm::fault::Fault;
 
 /// How long past its deadline a top-level component call may run before the
 /// host cuts it off: a few epoch ticks, so that a guest that is running traps
@@ -84,88 +85,15 @@ impl<B> Instance<B> {
     }
 }
 
-/// Instances of other components that this instance has called during the
-/// current request, by kind, kept so that repeated calls reuse one instance
-/// (each is an `Instance<S::Bindings>` of its row's [`super::Service`]).
+/// Calls into other components: the runtime to instantiate them with, only
+/// when the component was granted one (`Grant::is_peer`), and the instances
+/// this instance has called during the current request, by kind, kept so
+/// that repeated calls reuse one instance (each is an `Instance<S::Bindings>`
+/// of its row's [`super::Service`]).
 #[derive(Default)]
 pub struct Peers {
+    pub(crate) runtime: Option<Arc<Inner>>,
     pub(crate) slots: [Option<Box<dyn std::any::Any + Send>>; COUNT],
-}
-
-/// Bytes one table element takes in wasmtime (a pointer); tables count
-/// against the same budget as linear memories.
-pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
-/// Linear memories, tables and core instances one store may create. Each
-/// memory reserves address space even when empty, so the count is bounded
-/// apart from the byte budget; a component built by the usual tools (Rust,
-/// componentize-js, componentize-py) has a handful of each.
-pub const MAX_MEMORIES: usize = 32;
-pub const MAX_TABLES: usize = 32;
-pub const MAX_INSTANCES: usize = 256;
-
-/// One byte budget over every linear memory and table of a store (SPEC §2:
-/// "one memory cap over all memories and tables"): growth that would take
-/// the sum past the cap is refused with an error that says so. A memory or
-/// table is counted from its creation (wasmtime reports a new one as growth
-/// from zero); growth past a memory's own maximum fails without counting.
-pub struct MemoryLimiter {
-    pub(crate) cap: usize,
-    /// Bytes granted so far over all memories and tables.
-    pub(crate) total: usize,
-    /// The largest total granted so far.
-    pub(crate) peak: usize,
-}
-
-impl MemoryLimiter {
-    pub fn new(cap: usize) -> MemoryLimiter {
-        MemoryLimiter { cap, total: 0, peak: 0 }
-    }
-
-    fn grow(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
-        if max.is_some_and(|m| desired > m) {
-            return Ok(false);
-        }
-        let total = self.total.saturating_sub(current).saturating_add(desired);
-        if total > self.cap {
-            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired: total }));
-        }
-        self.total = total;
-        self.peak = self.peak.max(total);
-        Ok(true)
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.grow(current, desired, max)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let bytes = |elements: usize| elements.saturating_mul(TABLE_ELEMENT_BYTES);
-        self.grow(bytes(current), bytes(desired), max.map(bytes))
-    }
-
-    fn memories(&self) -> usize {
-        MAX_MEMORIES
-    }
-
-    fn tables(&self) -> usize {
-        MAX_TABLES
-    }
-
-    fn instances(&self) -> usize {
-        MAX_INSTANCES
-    }
 }
 
 /// Outbound HTTP policy of one instance: requests may go only to `allowed`
@@ -218,7 +146,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
     }
 }
 
-/// The data of one store: one component instance serving one request.
+/// The data of one store: one component instance serving one request. Each
+/// host interface has its own state here (`crate::capabilities`), holding
+/// only what the component was granted: the pricing engine's plugins only
+/// for the cart, provenance only for the order, the runtime (to call other
+/// components) only for those granted a peer.
 pub struct Ctx {
     pub(crate) kind: ComponentKind,
     pub(crate) wasi: WasiCtx,
@@ -226,10 +158,14 @@ pub struct Ctx {
     pub(crate) limiter: MemoryLimiter,
     /// When the whole request must be done (the scope's deadline).
     pub(crate) deadline: Instant,
-    pub(crate) rt: Arc<Inner>,
     /// The request's versions and deadline; peers come from the same scope.
     pub(crate) scope: Scope,
     pub(crate) peers: Peers,
+    pub(crate) kv: crate::capabilities::keyvalue::KeyValueState,
+    pub(crate) log: crate::capabilities::logging::Logging,
+    pub(crate) tx: crate::capabilities::transactions::TxState,
+    pub(crate) pricing: crate::capabilities::pricing::PricingState,
+    pub(crate) provenance: crate::capabilities::provenance::ProvenanceState,
     /// Writes staged in this request for a caller's transaction; shared by
     /// every instance serving the request.
     pub(crate) staged: crate::capabilities::transactions::SharedStaging,
@@ -266,16 +202,44 @@ impl Inner {
         scope: Scope,
         staged: crate::capabilities::transactions::SharedStaging,
     ) -> Store<Ctx> {
+        use crate::capabilities::{keyvalue, logging, pricing, provenance, transactions};
+        use crate::runtime::table::Grant;
         let deadline = scope.deadline;
+        let name = kind.name();
+        let granted = |g: Grant| kind.row().grants.contains(&g);
+        let versions = granted(Grant::Provenance).then(|| {
+            let entry = |v: super::RunningVersion| crate::bindings::types::ProvenanceEntry {
+                name: v.kind.name().to_string(),
+                digest: v.digest,
+            };
+            scope.set.versions().into_iter().map(entry).collect()
+        });
         let ctx = Ctx {
             kind,
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             deadline,
-            rt: self.clone(),
+            peers: Peers {
+                runtime: kind.row().grants.iter().any(|g| g.is_peer()).then(|| self.clone()),
+                slots: Default::default(),
+            },
             scope,
-            peers: Peers::default(),
+            kv: keyvalue::KeyValueState::new(name, self.db.clone(), deadline),
+            log: logging::Logging { component: name },
+            tx: transactions::TxState {
+                namespace: name,
+                db: self.db.clone(),
+                deadline,
+                staged: staged.clone(),
+                traps: self.traps.clone(),
+            },
+            pricing: pricing::PricingState {
+                plugins: granted(Grant::PricingEngine).then(|| self.plugins.clone()),
+                deadline,
+                staged: staged.clone(),
+            },
+            provenance: provenance::ProvenanceState { versions, staged: staged.clone() },
             staged,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             outbound: OutboundPolicy { allowed: self.grants.outbound(kind), deadline },
@@ -287,12 +251,6 @@ impl Inner {
     }
 }
 
-/// Store data of a sandboxed guest: a memory cap and a wall-clock deadline.
-pub trait Confined: Send + 'static {
-    fn limiter(&mut self) -> &mut MemoryLimiter;
-    fn deadline(&self) -> Instant;
-}
-
 impl Confined for Ctx {
     fn limiter(&mut self) -> &mut MemoryLimiter {
         &mut self.limiter
@@ -300,21 +258,6 @@ impl Confined for Ctx {
     fn deadline(&self) -> Instant {
         self.deadline
     }
-}
-
-/// Apply the memory cap, and on every epoch tick either stop the guest (past
-/// its deadline) or yield to the executor, so a busy guest never starves
-/// other requests. Service components and pricing plugins share this.
-pub fn confine<T: Confined>(store: &mut Store<T>) {
-    store.limiter(|c| c.limiter());
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline() {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
 }
 
 #[cfg(test)]

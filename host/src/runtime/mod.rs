@@ -16,25 +16,22 @@
 //! interruption enforces the request deadline and makes busy guests yield.
 
 pub mod bundled;
-pub mod cache;
 pub mod ctx;
-pub mod engine;
-pub mod fault;
-pub mod shape;
+mod peers;
 pub mod table;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::bindings::host;
 use crate::storage::Db;
-pub use cache::{ArtifactCache, Origin};
+pub use crate::wasm::cache::{ArtifactCache, Origin};
+pub use crate::wasm::fault::Fault;
+pub use crate::wasm::{digest_of, engine, shape};
 pub use ctx::{Ctx, Instance};
-pub use fault::Fault;
 pub use table::{COUNT, ComponentKind, Service, TypedPre};
 
 /// Sandbox limits for service components.
@@ -46,10 +43,6 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Instances that may exist at once (the pool's size).
     pub max_instances: u32,
-    /// Budgets of merchants' pricing plugins unless the operator set others.
-    pub plugins: crate::plugins::PluginLimits,
-    /// Plugin runs that may execute at once.
-    pub plugin_runs: usize,
     /// Tests only: trap after the Nth host call of this name in a request
     /// (see `Config::inject_trap`).
     pub inject_trap: Option<(String, u32)>,
@@ -225,10 +218,6 @@ tokio::task_local! {
     static SCOPE: Scope;
 }
 
-pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
 pub struct Inner {
     pub(crate) engine: Engine,
     pub(crate) db: Db,
@@ -237,9 +226,8 @@ pub struct Inner {
     pub(crate) plugins: crate::plugins::Plugins,
     cache: ArtifactCache,
     active: RwLock<Arc<ActiveSet>>,
-    /// Whether the test-injected trap (`Limits::inject_trap`) has fired: it
-    /// fires once per process, so recovery then runs undisturbed.
-    pub(crate) trap_fired: std::sync::atomic::AtomicBool,
+    /// The test-injected trap (`Limits::inject_trap`), if any.
+    pub(crate) traps: Arc<crate::capabilities::TrapPlan>,
     _ticker: engine::EpochTicker,
 }
 
@@ -261,13 +249,15 @@ fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
 fn base_linker(engine: &Engine) -> anyhow::Result<Linker<Ctx>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::bindings::keyvalue::wasi::keyvalue::store::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-    crate::bindings::keyvalue::wasi::keyvalue::atomics::add_to_linker::<Ctx, HasSelf<Ctx>>(
+    use crate::bindings::keyvalue::wasi::keyvalue::{atomics, batch, store};
+    use crate::capabilities::keyvalue::KeyValueState;
+    store::add_to_linker::<Ctx, HasSelf<KeyValueState>>(&mut linker, |c| &mut c.kv)?;
+    atomics::add_to_linker::<Ctx, HasSelf<KeyValueState>>(&mut linker, |c| &mut c.kv)?;
+    batch::add_to_linker::<Ctx, HasSelf<KeyValueState>>(&mut linker, |c| &mut c.kv)?;
+    host::wasi::logging::logging::add_to_linker::<Ctx, HasSelf<crate::capabilities::logging::Logging>>(
         &mut linker,
-        |c| c,
+        |c| &mut c.log,
     )?;
-    crate::bindings::keyvalue::wasi::keyvalue::batch::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-    host::wasi::logging::logging::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
 }
 
@@ -307,12 +297,13 @@ impl Runtime {
     /// Compile (or load from the cache) and pre-instantiate every component.
     pub fn new(
         db: Db,
+        plugins: crate::plugins::Plugins,
         limits: Limits,
         grants: Grants,
         cache_dir: &std::path::Path,
         sources: &[ComponentSource],
     ) -> anyhow::Result<Runtime> {
-        let engine = engine::build(&limits)?;
+        let engine = engine::build(limits.max_instances, limits.memory_bytes)?;
         let cache = ArtifactCache::new(cache_dir, &engine);
         let mut slots: [Option<Arc<Active>>; COUNT] = Default::default();
         for source in sources {
@@ -323,8 +314,7 @@ impl Runtime {
         let set = ActiveSet::new(slots)
             .map_err(|kind| anyhow::anyhow!("no source for component {}", kind.name()))?;
         let ticker = engine::EpochTicker::start(engine.clone());
-        let plugins =
-            crate::plugins::Plugins::new(db.clone(), limits.plugins, limits.plugin_runs, cache_dir)?;
+        let traps = Arc::new(crate::capabilities::TrapPlan::new(limits.inject_trap.clone()));
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -334,7 +324,7 @@ impl Runtime {
                 plugins,
                 cache,
                 active: RwLock::new(Arc::new(set)),
-                trap_fired: std::sync::atomic::AtomicBool::new(false),
+                traps,
                 _ticker: ticker,
             }),
         })

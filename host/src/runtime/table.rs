@@ -5,7 +5,8 @@
 //! how its generated bindings are typed, and the bytes the binary bundles.
 //! The rest of the host iterates over the table or indexes it by
 //! [`ComponentKind`]; adding a component means its WIT world, one
-//! `component_world!` entry in `crate::bindings` and one row here.
+//! `component_world!` entry in `crate::bindings`, and here one row and one
+//! `service!` line.
 
 use std::any::Any;
 use std::future::Future;
@@ -16,6 +17,9 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use super::Ctx;
 use crate::bindings::{self, host::mercato::commerce as iface};
+use crate::capabilities::pricing::PricingState;
+use crate::capabilities::provenance::ProvenanceState;
+use crate::capabilities::transactions::TxState;
 
 /// The service components the host runs; each is a row of [`TABLE`] (the
 /// discriminant is its index).
@@ -143,22 +147,43 @@ impl Grant {
         }
     }
 
+    /// Whether this grant is a call into another component.
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            Grant::SkuLookup
+                | Grant::StockLevels
+                | Grant::StockRegistry
+                | Grant::Reservations
+                | Grant::CartContents
+                | Grant::Payment
+        )
+    }
+
     /// Add the host's implementation of this grant to `linker`.
     pub fn link(self, linker: &mut Linker<Ctx>) -> anyhow::Result<()> {
         match self {
-            Grant::Transactions => iface::transactions::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::Transactions => {
+                iface::transactions::add_to_linker::<Ctx, HasSelf<TxState>>(linker, |c| &mut c.tx)
+            }
             Grant::SkuLookup => iface::sku_lookup::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::StockLevels => iface::stock_levels::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::StockRegistry => iface::stock_registry::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::Reservations => iface::reservations::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::CartContents => iface::cart_contents::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
             Grant::Payment => iface::payment::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
-            Grant::PricingEngine => iface::pricing_engine::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::PricingEngine => {
+                iface::pricing_engine::add_to_linker::<Ctx, HasSelf<PricingState>>(linker, |c| &mut c.pricing)
+            }
             Grant::OutboundHttp => wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker),
             Grant::Config => wasmtime_wasi_config::add_to_linker(linker, |c: &mut Ctx| {
                 wasmtime_wasi_config::WasiConfig::from(&*c.config)
             }),
-            Grant::Provenance => iface::provenance::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |c| c),
+            Grant::Provenance => {
+                iface::provenance::add_to_linker::<Ctx, HasSelf<ProvenanceState>>(linker, |c| {
+                    &mut c.provenance
+                })
+            }
         }?;
         Ok(())
     }
@@ -266,6 +291,35 @@ pub trait Service: Send + Sync + 'static {
         store: &'a mut Store<Ctx>,
     ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + Send + 'a;
 }
+
+/// `Service` for a world's marker in `crate::bindings`: its row, and its
+/// generated bindings and `…Pre`.
+macro_rules! service {
+    ($module:ident, $kind:ident, $bindings:ident, $pre:ident) => {
+        impl Service for bindings::$module::Service {
+            const KIND: ComponentKind = ComponentKind::$kind;
+            type Bindings = bindings::$module::$bindings;
+            type Pre = bindings::$module::$pre<Ctx>;
+
+            fn pre(pre: InstancePre<Ctx>) -> wasmtime::Result<Self::Pre> {
+                bindings::$module::$pre::new(pre)
+            }
+
+            fn instantiate<'a>(
+                pre: &'a Self::Pre,
+                store: &'a mut Store<Ctx>,
+            ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + Send + 'a {
+                pre.instantiate_async(store)
+            }
+        }
+    };
+}
+
+service!(catalog, Catalog, CatalogComponent, CatalogComponentPre);
+service!(cart, Cart, CartComponent, CartComponentPre);
+service!(inventory, Inventory, InventoryComponent, InventoryComponentPre);
+service!(payment, Payment, PaymentComponent, PaymentComponentPre);
+service!(order, Order, OrderComponent, OrderComponentPre);
 
 /// A component's pre-instantiated bindings with its type erased, so that one
 /// set holds all five; [`super::ActiveSet::pre`] gives the typed form back.

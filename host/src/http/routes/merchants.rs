@@ -123,7 +123,7 @@ async fn create_merchant(
         ));
     }
     let (token, row) = crate::auth::new_merchant(name);
-    state.runtime.db().insert_merchant(&row, crate::now_ms()).await.map_err(ApiError::internal)?;
+    state.db.insert_merchant(&row, crate::now_ms()).await.map_err(ApiError::internal)?;
     tracing::info!(merchant = %row.id, "merchant created");
     Ok((StatusCode::CREATED, Json(json!({ "id": row.id, "name": row.name, "token": token }))))
 }

@@ -44,12 +44,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .into_iter()
         .map(|v| json!({ "name": v.kind.name(), "version": v.version, "digest": v.digest }))
         .collect();
-    match state.runtime.db().ping().await {
+    match state.db.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(
-                json!({ "status": "ready", "database": state.runtime.db().backend(), "components": components }),
-            ),
+            Json(json!({ "status": "ready", "database": state.db.backend(), "components": components })),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");

@@ -122,7 +122,7 @@ async fn checkout(
         email: body.email,
         payment_token: body.payment.token,
         idempotency_key: key.to_string(),
-        reservation_ttl_ms: state.checkout.reservation_ttl_ms,
+        reservation_ttl_ms: state.reservation_ttl_ms,
         // The request's deadline plus a margin: until then recovery leaves it alone.
         lease_ms: state.runtime.deadline_ms().saturating_add(LEASE_MARGIN_MS),
     };

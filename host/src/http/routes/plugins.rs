@@ -48,7 +48,7 @@ async fn upload(
             "send the plugin as Content-Type: application/wasm",
         ));
     }
-    let plugins = state.runtime.plugins();
+    let plugins = &state.plugins;
     let busy = |message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
     // A place in the compile queue before the body is read: uploads held in
     // memory at once are bounded.
@@ -146,8 +146,7 @@ async fn drain(mut body: Body) {
 )]
 async fn show(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<Json<PluginInfo>> {
     state
-        .runtime
-        .plugins()
+        .plugins
         .info(&merchant)
         .await
         .map_err(ApiError::internal)?
@@ -165,7 +164,7 @@ async fn show(State(state): State<AppState>, Merchant(merchant): Merchant) -> Ap
     responses((status = 204, description = "Removed"), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No plugin (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn remove(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<StatusCode> {
-    if state.runtime.plugins().delete(&merchant).await.map_err(ApiError::internal)? {
+    if state.plugins.delete(&merchant).await.map_err(ApiError::internal)? {
         tracing::info!(%merchant, "pricing plugin removed");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -177,7 +176,7 @@ async fn known_merchant(state: &AppState, id: &str) -> ApiResult<()> {
     if !crate::auth::is_merchant_id(id) {
         return Err(ApiError::not_found(format!("merchant {id:?} not found")));
     }
-    match state.runtime.db().merchant(id).await.map_err(ApiError::internal)? {
+    match state.db.merchant(id).await.map_err(ApiError::internal)? {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found(format!("merchant {id:?} not found"))),
     }
@@ -199,7 +198,7 @@ async fn get_limits(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     known_merchant(&state, &id).await?;
-    let limits = state.runtime.plugins().limits(&id).await.map_err(ApiError::internal)?;
+    let limits = state.plugins.limits(&id).await.map_err(ApiError::internal)?;
     Ok(Json(json!({ "merchant_id": id, "limits": limits })))
 }
 
@@ -221,7 +220,7 @@ async fn set_limits(
     extract::Json(update): extract::Json<LimitsUpdate>,
 ) -> ApiResult<Json<Value>> {
     known_merchant(&state, &id).await?;
-    match state.runtime.plugins().set_limits(&id, &update).await.map_err(ApiError::internal)? {
+    match state.plugins.set_limits(&id, &update).await.map_err(ApiError::internal)? {
         Ok(limits) => {
             tracing::info!(merchant = %id, ?limits, "plugin limits changed");
             Ok(Json(json!({ "merchant_id": id, "limits": limits })))

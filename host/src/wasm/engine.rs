@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::Limits;
-
 /// How often the epoch advances: the granularity of deadlines, and how often a
 /// running guest yields to the executor.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -20,18 +18,19 @@ pub const KEEP_RESIDENT: usize = 256 * 1024;
 const DECOMMIT_BATCH: usize = 16;
 
 /// Build the engine: component model, async, epoch interruption, and a
-/// pooling allocator sized from `limits`.
-pub fn build(limits: &Limits) -> anyhow::Result<Engine> {
+/// pooling allocator for `max_instances` instances of at most `memory_bytes`
+/// of linear memory each.
+pub fn build(max_instances: u32, memory_bytes: usize) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(limits.max_instances)
-        .total_core_instances(limits.max_instances * 4)
-        .total_memories(limits.max_instances)
-        .total_tables(limits.max_instances * 2)
-        .total_stacks(limits.max_instances)
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances * 4)
+        .total_memories(max_instances)
+        .total_tables(max_instances * 2)
+        .total_stacks(max_instances)
         .max_core_instances_per_component(16)
         .max_memories_per_component(4)
         .max_tables_per_component(8)
-        .max_memory_size(limits.memory_bytes)
+        .max_memory_size(memory_bytes)
         .max_unused_warm_slots(64)
         // Reset the first pages of a reused memory with memset instead of
         // returning them to the kernel: a fresh instance then writes to

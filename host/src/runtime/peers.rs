@@ -7,6 +7,7 @@
 //! that instance. A fault in the callee (trap, deadline) is returned as a trap
 //! to the caller: it is not an answer.
 
+use super::{Ctx, Fault, Instance, Service};
 use crate::bindings::host::mercato::commerce::{
     cart_contents, payment, reservations, sku_lookup, stock_levels, stock_registry,
 };
@@ -16,7 +17,6 @@ use crate::bindings::types::{
 use crate::bindings::{
     cart as cart_world, catalog as catalog_world, inventory as inventory_world, payment as payment_world,
 };
-use crate::runtime::{Ctx, Fault, Instance, Service};
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
@@ -33,7 +33,14 @@ impl Ctx {
         {
             return Ok(*peer);
         }
-        self.rt.clone().instantiate::<S>(&self.scope, self.staged.clone()).await.map_err(trap)
+        let Some(runtime) = self.peers.runtime.clone() else {
+            let component = self.kind.name();
+            return Err(trap(Fault::Trap {
+                component,
+                detail: "calls into other components are not granted".into(),
+            }));
+        };
+        runtime.instantiate::<S>(&self.scope, self.staged.clone()).await.map_err(trap)
     }
 
     /// The caller's answer from a call on a lent instance, whose outcome is
@@ -49,8 +56,8 @@ impl Ctx {
         outcome: Option<Result<Result<T, Error>, Fault>>,
     ) -> Answer<T> {
         let component = S::KIND.name();
-        if self.trap_here(component, function) {
-            return Err(crate::capabilities::transactions::injected(&format!("{component}.{function}")));
+        if self.tx.traps.here(self.kind.name(), &self.staged, component, function) {
+            return Err(crate::capabilities::injected(&format!("{component}.{function}")));
         }
         match outcome {
             Some(Ok(answer)) => {
