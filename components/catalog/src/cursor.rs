@@ -13,6 +13,11 @@ pub fn is_product_id(id: &str) -> bool {
     id.len() == 13 && id.starts_with('p') && id[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The sequence number of a product id (`is_product_id` holds).
+pub fn seq(id: &str) -> i64 {
+    id[1..].parse().unwrap_or(i64::MAX)
+}
+
 pub fn encode(last_id: &str) -> String {
     format!("{PREFIX}{last_id}")
 }
@@ -51,5 +56,6 @@ mod tests {
         sorted.sort();
         assert_eq!(ids, sorted);
         assert!(ids.iter().all(|id| is_product_id(id)));
+        assert_eq!(ids.iter().map(|id| seq(id)).collect::<Vec<_>>(), [9, 10, 100, 1_000_000]);
     }
 }

@@ -3,7 +3,9 @@
 //! Storage (its own namespace, granted by the host):
 //! - bucket `products`: product id → [`ProductRecord`] (JSON). Ids are
 //!   `p` + a zero-padded sequence number, so key order is creation order and
-//!   list pages are stable.
+//!   list pages are stable; a page reads the ids after its cursor directly
+//!   (up to the sequence's current value), without listing keys. A number
+//!   whose product was never written (its creation failed) is a gap.
 //! - bucket `skus`: sku → product id; claiming a sku is an insert-if-absent, so
 //!   two merchants can never own one sku.
 //! - bucket `meta`: `product-seq`, the id counter (atomic increment).
@@ -96,8 +98,8 @@ const MARK: &str = " [v2]";
 /// Attach availability from inventory to stored records.
 fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
     let skus: Vec<String> = records.iter().flat_map(|r| r.variants.iter().map(|v| v.sku.clone())).collect();
-    let levels = if skus.is_empty() { Vec::new() } else { stock_levels::levels(&skus)? };
-    let mut available = levels.into_iter().map(|l| l.available);
+    let available = if skus.is_empty() { Vec::new() } else { stock_levels::available(&skus)? };
+    let mut available = available.into_iter();
     Ok(records
         .into_iter()
         .map(|r| Product {
@@ -165,41 +167,33 @@ impl catalog::Guest for Catalog {
         if limit == 0 || limit > MAX_PAGE {
             return Err(Error::InvalidInput(format!("limit: must be from 1 to {MAX_PAGE}")));
         }
-        let after = match cursor.as_deref() {
-            None => None,
-            Some(c) => Some(cursor::decode(c)?),
+        let mut next = match cursor.as_deref() {
+            None => 1,
+            Some(c) => cursor::seq(&cursor::decode(c)?).saturating_add(1),
         };
+        let last: i64 = kv::get(&kv::open("meta")?, "product-seq")?.unwrap_or(0);
         let products = kv::open("products")?;
         let mut page: Vec<ProductRecord> = Vec::new();
         let mut more = false;
-        let mut kv_cursor = after;
-        'scan: loop {
-            let (keys, next) = kv::list_keys(&products, kv_cursor.as_deref())?;
-            // Read only the records the page can still take, plus one to know
-            // whether there are more (a listing names up to 500 keys; reading
-            // and decoding them all cost a page of 20 most of its time). With
-            // a merchant filter most records are skipped: read in chunks.
-            let mut keys = &keys[..];
-            while !keys.is_empty() {
-                let room = limit as usize + 1 - page.len();
-                let take = if merchant.is_some() { room.max(FILTER_CHUNK) } else { room };
-                let (chunk, rest) = keys.split_at(take.min(keys.len()));
-                keys = rest;
-                let records: Vec<Option<ProductRecord>> = kv::get_many(&products, chunk)?;
-                for record in records.into_iter().flatten() {
-                    if merchant.as_ref().is_some_and(|m| *m != record.merchant_id) {
-                        continue;
-                    }
-                    if page.len() == limit as usize {
-                        more = true;
-                        break 'scan;
-                    }
-                    page.push(record);
+        // Read the ids after the cursor, only as many as the page can still
+        // take plus one (to know whether there are more); with a merchant
+        // filter most records are skipped: read in chunks.
+        'scan: while next <= last {
+            let room = limit as usize + 1 - page.len();
+            let take = if merchant.is_some() { room.max(FILTER_CHUNK) } else { room };
+            let end = next.saturating_add(take as i64 - 1).min(last);
+            let ids: Vec<String> = (next..=end).map(product_key).collect();
+            next = end + 1;
+            let records: Vec<Option<ProductRecord>> = kv::get_many(&products, &ids)?;
+            for record in records.into_iter().flatten() {
+                if merchant.as_ref().is_some_and(|m| *m != record.merchant_id) {
+                    continue;
                 }
-            }
-            match next {
-                Some(n) => kv_cursor = Some(n),
-                None => break,
+                if page.len() == limit as usize {
+                    more = true;
+                    break 'scan;
+                }
+                page.push(record);
             }
         }
         let next_cursor = if more { page.last().map(|r| cursor::encode(&r.id)) } else { None };

@@ -89,6 +89,13 @@ fn levels_of(skus: &[String]) -> Result<Vec<StockLevel>, Error> {
     Ok(skus.iter().zip(counters.chunks(2)).map(|(s, c)| level(s, c[0], c[1])).collect())
 }
 
+/// Available units of `skus`, in one read of their `available` counters.
+fn available_of(skus: &[String]) -> Result<Vec<u32>, Error> {
+    let keys: Vec<String> = skus.iter().map(|s| available_key(s)).collect();
+    let counters = tx::counters(LEVELS, &keys)?;
+    Ok(counters.into_iter().map(|a| u32::try_from(a.max(0)).unwrap_or(u32::MAX)).collect())
+}
+
 /// The sku's record, checking that `merchant` owns it.
 fn owned(merchant: &str, sku: &str) -> Result<(), Error> {
     let (record, _): (SkuRecord, u64) =
@@ -126,6 +133,10 @@ struct Inventory;
 impl stock_levels::Guest for Inventory {
     fn levels(skus: Vec<String>) -> Result<Vec<StockLevel>, Error> {
         levels_of(&skus)
+    }
+
+    fn available(skus: Vec<String>) -> Result<Vec<u32>, Error> {
+        available_of(&skus)
     }
 }
 

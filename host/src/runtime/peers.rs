@@ -90,6 +90,14 @@ impl stock_levels::Host for Ctx {
             peer.call_until("levels", |c, s| c.mercato_commerce_stock_levels().call_levels(s, &skus)).await;
         self.settle::<inventory_world::Service, _>(peer, "levels", outcome)
     }
+
+    async fn available(&mut self, skus: Vec<String>) -> Answer<Vec<u32>> {
+        let mut peer = self.lend::<inventory_world::Service>().await?;
+        let outcome = peer
+            .call_until("available", |c, s| c.mercato_commerce_stock_levels().call_available(s, &skus))
+            .await;
+        self.settle::<inventory_world::Service, _>(peer, "available", outcome)
+    }
 }
 
 impl stock_registry::Host for Ctx {

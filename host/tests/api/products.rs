@@ -14,6 +14,19 @@ async fn pages_through_every_product(backend: Backend) {
     for i in 0..13 {
         app.product(&token_a, product_body(&format!("A{i}"), &[&format!("A-{i}")], 100 + i, "EUR")).await;
         app.product(&token_b, product_body(&format!("B{i}"), &[&format!("B-{i}")], 100 + i, "EUR")).await;
+        if i == 6 {
+            // Creations that fail on a taken sku use up product numbers:
+            // more gaps in a row than a page holds.
+            for _ in 0..12 {
+                let refused = send(
+                    app.request(reqwest::Method::POST, "/v1/merchant/products")
+                        .bearer_auth(&token_b)
+                        .json(&product_body("Dup", &["A-0"], 1, "EUR")),
+                )
+                .await;
+                assert_error(&refused, 409, "conflict");
+            }
+        }
     }
     let mut seen: Vec<String> = Vec::new();
     let mut path = "/v1/products?limit=10".to_string();
