@@ -130,7 +130,7 @@ impl App {
             }
         }
         let registry = Registry::new(runtime.clone(), crate::oci::Oci::new(config.registry.clone()), policy);
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             registry,
             runtime,
             db,
@@ -142,7 +142,7 @@ impl App {
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight.max(1))),
             reservation_ttl_ms: config.checkout.reservation_ttl_ms,
             work,
-        };
+        });
         Ok(App { state, config, notices })
     }
 

@@ -105,11 +105,11 @@ fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
         .map(|r| Product {
             variants: r
                 .variants
-                .iter()
+                .into_iter()
                 .map(|v| ProductVariant {
-                    sku: v.sku.clone(),
-                    title: v.title.clone(),
-                    price: Money::from(&v.price),
+                    sku: v.sku,
+                    title: v.title,
+                    price: Money { amount: v.price.amount, currency: v.price.currency },
                     available: available.next().unwrap_or(0),
                 })
                 .collect(),

@@ -20,9 +20,27 @@ use axum::response::{IntoResponse, Response};
 use crate::runtime::Runtime;
 pub use error::{ApiError, ApiResult};
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, so the clone each middleware
+/// layer makes per request is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub runtime: Runtime,
     /// The database (the host's own tables; components reach theirs through
     /// the runtime's capabilities).
