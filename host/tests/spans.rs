@@ -113,7 +113,7 @@ async fn each_component_call_is_a_span_when_spans_are_on() {
     );
     // The catalog's call into inventory, through the host, has its own span.
     assert!(
-        has(&closed, &[&[("component", "inventory"), ("function", "levels")][..], &ok].concat()),
+        has(&closed, &[&[("component", "inventory"), ("function", "available")][..], &ok].concat()),
         "{closed:?}"
     );
     assert!(

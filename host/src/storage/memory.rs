@@ -14,7 +14,7 @@ use super::accounts::{Accounts, MerchantRow};
 use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
 use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
 use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS};
-use super::tx::{self, Failed, MAX_WRITES, Op, Outcome, Precondition, Transactions, Write, counter_value};
+use super::tx::{self, Failed, Op, Outcome, Precondition, Transactions, Write, counter_value};
 use super::{Backend, Result, StorageError};
 
 /// `(namespace, bucket, key)`: byte order, as SQLite's keys.
@@ -163,12 +163,7 @@ fn holds(precondition: &Precondition, row: Option<&Versioned>) -> bool {
 #[async_trait]
 impl Transactions for Memory {
     async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome> {
-        if writes.len() > MAX_WRITES {
-            return Err(StorageError::Invalid(format!(
-                "a transaction may hold at most {MAX_WRITES} writes (got {})",
-                writes.len()
-            )));
-        }
+        tx::check_commit(writes)?;
         let mut state = self.state();
         // Decide every write on a view of the rows (later writes see earlier
         // ones), then apply the view; a failure leaves the map untouched.
@@ -225,13 +220,7 @@ impl Transactions for Memory {
         bucket: &str,
         keys: &[String],
     ) -> Result<Vec<Option<Versioned>>> {
-        if keys.len() > kv::MAX_BATCH {
-            return Err(StorageError::Invalid(format!(
-                "a read may name at most {} keys (got {})",
-                kv::MAX_BATCH,
-                keys.len()
-            )));
-        }
+        tx::check_read(keys)?;
         let state = self.state();
         let s = Scope { namespace, bucket };
         Ok(keys.iter().map(|k| state.kv.get(&key(s, k)).cloned()).collect())

@@ -11,8 +11,8 @@
 
 use async_trait::async_trait;
 
-use super::Result;
-use super::kv::Versioned;
+use super::kv::{MAX_BATCH, Versioned};
+use super::{Result, StorageError};
 
 /// Most writes one transaction may hold.
 pub const MAX_WRITES: usize = 1_000;
@@ -104,6 +104,30 @@ pub(crate) fn key_order(writes: &[Write]) -> Vec<usize> {
         (x.namespace, &x.bucket, &x.key).cmp(&(y.namespace, &y.bucket, &y.key))
     });
     order
+}
+
+/// What every backend refuses before it starts: more than [`MAX_WRITES`]
+/// writes in one transaction.
+pub(crate) fn check_commit(writes: &[Write]) -> Result<()> {
+    if writes.len() > MAX_WRITES {
+        return Err(StorageError::Invalid(format!(
+            "a transaction may hold at most {MAX_WRITES} writes (got {})",
+            writes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What every backend refuses before it starts: a read of more than
+/// [`MAX_BATCH`] keys.
+pub(crate) fn check_read(keys: &[String]) -> Result<()> {
+    if keys.len() > MAX_BATCH {
+        return Err(StorageError::Invalid(format!(
+            "a read may name at most {MAX_BATCH} keys (got {})",
+            keys.len()
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]

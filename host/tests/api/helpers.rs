@@ -322,25 +322,28 @@ pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert!(got.1["error"]["message"].is_string(), "message of {}", got.1);
 }
 
+/// Define one `$name::<test>` test per `<test>: <Backend variant>` pair,
+/// each running `$body(backend)`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($name:ident, $body:ident, $($test:ident: $backend:ident),+) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$body($crate::helpers::Backend::$backend).await
+                }
+            )+
+        }
+    };
+}
+
 /// Define `$name::sqlite`, `$name::postgres` and `$name::memory` tests
 /// running `$body(backend)`: for what holds on every backend.
 #[macro_export]
 macro_rules! each_backend {
     ($name:ident, $body:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$body($crate::helpers::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$body($crate::helpers::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$body($crate::helpers::Backend::Memory).await
-            }
-        }
+        $crate::backend_tests!($name, $body, sqlite: Sqlite, postgres: Postgres, memory: Memory);
     };
 }
 
@@ -349,15 +352,6 @@ macro_rules! each_backend {
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$body($crate::helpers::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$body($crate::helpers::Backend::Postgres).await
-            }
-        }
+        $crate::backend_tests!($name, $body, sqlite: Sqlite, postgres: Postgres);
     };
 }

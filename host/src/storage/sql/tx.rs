@@ -22,8 +22,7 @@ use async_trait::async_trait;
 use super::Sql;
 use crate::storage::kv::Versioned;
 use crate::storage::tx::{
-    Failed, MAX_WRITES, Op, Outcome, Precondition, Reason, Transactions, Write, key_order, new_version,
-    reason,
+    Failed, Op, Outcome, Precondition, Reason, Transactions, Write, key_order, new_version, reason,
 };
 use crate::storage::{Result, StorageError};
 
@@ -282,12 +281,7 @@ impl Sql {
 impl Transactions for Sql {
     /// Commit `writes` all or none. `Ok(Err(failed))`: nothing was written.
     async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome> {
-        if writes.len() > MAX_WRITES {
-            return Err(StorageError::Invalid(format!(
-                "a transaction may hold at most {MAX_WRITES} writes (got {})",
-                writes.len()
-            )));
-        }
+        crate::storage::tx::check_commit(writes)?;
         if writes.is_empty() {
             return Ok(Ok(Vec::new()));
         }
@@ -311,13 +305,7 @@ impl Transactions for Sql {
         bucket: &str,
         keys: &[String],
     ) -> Result<Vec<Option<Versioned>>> {
-        if keys.len() > crate::storage::kv::MAX_BATCH {
-            return Err(StorageError::Invalid(format!(
-                "a read may name at most {} keys (got {})",
-                crate::storage::kv::MAX_BATCH,
-                keys.len()
-            )));
-        }
+        crate::storage::tx::check_read(keys)?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
