@@ -64,6 +64,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    // The workspace manifest holds the `component` profile the guests build with.
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -6,7 +6,10 @@
 //! the host's `GET /v1/products/{id}` and `GET /v1/products?limit=20`. The
 //! same load generator drives all three: `wrk -t2 -c16 --latency` (Debian's
 //! `wrk`). Prints requests/s and p99 of each and the ratios to the baseline.
-//! `READ_PATH_SECONDS` sets each run's length (default 10).
+//! `READ_PATH_SECONDS` sets each run's length (default 10). The three run
+//! in rounds (`READ_PATH_ROUNDS`, default 3: baseline, one product, list,
+//! again), so a machine that speeds up or slows down meanwhile moves all
+//! three; the ratios are of the medians.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -44,6 +47,18 @@ fn wrk(label: &str, url: &str, seconds: u64) -> Load {
         .unwrap_or_else(|| panic!("no 99% latency in\n{text}"));
     println!("{label:<44} {rps:>9.0} req/s   p99 {p99:>7.2} ms");
     Load { requests_per_second: rps, p99_ms: p99 }
+}
+
+/// The median requests/s and, apart, the median p99 of `runs`.
+fn median(runs: &[Load]) -> Load {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Load {
+        requests_per_second: mid(runs.iter().map(|l| l.requests_per_second).collect()),
+        p99_ms: mid(runs.iter().map(|l| l.p99_ms).collect()),
+    }
 }
 
 /// wrk's `1.23ms` / `456.00us` / `1.02s` → milliseconds.
@@ -99,11 +114,9 @@ async fn main() {
     let version = Command::new("wasmtime").arg("--version").output().expect("wasmtime --version");
     println!("baseline: {}", String::from_utf8_lossy(&version.stdout).trim());
 
-    let baseline = {
-        let serve = wasmtime_serve().await;
-        wrk("wasmtime serve, hello wasi:http", &serve.url, seconds)
-    };
-
+    let rounds: usize =
+        std::env::var("READ_PATH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    let serve = wasmtime_serve().await;
     let host = common::start(|_| {}).await;
     let (_, token) = host.merchant("Bench").await;
     let mut first = None;
@@ -132,15 +145,29 @@ async fn main() {
         let r = host.client.get(format!("{}/v1/products/{id}", host.base)).send().await.expect("get");
         assert!(r.status().is_success());
     }
-    let one = wrk(
-        "mercato GET /v1/products/{id} (3 variants)",
-        &format!("{}/v1/products/{id}", host.base),
-        seconds,
-    );
-    let list =
-        wrk("mercato GET /v1/products?limit=20", &format!("{}/v1/products?limit=20", host.base), seconds);
+    let (mut baselines, mut ones, mut lists) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        baselines.push(wrk("wasmtime serve, hello wasi:http", &serve.url, seconds));
+        ones.push(wrk(
+            "mercato GET /v1/products/{id} (3 variants)",
+            &format!("{}/v1/products/{id}", host.base),
+            seconds,
+        ));
+        lists.push(wrk(
+            "mercato GET /v1/products?limit=20",
+            &format!("{}/v1/products?limit=20", host.base),
+            seconds,
+        ));
+    }
+    drop(serve);
+    let (baseline, one, list) = (median(&baselines), median(&ones), median(&lists));
 
     println!();
+    println!("medians of {rounds} rounds:");
+    for (label, load) in [("wasmtime serve", &baseline), ("one product", &one), ("list of 20", &list)] {
+        println!("{label:<44} {:>9.0} req/s   p99 {:>7.2} ms", load.requests_per_second, load.p99_ms);
+    }
     println!(
         "GET /v1/products/{{id}}: {:.2}x the requests/s of wasmtime serve (target >= 0.8), p99 {:.2}x (target <= 1.5)",
         one.requests_per_second / baseline.requests_per_second,

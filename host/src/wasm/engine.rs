@@ -49,6 +49,11 @@ pub fn build(max_instances: u32, memory_bytes: usize) -> anyhow::Result<Engine> 
         .epoch_interruption(true)
         .parallel_compilation(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `MERCATO_WASM_PROFILE=perfmap`: name the compiled guest functions for
+    // `perf` (in /tmp/perf-<pid>.map), to profile components under load.
+    if std::env::var("MERCATO_WASM_PROFILE").is_ok_and(|v| v == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Ok(Engine::new(&config)?)
 }
 
