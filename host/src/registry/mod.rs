@@ -140,7 +140,10 @@ fn is_startup_source(source: &str) -> bool {
 /// component's active version. A startup component becomes active when the
 /// component has no active version yet, or when its active version also came
 /// from startup (so a new binary brings its new bundled components) — never
-/// over a version an operator deployed.
+/// over a version an operator deployed, unless that version no longer fits
+/// this binary's world (it was built for an earlier `mercato:commerce`): then
+/// the startup version takes over, with a warning, rather than the shop not
+/// starting at all. The operator's version stays in the history.
 pub async fn bootstrap(db: &Db, startup: Vec<StartupComponent>) -> Result<Vec<ComponentSource>, DeployError> {
     let now = crate::now_ms();
     let mut sources = Vec::new();
@@ -150,7 +153,24 @@ pub async fn bootstrap(db: &Db, startup: Vec<StartupComponent>) -> Result<Vec<Co
         let active = db.active_component(name).await?;
         let adopt = match &active {
             None => true,
-            Some(a) => a.version.digest != digest && is_startup_source(&a.version.source),
+            Some(a) if a.version.digest == digest => false,
+            Some(a) if is_startup_source(&a.version.source) => true,
+            Some(a) => match unfit(db, s.kind, a.version.version).await? {
+                None => false,
+                Some(why) => {
+                    tracing::warn!(
+                        component = name,
+                        version = a.version.version,
+                        source = %a.version.source,
+                        reason = %why,
+                        "the active version does not fit this build's world; running the {} version instead \
+                         (deploy one built for mercato:commerce@{})",
+                        s.source,
+                        contract::COMMERCE_VERSION
+                    );
+                    true
+                }
+            },
         };
         if adopt {
             let version = db.put_component_version(name, &digest, &s.bytes, &s.source, now).await?;
@@ -167,6 +187,19 @@ pub async fn bootstrap(db: &Db, startup: Vec<StartupComponent>) -> Result<Vec<Co
         sources.push(ComponentSource { kind: s.kind, version: active.version.version, bytes });
     }
     Ok(sources)
+}
+
+/// Why stored version `version` of `kind` fails the static contract check,
+/// if it does.
+async fn unfit(db: &Db, kind: ComponentKind, version: i64) -> Result<Option<String>, DeployError> {
+    let bytes = db
+        .component_bytes(kind.name(), version)
+        .await?
+        .ok_or_else(|| DeployError::Internal(format!("{} version {version} has no bytes", kind.name())))?;
+    Ok(match contract::check(kind, &bytes) {
+        Ok(_) => None,
+        Err(contract::Misfit::Invalid(why) | contract::Misfit::Contract(why)) => Some(why),
+    })
 }
 
 /// Deploys, rollbacks and synchronisation with the database.

@@ -830,3 +830,41 @@ async fn start_up_refuses_watches_outside_the_allowed_registries() {
     let err = mercato::App::build(config).await.err().expect("refused").to_string();
     assert!(err.contains("registry.allowed"), "{err}");
 }
+
+/// An operator-deployed version built for an earlier `mercato:commerce`
+/// (here 0.1.0, whose catalog exported one `catalog` interface) does not
+/// stop a newer binary from starting: the bundled version takes over, the
+/// operator's version stays in the history, and rolling back to it is
+/// refused as a contract mismatch naming the missing export.
+async fn an_unfit_active_version_yields_to_the_bundled_one(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let (product, _) = shop(&app).await;
+    let old = wat::parse_str(
+        r#"(component (instance $c) (export "mercato:commerce/catalog@0.1.0" (instance $c)))"#,
+    )
+    .expect("wat");
+    let now = mercato::now_ms();
+    let digest = mercato::runtime::digest_of(&old);
+    let version = app.db.put_component_version("catalog", &digest, &old, "upload", now).await.expect("put");
+    app.db.activate_component("catalog", version, now).await.expect("activate");
+
+    let (dir, pg, config) = app.stop().await;
+    let app = start(config, dir, pg).await;
+    let running =
+        app.runtime.versions().into_iter().find(|v| v.kind == ComponentKind::Catalog).expect("catalog");
+    assert_eq!(running.digest, mercato::runtime::digest_of(bundled::bytes(ComponentKind::Catalog)));
+    assert_ne!(running.version, version);
+    assert_eq!(app.get(&format!("/v1/products/{product}")).await.0, 200);
+    let list = components(&app).await;
+    let catalog = component(&list, "catalog");
+    let history = catalog["history"].as_array().expect("history");
+    assert!(
+        history.iter().any(|h| h["version"] == version),
+        "the operator's version left the history: {catalog}"
+    );
+    let (status, body) = rollback(&app, "catalog").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "contract_mismatch", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("does not export"), "{body}");
+}
+both_backends!(unfit_active_version, an_unfit_active_version_yields_to_the_bundled_one);

@@ -261,6 +261,57 @@ async fn transactions_are_all_or_none(backend: Backend) {
 }
 each_backend!(tx_all_or_none, transactions_are_all_or_none);
 
+/// Counters at the edges of i64 behave alike on every backend: any
+/// canonical decimal in range is a counter, a sum that would leave the range
+/// is out of bounds (not a storage error, not a float), and nothing changes.
+async fn counters_at_the_edges_of_i64(backend: Backend) {
+    let (db, _dir, _pg) = db(backend).await;
+    let full = |key: &str, delta: i64| {
+        w("alpha", key, Precondition::None, Op::Add { delta, min: i64::MIN, max: i64::MAX })
+    };
+    let commit = |writes: Vec<Write>| {
+        let db = db.clone();
+        async move { db.tx_commit(&writes).await.expect("no storage error") }
+    };
+    for (start, delta, expected) in [
+        ("1000000000000000000", 1, "1000000000000000001"),
+        ("-1000000000000000000", -1, "-1000000000000000001"),
+        ("9223372036854775806", 1, "9223372036854775807"),
+        ("-9223372036854775807", -1, "-9223372036854775808"),
+        ("-1", i64::MIN + 1, "-9223372036854775808"),
+    ] {
+        db.kv_set(A, "edge", start.as_bytes()).await.expect("set");
+        commit(vec![full("edge", delta)]).await.unwrap_or_else(|f| panic!("{start} + {delta}: {f:?}"));
+        assert_eq!(value(&db, A, "edge").await.as_deref(), Some(expected), "{start} + {delta}");
+    }
+    for (start, delta) in
+        [("-1", i64::MIN), ("9223372036854775807", 1), ("1", i64::MAX), ("-9223372036854775808", -1)]
+    {
+        db.kv_set(A, "edge", start.as_bytes()).await.expect("set");
+        let failed = commit(vec![full("edge", delta)]).await.expect_err("overflow refused");
+        let current = start.parse::<i64>().expect("i64");
+        assert_eq!(
+            failed,
+            Failed { index: 0, reason: Reason::OutOfBounds, current: Some(current) },
+            "{start} + {delta}"
+        );
+        assert_eq!(
+            value(&db, A, "edge").await.as_deref(),
+            Some(start),
+            "{start} + {delta} changed the counter"
+        );
+    }
+    for text in ["9223372036854775808", "-9223372036854775809", "99999999999999999999", "+1", "01", "-0"] {
+        db.kv_set(A, "edge", text.as_bytes()).await.expect("set");
+        assert_eq!(
+            commit(vec![full("edge", 1)]).await.expect_err("refused").reason,
+            Reason::NotACounter,
+            "{text}"
+        );
+    }
+}
+each_backend!(tx_counter_edges, counters_at_the_edges_of_i64);
+
 /// 64 concurrent transactions each take 3 from a counter of 100 (and 1 from a
 /// second one, in the other key order): exactly 33 apply, none fails for
 /// contention (no deadlock, no serialization error), and the counters end

@@ -51,15 +51,18 @@ const SQLITE: Statements = Statements {
                      WHERE namespace = ?1 AND bucket = ?2 AND key = ?3 AND version = ?6",
     delete: "DELETE FROM kv WHERE namespace = ?1 AND bucket = ?2 AND key = ?3",
     delete_version: "DELETE FROM kv WHERE namespace = ?1 AND bucket = ?2 AND key = ?3 AND version = ?4",
-    // ?4 delta, ?5 new version, ?6 min, ?7 max; the value must be a canonical integer.
+    // ?4 delta, ?5 new version, ?6 min, ?7 max; the value must be a canonical integer
+    // and the sum one too (SQLite turns an integer overflow into a REAL).
     add: "UPDATE kv SET value = CAST(CAST(CAST(CAST(value AS TEXT) AS INTEGER) + ?4 AS TEXT) AS BLOB), version = ?5 \
           WHERE namespace = ?1 AND bucket = ?2 AND key = ?3 \
           AND CAST(CAST(CAST(value AS TEXT) AS INTEGER) AS TEXT) = CAST(value AS TEXT) \
-          AND CAST(CAST(value AS TEXT) AS INTEGER) + ?4 BETWEEN ?6 AND ?7",
+          AND CAST(CAST(value AS TEXT) AS INTEGER) + ?4 BETWEEN ?6 AND ?7 \
+          AND typeof(CAST(CAST(value AS TEXT) AS INTEGER) + ?4) = 'integer'",
     add_version: "UPDATE kv SET value = CAST(CAST(CAST(CAST(value AS TEXT) AS INTEGER) + ?4 AS TEXT) AS BLOB), version = ?5 \
           WHERE namespace = ?1 AND bucket = ?2 AND key = ?3 AND version = ?8 \
           AND CAST(CAST(CAST(value AS TEXT) AS INTEGER) AS TEXT) = CAST(value AS TEXT) \
-          AND CAST(CAST(value AS TEXT) AS INTEGER) + ?4 BETWEEN ?6 AND ?7",
+          AND CAST(CAST(value AS TEXT) AS INTEGER) + ?4 BETWEEN ?6 AND ?7 \
+          AND typeof(CAST(CAST(value AS TEXT) AS INTEGER) + ?4) = 'integer'",
 };
 
 /// PostgreSQL: the whole transaction in one statement, `mercato_tx` (see
