@@ -34,6 +34,7 @@ const TEST_ONLY: &[(&str, &str)] = &[
     ("mercato-probe", "probe.wasm"),
     ("mercato-plugin-bundles", "plugin-bundles.wasm"),
     ("mercato-hello-http", "hello-http.wasm"),
+    ("mercato-plugin-legacy", "plugin-legacy.wasm"),
 ];
 /// The hostile-plugin zoo: one build per feature, `zoo-<feature>.wasm`.
 const ZOO: &[&str] = &[
@@ -50,6 +51,7 @@ const ZOO: &[&str] = &[
     "poll",
     "sockets",
     "stdout-flood",
+    "entropy",
 ];
 
 /// The target the components are built for.

@@ -114,6 +114,7 @@ async fn main() {
                     sku: format!("{name}-{i}"),
                     product_id: format!("p{i}"),
                     merchant_id: merchant_id.clone(),
+                    title: format!("{name} {i}"),
                     quantity: 3,
                     unit_price: Money { amount: 1000 + i as i64, currency: "EUR".into() },
                 })
@@ -122,7 +123,7 @@ async fn main() {
             engine.push(
                 time(iterations, || async {
                     let deadline = Instant::now() + Duration::from_secs(5);
-                    let adjustments = plugins.adjust("EUR", &lines, deadline).await.unwrap();
+                    let adjustments = plugins.adjust("EUR", &lines, &[], deadline).await.unwrap().adjustments;
                     assert_eq!(adjustments.is_empty(), *name == "plain");
                 })
                 .await,
@@ -231,12 +232,17 @@ async fn languages(host: &common::Host) {
                     sku: format!("{language}-{i}"),
                     product_id: format!("p{i}"),
                     merchant_id: merchant.clone(),
+                    title: format!("{language} {i}"),
                     quantity: 6,
                     unit_price: Money { amount: 1000 + i as i64, currency: "EUR".into() },
                 })
                 .collect();
             let plugins = host.runtime.plugins().clone();
-            let probe = plugins.adjust("EUR", &lines, Instant::now() + Duration::from_secs(5)).await.unwrap();
+            let probe = plugins
+                .adjust("EUR", &lines, &[], Instant::now() + Duration::from_secs(5))
+                .await
+                .unwrap()
+                .adjustments;
             assert!(
                 !probe.is_empty() || (language == "Python" && n < 3),
                 "{language} at {n} lines gave nothing"
@@ -244,7 +250,7 @@ async fn languages(host: &common::Host) {
             let iterations = if n == 100 { 50 } else { 200 };
             let median = time(iterations, || async {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                plugins.adjust("EUR", &lines, deadline).await.unwrap();
+                plugins.adjust("EUR", &lines, &[], deadline).await.unwrap();
             })
             .await;
             let used =

@@ -97,6 +97,7 @@ impl App {
             db.clone(),
             config.plugins,
             config.components.plugin_runs.max(1),
+            config.plugin_runs,
             &cache_dir,
         )?;
         let (rt_db, rt_plugins) = (db.clone(), plugins.clone());

@@ -138,11 +138,21 @@ component_world!(
     }
 );
 
-/// The `mercato:pricing/plugin` world: what a merchant's pricing plugin
-/// exports (it imports nothing the host must implement).
+/// The `mercato:pricing/plugin@0.2.0` world: what a merchant's pricing
+/// plugin exports (it imports nothing the host must implement).
 pub mod plugin {
     wasmtime::component::bindgen!({
         path: "../wit/pricing",
+        world: "mercato:pricing/plugin",
+        exports: { default: async },
+    });
+}
+
+/// The `mercato:pricing/plugin@0.1.0` world, which plugins uploaded before
+/// 0.2.0 were built for; the host links both.
+pub mod plugin_v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/pricing-0.1.0",
         world: "mercato:pricing/plugin",
         exports: { default: async },
     });

@@ -285,6 +285,8 @@ pub struct Config {
     pub payment: PaymentConfig,
     /// Default budgets of merchants' pricing plugins (`[plugins]`).
     pub plugins: crate::plugins::PluginLimits,
+    /// How recorded plugin runs are kept (`[plugin_runs]`).
+    pub plugin_runs: crate::plugins::runs::RecordingConfig,
     /// Deploys: signature keys, watched tags, intervals (`[deploy]`).
     pub deploy: DeployConfig,
     /// Registry credentials and plain-HTTP registries (`[registry]`).
@@ -317,6 +319,7 @@ impl Default for Config {
             checkout: CheckoutConfig::default(),
             payment: PaymentConfig::default(),
             plugins: crate::plugins::PluginLimits::default(),
+            plugin_runs: crate::plugins::runs::RecordingConfig::default(),
             deploy: DeployConfig::default(),
             registry: crate::oci::RegistryConfig::default(),
         }
@@ -356,6 +359,7 @@ const ENV_KEYS: &[&str] = &[
     "checkout",
     "payment",
     "plugins",
+    "plugin_runs",
     "deploy",
     "registry",
 ];

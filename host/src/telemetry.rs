@@ -182,6 +182,12 @@ pub fn plugin_run(outcome: &'static str, started: Instant, fuel_used: u64) {
     metrics::histogram!("mercato_plugin_run_instructions").record(fuel_used as f64);
 }
 
+/// Recorded plugin runs dropped (the recorder's queue was full, or the
+/// database refused them).
+pub fn plugin_runs_dropped(runs: usize) {
+    metrics::counter!("mercato_plugin_runs_dropped_total").increment(runs as u64);
+}
+
 /// A component version swapped in (`how`: deploy, rollback, sync, watch),
 /// timed from the start of the work (compile included).
 pub fn component_swap(component: &'static str, how: &'static str, started: Instant) {

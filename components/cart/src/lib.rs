@@ -1,15 +1,17 @@
 //! The cart component: carts of sku lines in one currency.
 //!
 //! Storage (its own namespace): bucket `carts`, cart id → [`CartRecord`]
-//! `{id, currency, lines: [{sku, quantity}]}`. Only skus and quantities are
-//! stored: every read prices the cart afresh from the catalog (current
-//! prices) and the host's pricing engine (merchant plugins), so a cart never
-//! shows a stale price. Changes are compare-and-swap on the cart's key.
+//! `{id, currency, lines: [{sku, quantity}], codes: [..]}`. Only skus,
+//! quantities and the shopper's discount codes are stored: every read prices
+//! the cart afresh from the catalog (current prices) and the host's pricing
+//! engine (merchant plugins, which decide what each code is worth), so a
+//! cart never shows a stale price. Changes are compare-and-swap on the
+//! cart's key.
 
 mod totals;
 
 use mercato_kit::kv::{self, Change};
-use mercato_kit::types::{Cart, Error, PricedLine, SkuInfo};
+use mercato_kit::types::{Cart, Error, PricedLine, Pricing, SkuInfo};
 use serde::{Deserialize, Serialize};
 
 mod bindings {
@@ -26,6 +28,10 @@ use bindings::mercato::commerce::{pricing_engine, sku_lookup};
 pub const MAX_LINE_QUANTITY: u32 = 1_000;
 /// Most lines one cart may hold.
 pub const MAX_LINES: usize = 200;
+/// Most discount codes one cart may hold.
+pub const MAX_CODES: usize = 10;
+/// Longest discount code.
+pub const MAX_CODE_LEN: usize = 64;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct LineRecord {
@@ -38,6 +44,22 @@ struct CartRecord {
     id: String,
     currency: String,
     lines: Vec<LineRecord>,
+    /// Upper case, in the order entered (carts stored before codes existed
+    /// have none).
+    #[serde(default)]
+    codes: Vec<String>,
+}
+
+/// A code as the shopper typed it, checked and upper-cased.
+fn normalize_code(code: &str) -> Result<String, Error> {
+    let code = code.trim();
+    if code.is_empty() || code.len() > MAX_CODE_LEN {
+        return Err(Error::InvalidInput(format!("code: 1 to {MAX_CODE_LEN} characters")));
+    }
+    if !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(Error::InvalidInput("code: only letters, digits, '-' and '_'".to_string()));
+    }
+    Ok(code.to_ascii_uppercase())
 }
 
 fn is_cart_id(id: &str) -> bool {
@@ -68,13 +90,17 @@ fn price(record: &CartRecord) -> Result<Cart, Error> {
             sku: info.sku.clone(),
             product_id: info.product_id.clone(),
             merchant_id: info.merchant_id.clone(),
+            title: info.title.clone(),
             quantity: *quantity,
             unit_price: info.price.clone(),
         })
         .collect();
-    let adjustments =
-        if priced.is_empty() { Vec::new() } else { pricing_engine::adjust(&record.currency, &priced)? };
-    totals::build_cart(&record.id, &record.currency, &lines, adjustments)
+    let pricing = if priced.is_empty() && record.codes.is_empty() {
+        Pricing { adjustments: Vec::new(), codes: Vec::new() }
+    } else {
+        pricing_engine::adjust(&record.currency, &priced, &record.codes)?
+    };
+    totals::build_cart(&record.id, &record.currency, &lines, pricing)
 }
 
 /// Load, change and store a cart with compare-and-swap, then price it.
@@ -96,7 +122,12 @@ struct CartComponent;
 impl cart::Guest for CartComponent {
     fn create_cart(currency: String) -> Result<Cart, Error> {
         mercato_kit::money::check_currency("currency", &currency)?;
-        let record = CartRecord { id: mercato_kit::random_id("cart_"), currency, lines: Vec::new() };
+        let record = CartRecord {
+            id: mercato_kit::random_id("cart_"),
+            currency,
+            lines: Vec::new(),
+            codes: Vec::new(),
+        };
         let carts = kv::open("carts")?;
         if !kv::insert_if_absent(&carts, &record.id, &record)? {
             return Err(Error::Conflict("cart id collision; try again".to_string()));
@@ -170,6 +201,33 @@ impl cart::Guest for CartComponent {
             cart.lines.retain(|l| l.sku != sku);
             if cart.lines.len() == before {
                 return Err(Error::NotFound(format!("sku {sku:?} is not in the cart")));
+            }
+            Ok(())
+        })
+    }
+
+    fn add_code(id: String, code: String) -> Result<Cart, Error> {
+        let code = normalize_code(&code)?;
+        modify(&id, |cart| {
+            if cart.codes.contains(&code) {
+                return Ok(());
+            }
+            if cart.codes.len() >= MAX_CODES {
+                return Err(Error::Conflict(format!("the cart holds at most {MAX_CODES} discount codes")));
+            }
+            cart.codes.push(code.clone());
+            Ok(())
+        })
+    }
+
+    fn remove_code(id: String, code: String) -> Result<Cart, Error> {
+        // A code that could never have been entered is simply not there.
+        let code = normalize_code(&code).unwrap_or_else(|_| code.clone());
+        modify(&id, |cart| {
+            let before = cart.codes.len();
+            cart.codes.retain(|c| c != &code);
+            if cart.codes.len() == before {
+                return Err(Error::NotFound(format!("the cart holds no code {code:?}")));
             }
             Ok(())
         })

@@ -5,14 +5,15 @@
 //! `discount_total = −Σ adjustments`, `total = subtotal − discount_total`.
 
 use mercato_kit::money;
-use mercato_kit::types::{Adjustment, Cart, CartLine, Error, LineAdjustment, SkuInfo};
+use mercato_kit::types::{Adjustment, Cart, CartLine, Error, Pricing, SkuInfo};
 
 pub fn build_cart(
     id: &str,
     currency: &str,
     lines: &[(u32, SkuInfo)],
-    adjustments: Vec<LineAdjustment>,
+    pricing: Pricing,
 ) -> Result<Cart, Error> {
+    let Pricing { adjustments, codes } = pricing;
     let mut out: Vec<CartLine> = Vec::with_capacity(lines.len());
     for (quantity, info) in lines {
         if info.price.currency != currency {
@@ -45,6 +46,7 @@ pub fn build_cart(
         id: id.to_string(),
         currency: currency.to_string(),
         lines: out,
+        discount_codes: codes,
         subtotal,
         discount_total,
         total,
@@ -55,7 +57,11 @@ pub fn build_cart(
 #[allow(clippy::expect_used)]
 mod tests {
     use super::*;
-    use mercato_kit::types::Money;
+    use mercato_kit::types::{LineAdjustment, Money};
+
+    fn none() -> Pricing {
+        Pricing { adjustments: vec![], codes: vec![] }
+    }
 
     fn eur(amount: i64) -> Money {
         Money { amount, currency: "EUR".into() }
@@ -73,7 +79,7 @@ mod tests {
 
     #[test]
     fn totals_are_exact_integers() {
-        let cart = build_cart("c", "EUR", &[(3, info("a", 1999)), (1, info("b", 1))], vec![]).expect("valid");
+        let cart = build_cart("c", "EUR", &[(3, info("a", 1999)), (1, info("b", 1))], none()).expect("valid");
         assert_eq!(cart.subtotal.amount, 5998);
         assert_eq!(cart.discount_total.amount, 0);
         assert_eq!(cart.total.amount, 5998);
@@ -86,8 +92,13 @@ mod tests {
             sku: "a".into(),
             adjustment: Adjustment { label: "3 for 2".into(), amount: eur(-1999), source: "plugin:x".into() },
         };
-        let cart =
-            build_cart("c", "EUR", &[(3, info("a", 1999)), (1, info("b", 500))], vec![adj]).expect("valid");
+        let cart = build_cart(
+            "c",
+            "EUR",
+            &[(3, info("a", 1999)), (1, info("b", 500))],
+            Pricing { adjustments: vec![adj], codes: vec![] },
+        )
+        .expect("valid");
         assert_eq!(cart.lines[0].line_total.amount, 3998);
         assert_eq!(cart.lines[1].line_total.amount, 500);
         assert_eq!((cart.subtotal.amount, cart.discount_total.amount, cart.total.amount), (6497, 1999, 4498));
@@ -95,7 +106,7 @@ mod tests {
 
     #[test]
     fn empty_cart_is_zero() {
-        let cart = build_cart("c", "EUR", &[], vec![]).expect("valid");
+        let cart = build_cart("c", "EUR", &[], none()).expect("valid");
         assert_eq!((cart.subtotal.amount, cart.total.amount, cart.subtotal.currency.as_str()), (0, 0, "EUR"));
     }
 
@@ -103,11 +114,11 @@ mod tests {
     fn foreign_currency_line_is_refused() {
         let mut usd = info("a", 100);
         usd.price.currency = "USD".into();
-        assert!(matches!(build_cart("c", "EUR", &[(1, usd)], vec![]), Err(Error::CurrencyMismatch(_))));
+        assert!(matches!(build_cart("c", "EUR", &[(1, usd)], none()), Err(Error::CurrencyMismatch(_))));
     }
 
     #[test]
     fn overflow_is_refused() {
-        assert!(build_cart("c", "EUR", &[(u32::MAX, info("a", i64::MAX / 2))], vec![]).is_err());
+        assert!(build_cart("c", "EUR", &[(u32::MAX, info("a", i64::MAX / 2))], none()).is_err());
     }
 }

@@ -53,7 +53,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.2.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.3.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
@@ -282,6 +282,7 @@ fn reserve_and_record(req: &CheckoutRequest, fingerprint: &str) -> Result<Held, 
         email: req.email.trim().to_string(),
         currency: cart.currency.clone(),
         lines: order_lines(&cart),
+        discount_codes: Some(cart.discount_codes.clone()),
         subtotal: cart.subtotal.clone(),
         discount_total: cart.discount_total.clone(),
         total: cart.total.clone(),
@@ -529,6 +530,7 @@ fn placeholder(record: &CheckoutRecord) -> Order {
         email: String::new(),
         currency: none.currency.clone(),
         lines: Vec::new(),
+        discount_codes: None,
         subtotal: none.clone(),
         discount_total: none.clone(),
         total: none.clone(),
@@ -600,6 +602,13 @@ fn merchant_view(mut order: Order, merchant: &str) -> Result<Option<Order>, Erro
     order.lines.retain(|l| l.merchant_id == merchant);
     if order.lines.is_empty() {
         return Ok(None);
+    }
+    // Only the codes this merchant's plugin honoured, and only its honour.
+    if let Some(codes) = order.discount_codes.as_mut() {
+        for code in codes.iter_mut() {
+            code.honoured_by.retain(|h| h.merchant_id == merchant);
+        }
+        codes.retain(|c| !c.honoured_by.is_empty());
     }
     let gross: Vec<_> =
         order.lines.iter().map(|l| money::times(&l.unit_price, l.quantity)).collect::<Result<_, _>>()?;

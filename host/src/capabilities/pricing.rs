@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::bindings::host::mercato::commerce::pricing_engine::Host;
-use crate::bindings::types::{Error, LineAdjustment, PricedLine, ProvenanceEntry};
+use crate::bindings::types::{Error, LineAdjustment, PricedLine, Pricing, ProvenanceEntry};
 use crate::capabilities::transactions::SharedStaging;
 use crate::plugins::Plugins;
 
@@ -45,16 +45,19 @@ impl Host for PricingState {
         &mut self,
         currency: String,
         lines: Vec<PricedLine>,
-    ) -> wasmtime::Result<Result<Vec<LineAdjustment>, Error>> {
+        codes: Vec<String>,
+    ) -> wasmtime::Result<Result<Pricing, Error>> {
         let Some(plugins) = self.plugins.clone() else {
             return Ok(Err(Error::Forbidden("the pricing engine is not granted to this component".into())));
         };
-        let priced =
-            crate::capabilities::bounded(self.deadline, plugins.adjust(&currency, &lines, self.deadline));
+        let priced = crate::capabilities::bounded(
+            self.deadline,
+            plugins.adjust(&currency, &lines, &codes, self.deadline),
+        );
         Ok(match priced.await {
-            Some(Ok(adjustments)) => {
-                self.record_plugins(&lines, &adjustments);
-                Ok(adjustments)
+            Some(Ok(pricing)) => {
+                self.record_plugins(&lines, &pricing.adjustments);
+                Ok(pricing)
             }
             Some(Err(e)) => Err(Error::Storage(e.to_string())),
             None => {

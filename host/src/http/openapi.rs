@@ -187,6 +187,23 @@ pub struct PlacedOrder {
     pub access_token: String,
 }
 
+/// A merchant's plugin configuration.
+#[derive(Serialize, ToSchema)]
+pub struct PluginConfig {
+    /// The JSON value set.
+    pub config: serde_json::Value,
+    /// Its size as sent.
+    pub bytes: usize,
+}
+
+/// A page of recorded plugin runs.
+#[derive(Serialize, ToSchema)]
+pub struct RunPage {
+    pub items: Vec<crate::plugins::runs::Recorded>,
+    /// Pass as `cursor` for the next (older) page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
 /// An order as a merchant sees it: only its own lines, no payment, no provenance.
 #[derive(Serialize, ToSchema)]
 pub struct MerchantOrder {
@@ -195,6 +212,9 @@ pub struct MerchantOrder {
     pub email: String,
     pub currency: String,
     pub lines: Vec<OrderLine>,
+    /// The cart's discount codes at checkout and which merchants' plugins
+    /// honoured them (a merchant sees only the codes it honoured).
+    pub discount_codes: Vec<crate::bindings::types::DiscountCode>,
     pub subtotal: Money,
     pub discount_total: Money,
     pub total: Money,

@@ -11,7 +11,9 @@
 //! Plugins have their own [`Engine`]: fuel metering (an instruction budget)
 //! costs every guest something, so the service components do not pay for it.
 
+pub mod io;
 pub mod limits;
+pub mod runs;
 pub mod sandbox;
 pub mod validate;
 pub mod wasi;
@@ -26,16 +28,21 @@ use futures_util::future::{BoxFuture, Shared};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-use crate::bindings::plugin::PluginPre;
-use crate::bindings::plugin::mercato::pricing::types::{Cart, Line, Money as PluginMoney};
-use crate::bindings::types::{Adjustment, LineAdjustment, Money, PricedLine};
+use crate::bindings::types::{
+    Adjustment, CodeHonour, DiscountCode, LineAdjustment, Money, PricedLine, Pricing,
+};
 use crate::storage::plugins::{PluginErrorRow, PluginRow};
 use crate::storage::{Db, StorageError};
 use crate::wasm::cache::ArtifactCache;
 use crate::wasm::digest_of;
 use crate::wasm::engine::EpochTicker;
+use io::{Amount, InputLine, RunInput, RunOutput};
 pub use limits::{LimitsUpdate, PluginLimits};
-pub use sandbox::{PluginCtx, RunError};
+use runs::{Recorded, Recorder, RecordingConfig};
+pub use sandbox::{Compiled, PluginCtx, RunError};
+
+/// Largest plugin configuration, in bytes (SPEC §4).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 /// Compiles (uploads and first uses on this replica) queued or running; one
 /// runs at a time, on a blocking thread, so runs of compiled plugins never
@@ -65,19 +72,59 @@ pub enum UploadError {
     Internal(String),
 }
 
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no recorded run {0:?} of this merchant")]
+    NotFound(String),
+    /// The candidate is not a plugin this merchant could upload.
+    #[error("{0}")]
+    Invalid(String),
+    /// The recorded binary is no longer stored (retention).
+    #[error("{0}")]
+    Gone(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What `POST …/runs/{id}/replay` answers.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Replay {
+    pub run: String,
+    /// What ran: the recorded digest, or the candidate's.
+    pub digest: String,
+    pub recorded_digest: String,
+    pub world: io::World,
+    /// Same outcome, output, error and log as recorded, exactly.
+    pub identical: bool,
+    /// The same number of instructions as recorded.
+    pub same_instructions: bool,
+    pub outcome: String,
+    pub output: Option<RunOutput>,
+    pub error: Option<runs::RunFailure>,
+    pub recorded_output: Option<RunOutput>,
+    pub usage: runs::Usage,
+    pub log: String,
+    pub diff: runs::Diff,
+}
+
 /// A place in the compile queue held by an upload.
 pub struct UploadPlace {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A compile in progress, awaited by every run that needs its plugin.
-type Compiling = Shared<BoxFuture<'static, Result<Arc<PluginPre<PluginCtx>>, String>>>;
+type Compiling = Shared<BoxFuture<'static, Result<Arc<Compiled>, String>>>;
 
 /// What `GET /v1/merchant/pricing-plugin` shows.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     pub digest: String,
     pub status: &'static str,
+    /// The plugin world it was built for (`mercato:pricing@0.1.0` or `@0.2.0`).
+    pub world: Option<io::World>,
     pub size: i64,
     pub uploaded_at: i64,
     pub limits: PluginLimits,
@@ -107,7 +154,7 @@ struct Inner {
     cache: ArtifactCache,
     db: Db,
     defaults: PluginLimits,
-    loaded: Mutex<HashMap<String, Arc<PluginPre<PluginCtx>>>>,
+    loaded: Mutex<HashMap<String, Arc<Compiled>>>,
     runs: tokio::sync::Semaphore,
     run_slots: usize,
     /// One compile at a time.
@@ -122,6 +169,7 @@ struct Inner {
     failed: Mutex<HashMap<String, (Instant, String)>>,
     recorded: Mutex<HashMap<(String, String, &'static str), Instant>>,
     last_runs: Mutex<HashMap<String, LastRun>>,
+    recorder: Recorder,
     _ticker: EpochTicker,
 }
 
@@ -139,7 +187,13 @@ impl Plugins {
     /// `runs`: plugin runs that may execute at once (`components.plugin_runs`);
     /// more wait for a slot, each no longer than its own deadline (then it is
     /// `overloaded`).
-    pub fn new(db: Db, defaults: PluginLimits, runs: usize, cache_dir: &Path) -> anyhow::Result<Plugins> {
+    pub fn new(
+        db: Db,
+        defaults: PluginLimits,
+        runs: usize,
+        recording: RecordingConfig,
+        cache_dir: &Path,
+    ) -> anyhow::Result<Plugins> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -155,10 +209,12 @@ impl Plugins {
         // importing anything outside `validate`'s list is refused before it
         // gets here.
         wasi::add_to_linker(&mut linker)?;
-        // The types-only interface a plugin's world imports.
+        // The types-only interface a plugin's world imports, in both worlds.
         linker.instance("mercato:pricing/types@0.1.0")?;
+        linker.instance("mercato:pricing/types@0.2.0")?;
         let cache = ArtifactCache::new(&cache_dir.join("plugins"), &engine);
         let ticker = EpochTicker::start(engine.clone());
+        let db_for_recorder = db.clone();
         Ok(Plugins {
             inner: Arc::new(Inner {
                 engine,
@@ -175,6 +231,7 @@ impl Plugins {
                 failed: Mutex::new(HashMap::new()),
                 recorded: Mutex::new(HashMap::new()),
                 last_runs: Mutex::new(HashMap::new()),
+                recorder: Recorder::start(db_for_recorder, recording),
                 _ticker: ticker,
             }),
         })
@@ -253,8 +310,9 @@ impl Plugins {
         self.info(merchant).await?.ok_or_else(|| UploadError::Internal("the plugin vanished".into()))
     }
 
-    /// Compile (or load the precompiled artifact) and link a plugin.
-    fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Arc<PluginPre<PluginCtx>>, UploadError> {
+    /// Compile (or load the precompiled artifact) and link a plugin, for
+    /// the world it exports (0.2.0, else 0.1.0).
+    fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Compiled>, UploadError> {
         let (component, _) = self
             .inner
             .cache
@@ -265,16 +323,25 @@ impl Plugins {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| UploadError::Invalid(format!("cannot be linked: {e:#}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| {
-            UploadError::Invalid(format!(
-                "does not export {} with the types of mercato:pricing@0.1.0: {e:#}",
-                validate::PRICING_EXPORT
-            ))
+        let exports_v1 = validate::parse_component(bytes)
+            .map(|shape| shape.exports.iter().any(|e| e == validate::PRICING_EXPORT_V1))
+            .unwrap_or(false);
+        let compiled = if exports_v1 {
+            crate::bindings::plugin_v1::PluginPre::new(pre)
+                .map(Compiled::V1)
+                .map_err(|e| (validate::PRICING_EXPORT_V1, e))
+        } else {
+            crate::bindings::plugin::PluginPre::new(pre)
+                .map(Compiled::V2)
+                .map_err(|e| (validate::PRICING_EXPORT, e))
+        };
+        let compiled = compiled.map_err(|(export, e)| {
+            UploadError::Invalid(format!("does not export {export} with the types of its world: {e:#}"))
         })?;
-        Ok(Arc::new(pre))
+        Ok(Arc::new(compiled))
     }
 
-    fn remember(&self, digest: &str, pre: Arc<PluginPre<PluginCtx>>) {
+    fn remember(&self, digest: &str, pre: Arc<Compiled>) {
         let mut loaded = lock(&self.inner.loaded);
         if loaded.len() >= LOADED_CAPACITY {
             // Make room by dropping one (whichever the map yields first): a
@@ -290,7 +357,7 @@ impl Plugins {
     /// database, waiting no longer than `deadline`. A compile runs on its own
     /// task: when the wait gives up, the compile goes on, and the next run
     /// finds the plugin ready.
-    async fn load(&self, digest: &str, deadline: Instant) -> Result<Arc<PluginPre<PluginCtx>>, RunError> {
+    async fn load(&self, digest: &str, deadline: Instant) -> Result<Arc<Compiled>, RunError> {
         if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
             return Ok(pre);
         }
@@ -339,7 +406,7 @@ impl Plugins {
     }
 
     /// Compile the stored plugin `digest` and keep it loaded.
-    async fn compile_stored(&self, digest: &str) -> Result<Arc<PluginPre<PluginCtx>>, String> {
+    async fn compile_stored(&self, digest: &str) -> Result<Arc<Compiled>, String> {
         let _permit = self.inner.compiles.acquire().await.map_err(|e| e.to_string())?;
         if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
             return Ok(pre);
@@ -376,8 +443,10 @@ impl Plugins {
             Some(run) => run.outcome != "ok",
             None => !recent_errors.is_empty(),
         };
+        let world = lock(&self.inner.loaded).get(&row.digest).map(|c| c.world());
         Ok(Some(PluginInfo {
             status: if failing { "failing" } else { "active" },
+            world,
             limits: self.limits_from(row.limits.as_deref()),
             digest: row.digest,
             size: row.size,
@@ -391,14 +460,31 @@ impl Plugins {
         self.inner.db.delete_plugin(merchant).await
     }
 
-    /// The adjustments of every merchant's plugin for a cart in `currency`:
-    /// each plugin sees only its merchant's lines; failed runs add nothing.
+    /// `merchant`'s plugin configuration (JSON text), if set.
+    pub async fn config(&self, merchant: &str) -> Result<Option<String>, StorageError> {
+        self.inner.db.plugin_config(merchant).await
+    }
+
+    /// Set (or remove) `merchant`'s configuration; the next run sees it.
+    pub async fn set_config(&self, merchant: &str, config: Option<&str>) -> Result<(), StorageError> {
+        self.inner.db.set_plugin_config(merchant, config, crate::now_ms()).await
+    }
+
+    /// Records waiting for the run recorder.
+    pub fn recorder_backlog(&self) -> usize {
+        self.inner.recorder.backlog()
+    }
+
+    /// The adjustments of every merchant's plugin for a cart in `currency`
+    /// with discount `codes`, and what became of each code: each plugin sees
+    /// only its merchant's lines; failed runs add nothing.
     pub async fn adjust(
         &self,
         currency: &str,
         lines: &[PricedLine],
+        codes: &[String],
         request_deadline: Instant,
-    ) -> Result<Vec<LineAdjustment>, StorageError> {
+    ) -> Result<Pricing, StorageError> {
         let mut merchants: Vec<String> = lines.iter().map(|l| l.merchant_id.clone()).collect();
         merchants.sort();
         merchants.dedup();
@@ -407,52 +493,50 @@ impl Plugins {
         // deadline, so a cart with several merchants waits for the slowest,
         // not for their sum.
         let runs = active.iter().map(|plugin| async move {
-            let cart = Cart {
+            let input = RunInput {
                 merchant_id: plugin.merchant_id.clone(),
                 currency: currency.to_string(),
                 lines: lines
                     .iter()
                     .filter(|l| l.merchant_id == plugin.merchant_id)
-                    .map(|l| Line {
+                    .map(|l| InputLine {
                         sku: l.sku.clone(),
                         product_id: l.product_id.clone(),
+                        title: l.title.clone(),
                         quantity: l.quantity,
-                        unit_price: PluginMoney {
+                        unit_price: Amount {
                             amount: l.unit_price.amount,
                             currency: l.unit_price.currency.clone(),
                         },
                     })
                     .collect(),
+                discount_codes: codes.to_vec(),
+                config: plugin.config.clone(),
             };
-            let discounts = self.run(plugin, &cart, request_deadline).await.unwrap_or_default();
-            discounts.into_iter().filter(|d| d.amount.amount > 0).map(|d| LineAdjustment {
-                sku: d.sku,
-                adjustment: Adjustment {
-                    label: d.label,
-                    amount: Money { amount: -d.amount.amount, currency: d.amount.currency },
-                    source: format!("plugin:{}", plugin.digest),
-                },
-            })
+            (plugin, self.run(plugin, &input, request_deadline).await.unwrap_or_default())
         });
-        Ok(futures_util::future::join_all(runs).await.into_iter().flatten().collect())
+        let outputs: Vec<(&PluginRow, RunOutput)> = futures_util::future::join_all(runs).await;
+        Ok(combine(codes, &outputs))
     }
 
     async fn run(
         &self,
         plugin: &PluginRow,
-        cart: &Cart,
+        input: &RunInput,
         request_deadline: Instant,
-    ) -> Option<Vec<crate::bindings::plugin::mercato::pricing::types::Discount>> {
+    ) -> Option<RunOutput> {
         let limits = self.limits_from(plugin.limits.as_deref());
         let started = Instant::now();
         // One deadline for the whole run, waits included: for a compile on
         // first use, for a run slot, and the run itself.
         let deadline = request_deadline.min(started + Duration::from_millis(limits.deadline_ms));
+        let mut world = None;
         let outcome = match self.load(&plugin.digest, deadline).await {
             Err(e) => sandbox::RunOutcome::failed(e),
             Ok(pre) => match tokio::time::timeout_at(deadline.into(), self.inner.runs.acquire()).await {
                 Ok(Ok(_permit)) => {
-                    sandbox::run(&self.inner.engine, &pre, &plugin.digest, &limits, cart, deadline).await
+                    world = Some(pre.world());
+                    sandbox::run(&self.inner.engine, &pre, &plugin.digest, &limits, input, deadline).await
                 }
                 Ok(Err(closed)) => {
                     sandbox::RunOutcome::failed(RunError::new("unavailable", closed.to_string()))
@@ -468,20 +552,47 @@ impl Plugins {
         };
         let kind = outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok");
         crate::telemetry::plugin_run(kind, started, outcome.fuel_used);
+        let duration_us = started.elapsed().as_micros() as u64;
         let last = LastRun {
             at: crate::now_ms(),
             digest: plugin.digest.clone(),
             outcome: kind,
-            lines: cart.lines.len(),
+            lines: input.lines.len(),
             instructions: outcome.fuel_used,
             memory_bytes: outcome.memory_peak,
-            duration_us: started.elapsed().as_micros() as u64,
+            duration_us,
             log: outcome.log.clone(),
         };
         tracing::debug!(merchant = %plugin.merchant_id, ?last, "pricing plugin ran");
         lock(&self.inner.last_runs).insert(plugin.merchant_id.clone(), last);
+        // A run that got to execute is recorded for replay; one that never
+        // started (compiling, overloaded) has nothing to replay.
+        if let Some(world) = world {
+            self.inner.recorder.record(Recorded {
+                id: runs::new_id(),
+                at: crate::now_ms(),
+                merchant_id: plugin.merchant_id.clone(),
+                digest: plugin.digest.clone(),
+                world,
+                limits,
+                input: input.clone(),
+                outcome: kind.to_string(),
+                output: outcome.result.as_ref().ok().cloned(),
+                error: outcome
+                    .result
+                    .as_ref()
+                    .err()
+                    .map(|e| runs::RunFailure { kind: e.kind.to_string(), message: e.message.clone() }),
+                usage: runs::Usage {
+                    instructions: outcome.fuel_used,
+                    memory_bytes: outcome.memory_peak,
+                    duration_us,
+                },
+                log: outcome.log.clone(),
+            });
+        }
         match outcome.result {
-            Ok(discounts) => Some(discounts),
+            Ok(output) => Some(output),
             Err(error) => {
                 tracing::warn!(merchant = %plugin.merchant_id, digest = %plugin.digest, kind = error.kind,
                     message = %error.message, "pricing plugin run failed; its adjustments are dropped");
@@ -492,6 +603,142 @@ impl Plugins {
                 None
             }
         }
+    }
+
+    /// `merchant`'s recorded runs, newest first, before `cursor`.
+    pub async fn runs(
+        &self,
+        merchant: &str,
+        cursor: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<Recorded>, Option<i64>), StorageError> {
+        let rows = self.inner.db.plugin_runs(merchant, cursor, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        let rows = &rows[..rows.len().min(limit as usize)];
+        let next = if more { rows.last().map(|r| r.seq) } else { None };
+        let runs = rows.iter().filter_map(|r| Recorded::from_row(r).ok()).collect();
+        Ok((runs, next))
+    }
+
+    pub async fn run_record(&self, merchant: &str, id: &str) -> Result<Option<Recorded>, StorageError> {
+        Ok(self.inner.db.plugin_run(merchant, id).await?.and_then(|r| Recorded::from_row(&r).ok()))
+    }
+
+    /// Run `merchant`'s recorded run `id` again: its recorded digest (or
+    /// `candidate`, checked and compiled like an upload but not stored) on
+    /// the recorded input and limits, and say how the output differs.
+    pub async fn replay(
+        &self,
+        merchant: &str,
+        id: &str,
+        candidate: Option<(UploadPlace, Vec<u8>)>,
+    ) -> Result<Replay, ReplayError> {
+        let recorded =
+            self.run_record(merchant, id).await?.ok_or_else(|| ReplayError::NotFound(id.to_string()))?;
+        let (digest, compiled) = match candidate {
+            Some((_place, bytes)) => {
+                let digest = self.check_candidate(merchant, &bytes).await?;
+                let compiled = self.compile_candidate(&digest, bytes).await?;
+                (digest, compiled)
+            }
+            None => {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let compiled = self.load(&recorded.digest, deadline).await.map_err(|e| {
+                    ReplayError::Gone(format!(
+                        "the recorded plugin {} cannot be loaded any more: {}",
+                        recorded.digest, e.message
+                    ))
+                })?;
+                (recorded.digest.clone(), compiled)
+            }
+        };
+        Ok(self.replay_with(&recorded, &digest, &compiled).await)
+    }
+
+    /// The static checks of an upload, for a candidate.
+    async fn check_candidate(&self, merchant: &str, bytes: &[u8]) -> Result<String, ReplayError> {
+        let limits = self.limits(merchant).await?;
+        if bytes.len() as u64 > limits.binary_bytes {
+            return Err(ReplayError::Invalid(format!(
+                "the candidate is {} bytes, over this merchant's limit of {} bytes (binary_bytes)",
+                bytes.len(),
+                limits.binary_bytes
+            )));
+        }
+        validate::check(bytes).map_err(ReplayError::Invalid)?;
+        Ok(digest_of(bytes))
+    }
+
+    /// Compile a candidate (one compile at a time, as uploads).
+    async fn compile_candidate(&self, digest: &str, bytes: Vec<u8>) -> Result<Arc<Compiled>, ReplayError> {
+        if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
+            return Ok(pre);
+        }
+        let _permit =
+            self.inner.compiles.acquire().await.map_err(|e| ReplayError::Internal(e.to_string()))?;
+        let (this, d) = (self.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || this.prepare(&d, &bytes))
+            .await
+            .map_err(|e| ReplayError::Internal(e.to_string()))?
+            .map_err(|e| match e {
+                UploadError::Invalid(m) => ReplayError::Invalid(m),
+                other => ReplayError::Internal(other.to_string()),
+            })
+    }
+
+    /// Run `compiled` (digest `digest`) on `recorded`'s input and limits.
+    pub async fn replay_with(&self, recorded: &Recorded, digest: &str, compiled: &Compiled) -> Replay {
+        let limits = recorded.limits;
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(limits.deadline_ms);
+        let outcome = match tokio::time::timeout_at(deadline.into(), self.inner.runs.acquire()).await {
+            Ok(Ok(_permit)) => {
+                sandbox::run(&self.inner.engine, compiled, digest, &limits, &recorded.input, deadline).await
+            }
+            _ => sandbox::RunOutcome::failed(RunError::new("overloaded", "no plugin run slot was free")),
+        };
+        let kind = outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok").to_string();
+        let output = outcome.result.as_ref().ok().cloned();
+        let diff = runs::Diff::between(
+            (recorded.outcome.as_str(), recorded.output.as_ref()),
+            (kind.as_str(), output.as_ref()),
+        );
+        let error = outcome
+            .result
+            .as_ref()
+            .err()
+            .map(|e| runs::RunFailure { kind: e.kind.to_string(), message: e.message.clone() });
+        let identical = kind == recorded.outcome
+            && output == recorded.output
+            && error == recorded.error
+            && outcome.log == recorded.log;
+        Replay {
+            run: recorded.id.clone(),
+            digest: digest.to_string(),
+            recorded_digest: recorded.digest.clone(),
+            world: compiled.world(),
+            identical,
+            same_instructions: outcome.fuel_used == recorded.usage.instructions,
+            outcome: kind,
+            output,
+            error,
+            recorded_output: recorded.output.clone(),
+            usage: runs::Usage {
+                instructions: outcome.fuel_used,
+                memory_bytes: outcome.memory_peak,
+                duration_us: started.elapsed().as_micros() as u64,
+            },
+            log: outcome.log,
+            diff,
+        }
+    }
+
+    /// Compile `bytes` for an offline replay (no database behind it).
+    pub async fn compile_file(&self, bytes: Vec<u8>) -> Result<(String, Arc<Compiled>), ReplayError> {
+        validate::check(&bytes).map_err(ReplayError::Invalid)?;
+        let digest = digest_of(&bytes);
+        let compiled = self.compile_candidate(&digest, bytes).await?;
+        Ok((digest, compiled))
     }
 
     async fn record(&self, plugin: &PluginRow, error: &RunError, log: String) {
@@ -517,4 +764,52 @@ impl Plugins {
             tracing::warn!(merchant = %plugin.merchant_id, error = %e, "could not record a plugin error");
         }
     }
+}
+
+/// The plugins' outputs as the cart's adjustments, and each code's fate:
+/// applied by every merchant whose plugin gave a discount for it; otherwise
+/// refused with the first refusing merchant's reason, or not applicable.
+fn combine(codes: &[String], outputs: &[(&PluginRow, RunOutput)]) -> Pricing {
+    let mut adjustments = Vec::new();
+    for (plugin, output) in outputs {
+        for d in output.discounts.iter().filter(|d| d.amount.amount > 0) {
+            adjustments.push(LineAdjustment {
+                sku: d.sku.clone(),
+                adjustment: Adjustment {
+                    label: d.label.clone(),
+                    amount: Money { amount: -d.amount.amount, currency: d.amount.currency.clone() },
+                    source: format!("plugin:{}", plugin.digest),
+                },
+            });
+        }
+    }
+    let codes = codes
+        .iter()
+        .map(|code| {
+            let honoured_by: Vec<CodeHonour> = outputs
+                .iter()
+                .filter(|(_, o)| {
+                    o.discounts.iter().any(|d| d.amount.amount > 0 && d.code.as_deref() == Some(code))
+                })
+                .map(|(p, _)| CodeHonour {
+                    merchant_id: p.merchant_id.clone(),
+                    source: format!("plugin:{}", p.digest),
+                })
+                .collect();
+            let reason = if honoured_by.is_empty() {
+                Some(
+                    outputs
+                        .iter()
+                        .find_map(|(_, o)| {
+                            o.rejected_codes.iter().find(|r| &r.code == code).map(|r| r.reason.clone())
+                        })
+                        .unwrap_or_else(|| "not applicable to this cart".to_string()),
+                )
+            } else {
+                None
+            };
+            DiscountCode { code: code.clone(), applied: !honoured_by.is_empty(), honoured_by, reason }
+        })
+        .collect();
+    Pricing { adjustments, codes }
 }

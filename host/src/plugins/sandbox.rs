@@ -8,10 +8,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::io::{RunInput, RunOutput, World, check_output};
 use super::limits::PluginLimits;
 use super::wasi::{RunLog, VirtualClock, VirtualDeadline, inert_wasi};
-use crate::bindings::plugin::mercato::pricing::types::{Cart, Discount};
-use crate::bindings::plugin::{Plugin, PluginPre};
+use crate::bindings::{plugin as v2, plugin_v1 as v1};
 use crate::wasm::confine::{Confined, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimiter, confine};
 use crate::wasm::fault::{DeadlineExceeded, MemoryCapExceeded};
 
@@ -61,9 +61,24 @@ impl RunError {
     }
 }
 
+/// A compiled and linked plugin, for the world it was built for.
+pub enum Compiled {
+    V1(v1::PluginPre<PluginCtx>),
+    V2(v2::PluginPre<PluginCtx>),
+}
+
+impl Compiled {
+    pub fn world(&self) -> World {
+        match self {
+            Compiled::V1(_) => World::V1,
+            Compiled::V2(_) => World::V2,
+        }
+    }
+}
+
 /// The result of one run and what it printed.
 pub struct RunOutcome {
-    pub result: Result<Vec<Discount>, RunError>,
+    pub result: Result<RunOutput, RunError>,
     pub log: String,
     pub fuel_used: u64,
     /// The most memory (all linear memories and tables) the run had, in bytes.
@@ -77,16 +92,20 @@ impl RunOutcome {
     }
 }
 
-/// Run the plugin `pre` (digest `digest`) on `cart` within `limits` and
+/// Run the plugin `pre` (digest `digest`) on `input` within `limits` and
 /// `deadline` (the earlier of the plugin's and the request's), and check its
 /// output. The run is raced against a host timer: whatever the plugin does
-/// (compute, wait in the host), it is over by `deadline`.
+/// (compute, wait in the host), it is over by `deadline`. Everything the
+/// plugin can observe — the input, its clocks (virtual, sized by the
+/// limits' deadline), its randomness (seeded by `digest`), its fuel — is a
+/// function of the arguments, so the same arguments give the same output:
+/// that is what makes a recorded run replayable.
 pub async fn run(
     engine: &Engine,
-    pre: &PluginPre<PluginCtx>,
+    pre: &Compiled,
     digest: &str,
     limits: &PluginLimits,
-    cart: &Cart,
+    input: &RunInput,
     deadline: Instant,
 ) -> RunOutcome {
     let log = RunLog::default();
@@ -104,7 +123,7 @@ pub async fn run(
     let mut store = Store::new(engine, ctx);
     store.set_max_component_handles(MAX_HANDLES);
     confine(&mut store);
-    let fuel = limits.fuel_for(cart.lines.len());
+    let fuel = limits.fuel_for(input.lines.len());
     let mut fuel_used = 0;
     let result = match store.set_fuel(fuel) {
         Err(e) => Err(RunError::new("unavailable", format!("{e:#}"))),
@@ -112,7 +131,7 @@ pub async fn run(
             // Whichever comes first: the answer, the host timer, or the
             // plugin waiting past its deadline on its virtual clock.
             let called = tokio::select! {
-                called = call(pre, &mut store, cart) => called,
+                called = call(pre, &mut store, input) => called,
                 () = tokio::time::sleep_until(deadline.into()) => Err(wasmtime::Error::new(DeadlineExceeded)),
                 over = clock.overslept() => Err(wasmtime::Error::new(over)),
             };
@@ -120,7 +139,7 @@ pub async fn run(
             match called {
                 Err(e) => Err(classify(&e, limits, fuel)),
                 Ok(Err(message)) => Err(RunError::new("plugin_error", truncate(&message, 1000))),
-                Ok(Ok(discounts)) => check_output(cart, &discounts, limits).map(|()| discounts),
+                Ok(Ok(output)) => check_output(input, &output, limits).map(|()| output),
             }
         }
     };
@@ -129,12 +148,28 @@ pub async fn run(
 }
 
 async fn call(
-    pre: &PluginPre<PluginCtx>,
+    pre: &Compiled,
     store: &mut Store<PluginCtx>,
-    cart: &Cart,
-) -> wasmtime::Result<Result<Vec<Discount>, String>> {
-    let plugin: Plugin = pre.instantiate_async(&mut *store).await?;
-    plugin.mercato_pricing_pricing().call_price(&mut *store, cart).await
+    input: &RunInput,
+) -> wasmtime::Result<Result<RunOutput, String>> {
+    Ok(match pre {
+        Compiled::V1(pre) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
+            plugin
+                .mercato_pricing_pricing()
+                .call_price(&mut *store, &input.to_v1())
+                .await?
+                .map(RunOutput::from_v1)
+        }
+        Compiled::V2(pre) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
+            plugin
+                .mercato_pricing_pricing()
+                .call_price(&mut *store, &input.to_v2())
+                .await?
+                .map(RunOutput::from_v2)
+        }
+    })
 }
 
 fn past_deadline(limits: &PluginLimits) -> RunError {
@@ -199,115 +234,4 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// Longest label a discount may carry, in characters.
-pub const MAX_LABEL_CHARS: usize = 100;
-
-/// The host's checks of a plugin's output (SPEC §6.4): within the output
-/// budget, the cart's currency, only this merchant's lines, no negative
-/// discount, and no line discounted below zero.
-pub fn check_output(cart: &Cart, discounts: &[Discount], limits: &PluginLimits) -> Result<(), RunError> {
-    let size: u64 =
-        discounts.iter().map(|d| (d.sku.len() + d.label.len() + d.amount.currency.len() + 32) as u64).sum();
-    if size > limits.output_bytes {
-        return Err(RunError::new(
-            "output_too_large",
-            format!(
-                "returned {} discounts ({size} bytes), over the output limit of {} bytes",
-                discounts.len(),
-                limits.output_bytes
-            ),
-        ));
-    }
-    let invalid = |m: String| Err(RunError::new("invalid_output", m));
-    let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    for d in discounts {
-        let Some(line) = cart.lines.iter().find(|l| l.sku == d.sku) else {
-            return invalid(format!(
-                "a discount names sku {:?}, which is not one of this merchant's lines",
-                d.sku
-            ));
-        };
-        if d.amount.currency != cart.currency {
-            return invalid(format!(
-                "the discount on {:?} is in {:?}, the cart is in {:?}",
-                d.sku, d.amount.currency, cart.currency
-            ));
-        }
-        if d.amount.amount < 0 {
-            return invalid(format!("the discount on {:?} is negative ({})", d.sku, d.amount.amount));
-        }
-        let label_chars = d.label.chars().count();
-        if label_chars == 0 || label_chars > MAX_LABEL_CHARS {
-            return invalid(format!(
-                "the discount on {:?} has a label of {label_chars} characters (1 to {MAX_LABEL_CHARS})",
-                d.sku
-            ));
-        }
-        let gross = line.unit_price.amount.checked_mul(i64::from(line.quantity)).unwrap_or(i64::MAX);
-        let sum = taken.entry(d.sku.as_str()).or_insert(0);
-        *sum = sum.saturating_add(d.amount.amount);
-        if *sum > gross {
-            return invalid(format!(
-                "discounts on {:?} add up to {}, more than the line's {gross}: a line cannot go below zero",
-                d.sku, *sum
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bindings::plugin::mercato::pricing::types::{Line, Money};
-
-    fn cart() -> Cart {
-        let line = |sku: &str, amount: i64, quantity: u32| Line {
-            sku: sku.into(),
-            product_id: "p1".into(),
-            quantity,
-            unit_price: Money { amount, currency: "EUR".into() },
-        };
-        Cart {
-            merchant_id: "m1".into(),
-            currency: "EUR".into(),
-            lines: vec![line("a", 1000, 3), line("b", 500, 1)],
-        }
-    }
-
-    fn discount(sku: &str, amount: i64, currency: &str) -> Discount {
-        Discount {
-            sku: sku.into(),
-            label: "promo".into(),
-            amount: Money { amount, currency: currency.into() },
-        }
-    }
-
-    #[test]
-    fn valid_output_passes() {
-        let ok = [discount("a", 1000, "EUR"), discount("a", 2000, "EUR"), discount("b", 500, "EUR")];
-        assert_eq!(check_output(&cart(), &ok, &PluginLimits::default()), Ok(()));
-    }
-
-    #[test]
-    fn each_invalid_output_is_named() {
-        let limits = PluginLimits::default();
-        let cases = [
-            (vec![discount("zz", 1, "EUR")], "not one of this merchant's lines"),
-            (vec![discount("a", 1, "USD")], "the cart is in"),
-            (vec![discount("a", -5, "EUR")], "negative"),
-            (vec![discount("b", 501, "EUR")], "below zero"),
-            (vec![discount("a", 2000, "EUR"), discount("a", 1001, "EUR")], "below zero"),
-            (vec![Discount { label: String::new(), ..discount("a", 1, "EUR") }], "label"),
-        ];
-        for (discounts, expected) in cases {
-            let err = check_output(&cart(), &discounts, &limits).unwrap_err();
-            assert_eq!(err.kind, "invalid_output");
-            assert!(err.message.contains(expected), "{} should mention {expected}", err.message);
-        }
-        let many: Vec<Discount> = (0..1000).map(|_| discount("a", 0, "EUR")).collect();
-        assert_eq!(check_output(&cart(), &many, &limits).unwrap_err().kind, "output_too_large");
-    }
 }

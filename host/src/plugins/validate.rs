@@ -4,8 +4,9 @@
 
 pub use crate::wasm::shape::{Shape, parse_component};
 
-/// The interface every plugin exports.
-pub const PRICING_EXPORT: &str = "mercato:pricing/pricing@0.1.0";
+/// The interface a plugin exports, by world.
+pub const PRICING_EXPORT: &str = "mercato:pricing/pricing@0.2.0";
+pub const PRICING_EXPORT_V1: &str = "mercato:pricing/pricing@0.1.0";
 
 /// The WASI interfaces a language runtime needs to start, which the host
 /// links inert (SPEC §2), by package and interface; any 0.2.x version.
@@ -53,9 +54,10 @@ pub fn check(bytes: &[u8]) -> Result<Shape, String> {
     for import in &shape.imports {
         check_import(import)?;
     }
-    if !shape.exports.iter().any(|e| e == PRICING_EXPORT) {
+    if !shape.exports.iter().any(|e| e == PRICING_EXPORT || e == PRICING_EXPORT_V1) {
         return Err(format!(
-            "does not export {PRICING_EXPORT} (it exports: {}); build it for the `mercato:pricing/plugin` world",
+            "does not export {PRICING_EXPORT} (or {PRICING_EXPORT_V1}) (it exports: {}); build it for the \
+             `mercato:pricing/plugin` world",
             if shape.exports.is_empty() { "nothing".to_string() } else { shape.exports.join(", ") }
         ));
     }
@@ -78,7 +80,7 @@ pub fn check_import(name: &str) -> Result<(), String> {
     };
     let Some((package, interface)) = path.split_once('/') else { return refuse() };
     if package == "mercato:pricing" && interface == "types" {
-        return if version.is_some_and(|v| v.starts_with("0.1.")) { Ok(()) } else { refuse() };
+        return if version.is_some_and(|v| v == "0.1.0" || v == "0.2.0") { Ok(()) } else { refuse() };
     }
     let wasi_0_2 = version.is_some_and(|v| v.starts_with("0.2."));
     let listed = INERT_WASI.iter().any(|(p, ifaces)| *p == package && ifaces.contains(&interface));
@@ -99,6 +101,7 @@ mod tests {
             "wasi:sockets/tcp-create-socket@0.2.9",
             "wasi:sockets/ip-name-lookup@0.2.0",
             "mercato:pricing/types@0.1.0",
+            "mercato:pricing/types@0.2.0",
         ] {
             assert!(check_import(ok).is_ok(), "{ok}");
         }
@@ -109,7 +112,7 @@ mod tests {
             "wasi:keyvalue/store@0.2.0-draft",
             "wasi:cli/stdout@0.3.0",
             "wasi:cli/stdout",
-            "mercato:commerce/catalog@0.2.0",
+            "mercato:commerce/catalog@0.3.0",
             "wasi:clocks/timezone@0.2.0",
             "env",
         ] {
@@ -124,7 +127,7 @@ mod tests {
         let core = b"\0asm\x01\0\0\0";
         assert!(check(core).unwrap_err().contains("core WebAssembly module"));
         let component = wat::parse_str("(component)").unwrap();
-        assert!(check(&component).unwrap_err().contains("does not export mercato:pricing/pricing@0.1.0"));
+        assert!(check(&component).unwrap_err().contains("does not export mercato:pricing/pricing@0.2.0"));
         let http =
             wat::parse_str(r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)))"#).unwrap();
         assert!(check(&http).unwrap_err().contains("imports wasi:http/outgoing-handler@0.2.0"));

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::accounts::{Accounts, MerchantRow};
 use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
 use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
-use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS};
+use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow};
 use super::tx::{self, Failed, Op, Outcome, Precondition, Transactions, Write, counter_value};
 use super::{Backend, Result, StorageError};
 
@@ -40,6 +40,10 @@ struct State {
     limits: HashMap<String, String>,
     /// Merchant → errors, newest last.
     errors: HashMap<String, VecDeque<PluginErrorRow>>,
+    configs: HashMap<String, String>,
+    /// Merchant → recorded runs, oldest first.
+    runs: HashMap<String, VecDeque<RunRow>>,
+    run_seq: i64,
 }
 
 impl Memory {
@@ -273,7 +277,9 @@ impl State {
     }
 
     fn drop_unused_blob(&mut self, digest: &str) {
-        if !self.plugins.values().any(|(d, _)| d == digest) {
+        if !self.plugins.values().any(|(d, _)| d == digest)
+            && !self.runs.values().any(|runs| runs.iter().any(|r| r.digest == digest))
+        {
             self.blobs.remove(digest);
         }
     }
@@ -409,6 +415,7 @@ impl Plugins for Memory {
                     size: blob.len() as i64,
                     uploaded_at: *uploaded_at,
                     limits: state.limits.get(m).cloned(),
+                    config: state.configs.get(m).cloned(),
                 })
             })
             .collect())
@@ -442,6 +449,66 @@ impl Plugins for Memory {
     async fn plugin_errors(&self, merchant: &str) -> Result<Vec<PluginErrorRow>> {
         let state = self.state();
         Ok(state.errors.get(merchant).map(|e| e.iter().rev().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn plugin_config(&self, merchant: &str) -> Result<Option<String>> {
+        Ok(self.state().configs.get(merchant).cloned())
+    }
+
+    async fn set_plugin_config(&self, merchant: &str, config: Option<&str>, _now: i64) -> Result<()> {
+        let mut state = self.state();
+        match config {
+            Some(config) => {
+                state.known_merchant(merchant)?;
+                state.configs.insert(merchant.to_string(), config.to_string());
+            }
+            None => {
+                state.configs.remove(merchant);
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_plugin_runs(&self, runs: &[RunRow], retention: Retention) -> Result<()> {
+        let mut state = self.state();
+        let mut pruned = Vec::new();
+        for run in runs {
+            state.run_seq += 1;
+            let row = RunRow { seq: state.run_seq, ..run.clone() };
+            let kept = state.runs.entry(run.merchant_id.clone()).or_default();
+            kept.push_back(row);
+            let mut bytes: i64 = kept.iter().map(|r| r.record.len() as i64).sum();
+            while kept.len() as i64 > retention.runs || (bytes > retention.bytes && !kept.is_empty()) {
+                let Some(old) = kept.pop_front() else { break };
+                bytes -= old.record.len() as i64;
+                pruned.push(old.digest);
+            }
+        }
+        for digest in pruned {
+            state.drop_unused_blob(&digest);
+        }
+        Ok(())
+    }
+
+    async fn plugin_runs(&self, merchant: &str, before: Option<i64>, limit: i64) -> Result<Vec<RunRow>> {
+        let state = self.state();
+        let before = before.unwrap_or(i64::MAX);
+        Ok(state
+            .runs
+            .get(merchant)
+            .map(|runs| {
+                runs.iter()
+                    .rev()
+                    .filter(|r| r.seq < before)
+                    .take(usize::try_from(limit).unwrap_or(0))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn plugin_run(&self, merchant: &str, id: &str) -> Result<Option<RunRow>> {
+        Ok(self.state().runs.get(merchant).and_then(|runs| runs.iter().find(|r| r.id == id).cloned()))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Pricing plugins: binaries by digest, each merchant's active plugin, its
-//! limits, and the recent errors of its runs.
+//! limits and configuration, the recent errors of its runs, and its
+//! recorded runs (for replay).
 
 use async_trait::async_trait;
 
@@ -17,6 +18,32 @@ pub struct PluginRow {
     pub uploaded_at: i64,
     /// The merchant's limits as JSON, if the operator set any.
     pub limits: Option<String>,
+    /// The merchant's plugin configuration (JSON text), if set.
+    pub config: Option<String>,
+}
+
+/// One recorded run of a merchant's plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRow {
+    /// Order of recording (the page cursor); assigned by the store.
+    pub seq: i64,
+    /// The public id (`run_…`), random.
+    pub id: String,
+    pub merchant_id: String,
+    pub at: i64,
+    pub digest: String,
+    /// `ok` or the error kind.
+    pub outcome: String,
+    /// The whole run as JSON (`crate::plugins::runs::Recorded`).
+    pub record: String,
+}
+
+/// How many recorded runs, and how many bytes of them, each merchant keeps:
+/// recording one more deletes that merchant's oldest beyond either bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub runs: i64,
+    pub bytes: i64,
 }
 
 /// One recorded failure of a run.
@@ -59,4 +86,21 @@ pub trait Plugins: Send + Sync {
 
     /// The newest errors first.
     async fn plugin_errors(&self, merchant: &str) -> Result<Vec<PluginErrorRow>>;
+
+    async fn plugin_config(&self, merchant: &str) -> Result<Option<String>>;
+
+    /// Set (or with `None` remove) `merchant`'s plugin configuration.
+    async fn set_plugin_config(&self, merchant: &str, config: Option<&str>, now: i64) -> Result<()>;
+
+    /// Record `runs` (their `seq` is ignored) and apply `retention` to each
+    /// of their merchants. A binary that neither a merchant's plugin nor a
+    /// kept run refers to any more is deleted.
+    async fn record_plugin_runs(&self, runs: &[RunRow], retention: Retention) -> Result<()>;
+
+    /// `merchant`'s recorded runs, newest first, older than `before` (a
+    /// `seq`) if given, at most `limit`.
+    async fn plugin_runs(&self, merchant: &str, before: Option<i64>, limit: i64) -> Result<Vec<RunRow>>;
+
+    /// One of `merchant`'s recorded runs.
+    async fn plugin_run(&self, merchant: &str, id: &str) -> Result<Option<RunRow>>;
 }

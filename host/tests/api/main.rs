@@ -15,6 +15,7 @@ mod merchants;
 mod ops;
 mod payments;
 mod plugins;
+mod pricing;
 mod processes;
 mod products;
 mod registry_server;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::each_backend;
 use crate::helpers::*;
 
-fn artifact(name: &str) -> Vec<u8> {
+pub fn artifact(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
@@ -234,7 +234,7 @@ async fn bad_uploads_are_refused_with_the_reason() {
         ("random bytes", random, "not WebAssembly"),
         ("core module", core_module, "core WebAssembly module, not a component"),
         ("imports wasi:http", wants_http, "imports wasi:http/outgoing-handler@0.2.0"),
-        ("no pricing export", wrong_world, "does not export mercato:pricing/pricing@0.1.0"),
+        ("no pricing export", wrong_world, "does not export mercato:pricing/pricing@0.2.0 (or mercato:pricing/pricing@0.1.0)"),
         ("truncated", good[..good.len() / 2].to_vec(), "not a valid component"),
     ];
     for (what, bytes, reason) in cases {

@@ -478,3 +478,90 @@ async fn plugins_blobs_limits_and_errors(backend: Backend) {
     assert_eq!(db.plugin_blob("d2").await.expect("blob").as_deref(), Some(&b"two!"[..]));
 }
 each_backend!(repo_plugins, plugins_blobs_limits_and_errors);
+
+/// Recorded plugin runs: pages newest first, per merchant; configuration;
+/// retention by count and by bytes holds under 10,000 runs; a binary only
+/// pruned runs referred to goes, one a kept run refers to stays.
+async fn plugin_runs_configuration_and_retention(backend: Backend) {
+    use mercato::storage::plugins::{Retention, RunRow};
+    let (db, _dir, _pg) = db(backend).await;
+    for id in ["m1", "m2"] {
+        let row = MerchantRow { id: id.into(), name: id.into(), token_hash: id.into() };
+        db.insert_merchant(&row, 0).await.expect("merchant");
+    }
+    assert_eq!(db.plugin_config("m1").await.expect("config"), None);
+    db.set_plugin_config("m1", Some(r#"{"a": 1}"#), 2).await.expect("set");
+    assert!(
+        db.set_plugin_config("nobody", Some("{}"), 2).await.is_err(),
+        "a configuration belongs to a merchant"
+    );
+    db.put_plugin("m1", "d-live", b"live", 3).await.expect("put");
+    assert_eq!(db.plugin("m1").await.expect("plugin").and_then(|p| p.config).as_deref(), Some(r#"{"a": 1}"#));
+    db.set_plugin_config("m1", None, 4).await.expect("remove");
+    assert_eq!(db.plugin("m1").await.expect("plugin").and_then(|p| p.config), None);
+
+    let run = |i: usize, merchant: &str, digest: &str| RunRow {
+        seq: 0,
+        id: format!("run_{merchant}_{i:05}"),
+        merchant_id: merchant.to_string(),
+        at: i as i64,
+        digest: digest.to_string(),
+        outcome: if i.is_multiple_of(10) { "trap".into() } else { "ok".into() },
+        // 100 to 1,099 bytes.
+        record: "x".repeat(100 + (i * 7919) % 1000),
+    };
+    // An old binary that only the first runs refer to (no merchant uses it).
+    db.put_plugin("m2", "d-old", b"old", 5).await.expect("put");
+    db.put_plugin("m2", "d-new", b"new", 6).await.expect("replace");
+    assert!(db.plugin_blob("d-old").await.expect("blob").is_none(), "no run refers to it yet");
+    db.put_plugin("m2", "d-old", b"old", 7).await.expect("put again");
+    db.record_plugin_runs(&[run(0, "m2", "d-old")], Retention { runs: 10, bytes: 1 << 20 })
+        .await
+        .expect("record");
+    db.put_plugin("m2", "d-new", b"new", 8).await.expect("replace");
+    assert!(db.plugin_blob("d-old").await.expect("blob").is_some(), "a recorded run refers to it");
+
+    let retention = Retention { runs: 300, bytes: 200_000 };
+    let mut batch = Vec::new();
+    for i in 1..=10_000 {
+        batch.push(run(i, if i % 2 == 0 { "m1" } else { "m2" }, if i % 2 == 0 { "d-live" } else { "d-new" }));
+        if batch.len() == 250 {
+            db.record_plugin_runs(&batch, retention).await.expect("record");
+            batch.clear();
+        }
+    }
+    for merchant in ["m1", "m2"] {
+        let mut kept = Vec::new();
+        let mut before = None;
+        loop {
+            let page = db.plugin_runs(merchant, before, 64).await.expect("page");
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            kept.extend(page);
+        }
+        let bytes: usize = kept.iter().map(|r| r.record.len()).sum();
+        assert!(kept.len() <= 300 && bytes <= 200_000, "{merchant}: {} runs, {bytes} bytes kept", kept.len());
+        assert!(kept.len() > 150, "{merchant}: the bound is not far under ({} runs)", kept.len());
+        assert!(kept.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+        assert!(kept.iter().all(|r| r.merchant_id == merchant), "per merchant");
+        // The newest are the ones kept.
+        let newest = if merchant == "m1" { 10_000 } else { 9_999 };
+        assert_eq!(kept[0].at, newest);
+        let expected: Vec<i64> = (0..kept.len() as i64).map(|k| newest - 2 * k).collect();
+        assert_eq!(
+            kept.iter().map(|r| r.at).collect::<Vec<_>>(),
+            expected,
+            "{merchant}: a gap in the newest"
+        );
+        let one = db.plugin_run(merchant, &kept[3].id).await.expect("run").expect("kept");
+        assert_eq!(one, kept[3]);
+        let other = if merchant == "m1" { "m2" } else { "m1" };
+        assert_eq!(db.plugin_run(other, &kept[3].id).await.expect("run"), None, "another merchant's run");
+    }
+    assert!(
+        db.plugin_blob("d-old").await.expect("blob").is_none(),
+        "its only run was pruned: the binary goes"
+    );
+    assert!(db.plugin_blob("d-new").await.expect("blob").is_some(), "in use");
+}
+each_backend!(repo_plugin_runs, plugin_runs_configuration_and_retention);

@@ -1,8 +1,10 @@
 // An example mercato pricing plugin in JavaScript: volume discounts.
 //
-// The host calls `pricing.price(cart)` with this merchant's lines only.
-// Money is integer minor units; in JavaScript the WIT `s64` amounts are
-// BigInts, so all arithmetic below is on BigInt.
+// The host calls `pricing.price(cart)` with this merchant's lines only
+// (`mercato:pricing@0.2.0`: the cart also carries the shopper's
+// `discountCodes` and the merchant's `config`, unused here). Money is integer
+// minor units; in JavaScript the WIT `s64` amounts are BigInts, so all
+// arithmetic below is on BigInt.
 //
 // - 5 or more units of a line: 5 % off that line.
 // - 10 or more units: 15 % off instead.
@@ -25,10 +27,11 @@ export const pricing = {
           sku: line.sku,
           label: `${tier.percent}% off ${tier.minQuantity}+`,
           amount: { amount, currency: cart.currency },
+          code: undefined,
         });
       }
     }
     console.log(`volume: ${discounts.length} discounts on ${cart.lines.length} lines`);
-    return discounts;
+    return { discounts, rejectedCodes: [] };
   },
 };

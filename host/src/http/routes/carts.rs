@@ -1,4 +1,4 @@
-//! Shopper carts: create, read, add, set quantity, remove.
+//! Shopper carts: create, read, add, set quantity, remove; discount codes.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -18,6 +18,21 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(read))
         .routes(routes!(add))
         .routes(routes!(set, remove))
+        .routes(routes!(add_code))
+        .routes(routes!(remove_code))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewCode {
+    /// Letters, digits, `-` and `_`; kept upper case.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^\s*[A-Za-z0-9_-]{1,64}\s*$",
+        example = "SPRING10"
+    )]
+    code: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -180,6 +195,56 @@ async fn remove(
             .instance::<crate::bindings::cart::Service>()
             .await?
             .call("remove-item", |c, s| c.mercato_commerce_cart().call_remove_item(s, &id, &sku))
+            .await??,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/carts/{id}/discount-codes",
+    tag = "shopper",
+    operation_id = "add_discount_code",
+    summary = "Enter a discount code (the merchants' plugins decide what it is worth)",
+    params(("id" = String, Path, description = "The cart id")),
+    request_body = NewCode,
+    responses((status = 200, description = "The cart, with each code applied or not and why (`discount_codes`)", body = crate::bindings::types::Cart, links(
+            ("RemoveDiscountCode" = (operation_id = "remove_discount_code", parameters(("id" = "$request.path.id"), ("code" = "$request.body#/code"))))
+        )), (status = 404, description = "No such cart (`not_found`)", body = crate::http::openapi::ErrorBody), (status = 409, description = "The cart holds 10 codes already (`conflict`)", body = crate::http::openapi::ErrorBody), (status = 422, description = "Not a code (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn add_code(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    extract::Json(body): extract::Json<NewCode>,
+) -> ApiResult<Json<Cart>> {
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::cart::Service>()
+            .await?
+            .call("add-code", |c, s| c.mercato_commerce_cart().call_add_code(s, &id, &body.code))
+            .await??,
+    ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/carts/{id}/discount-codes/{code}",
+    tag = "shopper",
+    operation_id = "remove_discount_code",
+    summary = "Take a discount code off the cart",
+    params(("id" = String, Path, description = "The cart id"), ("code" = String, Path, description = "The code (any case)")),
+    responses((status = 200, description = "The cart", body = crate::bindings::types::Cart), (status = 404, description = "No such cart, or the cart holds no such code (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn remove_code(
+    State(state): State<AppState>,
+    Path((id, code)): Path<(String, String)>,
+) -> ApiResult<Json<Cart>> {
+    Ok(Json(
+        state
+            .runtime
+            .instance::<crate::bindings::cart::Service>()
+            .await?
+            .call("remove-code", |c, s| c.mercato_commerce_cart().call_remove_code(s, &id, &code))
             .await??,
     ))
 }

@@ -184,6 +184,7 @@ pub fn merchant_order_json(o: &Order) -> Value {
         "email": o.email,
         "currency": o.currency,
         "lines": o.lines,
+        "discount_codes": o.discount_codes.as_deref().unwrap_or_default(),
         "subtotal": o.subtotal,
         "discount_total": o.discount_total,
         "total": o.total,

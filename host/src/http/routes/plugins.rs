@@ -1,4 +1,5 @@
-//! Merchant: `PUT|GET|DELETE /v1/merchant/pricing-plugin`. Operator:
+//! Merchant: `PUT|GET|DELETE /v1/merchant/pricing-plugin`, its `config`,
+//! its recorded `runs` and their `replay`. Operator:
 //! `GET|PUT /v1/admin/merchants/{id}/plugin-limits`.
 
 use axum::Json;
@@ -11,14 +12,224 @@ use utoipa_axum::routes;
 
 use crate::http::extract::{self, Admin, Merchant};
 use crate::http::{ApiError, ApiResult, AppState};
-use crate::plugins::{LimitsUpdate, PluginInfo, UploadError, limits::CEILING};
+use crate::plugins::runs::Recorded;
+use crate::plugins::{
+    LimitsUpdate, MAX_CONFIG_BYTES, PluginInfo, Replay, ReplayError, UploadError, limits::CEILING,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         // The body is read against the merchant's own size budget as it
         // streams (see `read_plugin`), not buffered up to a global limit.
         .routes(routes!(upload, show, remove))
+        .routes(routes!(set_config, get_config, delete_config))
+        .routes(routes!(list_runs))
+        .routes(routes!(one_run))
+        .routes(routes!(replay))
         .routes(routes!(set_limits, get_limits))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/merchant/pricing-plugin/config",
+    tag = "merchant",
+    operation_id = "set_plugin_config",
+    summary = "Set the configuration (any JSON, at most 64 KiB) given to every run of the merchant's plugin",
+    request_body(content = Value, content_type = "application/json", description = "Any JSON value; the plugin gets its text as sent"),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The configuration", body = crate::http::openapi::PluginConfig), (status = 400, description = "`malformed_json`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 413, description = "Over 64 KiB (`payload_too_large`)", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not `application/json`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn set_config(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    if extract::media_type(&headers) != "application/json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the configuration as Content-Type: application/json",
+        ));
+    }
+    let body = extract::upload_body(body, "a plugin configuration", MAX_CONFIG_BYTES)?;
+    if body.len() > MAX_CONFIG_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "a plugin configuration can be at most {MAX_CONFIG_BYTES} bytes (this one is {})",
+                body.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the configuration is not UTF-8")
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the configuration is not valid JSON: {e}"),
+        )
+    })?;
+    state.plugins.set_config(&merchant, Some(text)).await.map_err(ApiError::internal)?;
+    tracing::info!(%merchant, bytes = text.len(), "plugin configuration set");
+    Ok(Json(json!({ "config": value, "bytes": text.len() })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/pricing-plugin/config",
+    tag = "merchant",
+    operation_id = "get_plugin_config",
+    summary = "The configuration given to the merchant's plugin",
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The configuration", body = crate::http::openapi::PluginConfig), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "None set (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn get_config(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<Json<Value>> {
+    let text = state
+        .plugins
+        .config(&merchant)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("this merchant has set no plugin configuration"))?;
+    let value: Value = serde_json::from_str(&text).map_err(ApiError::internal)?;
+    Ok(Json(json!({ "config": value, "bytes": text.len() })))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/merchant/pricing-plugin/config",
+    tag = "merchant",
+    operation_id = "delete_plugin_config",
+    summary = "Remove the plugin's configuration (runs get none)",
+    security(("merchant_token" = [])),
+    responses((status = 204, description = "Removed"), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn delete_config(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<StatusCode> {
+    state.plugins.set_config(&merchant, None).await.map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RunsQuery {
+    /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}$")]
+    cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/pricing-plugin/runs",
+    tag = "merchant",
+    operation_id = "list_plugin_runs",
+    summary = "The merchant's recorded plugin runs, newest first",
+    params(RunsQuery),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "A page of runs", body = crate::http::openapi::RunPage), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A bad `limit` or `cursor` (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn list_runs(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_request", "limit: 1 to 100"));
+    }
+    let cursor =
+        match q.cursor.as_deref() {
+            None => None,
+            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page")
+            })?),
+        };
+    let (items, next) =
+        state.plugins.runs(&merchant, cursor, i64::from(limit)).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({ "items": items, "next_cursor": next.map(|n| n.to_string()) })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/pricing-plugin/runs/{id}",
+    tag = "merchant",
+    operation_id = "get_plugin_run",
+    summary = "One recorded run (what `mercato plugin replay --offline` takes)",
+    params(("id" = String, Path, description = "The run id")),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The run", body = crate::plugins::runs::Recorded), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn one_run(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Recorded>> {
+    state
+        .plugins
+        .run_record(&merchant, &id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no recorded run {id:?} of this merchant")))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/merchant/pricing-plugin/runs/{id}/replay",
+    tag = "merchant",
+    operation_id = "replay_plugin_run",
+    summary = "Run a recorded run again (its digest, or a candidate sent as the body) and compare",
+    params(("id" = String, Path, description = "The run id")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "Optional: a candidate plugin to run instead of the recorded one"),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The replay and its diff against the recorded output", body = crate::plugins::Replay), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 410, description = "The recorded binary is no longer stored (`gone`)", body = crate::http::openapi::ErrorBody), (status = 422, description = "`invalid_plugin` (the candidate)", body = crate::http::openapi::ErrorBody), (status = 503, description = "The compile queue is full (`overloaded`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn replay(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Replay>> {
+    let plugins = &state.plugins;
+    let candidate = if extract::media_type(&headers) == "application/wasm" {
+        let place = match plugins.upload_place() {
+            Ok(place) => place,
+            Err(e) => {
+                drain(body).await;
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string()));
+            }
+        };
+        let limit = plugins
+            .limits(&merchant)
+            .await
+            .map_err(ApiError::internal)?
+            .binary_bytes
+            .min(CEILING.binary_bytes);
+        let bytes = read_plugin(&headers, body, limit).await?;
+        if bytes.is_empty() { None } else { Some((place, bytes)) }
+    } else {
+        drain(body).await;
+        None
+    };
+    match plugins.replay(&merchant, &id, candidate).await {
+        Ok(replay) => Ok(Json(replay)),
+        Err(ReplayError::NotFound(m)) => {
+            Err(ApiError::not_found(format!("no recorded run {m:?} of this merchant")))
+        }
+        Err(ReplayError::Invalid(m)) => Err(invalid_plugin(m)),
+        Err(ReplayError::Gone(m)) => Err(ApiError::new(StatusCode::GONE, "gone", m)),
+        Err(ReplayError::Storage(e)) => Err(ApiError::internal(e)),
+        Err(ReplayError::Internal(e)) => Err(ApiError::internal(e)),
+    }
 }
 
 fn invalid_plugin(message: impl Into<String>) -> ApiError {

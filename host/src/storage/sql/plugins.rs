@@ -5,7 +5,67 @@ use sqlx::Row;
 
 use super::Sql;
 use crate::storage::Result;
-use crate::storage::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS};
+use crate::storage::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow};
+
+/// Deletes a binary that no merchant's plugin and no kept run refers to.
+const DROP_UNUSED_BLOB: &str = "DELETE FROM plugin_blobs WHERE digest = ? \
+     AND NOT EXISTS (SELECT 1 FROM merchant_plugins WHERE digest = ?) \
+     AND NOT EXISTS (SELECT 1 FROM plugin_runs WHERE digest = ?)";
+const INSERT_RUN: &str = "INSERT INTO plugin_runs (id, merchant_id, at, digest, outcome, size, record) \
+     VALUES (?, ?, ?, ?, ?, ?, ?)";
+/// Keeps a merchant's newest `?3` runs.
+const PRUNE_BY_COUNT: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND seq <= \
+     (SELECT seq FROM plugin_runs WHERE merchant_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?) RETURNING digest";
+/// Keeps a merchant's newest runs that add up to at most `?3` bytes.
+const PRUNE_BY_BYTES: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND seq <= \
+     (SELECT seq FROM (SELECT seq, SUM(size) OVER (ORDER BY seq DESC) AS total \
+      FROM plugin_runs WHERE merchant_id = ?) t WHERE total > ? ORDER BY seq DESC LIMIT 1) RETURNING digest";
+
+/// [`Plugins::record_plugin_runs`] in one transaction of either backend.
+macro_rules! record_runs {
+    ($pool:expr, $sql:expr, $runs:expr, $retention:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let mut merchants: Vec<&str> = Vec::new();
+        for run in $runs {
+            sqlx::query(sqlx::AssertSqlSafe($sql(INSERT_RUN)))
+                .bind(&run.id)
+                .bind(&run.merchant_id)
+                .bind(run.at)
+                .bind(&run.digest)
+                .bind(&run.outcome)
+                .bind(run.record.len() as i64)
+                .bind(&run.record)
+                .execute(&mut *tx)
+                .await?;
+            if !merchants.contains(&run.merchant_id.as_str()) {
+                merchants.push(&run.merchant_id);
+            }
+        }
+        let mut pruned: Vec<String> = Vec::new();
+        for merchant in merchants {
+            for (sql, bound) in [(PRUNE_BY_COUNT, $retention.runs), (PRUNE_BY_BYTES, $retention.bytes)] {
+                let rows = sqlx::query(sqlx::AssertSqlSafe($sql(sql)))
+                    .bind(merchant)
+                    .bind(merchant)
+                    .bind(bound)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                pruned.extend(rows.iter().map(|r| r.get::<String, _>(0)));
+            }
+        }
+        pruned.sort();
+        pruned.dedup();
+        for digest in &pruned {
+            sqlx::query(sqlx::AssertSqlSafe($sql(DROP_UNUSED_BLOB)))
+                .bind(digest)
+                .bind(digest)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }};
+}
 
 #[async_trait]
 impl Plugins for Sql {
@@ -56,9 +116,10 @@ impl Plugins for Sql {
         }
         let marks = vec!["?"; merchants.len()].join(", ");
         let sql = format!(
-            "SELECT p.merchant_id, p.digest, b.size, p.uploaded_at, l.limits \
+            "SELECT p.merchant_id, p.digest, b.size, p.uploaded_at, l.limits, c.config \
              FROM merchant_plugins p JOIN plugin_blobs b ON b.digest = p.digest \
              LEFT JOIN plugin_limits l ON l.merchant_id = p.merchant_id \
+             LEFT JOIN plugin_configs c ON c.merchant_id = p.merchant_id \
              WHERE p.merchant_id IN ({marks}) ORDER BY p.merchant_id"
         );
         let rows = with_query!(read, self, &sql, |q, pool| {
@@ -75,6 +136,7 @@ impl Plugins for Sql {
                     size: r.get(2),
                     uploaded_at: r.get(3),
                     limits: r.get(4),
+                    config: r.get(5),
                 })
                 .collect::<Vec<_>>()
         });
@@ -142,6 +204,89 @@ impl Plugins for Sql {
         Ok(())
     }
 
+    async fn plugin_config(&self, merchant: &str) -> Result<Option<String>> {
+        Ok(with_query!(read, self, "SELECT config FROM plugin_configs WHERE merchant_id = ?", |q, pool| q
+            .bind(merchant)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| r.get::<String, _>(0))))
+    }
+
+    async fn set_plugin_config(&self, merchant: &str, config: Option<&str>, now: i64) -> Result<()> {
+        match config {
+            Some(config) => with_query!(
+                write,
+                self,
+                "INSERT INTO plugin_configs (merchant_id, config, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (merchant_id) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+                |q, pool| q.bind(merchant).bind(config).bind(now).execute(pool).await?.rows_affected()
+            ),
+            None => {
+                with_query!(write, self, "DELETE FROM plugin_configs WHERE merchant_id = ?", |q, pool| q
+                    .bind(merchant)
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+        };
+        Ok(())
+    }
+
+    async fn record_plugin_runs(&self, runs: &[RunRow], retention: Retention) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sql::Sqlite { write, .. } => record_runs!(write, |s: &str| s.to_string(), runs, retention),
+            Sql::Postgres(pool) => record_runs!(pool, super::numbered_placeholders, runs, retention),
+        }
+        Ok(())
+    }
+
+    async fn plugin_runs(&self, merchant: &str, before: Option<i64>, limit: i64) -> Result<Vec<RunRow>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT seq, id, merchant_id, at, digest, outcome, record FROM plugin_runs \
+             WHERE merchant_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            |q, pool| q
+                .bind(merchant)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| RunRow {
+                    seq: r.get(0),
+                    id: r.get(1),
+                    merchant_id: r.get(2),
+                    at: r.get(3),
+                    digest: r.get(4),
+                    outcome: r.get(5),
+                    record: r.get(6),
+                })
+                .collect::<Vec<_>>()
+        ))
+    }
+
+    async fn plugin_run(&self, merchant: &str, id: &str) -> Result<Option<RunRow>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT seq, id, merchant_id, at, digest, outcome, record FROM plugin_runs \
+             WHERE merchant_id = ? AND id = ?",
+            |q, pool| q.bind(merchant).bind(id).fetch_optional(pool).await?.map(|r| RunRow {
+                seq: r.get(0),
+                id: r.get(1),
+                merchant_id: r.get(2),
+                at: r.get(3),
+                digest: r.get(4),
+                outcome: r.get(5),
+                record: r.get(6),
+            })
+        ))
+    }
+
     /// The newest errors first.
     async fn plugin_errors(&self, merchant: &str) -> Result<Vec<PluginErrorRow>> {
         Ok(with_query!(
@@ -169,13 +314,13 @@ impl Plugins for Sql {
 
 impl Sql {
     async fn drop_unused_blob(&self, digest: &str) -> Result<()> {
-        with_query!(
-            write,
-            self,
-            "DELETE FROM plugin_blobs WHERE digest = ? \
-             AND NOT EXISTS (SELECT 1 FROM merchant_plugins WHERE digest = ?)",
-            |q, pool| q.bind(digest).bind(digest).execute(pool).await?.rows_affected()
-        );
+        with_query!(write, self, DROP_UNUSED_BLOB, |q, pool| q
+            .bind(digest)
+            .bind(digest)
+            .bind(digest)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(())
     }
 

@@ -8,7 +8,7 @@ wit_bindgen::generate!({
 });
 
 use exports::mercato::pricing::pricing::Guest;
-use mercato::pricing::types::{Cart, Discount, Money};
+use mercato::pricing::types::{Cart, Discount, Money, Pricing};
 
 /// The sku of another merchant that `foreign-sku` tries to discount.
 pub const FOREIGN_SKU: &str = "ZOO-OTHER-1";
@@ -23,7 +23,12 @@ fn first(cart: &Cart) -> (&str, i64) {
 
 #[allow(dead_code)]
 fn discount(sku: &str, amount: i64, currency: &str) -> Discount {
-    Discount { sku: sku.into(), label: "zoo".into(), amount: Money { amount, currency: currency.into() } }
+    Discount {
+        sku: sku.into(),
+        label: "zoo".into(),
+        amount: Money { amount, currency: currency.into() },
+        code: None,
+    }
 }
 
 #[allow(dead_code)]
@@ -32,8 +37,14 @@ fn deep(n: u64) -> u64 {
 }
 
 impl Guest for Zoo {
-    #[allow(unreachable_code, unused_variables)]
-    fn price(cart: Cart) -> Result<Vec<Discount>, String> {
+    fn price(cart: Cart) -> Result<Pricing, String> {
+        misbehave(cart).map(|discounts| Pricing { discounts, rejected_codes: Vec::new() })
+    }
+}
+
+#[allow(unreachable_code, unused_variables)]
+fn misbehave(cart: Cart) -> Result<Vec<Discount>, String> {
+    {
         #[cfg(feature = "loop")]
         loop {
             std::hint::black_box(&cart);
@@ -111,6 +122,29 @@ impl Guest for Zoo {
             let connect = TcpStream::connect("127.0.0.1:5432").map(|_| ()).map_err(|e| e.to_string());
             println!("sockets: lookup {lookup:?}, connect {connect:?}");
             return Err(format!("no network: lookup {lookup:?}, connect {connect:?}"));
+        }
+        #[cfg(feature = "entropy")]
+        {
+            // Everything a plugin can observe besides its input: the wall
+            // clock, the monotonic clock across a short sleep, and random
+            // numbers (std's hash seed comes from wasi:random). A replay
+            // must see the same values, or it is not exact.
+            use std::hash::{BuildHasher, Hash, Hasher};
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let started = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            let slept = started.elapsed().as_nanos();
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            cart.lines.len().hash(&mut hasher);
+            let random = hasher.finish();
+            println!("entropy: wall {wall} slept {slept} random {random:016x}");
+            let (sku, gross) = first(&cart);
+            let mut d = discount(sku, (random % 97) as i64 % gross.max(1), &cart.currency);
+            d.label = format!("w{wall} s{slept} r{random:016x}");
+            return Ok(vec![d]);
         }
         #[cfg(feature = "stdout-flood")]
         {

@@ -1,0 +1,21 @@
+-- Each merchant's pricing plugin configuration (JSON text given to every run).
+CREATE TABLE plugin_configs (
+    merchant_id  TEXT PRIMARY KEY REFERENCES merchants (id),
+    config       TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+
+-- Recorded production runs of merchants' plugins, for replay; the newest
+-- within each merchant's retention (count and bytes) are kept.
+CREATE TABLE plugin_runs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    merchant_id  TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    digest       TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    record       TEXT NOT NULL
+);
+CREATE INDEX plugin_runs_by_merchant ON plugin_runs (merchant_id, seq);
+CREATE INDEX plugin_runs_by_digest ON plugin_runs (digest);

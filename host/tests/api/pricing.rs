@@ -1,0 +1,385 @@
+//! Pricing plugins a merchant can trust (SPEC §4): `mercato:pricing@0.1.0`
+//! and `@0.2.0` side by side, discount codes on carts and orders, the
+//! merchant's configuration, recorded runs and their exact replay.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::each_backend;
+use crate::helpers::*;
+use crate::plugins::{artifact, upload};
+
+async fn as_merchant(app: &TestApp, token: &str, method: Method, path: &str) -> (u16, Value) {
+    send(app.request(method, path).bearer_auth(token)).await
+}
+
+async fn set_config(app: &TestApp, token: &str, body: &str) -> (u16, Value) {
+    send(
+        app.request(Method::PUT, "/v1/merchant/pricing-plugin/config")
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
+fn line<'a>(cart: &'a Value, sku: &str) -> &'a Value {
+    cart["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["sku"] == sku)
+        .unwrap_or_else(|| panic!("{sku} in {cart}"))
+}
+
+fn discount_of(cart: &Value, sku: &str) -> i64 {
+    -line(cart, sku)["adjustments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["amount"]["amount"].as_i64().unwrap())
+        .sum::<i64>()
+}
+
+fn code<'a>(cart: &'a Value, code: &str) -> &'a Value {
+    cart["discount_codes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no discount_codes in {cart}"))
+        .iter()
+        .find(|c| c["code"] == code)
+        .unwrap_or_else(|| panic!("{code} in {cart}"))
+}
+
+/// Merchant a runs a plugin built for 0.1.0 (5 % off every line), merchant
+/// b the 0.2.0 bundles example with codes from its configuration. Codes are
+/// applied, refused (with the plugin's reason), not applicable and removed;
+/// configuration changes are seen by the next run; the order keeps the
+/// codes, and each merchant sees only the codes it honoured.
+async fn codes_configuration_and_both_worlds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.merchant("Legacy A").await;
+    let b = app.merchant("Codes B").await;
+    app.product(&a.1, product_body("A thing", &["ZA-1"], 1000, "EUR")).await;
+    app.product(&b.1, product_body("B thing", &["ZB-1"], 2000, "EUR")).await;
+    assert_eq!(upload(&app, &a.1, artifact("plugin-legacy.wasm")).await.0, 200);
+    let (status, uploaded) = upload(&app, &b.1, artifact("plugin-bundles.wasm")).await;
+    assert_eq!(status, 200, "{uploaded}");
+    let b_digest = s(&uploaded["digest"]);
+    let (_, a_view) = as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin").await;
+    assert_eq!(a_view["world"], "mercato:pricing@0.1.0", "{a_view}");
+    let (_, b_view) = as_merchant(&app, &b.1, Method::GET, "/v1/merchant/pricing-plugin").await;
+    assert_eq!(b_view["world"], "mercato:pricing@0.2.0", "{b_view}");
+
+    let (status, set) = set_config(&app, &b.1, r#"{"codes": {"SPRING10": 10}, "min_spend": 2000}"#).await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["config"]["codes"]["SPRING10"], 10);
+    let cart = app.cart("EUR").await;
+    for (sku, quantity) in [("ZA-1", 2), ("ZB-1", 1)] {
+        assert_eq!(
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": quantity})).await.0,
+            200
+        );
+    }
+    let (_, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(discount_of(&priced, "ZA-1"), 100, "the 0.1.0 plugin still prices: {priced}");
+    assert_eq!(discount_of(&priced, "ZB-1"), 0, "{priced}");
+    assert_eq!(priced["discount_codes"], json!([]), "{priced}");
+
+    // A configured code, entered in lower case: applied by b only.
+    let (status, priced) =
+        app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": " spring10 "})).await;
+    assert_eq!(status, 200, "{priced}");
+    assert_eq!(discount_of(&priced, "ZB-1"), 200, "{priced}");
+    assert_eq!(discount_of(&priced, "ZA-1"), 100, "{priced}");
+    let spring = code(&priced, "SPRING10");
+    assert_eq!(spring["applied"], true, "{priced}");
+    assert_eq!(spring["honoured_by"], json!([{"merchant_id": b.0, "source": format!("plugin:{b_digest}")}]));
+    assert_eq!(spring["reason"], Value::Null);
+    assert_eq!(priced["total"]["amount"], 4000 - 300, "{priced}");
+    // Entering it again changes nothing.
+    let (_, again) = app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": "SPRING10"})).await;
+    assert_eq!(again["discount_codes"].as_array().unwrap().len(), 1, "{again}");
+
+    // A code no plugin knows: shown, not applied, never a 5xx.
+    let (status, priced) =
+        app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": "NOPE-1"})).await;
+    assert_eq!(status, 200, "{priced}");
+    let nope = code(&priced, "NOPE-1");
+    assert_eq!(
+        (nope["applied"].clone(), nope["reason"].clone()),
+        (json!(false), json!("not applicable to this cart"))
+    );
+    assert_error(
+        &app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": "two words"})).await,
+        422,
+        "invalid_request",
+    );
+    assert_error(
+        &app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": ""})).await,
+        422,
+        "invalid_request",
+    );
+    assert_error(
+        &app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": "X".repeat(65)})).await,
+        422,
+        "invalid_request",
+    );
+    for i in 0..8 {
+        assert_eq!(
+            app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": format!("FILL{i}")}))
+                .await
+                .0,
+            200
+        );
+    }
+    assert_error(
+        &app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": "ELEVENTH"})).await,
+        409,
+        "conflict",
+    );
+    for i in 0..8 {
+        assert_eq!(app.delete(&format!("/v1/carts/{cart}/discount-codes/FILL{i}")).await.0, 200);
+    }
+
+    // The configuration's next value is the next run's.
+    assert_eq!(set_config(&app, &b.1, r#"{"codes": {"SPRING10": 20}, "min_spend": 2000}"#).await.0, 200);
+    let (_, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(discount_of(&priced, "ZB-1"), 400, "{priced}");
+    // Refused by the plugin, with its reason for the shopper.
+    assert_eq!(set_config(&app, &b.1, r#"{"codes": {"SPRING10": 20}, "min_spend": 5000}"#).await.0, 200);
+    let (_, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    let spring = code(&priced, "SPRING10");
+    assert_eq!(spring["applied"], false, "{priced}");
+    assert!(spring["reason"].as_str().unwrap().contains("50.00"), "{priced}");
+    assert_eq!(discount_of(&priced, "ZB-1"), 0, "{priced}");
+    assert_eq!(set_config(&app, &b.1, r#"{"codes": {"SPRING10": 10}, "min_spend": 0}"#).await.0, 200);
+
+    // Removed (any case); removing it twice is 404.
+    let (status, priced) = app.delete(&format!("/v1/carts/{cart}/discount-codes/nope-1")).await;
+    assert_eq!(status, 200, "{priced}");
+    assert_eq!(priced["discount_codes"].as_array().unwrap().len(), 1, "{priced}");
+    assert_error(&app.delete(&format!("/v1/carts/{cart}/discount-codes/NOPE-1")).await, 404, "not_found");
+    assert_error(&app.delete("/v1/carts/cart_0000/discount-codes/NOPE-1").await, 404, "not_found");
+
+    // The order keeps the codes; each merchant sees only its own honour.
+    let (status, order) = send(
+        app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+            .header("idempotency-key", "codes-order-1")
+            .json(&json!({"email": "c@example.com", "payment": {"token": "tok_visa"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["discount_codes"][0]["code"], "SPRING10", "{order}");
+    assert_eq!(order["discount_total"]["amount"], 300, "{order}");
+    let id = s(&order["id"]);
+    let (_, for_b) = as_merchant(&app, &b.1, Method::GET, &format!("/v1/merchant/orders/{id}")).await;
+    assert_eq!(for_b["discount_codes"][0]["code"], "SPRING10", "{for_b}");
+    let (_, for_a) = as_merchant(&app, &a.1, Method::GET, &format!("/v1/merchant/orders/{id}")).await;
+    assert_eq!(for_a["discount_codes"], json!([]), "a honoured no code: {for_a}");
+
+    // Configuration: read back, isolation, bad bodies.
+    let (status, read) = as_merchant(&app, &b.1, Method::GET, "/v1/merchant/pricing-plugin/config").await;
+    assert_eq!((status, read["config"]["codes"]["SPRING10"].clone()), (200, json!(10)), "{read}");
+    assert_error(
+        &as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin/config").await,
+        404,
+        "not_found",
+    );
+    assert_error(&set_config(&app, &b.1, "{not json").await, 400, "malformed_json");
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(64 * 1024));
+    assert_error(&set_config(&app, &b.1, &big).await, 413, "payload_too_large");
+    let wrong_type =
+        send(app.request(Method::PUT, "/v1/merchant/pricing-plugin/config").bearer_auth(&b.1).body("{}"))
+            .await;
+    assert_error(&wrong_type, 415, "unsupported_media_type");
+    assert_error(
+        &send(app.request(Method::GET, "/v1/merchant/pricing-plugin/config")).await,
+        401,
+        "unauthorized",
+    );
+    let (_, still) = as_merchant(&app, &b.1, Method::GET, "/v1/merchant/pricing-plugin/config").await;
+    assert_eq!(still["config"]["codes"]["SPRING10"], 10, "a refused body changed nothing: {still}");
+    assert_eq!(as_merchant(&app, &b.1, Method::DELETE, "/v1/merchant/pricing-plugin/config").await.0, 204);
+    let (_, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(code(&priced, "SPRING10")["applied"], false, "no configuration, no code: {priced}");
+}
+each_backend!(codes_and_config, codes_configuration_and_both_worlds);
+
+/// `merchant`'s recorded runs once there are at least `n`.
+async fn runs_at_least(app: &TestApp, token: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/merchant/pricing-plugin/runs?limit=7&cursor={c}"),
+                None => "/v1/merchant/pricing-plugin/runs?limit=7".to_string(),
+            };
+            let (status, page) = as_merchant(app, token, Method::GET, &path).await;
+            assert_eq!(status, 200, "{page}");
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= 7, "{page}");
+            all.extend(items.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        if all.len() >= n {
+            return all;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {} runs were recorded, wanted {n}", all.len());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn replay(app: &TestApp, token: &str, run: &str, candidate: Option<Vec<u8>>) -> (u16, Value) {
+    let req = app
+        .request(Method::POST, &format!("/v1/merchant/pricing-plugin/runs/{run}/replay"))
+        .bearer_auth(token);
+    send(match candidate {
+        Some(bytes) => req.header("content-type", "application/wasm").body(bytes),
+        None => req,
+    })
+    .await
+}
+
+/// Every production run is recorded; a replay of each of 20 runs of a plugin
+/// that reads the clocks and random numbers reproduces its output exactly; a
+/// candidate's replay shows its diff; runs are the merchant's only.
+async fn runs_are_recorded_and_replay_exactly(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.merchant("Entropy A").await;
+    let b = app.merchant("Other B").await;
+    app.product(&a.1, product_body("A thing", &["ZA-1", "ZA-2"], 1000, "EUR")).await;
+    let (status, uploaded) = upload(&app, &a.1, artifact("zoo-entropy.wasm")).await;
+    assert_eq!(status, 200, "{uploaded}");
+    let digest = s(&uploaded["digest"]);
+    let cart = app.cart("EUR").await;
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "ZA-1", "quantity": 1})).await.0,
+        200
+    );
+    // 20 runs on different inputs (each change and read prices the cart).
+    let mut reads = 1;
+    for i in 0..9u32 {
+        assert_eq!(app.put(&format!("/v1/carts/{cart}/items/ZA-1"), json!({"quantity": i + 2})).await.0, 200);
+        assert_eq!(app.get(&format!("/v1/carts/{cart}")).await.0, 200);
+        reads += 2;
+    }
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "ZA-2", "quantity": 1})).await.0,
+        200
+    );
+    reads += 1;
+    let runs = runs_at_least(&app, &a.1, 20).await;
+    assert_eq!(runs.len(), reads, "one record per run");
+    let mut ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), runs.len(), "ids are unique");
+    let ats: Vec<i64> = runs.iter().map(|r| r["at"].as_i64().unwrap()).collect();
+    assert!(ats.windows(2).all(|w| w[0] >= w[1]), "newest first: {ats:?}");
+    for run in &runs {
+        assert_eq!(run["digest"], digest.as_str());
+        assert_eq!(run["outcome"], "ok", "{run}");
+        assert_eq!(run["world"], "mercato:pricing@0.2.0");
+        assert_eq!(run["merchant_id"], a.0.as_str());
+        assert!(run["input"]["lines"].as_array().is_some_and(|l| !l.is_empty()), "{run}");
+        assert!(run["limits"]["deadline_ms"].as_u64().is_some(), "{run}");
+        assert!(run["usage"]["instructions"].as_u64().is_some_and(|n| n > 0), "{run}");
+        let label = run["output"]["discounts"][0]["label"].as_str().unwrap();
+        assert!(label.starts_with('w') && label.contains(" s") && label.contains(" r"), "{run}");
+        assert!(run["log"].as_str().unwrap().contains("entropy: wall"), "{run}");
+    }
+    // The virtual clock: a 3 ms sleep took 3 ms of its time (and a tick), whatever the host did.
+    let label = runs[0]["output"]["discounts"][0]["label"].as_str().unwrap();
+    let slept: u64 =
+        label.split(' ').find_map(|w| w.strip_prefix('s')).and_then(|n| n.parse().ok()).expect(label);
+    assert!((3_000_000..3_100_000).contains(&slept), "{label}");
+
+    for run in runs.iter().take(20) {
+        let id = s(&run["id"]);
+        let (status, replayed) = replay(&app, &a.1, &id, None).await;
+        assert_eq!(status, 200, "{replayed}");
+        assert_eq!(replayed["identical"], true, "replay of {id} differs: {replayed}");
+        assert_eq!(replayed["output"], run["output"], "{replayed}");
+        assert_eq!(replayed["log"], run["log"]);
+        assert_eq!(replayed["same_instructions"], true, "{replayed}");
+        assert!(replayed["diff"]["added"].as_array().unwrap().is_empty(), "{replayed}");
+    }
+
+    // A candidate (the bundles example) instead of the recorded plugin.
+    let big =
+        runs.iter().find(|r| r["input"]["lines"][0]["quantity"].as_u64() >= Some(3)).expect("a run with 3+");
+    let (status, diffed) =
+        replay(&app, &a.1, big["id"].as_str().unwrap(), Some(artifact("plugin-bundles.wasm"))).await;
+    assert_eq!(status, 200, "{diffed}");
+    assert_eq!(diffed["identical"], false, "{diffed}");
+    assert_ne!(diffed["digest"], digest.as_str());
+    assert_eq!(diffed["recorded_digest"], digest.as_str());
+    assert_eq!(diffed["diff"]["removed"], big["output"]["discounts"], "{diffed}");
+    assert!(
+        diffed["diff"]["added"].as_array().unwrap().iter().any(|d| d["label"] == "Buy 3, pay for 2"),
+        "{diffed}"
+    );
+    let added: i64 = diffed["diff"]["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["amount"]["amount"].as_i64().unwrap())
+        .sum();
+    let removed: i64 = big["output"]["discounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["amount"]["amount"].as_i64().unwrap())
+        .sum();
+    assert_eq!(diffed["diff"]["discount_delta"].as_i64(), Some(added - removed), "{diffed}");
+    assert_error(
+        &replay(&app, &a.1, big["id"].as_str().unwrap(), Some(b"not wasm".to_vec())).await,
+        422,
+        "invalid_plugin",
+    );
+
+    // Merchant isolation of runs.
+    let (status, theirs) = as_merchant(&app, &b.1, Method::GET, "/v1/merchant/pricing-plugin/runs").await;
+    assert_eq!((status, theirs["items"].clone()), (200, json!([])), "{theirs}");
+    let id = s(&runs[0]["id"]);
+    assert_error(
+        &as_merchant(&app, &b.1, Method::GET, &format!("/v1/merchant/pricing-plugin/runs/{id}")).await,
+        404,
+        "not_found",
+    );
+    assert_error(&replay(&app, &b.1, &id, None).await, 404, "not_found");
+    let (status, one) =
+        as_merchant(&app, &a.1, Method::GET, &format!("/v1/merchant/pricing-plugin/runs/{id}")).await;
+    assert_eq!((status, one["output"].clone()), (200, runs[0]["output"].clone()), "{one}");
+    assert_error(
+        &as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin/runs?cursor=x").await,
+        422,
+        "invalid_request",
+    );
+    assert_error(
+        &as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin/runs?limit=0").await,
+        422,
+        "invalid_request",
+    );
+
+    // A failing run is recorded too, with its error and log; its replay fails alike.
+    assert_eq!(upload(&app, &a.1, artifact("zoo-panic.wasm")).await.0, 200);
+    assert_eq!(app.get(&format!("/v1/carts/{cart}")).await.0, 200);
+    let runs = runs_at_least(&app, &a.1, reads + 1).await;
+    let failed = &runs[0];
+    assert_eq!(failed["outcome"], "trap", "{failed}");
+    assert_eq!(failed["output"], Value::Null);
+    assert!(failed["log"].as_str().unwrap().contains("about to panic"), "{failed}");
+    let (status, replayed) = replay(&app, &a.1, failed["id"].as_str().unwrap(), None).await;
+    assert_eq!((status, replayed["identical"].clone()), (200, json!(true)), "{replayed}");
+    // The entropy plugin's runs still replay after it was replaced: its binary is kept for them.
+    assert!(app.db.plugin_blob(&digest).await.unwrap().is_some(), "the binary of kept runs was deleted");
+    let (status, older) = replay(&app, &a.1, &id, None).await;
+    assert_eq!((status, older["identical"].clone()), (200, json!(true)), "{older}");
+}
+each_backend!(runs_and_replay, runs_are_recorded_and_replay_exactly);
