@@ -113,6 +113,66 @@ enum PluginCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Show the plugin's configuration, or set it from FILE (JSON; `-` reads stdin).
+    Config {
+        /// A JSON file to set as the configuration (at most 64 KiB)
+        file: Option<PathBuf>,
+        /// Remove the configuration
+        #[arg(long, conflicts_with = "file")]
+        remove: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the plugin's recorded runs, newest first; with RUN, print that
+    /// run as JSON (what `replay --offline` takes).
+    Runs {
+        /// One run's id
+        run: Option<String>,
+        /// Runs per page (1 to 100)
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The `next` cursor a previous page printed
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Run a recorded run again and compare its output with the recorded one:
+    /// on the server (the recorded plugin, or FILE given with --wasm), or with
+    /// --offline on this machine from a downloaded run.
+    Replay {
+        /// The run's id, or with --offline the run's JSON file
+        run: String,
+        /// With --offline: the plugin to run (the recorded one replays exactly)
+        file: Option<PathBuf>,
+        /// A candidate plugin to run instead of the recorded one
+        #[arg(long, conflicts_with = "offline")]
+        wasm: Option<PathBuf>,
+        /// No server: RUN is a file (`mercato plugin runs RUN > run.json`)
+        #[arg(long, requires = "file")]
+        offline: bool,
+        /// Print the whole answer as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: OptionalApiArgs,
+    },
+}
+
+/// [`ApiArgs`] for a command that may not need the server.
+#[derive(clap::Args)]
+struct OptionalApiArgs {
+    /// Base URL of the mercato API
+    #[arg(
+        long = "server",
+        visible_alias = "url",
+        env = "MERCATO_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Your merchant token (not needed with --offline)
+    #[arg(long, env = "MERCATO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -396,6 +456,11 @@ async fn answer(request: reqwest::RequestBuilder, server: &str) -> anyhow::Resul
 async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     use anyhow::Context;
     let (api, method, body) = match command {
+        PluginCommand::Config { file, remove, api } => return plugin_config(file, remove, api).await,
+        PluginCommand::Runs { run, limit, cursor, api } => return plugin_runs(run, limit, cursor, api).await,
+        PluginCommand::Replay { run, file, wasm, offline, json, api } => {
+            return plugin_replay(run, file, wasm, offline, json, api).await;
+        }
         PluginCommand::Upload { file, api } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             eprintln!("uploading {} ({} bytes)…", file.display(), bytes.len());
@@ -417,6 +482,175 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     report(status, &text)
+}
+
+/// Send `request` and give the body as JSON, or the API's error.
+async fn api_json(request: reqwest::RequestBuilder, server: &str) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let response = request.send().await.with_context(|| format!("reach {server}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        report(status, &text)?;
+    }
+    if text.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+async fn plugin_config(file: Option<PathBuf>, remove: bool, api: ApiArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let url = format!("{}/v1/merchant/pricing-plugin/config", api.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let request = if remove {
+        client.delete(url)
+    } else if let Some(file) = file {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("read stdin")?
+        } else {
+            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?
+        };
+        client.put(url).header("content-type", "application/json").body(text)
+    } else {
+        client.get(url)
+    };
+    let answer = api_json(request.bearer_auth(&api.token), &api.url).await?;
+    match answer {
+        serde_json::Value::Null => println!("removed"),
+        answer => println!("{}", serde_json::to_string_pretty(&answer["config"])?),
+    }
+    Ok(())
+}
+
+async fn plugin_runs(
+    run: Option<String>,
+    limit: u32,
+    cursor: Option<String>,
+    api: ApiArgs,
+) -> anyhow::Result<()> {
+    let base = format!("{}/v1/merchant/pricing-plugin/runs", api.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    if let Some(run) = run {
+        let one = api_json(client.get(format!("{base}/{run}")).bearer_auth(&api.token), &api.url).await?;
+        println!("{}", serde_json::to_string_pretty(&one)?);
+        return Ok(());
+    }
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(c) = cursor {
+        query.push(("cursor", c));
+    }
+    let page = api_json(client.get(base).query(&query).bearer_auth(&api.token), &api.url).await?;
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no recorded runs");
+    }
+    for run in &items {
+        let discount: i64 = run["output"]["discounts"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|d| d["amount"]["amount"].as_i64()).sum())
+            .unwrap_or(0);
+        println!(
+            "{}  {}  {:<16} {:>3} lines  {:>9} instr  discount {:>7}  {}",
+            run["id"].as_str().unwrap_or("?"),
+            run["at"],
+            run["outcome"].as_str().unwrap_or("?"),
+            run["input"]["lines"].as_array().map_or(0, Vec::len),
+            run["usage"]["instructions"],
+            discount,
+            run["digest"].as_str().map(|d| &d[..d.len().min(19)]).unwrap_or("?"),
+        );
+    }
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("next: --cursor {next}");
+    }
+    Ok(())
+}
+
+async fn plugin_replay(
+    run: String,
+    file: Option<PathBuf>,
+    wasm: Option<PathBuf>,
+    offline: bool,
+    json: bool,
+    api: OptionalApiArgs,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let answer = if offline {
+        let file = file.context("--offline needs the plugin FILE")?;
+        let text = std::fs::read_to_string(&run).with_context(|| format!("read {run}"))?;
+        let recorded: mercato::plugins::runs::Recorded =
+            serde_json::from_str(&text).with_context(|| format!("{run} is not a recorded run"))?;
+        let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        serde_json::to_value(mercato::plugins::replay_offline(&recorded, bytes).await?)?
+    } else {
+        let token = api.token.context("a merchant token: --token or MERCATO_TOKEN (or --offline)")?;
+        let url = format!("{}/v1/merchant/pricing-plugin/runs/{run}/replay", api.url.trim_end_matches('/'));
+        let mut request = reqwest::Client::new().post(url).bearer_auth(token);
+        if let Some(wasm) = &wasm {
+            let bytes = std::fs::read(wasm).with_context(|| format!("read {}", wasm.display()))?;
+            request = request.header("content-type", "application/wasm").body(bytes);
+        }
+        api_json(request, &api.url).await?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print_replay(&answer);
+    }
+    if answer["identical"] == true || wasm.is_some() || answer["digest"] != answer["recorded_digest"] {
+        Ok(())
+    } else {
+        anyhow::bail!("the replay of the recorded plugin did not reproduce the recorded run")
+    }
+}
+
+fn print_replay(r: &serde_json::Value) {
+    let same = r["digest"] == r["recorded_digest"];
+    println!(
+        "replayed {} with {} ({}): {}",
+        r["run"].as_str().unwrap_or("?"),
+        if same { "the recorded plugin" } else { "a candidate" },
+        r["digest"].as_str().unwrap_or("?"),
+        if r["identical"] == true {
+            "identical to the recorded run"
+        } else {
+            "DIFFERENT from the recorded run"
+        }
+    );
+    let diff = &r["diff"];
+    println!(
+        "outcome: {} -> {}",
+        diff["outcome_before"].as_str().unwrap_or("?"),
+        diff["outcome_after"].as_str().unwrap_or("?")
+    );
+    for (sign, key) in [("-", "removed"), ("+", "added")] {
+        for d in diff[key].as_array().into_iter().flatten() {
+            println!(
+                "{sign} {} {:>7} {}{}",
+                d["sku"].as_str().unwrap_or("?"),
+                d["amount"]["amount"],
+                d["label"].as_str().unwrap_or(""),
+                d["code"].as_str().map(|c| format!(" (code {c})")).unwrap_or_default()
+            );
+        }
+    }
+    for (sign, key) in [("-", "codes_no_longer_refused"), ("+", "codes_newly_refused")] {
+        for c in diff[key].as_array().into_iter().flatten() {
+            println!(
+                "{sign} refused {}: {}",
+                c["code"].as_str().unwrap_or("?"),
+                c["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!("discount delta: {}", diff["discount_delta"]);
+    if let Some(e) = r["error"].as_object() {
+        println!("error: {} {}", e["kind"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or(""));
+    }
+    if let Some(log) = r["log"].as_str().filter(|l| !l.is_empty()) {
+        println!("log:\n{log}");
+    }
 }
 
 fn load_config(args: ServeArgs) -> anyhow::Result<Config> {

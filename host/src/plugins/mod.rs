@@ -813,3 +813,23 @@ fn combine(codes: &[String], outputs: &[(&PluginRow, RunOutput)]) -> Pricing {
         .collect();
     Pricing { adjustments, codes }
 }
+
+/// Replay `recorded` with the plugin `bytes` on this machine, with no server
+/// or database (`mercato plugin replay --offline`): the same sandbox, limits
+/// and input as on the server, so the recorded plugin's run is reproduced
+/// exactly.
+pub async fn replay_offline(recorded: &Recorded, bytes: Vec<u8>) -> anyhow::Result<Replay> {
+    let dir = tempfile_dir()?;
+    let plugins = Plugins::new(Db::memory(), recorded.limits, 1, RecordingConfig::default(), &dir)?;
+    let (digest, compiled) = plugins.compile_file(bytes).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let replay = plugins.replay_with(recorded, &digest, &compiled).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(replay)
+}
+
+/// A fresh directory for an offline replay's compile cache.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mercato-replay-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -234,7 +234,11 @@ async fn bad_uploads_are_refused_with_the_reason() {
         ("random bytes", random, "not WebAssembly"),
         ("core module", core_module, "core WebAssembly module, not a component"),
         ("imports wasi:http", wants_http, "imports wasi:http/outgoing-handler@0.2.0"),
-        ("no pricing export", wrong_world, "does not export mercato:pricing/pricing@0.2.0 (or mercato:pricing/pricing@0.1.0)"),
+        (
+            "no pricing export",
+            wrong_world,
+            "does not export mercato:pricing/pricing@0.2.0 (or mercato:pricing/pricing@0.1.0)",
+        ),
         ("truncated", good[..good.len() / 2].to_vec(), "not a valid component"),
     ];
     for (what, bytes, reason) in cases {

@@ -383,3 +383,81 @@ async fn runs_are_recorded_and_replay_exactly(backend: Backend) {
     assert_eq!((status, older["identical"].clone()), (200, json!(true)), "{older}");
 }
 each_backend!(runs_and_replay, runs_are_recorded_and_replay_exactly);
+
+/// The command line: configuration, runs, one run as JSON, replays on the
+/// server (recorded and candidate) and offline from the downloaded run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_configures_lists_and_replays_runs() {
+    let app = spawn_app(Backend::Memory).await;
+    let (_, token) = app.merchant("CLI runs").await;
+    app.product(&token, product_body("A thing", &["ZA-1"], 1000, "EUR")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let bundles = file("bundles.wasm", &artifact("plugin-bundles.wasm"));
+    let entropy = file("entropy.wasm", &artifact("zoo-entropy.wasm"));
+    let config = file("config.json", br#"{"codes": {"SPRING10": 10}, "min_spend": 0}"#);
+    let url = app.url("");
+    let cli = |args: Vec<String>, token: Option<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"));
+            cmd.args(&args).env("MERCATO_URL", url).env_remove("MERCATO_TOKEN");
+            if let Some(t) = token {
+                cmd.env("MERCATO_TOKEN", t);
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+    };
+    let arg = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let t = Some(token.clone());
+    let (ok, out) = cli(arg(&["plugin", "config", &config]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("SPRING10"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "config"]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("\"min_spend\": 0"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "upload", &bundles]), t.clone()).await.unwrap();
+    assert!(ok, "{out}");
+
+    let cart = app.cart("EUR").await;
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "ZA-1", "quantity": 3})).await.0,
+        200
+    );
+    let (_, priced) =
+        app.post(&format!("/v1/carts/{cart}/discount-codes"), json!({"code": "spring10"})).await;
+    assert_eq!(code(&priced, "SPRING10")["applied"], true, "{priced}");
+    let runs = runs_at_least(&app, &token, 2).await;
+    let newest = s(&runs[0]["id"]);
+    assert_eq!(runs[0]["input"]["discount_codes"], json!(["SPRING10"]), "{}", runs[0]);
+    assert!(runs[0]["input"]["config"].as_str().unwrap().contains("SPRING10"), "{}", runs[0]);
+
+    let (ok, out) = cli(arg(&["plugin", "runs", "--limit", "1"]), t.clone()).await.unwrap();
+    assert!(ok && out.contains(&newest) && out.contains("next: --cursor"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "runs", &newest]), t.clone()).await.unwrap();
+    assert!(ok, "{out}");
+    let run_json = file("run.json", out.as_bytes());
+    let (ok, out) = cli(arg(&["plugin", "replay", &newest]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("identical to the recorded run"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "replay", &newest, "--wasm", &entropy]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("DIFFERENT") && out.contains("- ZA-1") && out.contains("SPRING10"), "{out}");
+    // Offline: no server, no token.
+    let (ok, out) = cli(arg(&["plugin", "replay", "--offline", &run_json, &bundles]), None).await.unwrap();
+    assert!(ok && out.contains("identical to the recorded run"), "{out}");
+    let (ok, out) =
+        cli(arg(&["plugin", "replay", "--offline", &run_json, &entropy, "--json"]), None).await.unwrap();
+    assert!(ok, "{out}");
+    let offline: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(offline["identical"], false, "{offline}");
+    assert!(offline["diff"]["added"][0]["label"].as_str().unwrap().starts_with('w'), "{offline}");
+    let (ok, out) = cli(arg(&["plugin", "replay", "run_nope"]), t.clone()).await.unwrap();
+    assert!(!ok && out.contains("not_found"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "config", "--remove"]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("removed"), "{out}");
+}
