@@ -19,3 +19,14 @@ CREATE TABLE plugin_runs (
 );
 CREATE INDEX plugin_runs_by_merchant ON plugin_runs (merchant_id, seq);
 CREATE INDEX plugin_runs_by_digest ON plugin_runs (digest);
+
+-- A candidate plugin running in the shadow of a merchant's active one on
+-- live pricing, never applied; `report` (JSON) is what it did, `version`
+-- guards its read-modify-write updates.
+CREATE TABLE plugin_shadows (
+    merchant_id   TEXT PRIMARY KEY REFERENCES merchants (id),
+    digest        TEXT NOT NULL REFERENCES plugin_blobs (digest),
+    installed_at  INTEGER NOT NULL,
+    report        TEXT NOT NULL,
+    version       INTEGER NOT NULL
+);

@@ -248,6 +248,9 @@ pub fn check_output(input: &RunInput, output: &RunOutput, limits: &PluginLimits)
         if !known_code(&r.code) {
             return invalid(format!("refuses code {:?}, which the cart does not hold", r.code));
         }
+        if output.discounts.iter().any(|d| d.code.as_deref() == Some(r.code.as_str())) {
+            return invalid(format!("both honours and refuses code {:?}", r.code));
+        }
         let chars = r.reason.chars().count();
         if chars == 0 || chars > MAX_REASON_CHARS {
             return invalid(format!(
@@ -329,6 +332,16 @@ mod tests {
             (reject("WINTER", "no"), "which the cart does not hold"),
             (reject("SPRING10", ""), "reason of 0 characters"),
             (reject("SPRING10", &"x".repeat(201)), "reason of 201 characters"),
+            (
+                RunOutput {
+                    discounts: vec![OutputDiscount {
+                        code: Some("SPRING10".into()),
+                        ..discount("a", 1, "EUR")
+                    }],
+                    rejected_codes: vec![RejectedCode { code: "SPRING10".into(), reason: "no".into() }],
+                },
+                "both honours and refuses",
+            ),
         ];
         for (output, expected) in cases {
             let err = check_output(&input(), &output, &limits).unwrap_err();

@@ -41,6 +41,10 @@ pub use limits::{LimitsUpdate, PluginLimits};
 use runs::{Recorded, Recorder, RecordingConfig};
 pub use sandbox::{Compiled, PluginCtx, RunError};
 
+/// Replays executing at once on this replica, apart from the shoppers' run
+/// slots.
+const REPLAY_SLOTS: usize = 2;
+
 /// Largest plugin configuration, in bytes (SPEC §4).
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
@@ -83,6 +87,9 @@ pub enum ReplayError {
     /// The recorded binary is no longer stored (retention).
     #[error("{0}")]
     Gone(String),
+    /// No replay slot or compile place free.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{0}")]
@@ -93,6 +100,9 @@ pub enum ReplayError {
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Replay {
     pub run: String,
+    /// Whether the recorded run can be reproduced exactly (false when the
+    /// host's clock stopped it; see `Recorded::reproducible`).
+    pub reproducible: bool,
     /// What ran: the recorded digest, or the candidate's.
     pub digest: String,
     pub recorded_digest: String,
@@ -170,6 +180,9 @@ struct Inner {
     recorded: Mutex<HashMap<(String, String, &'static str), Instant>>,
     last_runs: Mutex<HashMap<String, LastRun>>,
     recorder: Recorder,
+    /// Replays at once, apart from shoppers' run slots: a merchant's replays
+    /// never take a shopper's slot.
+    replays: tokio::sync::Semaphore,
     _ticker: EpochTicker,
 }
 
@@ -232,6 +245,7 @@ impl Plugins {
                 recorded: Mutex::new(HashMap::new()),
                 last_runs: Mutex::new(HashMap::new()),
                 recorder: Recorder::start(db_for_recorder, recording),
+                replays: tokio::sync::Semaphore::new(REPLAY_SLOTS),
                 _ticker: ticker,
             }),
         })
@@ -324,7 +338,10 @@ impl Plugins {
             .instantiate_pre(&component)
             .map_err(|e| UploadError::Invalid(format!("cannot be linked: {e:#}")))?;
         let exports_v1 = validate::parse_component(bytes)
-            .map(|shape| shape.exports.iter().any(|e| e == validate::PRICING_EXPORT_V1))
+            .map(|shape| {
+                !shape.exports.iter().any(|e| e == validate::PRICING_EXPORT)
+                    && shape.exports.iter().any(|e| e == validate::PRICING_EXPORT_V1)
+            })
             .unwrap_or(false);
         let compiled = if exports_v1 {
             crate::bindings::plugin_v1::PluginPre::new(pre)
@@ -589,6 +606,7 @@ impl Plugins {
                     duration_us,
                 },
                 log: outcome.log.clone(),
+                reproducible: !outcome.cut_by_host_time,
             });
         }
         match outcome.result {
@@ -642,16 +660,30 @@ impl Plugins {
                 (digest, compiled)
             }
             None => {
+                if lock(&self.inner.loaded).get(&recorded.digest).is_none()
+                    && self.inner.db.plugin_blob(&recorded.digest).await?.is_none()
+                {
+                    return Err(ReplayError::Gone(format!(
+                        "the recorded plugin {} is no longer stored; replay the run with a candidate \
+                         (or offline, with the file)",
+                        recorded.digest
+                    )));
+                }
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let compiled = self.load(&recorded.digest, deadline).await.map_err(|e| {
-                    ReplayError::Gone(format!(
-                        "the recorded plugin {} cannot be loaded any more: {}",
-                        recorded.digest, e.message
-                    ))
+                let compiled = self.load(&recorded.digest, deadline).await.map_err(|e| match e.kind {
+                    "overloaded" => ReplayError::Busy(e.message),
+                    _ => {
+                        ReplayError::Internal(format!("the recorded plugin cannot be loaded: {}", e.message))
+                    }
                 })?;
                 (recorded.digest.clone(), compiled)
             }
         };
+        let _slot = self.inner.replays.try_acquire().map_err(|_| {
+            ReplayError::Busy(format!(
+                "{REPLAY_SLOTS} replays are running on this server; try again in a moment"
+            ))
+        })?;
         Ok(self.replay_with(&recorded, &digest, &compiled).await)
     }
 
@@ -691,12 +723,8 @@ impl Plugins {
         let limits = recorded.limits;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(limits.deadline_ms);
-        let outcome = match tokio::time::timeout_at(deadline.into(), self.inner.runs.acquire()).await {
-            Ok(Ok(_permit)) => {
-                sandbox::run(&self.inner.engine, compiled, digest, &limits, &recorded.input, deadline).await
-            }
-            _ => sandbox::RunOutcome::failed(RunError::new("overloaded", "no plugin run slot was free")),
-        };
+        let outcome =
+            sandbox::run(&self.inner.engine, compiled, digest, &limits, &recorded.input, deadline).await;
         let kind = outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok").to_string();
         let output = outcome.result.as_ref().ok().cloned();
         let diff = runs::Diff::between(
@@ -714,6 +742,7 @@ impl Plugins {
             && outcome.log == recorded.log;
         Replay {
             run: recorded.id.clone(),
+            reproducible: recorded.reproducible,
             digest: digest.to_string(),
             recorded_digest: recorded.digest.clone(),
             world: compiled.world(),

@@ -31,11 +31,24 @@ pub struct RecordingConfig {
     pub sample_ok: f64,
     /// Records waiting for the writer; more are dropped.
     pub queue: usize,
+    /// Bytes of records waiting for the writer; more are dropped.
+    pub queue_bytes: usize,
+    /// Distinct plugin binaries a merchant's kept runs may refer to (runs of
+    /// older binaries go, and so do those binaries): the stored binaries
+    /// that recorded runs keep are bounded too.
+    pub keep_binaries: i64,
 }
 
 impl Default for RecordingConfig {
     fn default() -> Self {
-        RecordingConfig { keep: 1_000, keep_bytes: 16 << 20, sample_ok: 1.0, queue: 4_096 }
+        RecordingConfig {
+            keep: 1_000,
+            keep_bytes: 16 << 20,
+            sample_ok: 1.0,
+            queue: 4_096,
+            queue_bytes: 64 << 20,
+            keep_binaries: 10,
+        }
     }
 }
 
@@ -74,6 +87,16 @@ pub struct Recorded {
     pub usage: Usage,
     /// What it printed (capped).
     pub log: String,
+    /// False for a run the host's clock stopped (its deadline in real time,
+    /// a request deadline, a wait for a compile or a run slot): where such a
+    /// run ends depends on the machine, so its replay is not expected to be
+    /// identical. Every other run replays bit for bit.
+    #[serde(default = "yes")]
+    pub reproducible: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Recorded {
@@ -102,53 +125,104 @@ pub fn new_id() -> String {
 /// Most records one batch writes.
 const BATCH: usize = 256;
 
+/// Write one batch; a database that is briefly unavailable delays it, one
+/// that stays so drops it (the queue bounds the memory).
+async fn write(db: &Db, rows: &[RunRow], retention: Retention) {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 0..5 {
+        match db.record_plugin_runs(rows, retention).await {
+            Ok(()) => return,
+            Err(e) if attempt == 4 => {
+                tracing::warn!(error = %e, runs = rows.len(), "could not record plugin runs; dropped");
+                crate::telemetry::plugin_runs_dropped(rows.len());
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
 /// The sending half of the recorder; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: tokio::sync::mpsc::Sender<Recorded>,
+    tx: tokio::sync::mpsc::Sender<(Recorded, usize)>,
     config: RecordingConfig,
+    /// Bytes of the records queued.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Recorded {
+    /// About what the record holds in memory.
+    fn weight(&self) -> usize {
+        let lines: usize =
+            self.input.lines.iter().map(|l| l.sku.len() + l.product_id.len() + l.title.len() + 48).sum();
+        let output = self.output.as_ref().map_or(0, |o| {
+            o.discounts.iter().map(|d| d.sku.len() + d.label.len() + 48).sum::<usize>()
+                + o.rejected_codes.iter().map(|r| r.code.len() + r.reason.len() + 16).sum::<usize>()
+        });
+        512 + lines
+            + output
+            + self.input.config.as_ref().map_or(0, String::len)
+            + self.input.discount_codes.iter().map(|c| c.len() + 24).sum::<usize>()
+            + self.log.len()
+            + self.error.as_ref().map_or(0, |e| e.message.len())
+    }
 }
 
 impl Recorder {
     /// Start the writer task on `db`.
     pub fn start(db: Db, config: RecordingConfig) -> Recorder {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Recorded>(config.queue.max(1));
-        let retention = Retention { runs: config.keep.max(1), bytes: config.keep_bytes.max(1) };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Recorded, usize)>(config.queue.max(1));
+        let retention = Retention {
+            runs: config.keep.max(1),
+            bytes: config.keep_bytes.max(1),
+            binaries: config.keep_binaries.max(1),
+        };
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = queued.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
-                let rows: Vec<RunRow> = batch.drain(..).filter_map(|r| r.row().ok()).collect();
-                let mut delay = Duration::from_millis(50);
-                // A database that is briefly unavailable delays the records;
-                // one that stays so drops them (the queue bounds the memory).
-                for attempt in 0..5 {
-                    match db.record_plugin_runs(&rows, retention).await {
-                        Ok(()) => break,
-                        Err(e) if attempt == 4 => {
-                            tracing::warn!(error = %e, runs = rows.len(), "could not record plugin runs; dropped");
-                            crate::telemetry::plugin_runs_dropped(rows.len());
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
-                        }
-                    }
+                let weight: usize = batch.iter().map(|(_, w)| w).sum();
+                let rows: Vec<RunRow> = batch.drain(..).filter_map(|(r, _)| r.row().ok()).collect();
+                // Each batch on its own task: a panic in one (a driver bug, a
+                // decode) loses that batch, not the recorder.
+                let (db, n) = (db.clone(), rows.len());
+                let written = tokio::spawn(async move { write(&db, &rows, retention).await }).await;
+                if let Err(e) = written {
+                    tracing::error!(error = %e, runs = n, "recording plugin runs panicked; the batch is dropped");
+                    crate::telemetry::plugin_runs_dropped(n);
                 }
+                counted.fetch_sub(weight, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        Recorder { tx, config }
+        Recorder { tx, config, queued }
     }
 
-    /// Queue `run` for recording, unless sampled out or the queue is full.
+    /// Queue `run` for recording, unless sampled out or the queue is full
+    /// (by count or by bytes).
     pub fn record(&self, run: Recorded) {
+        use std::sync::atomic::Ordering;
         if run.outcome == "ok"
             && self.config.sample_ok < 1.0
             && rand::random::<f64>() >= self.config.sample_ok
         {
             return;
         }
-        if self.tx.try_send(run).is_err() {
+        let weight = run.weight();
+        if self.queued.fetch_add(weight, Ordering::Relaxed) + weight > self.config.queue_bytes {
+            self.queued.fetch_sub(weight, Ordering::Relaxed);
             crate::telemetry::plugin_runs_dropped(1);
+            return;
+        }
+        if let Err(e) = self.tx.try_send((run, weight)) {
+            self.queued.fetch_sub(weight, Ordering::Relaxed);
+            crate::telemetry::plugin_runs_dropped(1);
+            if matches!(e, tokio::sync::mpsc::error::TrySendError::Closed(_)) {
+                tracing::error!("the plugin run recorder has stopped; runs are not recorded");
+            }
         }
     }
 

@@ -83,12 +83,22 @@ pub struct RunOutcome {
     pub fuel_used: u64,
     /// The most memory (all linear memories and tables) the run had, in bytes.
     pub memory_peak: u64,
+    /// Stopped by the host's clock (its deadline in real time), not by
+    /// anything the plugin's input decides: such a run's end point depends
+    /// on the machine's speed, so a replay cannot reproduce it exactly.
+    pub cut_by_host_time: bool,
 }
 
 impl RunOutcome {
     /// A run that never started.
     pub fn failed(error: RunError) -> RunOutcome {
-        RunOutcome { result: Err(error), log: String::new(), fuel_used: 0, memory_peak: 0 }
+        RunOutcome {
+            result: Err(error),
+            log: String::new(),
+            fuel_used: 0,
+            memory_peak: 0,
+            cut_by_host_time: false,
+        }
     }
 }
 
@@ -125,6 +135,7 @@ pub async fn run(
     confine(&mut store);
     let fuel = limits.fuel_for(input.lines.len());
     let mut fuel_used = 0;
+    let mut cut_by_host_time = false;
     let result = match store.set_fuel(fuel) {
         Err(e) => Err(RunError::new("unavailable", format!("{e:#}"))),
         Ok(()) => {
@@ -136,6 +147,9 @@ pub async fn run(
                 over = clock.overslept() => Err(wasmtime::Error::new(over)),
             };
             fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            if let Err(e) = &called {
+                cut_by_host_time = e.chain().any(|c| c.is::<DeadlineExceeded>());
+            }
             match called {
                 Err(e) => Err(classify(&e, limits, fuel)),
                 Ok(Err(message)) => Err(RunError::new("plugin_error", truncate(&message, 1000))),
@@ -144,7 +158,7 @@ pub async fn run(
         }
     };
     let memory_peak = store.data().limiter.peak as u64;
-    RunOutcome { result, log: log.text(), fuel_used, memory_peak }
+    RunOutcome { result, log: log.text(), fuel_used, memory_peak, cut_by_host_time }
 }
 
 async fn call(

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::accounts::{Accounts, MerchantRow};
 use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
 use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
-use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow};
+use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow};
 use super::tx::{self, Failed, Op, Outcome, Precondition, Transactions, Write, counter_value};
 use super::{Backend, Result, StorageError};
 
@@ -44,6 +44,7 @@ struct State {
     /// Merchant → recorded runs, oldest first.
     runs: HashMap<String, VecDeque<RunRow>>,
     run_seq: i64,
+    shadows: HashMap<String, ShadowRow>,
 }
 
 impl Memory {
@@ -278,6 +279,7 @@ impl State {
 
     fn drop_unused_blob(&mut self, digest: &str) {
         if !self.plugins.values().any(|(d, _)| d == digest)
+            && !self.shadows.values().any(|s| s.digest == digest)
             && !self.runs.values().any(|runs| runs.iter().any(|r| r.digest == digest))
         {
             self.blobs.remove(digest);
@@ -416,6 +418,7 @@ impl Plugins for Memory {
                     uploaded_at: *uploaded_at,
                     limits: state.limits.get(m).cloned(),
                     config: state.configs.get(m).cloned(),
+                    shadow: state.shadows.get(m).map(|s| s.digest.clone()),
                 })
             })
             .collect())
@@ -477,6 +480,22 @@ impl Plugins for Memory {
             let row = RunRow { seq: state.run_seq, ..run.clone() };
             let kept = state.runs.entry(run.merchant_id.clone()).or_default();
             kept.push_back(row);
+            // The newest `binaries` distinct digests, by their newest run.
+            let mut newest: Vec<&str> = Vec::new();
+            for r in kept.iter().rev() {
+                if !newest.contains(&r.digest.as_str()) {
+                    newest.push(&r.digest);
+                }
+            }
+            let keep: Vec<String> = newest
+                .into_iter()
+                .take(usize::try_from(retention.binaries).unwrap_or(0))
+                .map(String::from)
+                .collect();
+            let (stay, gone): (VecDeque<RunRow>, VecDeque<RunRow>) =
+                std::mem::take(kept).into_iter().partition(|r| keep.contains(&r.digest));
+            *kept = stay;
+            pruned.extend(gone.into_iter().map(|r| r.digest));
             let mut bytes: i64 = kept.iter().map(|r| r.record.len() as i64).sum();
             while kept.len() as i64 > retention.runs || (bytes > retention.bytes && !kept.is_empty()) {
                 let Some(old) = kept.pop_front() else { break };
@@ -509,6 +528,67 @@ impl Plugins for Memory {
 
     async fn plugin_run(&self, merchant: &str, id: &str) -> Result<Option<RunRow>> {
         Ok(self.state().runs.get(merchant).and_then(|runs| runs.iter().find(|r| r.id == id).cloned()))
+    }
+
+    async fn put_shadow(
+        &self,
+        merchant: &str,
+        digest: &str,
+        bytes: &[u8],
+        report: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut state = self.state();
+        state.known_merchant(merchant)?;
+        state.blobs.entry(digest.to_string()).or_insert_with(|| bytes.to_vec());
+        let version = state.shadows.get(merchant).map_or(0, |s| s.version + 1);
+        let row =
+            ShadowRow { digest: digest.to_string(), installed_at: now, report: report.to_string(), version };
+        if let Some(old) = state.shadows.insert(merchant.to_string(), row).filter(|old| old.digest != digest)
+        {
+            state.drop_unused_blob(&old.digest);
+        }
+        Ok(())
+    }
+
+    async fn shadow(&self, merchant: &str) -> Result<Option<ShadowRow>> {
+        Ok(self.state().shadows.get(merchant).cloned())
+    }
+
+    async fn update_shadow_report(
+        &self,
+        merchant: &str,
+        digest: &str,
+        version: i64,
+        report: &str,
+    ) -> Result<bool> {
+        let mut state = self.state();
+        match state.shadows.get_mut(merchant) {
+            Some(s) if s.digest == digest && s.version == version => {
+                s.report = report.to_string();
+                s.version += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_shadow(&self, merchant: &str) -> Result<bool> {
+        let mut state = self.state();
+        let Some(old) = state.shadows.remove(merchant) else { return Ok(false) };
+        state.drop_unused_blob(&old.digest);
+        Ok(true)
+    }
+
+    async fn promote_shadow(&self, merchant: &str, now: i64) -> Result<Option<String>> {
+        let mut state = self.state();
+        let Some(shadow) = state.shadows.remove(merchant) else { return Ok(None) };
+        let previous = state.plugins.insert(merchant.to_string(), (shadow.digest.clone(), now));
+        state.errors.remove(merchant);
+        if let Some((old, _)) = previous.filter(|(old, _)| old != &shadow.digest) {
+            state.drop_unused_blob(&old);
+        }
+        Ok(Some(shadow.digest))
     }
 }
 

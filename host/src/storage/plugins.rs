@@ -20,6 +20,19 @@ pub struct PluginRow {
     pub limits: Option<String>,
     /// The merchant's plugin configuration (JSON text), if set.
     pub config: Option<String>,
+    /// The digest of the candidate running in its shadow, if any.
+    pub shadow: Option<String>,
+}
+
+/// A merchant's shadow candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowRow {
+    pub digest: String,
+    pub installed_at: i64,
+    /// What it did so far (JSON, `crate::plugins::shadow::Report`).
+    pub report: String,
+    /// Bumped by each report update.
+    pub version: i64,
 }
 
 /// One recorded run of a merchant's plugin.
@@ -44,6 +57,8 @@ pub struct RunRow {
 pub struct Retention {
     pub runs: i64,
     pub bytes: i64,
+    /// Distinct digests the kept runs may refer to (the newest used).
+    pub binaries: i64,
 }
 
 /// One recorded failure of a run.
@@ -103,4 +118,35 @@ pub trait Plugins: Send + Sync {
 
     /// One of `merchant`'s recorded runs.
     async fn plugin_run(&self, merchant: &str, id: &str) -> Result<Option<RunRow>>;
+
+    /// Store `bytes` under `digest` (once) and make it `merchant`'s shadow
+    /// candidate with an empty `report`, replacing any other.
+    async fn put_shadow(
+        &self,
+        merchant: &str,
+        digest: &str,
+        bytes: &[u8],
+        report: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    async fn shadow(&self, merchant: &str) -> Result<Option<ShadowRow>>;
+
+    /// Replace the report of `merchant`'s shadow `digest` if it is still at
+    /// `version`; false if the shadow or its version changed.
+    async fn update_shadow_report(
+        &self,
+        merchant: &str,
+        digest: &str,
+        version: i64,
+        report: &str,
+    ) -> Result<bool>;
+
+    /// End `merchant`'s shadow; false if there was none.
+    async fn delete_shadow(&self, merchant: &str) -> Result<bool>;
+
+    /// In one transaction: make the shadow candidate `merchant`'s active
+    /// plugin and end the shadow. The promoted digest, or none if there was
+    /// no shadow.
+    async fn promote_shadow(&self, merchant: &str, now: i64) -> Result<Option<String>>;
 }

@@ -381,6 +381,27 @@ async fn runs_are_recorded_and_replay_exactly(backend: Backend) {
     assert!(app.db.plugin_blob(&digest).await.unwrap().is_some(), "the binary of kept runs was deleted");
     let (status, older) = replay(&app, &a.1, &id, None).await;
     assert_eq!((status, older["identical"].clone()), (200, json!(true)), "{older}");
+
+    // A run the host's clock stopped (10^10 instructions, 50 ms) is recorded
+    // as not reproducible: where it ends depends on the machine.
+    let limits = json!({"instructions": 10_000_000_000u64, "deadline_ms": 50});
+    assert_eq!(crate::plugins::set_limits(&app, &a.0, limits).await.0, 200);
+    assert_eq!(upload(&app, &a.1, artifact("zoo-loop.wasm")).await.0, 200);
+    assert_eq!(app.get(&format!("/v1/carts/{cart}")).await.0, 200);
+    let runs = runs_at_least(&app, &a.1, reads + 2).await;
+    assert_eq!(
+        (runs[0]["outcome"].clone(), runs[0]["reproducible"].clone()),
+        (json!("deadline"), json!(false)),
+        "{}",
+        runs[0]
+    );
+    assert_eq!(runs[1]["reproducible"], true, "{}", runs[1]);
+    let (status, cut) = replay(&app, &a.1, runs[0]["id"].as_str().unwrap(), None).await;
+    assert_eq!(
+        (status, cut["reproducible"].clone(), cut["outcome"].clone()),
+        (200, json!(false), json!("deadline")),
+        "{cut}"
+    );
 }
 each_backend!(runs_and_replay, runs_are_recorded_and_replay_exactly);
 

@@ -515,13 +515,13 @@ async fn plugin_runs_configuration_and_retention(backend: Backend) {
     db.put_plugin("m2", "d-new", b"new", 6).await.expect("replace");
     assert!(db.plugin_blob("d-old").await.expect("blob").is_none(), "no run refers to it yet");
     db.put_plugin("m2", "d-old", b"old", 7).await.expect("put again");
-    db.record_plugin_runs(&[run(0, "m2", "d-old")], Retention { runs: 10, bytes: 1 << 20 })
+    db.record_plugin_runs(&[run(0, "m2", "d-old")], Retention { runs: 10, bytes: 1 << 20, binaries: 10 })
         .await
         .expect("record");
     db.put_plugin("m2", "d-new", b"new", 8).await.expect("replace");
     assert!(db.plugin_blob("d-old").await.expect("blob").is_some(), "a recorded run refers to it");
 
-    let retention = Retention { runs: 300, bytes: 200_000 };
+    let retention = Retention { runs: 300, bytes: 200_000, binaries: 10 };
     let mut batch = Vec::new();
     for i in 1..=10_000 {
         batch.push(run(i, if i % 2 == 0 { "m1" } else { "m2" }, if i % 2 == 0 { "d-live" } else { "d-new" }));
@@ -563,5 +563,17 @@ async fn plugin_runs_configuration_and_retention(backend: Backend) {
         "its only run was pruned: the binary goes"
     );
     assert!(db.plugin_blob("d-new").await.expect("blob").is_some(), "in use");
+
+    // Runs of at most `binaries` distinct binaries are kept: the newest used.
+    let many: Vec<RunRow> = (0..15).map(|i| run(20_000 + i, "m1", &format!("d-x{i:02}"))).collect();
+    db.record_plugin_runs(&many, Retention { runs: 1000, bytes: 1 << 30, binaries: 10 })
+        .await
+        .expect("record");
+    let kept = db.plugin_runs("m1", None, 1000).await.expect("runs");
+    let mut digests: Vec<&str> = kept.iter().map(|r| r.digest.as_str()).collect();
+    digests.sort();
+    digests.dedup();
+    let expected: Vec<String> = (5..15).map(|i| format!("d-x{i:02}")).collect();
+    assert_eq!(digests, expected, "the 10 binaries run last");
 }
 each_backend!(repo_plugin_runs, plugin_runs_configuration_and_retention);

@@ -227,6 +227,7 @@ async fn replay(
         }
         Err(ReplayError::Invalid(m)) => Err(invalid_plugin(m)),
         Err(ReplayError::Gone(m)) => Err(ApiError::new(StatusCode::GONE, "gone", m)),
+        Err(ReplayError::Busy(m)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", m)),
         Err(ReplayError::Storage(e)) => Err(ApiError::internal(e)),
         Err(ReplayError::Internal(e)) => Err(ApiError::internal(e)),
     }

@@ -5,11 +5,15 @@ use sqlx::Row;
 
 use super::Sql;
 use crate::storage::Result;
-use crate::storage::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow};
+use crate::storage::plugins::{
+    PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow,
+};
 
-/// Deletes a binary that no merchant's plugin and no kept run refers to.
+/// Deletes a binary that no merchant's plugin or shadow and no kept run
+/// refers to.
 const DROP_UNUSED_BLOB: &str = "DELETE FROM plugin_blobs WHERE digest = ? \
      AND NOT EXISTS (SELECT 1 FROM merchant_plugins WHERE digest = ?) \
+     AND NOT EXISTS (SELECT 1 FROM plugin_shadows WHERE digest = ?) \
      AND NOT EXISTS (SELECT 1 FROM plugin_runs WHERE digest = ?)";
 const INSERT_RUN: &str = "INSERT INTO plugin_runs (id, merchant_id, at, digest, outcome, size, record) \
      VALUES (?, ?, ?, ?, ?, ?, ?)";
@@ -20,6 +24,11 @@ const PRUNE_BY_COUNT: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND 
 const PRUNE_BY_BYTES: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND seq <= \
      (SELECT seq FROM (SELECT seq, SUM(size) OVER (ORDER BY seq DESC) AS total \
       FROM plugin_runs WHERE merchant_id = ?) t WHERE total > ? ORDER BY seq DESC LIMIT 1) RETURNING digest";
+
+/// Keeps a merchant's runs of its `?3` most recently run binaries.
+const PRUNE_BY_BINARIES: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND digest NOT IN \
+     (SELECT digest FROM plugin_runs WHERE merchant_id = ? GROUP BY digest ORDER BY MAX(seq) DESC LIMIT ?) \
+     RETURNING digest";
 
 /// [`Plugins::record_plugin_runs`] in one transaction of either backend.
 macro_rules! record_runs {
@@ -43,7 +52,11 @@ macro_rules! record_runs {
         }
         let mut pruned: Vec<String> = Vec::new();
         for merchant in merchants {
-            for (sql, bound) in [(PRUNE_BY_COUNT, $retention.runs), (PRUNE_BY_BYTES, $retention.bytes)] {
+            for (sql, bound) in [
+                (PRUNE_BY_BINARIES, $retention.binaries),
+                (PRUNE_BY_COUNT, $retention.runs),
+                (PRUNE_BY_BYTES, $retention.bytes),
+            ] {
                 let rows = sqlx::query(sqlx::AssertSqlSafe($sql(sql)))
                     .bind(merchant)
                     .bind(merchant)
@@ -60,10 +73,59 @@ macro_rules! record_runs {
                 .bind(digest)
                 .bind(digest)
                 .bind(digest)
+                .bind(digest)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
+    }};
+}
+
+/// [`Plugins::promote_shadow`] in one transaction of either backend.
+macro_rules! promote_shadow {
+    ($pool:expr, $sql:expr, $merchant:expr, $now:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let shadow: Option<String> =
+            sqlx::query(sqlx::AssertSqlSafe($sql("SELECT digest FROM plugin_shadows WHERE merchant_id = ?")))
+                .bind($merchant)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get(0));
+        match shadow {
+            None => None,
+            Some(digest) => {
+                let old: Option<String> = sqlx::query(sqlx::AssertSqlSafe(
+                    $sql("SELECT digest FROM merchant_plugins WHERE merchant_id = ?"),
+                ))
+                .bind($merchant)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get(0));
+                sqlx::query(sqlx::AssertSqlSafe($sql(
+                    "INSERT INTO merchant_plugins (merchant_id, digest, uploaded_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (merchant_id) DO UPDATE SET digest = excluded.digest, uploaded_at = excluded.uploaded_at",
+                )))
+                .bind($merchant)
+                .bind(&digest)
+                .bind($now)
+                .execute(&mut *tx)
+                .await?;
+                for statement in ["DELETE FROM plugin_shadows WHERE merchant_id = ?", "DELETE FROM plugin_errors WHERE merchant_id = ?"] {
+                    sqlx::query(sqlx::AssertSqlSafe($sql(statement))).bind($merchant).execute(&mut *tx).await?;
+                }
+                if let Some(old) = old.filter(|old| old != &digest) {
+                    sqlx::query(sqlx::AssertSqlSafe($sql(DROP_UNUSED_BLOB)))
+                        .bind(&old)
+                        .bind(&old)
+                        .bind(&old)
+                        .bind(&old)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Some(digest)
+            }
+        }
     }};
 }
 
@@ -116,10 +178,11 @@ impl Plugins for Sql {
         }
         let marks = vec!["?"; merchants.len()].join(", ");
         let sql = format!(
-            "SELECT p.merchant_id, p.digest, b.size, p.uploaded_at, l.limits, c.config \
+            "SELECT p.merchant_id, p.digest, b.size, p.uploaded_at, l.limits, c.config, s.digest \
              FROM merchant_plugins p JOIN plugin_blobs b ON b.digest = p.digest \
              LEFT JOIN plugin_limits l ON l.merchant_id = p.merchant_id \
              LEFT JOIN plugin_configs c ON c.merchant_id = p.merchant_id \
+             LEFT JOIN plugin_shadows s ON s.merchant_id = p.merchant_id \
              WHERE p.merchant_id IN ({marks}) ORDER BY p.merchant_id"
         );
         let rows = with_query!(read, self, &sql, |q, pool| {
@@ -137,6 +200,7 @@ impl Plugins for Sql {
                     uploaded_at: r.get(3),
                     limits: r.get(4),
                     config: r.get(5),
+                    shadow: r.get(6),
                 })
                 .collect::<Vec<_>>()
         });
@@ -287,6 +351,100 @@ impl Plugins for Sql {
         ))
     }
 
+    async fn put_shadow(
+        &self,
+        merchant: &str,
+        digest: &str,
+        bytes: &[u8],
+        report: &str,
+        now: i64,
+    ) -> Result<()> {
+        let size = bytes.len() as i64;
+        let previous = self.shadow(merchant).await?.map(|s| s.digest);
+        with_query!(
+            write,
+            self,
+            "INSERT INTO plugin_blobs (digest, bytes, size, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (digest) DO NOTHING",
+            |q, pool| q.bind(digest).bind(bytes).bind(size).bind(now).execute(pool).await?.rows_affected()
+        );
+        with_query!(
+            write,
+            self,
+            "INSERT INTO plugin_shadows (merchant_id, digest, installed_at, report, version) VALUES (?, ?, ?, ?, 0) \
+             ON CONFLICT (merchant_id) DO UPDATE SET digest = excluded.digest, installed_at = excluded.installed_at, \
+             report = excluded.report, version = plugin_shadows.version + 1",
+            |q, pool| q
+                .bind(merchant)
+                .bind(digest)
+                .bind(now)
+                .bind(report)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        );
+        if let Some(old) = previous.filter(|old| old != digest) {
+            self.drop_unused_blob(&old).await?;
+        }
+        Ok(())
+    }
+
+    async fn shadow(&self, merchant: &str) -> Result<Option<ShadowRow>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT digest, installed_at, report, version FROM plugin_shadows WHERE merchant_id = ?",
+            |q, pool| q.bind(merchant).fetch_optional(pool).await?.map(|r| ShadowRow {
+                digest: r.get(0),
+                installed_at: r.get(1),
+                report: r.get(2),
+                version: r.get(3),
+            })
+        ))
+    }
+
+    async fn update_shadow_report(
+        &self,
+        merchant: &str,
+        digest: &str,
+        version: i64,
+        report: &str,
+    ) -> Result<bool> {
+        let n = with_query!(
+            write,
+            self,
+            "UPDATE plugin_shadows SET report = ?, version = version + 1 \
+             WHERE merchant_id = ? AND digest = ? AND version = ?",
+            |q, pool| q
+                .bind(report)
+                .bind(merchant)
+                .bind(digest)
+                .bind(version)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        );
+        Ok(n == 1)
+    }
+
+    async fn delete_shadow(&self, merchant: &str) -> Result<bool> {
+        let Some(current) = self.shadow(merchant).await? else { return Ok(false) };
+        let n = with_query!(write, self, "DELETE FROM plugin_shadows WHERE merchant_id = ?", |q, pool| q
+            .bind(merchant)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        self.drop_unused_blob(&current.digest).await?;
+        Ok(n > 0)
+    }
+
+    async fn promote_shadow(&self, merchant: &str, now: i64) -> Result<Option<String>> {
+        Ok(match self {
+            Sql::Sqlite { write, .. } => promote_shadow!(write, |s: &str| s.to_string(), merchant, now),
+            Sql::Postgres(pool) => promote_shadow!(pool, super::numbered_placeholders, merchant, now),
+        })
+    }
+
     /// The newest errors first.
     async fn plugin_errors(&self, merchant: &str) -> Result<Vec<PluginErrorRow>> {
         Ok(with_query!(
@@ -315,6 +473,7 @@ impl Plugins for Sql {
 impl Sql {
     async fn drop_unused_blob(&self, digest: &str) -> Result<()> {
         with_query!(write, self, DROP_UNUSED_BLOB, |q, pool| q
+            .bind(digest)
             .bind(digest)
             .bind(digest)
             .bind(digest)
