@@ -137,6 +137,20 @@ enum PluginCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Run a candidate in the shadow of the active plugin (with FILE), show
+    /// the shadow's report (without), promote it or remove it.
+    Shadow {
+        /// The candidate plugin (.wasm) to install in the shadow
+        file: Option<PathBuf>,
+        /// Make the candidate the active plugin
+        #[arg(long, conflicts_with_all = ["file", "remove"])]
+        promote: bool,
+        /// End the shadow
+        #[arg(long, conflicts_with = "file")]
+        remove: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Run a recorded run again and compare its output with the recorded one:
     /// on the server (the recorded plugin, or FILE given with --wasm), or with
     /// --offline on this machine from a downloaded run.
@@ -457,6 +471,9 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     use anyhow::Context;
     let (api, method, body) = match command {
         PluginCommand::Config { file, remove, api } => return plugin_config(file, remove, api).await,
+        PluginCommand::Shadow { file, promote, remove, api } => {
+            return plugin_shadow(file, promote, remove, api).await;
+        }
         PluginCommand::Runs { run, limit, cursor, api } => return plugin_runs(run, limit, cursor, api).await,
         PluginCommand::Replay { run, file, wasm, offline, json, api } => {
             return plugin_replay(run, file, wasm, offline, json, api).await;
@@ -519,6 +536,61 @@ async fn plugin_config(file: Option<PathBuf>, remove: bool, api: ApiArgs) -> any
     match answer {
         serde_json::Value::Null => println!("removed"),
         answer => println!("{}", serde_json::to_string_pretty(&answer["config"])?),
+    }
+    Ok(())
+}
+
+async fn plugin_shadow(
+    file: Option<PathBuf>,
+    promote: bool,
+    remove: bool,
+    api: ApiArgs,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let base = format!("{}/v1/merchant/pricing-plugin/shadow", api.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let request = if promote {
+        client.post(format!("{base}/promote"))
+    } else if remove {
+        client.delete(base)
+    } else if let Some(file) = file {
+        let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        eprintln!("installing {} ({} bytes) in the shadow…", file.display(), bytes.len());
+        client.put(base).header("content-type", "application/wasm").body(bytes)
+    } else {
+        client.get(base)
+    };
+    let answer = api_json(request.bearer_auth(&api.token), &api.url).await?;
+    if promote {
+        println!("promoted {}: it is the active plugin", answer["digest"].as_str().unwrap_or("?"));
+        return Ok(());
+    }
+    if answer.is_null() {
+        println!("removed");
+        return Ok(());
+    }
+    let r = &answer["report"];
+    println!(
+        "candidate {} in the shadow of {}",
+        answer["digest"].as_str().unwrap_or("?"),
+        answer["active"].as_str().unwrap_or("?")
+    );
+    println!(
+        "runs {}  identical {}  differing {}  dropped {}  discount delta {}",
+        r["runs"], r["identical"], r["differing"], r["dropped"], r["discount_delta"]
+    );
+    if let Some(errors) = r["errors"].as_object().filter(|e| !e.is_empty()) {
+        let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("errors: {}", list.join(", "));
+    }
+    for e in r["examples"].as_array().into_iter().flatten() {
+        println!(
+            "example: {} lines, active {} -> candidate {}, delta {}",
+            e["input"]["lines"].as_array().map_or(0, Vec::len),
+            e["active_outcome"].as_str().unwrap_or("?"),
+            e["shadow_outcome"].as_str().unwrap_or("?"),
+            e["diff"]["discount_delta"]
+        );
     }
     Ok(())
 }

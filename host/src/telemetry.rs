@@ -182,6 +182,16 @@ pub fn plugin_run(outcome: &'static str, started: Instant, fuel_used: u64) {
     metrics::histogram!("mercato_plugin_run_instructions").record(fuel_used as f64);
 }
 
+/// A shadow run of a candidate plugin, by outcome kind.
+pub fn plugin_shadow_run(outcome: &'static str) {
+    metrics::counter!("mercato_plugin_shadow_runs_total", "outcome" => outcome).increment(1);
+}
+
+/// A live pricing not repeated in the shadow (its queue was full).
+pub fn plugin_shadow_dropped() {
+    metrics::counter!("mercato_plugin_shadow_dropped_total").increment(1);
+}
+
 /// Recorded plugin runs dropped (the recorder's queue was full, or the
 /// database refused them).
 pub fn plugin_runs_dropped(runs: usize) {

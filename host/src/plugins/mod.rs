@@ -15,6 +15,7 @@ pub mod io;
 pub mod limits;
 pub mod runs;
 pub mod sandbox;
+pub mod shadow;
 pub mod validate;
 pub mod wasi;
 
@@ -74,6 +75,30 @@ pub enum UploadError {
     Busy(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why a shadow could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    #[error("this merchant has no active pricing plugin: a candidate runs in the shadow of one")]
+    NoActive,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What `GET /v1/merchant/pricing-plugin/shadow` shows.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ShadowInfo {
+    /// The candidate.
+    pub digest: String,
+    /// The active plugin it is compared with.
+    pub active: Option<String>,
+    pub installed_at: i64,
+    pub report: shadow::Report,
 }
 
 /// Why a replay could not run.
@@ -183,6 +208,7 @@ struct Inner {
     /// Replays at once, apart from shoppers' run slots: a merchant's replays
     /// never take a shopper's slot.
     replays: tokio::sync::Semaphore,
+    shadows: shadow::Shadows,
     _ticker: EpochTicker,
 }
 
@@ -228,7 +254,7 @@ impl Plugins {
         let cache = ArtifactCache::new(&cache_dir.join("plugins"), &engine);
         let ticker = EpochTicker::start(engine.clone());
         let db_for_recorder = db.clone();
-        Ok(Plugins {
+        let plugins = Plugins {
             inner: Arc::new(Inner {
                 engine,
                 linker,
@@ -246,9 +272,12 @@ impl Plugins {
                 last_runs: Mutex::new(HashMap::new()),
                 recorder: Recorder::start(db_for_recorder, recording),
                 replays: tokio::sync::Semaphore::new(REPLAY_SLOTS),
+                shadows: shadow::Shadows::new(),
                 _ticker: ticker,
             }),
-        })
+        };
+        shadow::start(plugins.clone());
+        Ok(plugins)
     }
 
     fn limits_from(&self, json: Option<&str>) -> PluginLimits {
@@ -530,18 +559,32 @@ impl Plugins {
                 discount_codes: codes.to_vec(),
                 config: plugin.config.clone(),
             };
-            (plugin, self.run(plugin, &input, request_deadline).await.unwrap_or_default())
+            let (kind, output) = self.run(plugin, &input, request_deadline).await;
+            // The candidate in this merchant's shadow gets the same input,
+            // after the answer is known and off this request.
+            if let Some(digest) = &plugin.shadow {
+                self.inner.shadows.offer(shadow::Job {
+                    merchant: plugin.merchant_id.clone(),
+                    digest: digest.clone(),
+                    limits: self.limits_from(plugin.limits.as_deref()),
+                    input,
+                    active_outcome: kind,
+                    active: output.clone(),
+                });
+            }
+            (plugin, output.unwrap_or_default())
         });
         let outputs: Vec<(&PluginRow, RunOutput)> = futures_util::future::join_all(runs).await;
         Ok(combine(codes, &outputs))
     }
 
+    /// One run of `plugin`: its outcome kind, and its output if it succeeded.
     async fn run(
         &self,
         plugin: &PluginRow,
         input: &RunInput,
         request_deadline: Instant,
-    ) -> Option<RunOutput> {
+    ) -> (&'static str, Option<RunOutput>) {
         let limits = self.limits_from(plugin.limits.as_deref());
         let started = Instant::now();
         // One deadline for the whole run, waits included: for a compile on
@@ -610,7 +653,7 @@ impl Plugins {
             });
         }
         match outcome.result {
-            Ok(output) => Some(output),
+            Ok(output) => (kind, Some(output)),
             Err(error) => {
                 tracing::warn!(merchant = %plugin.merchant_id, digest = %plugin.digest, kind = error.kind,
                     message = %error.message, "pricing plugin run failed; its adjustments are dropped");
@@ -618,9 +661,73 @@ impl Plugins {
                 // hold the cart past its deadline.
                 let (this, plugin, log) = (self.clone(), plugin.clone(), outcome.log);
                 tokio::spawn(async move { this.record(&plugin, &error, log).await });
-                None
+                (kind, None)
             }
         }
+    }
+
+    /// Check and compile `bytes` (as an upload) and install them as the
+    /// candidate in the shadow of `merchant`'s active plugin, with a fresh
+    /// report.
+    pub async fn put_shadow(
+        &self,
+        _place: UploadPlace,
+        merchant: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ShadowInfo, ShadowError> {
+        if self.inner.db.plugin(merchant).await?.is_none() {
+            return Err(ShadowError::NoActive);
+        }
+        let digest = self.check_candidate(merchant, &bytes).await.map_err(|e| match e {
+            ReplayError::Invalid(m) => ShadowError::Invalid(m),
+            other => ShadowError::Internal(other.to_string()),
+        })?;
+        let (this, d) = (self.clone(), digest.clone());
+        let (compiled, bytes) = {
+            let _permit =
+                self.inner.compiles.acquire().await.map_err(|e| ShadowError::Internal(e.to_string()))?;
+            tokio::task::spawn_blocking(move || (this.prepare(&d, &bytes), bytes))
+                .await
+                .map_err(|e| ShadowError::Internal(e.to_string()))?
+        };
+        let compiled = compiled.map_err(|e| match e {
+            UploadError::Invalid(m) => ShadowError::Invalid(m),
+            other => ShadowError::Internal(other.to_string()),
+        })?;
+        let report = serde_json::to_string(&shadow::Report::default())
+            .map_err(|e| ShadowError::Internal(e.to_string()))?;
+        self.inner.db.put_shadow(merchant, &digest, &bytes, &report, crate::now_ms()).await?;
+        self.remember(&digest, compiled);
+        tracing::info!(%merchant, %digest, "pricing plugin candidate shadowing");
+        self.shadow_info(merchant).await?.ok_or_else(|| ShadowError::Internal("the shadow vanished".into()))
+    }
+
+    /// `merchant`'s shadow and its report (what this process has not added
+    /// to the stored report yet is added first).
+    pub async fn shadow_info(&self, merchant: &str) -> Result<Option<ShadowInfo>, StorageError> {
+        shadow::flush_reports(self).await;
+        let Some(row) = self.inner.db.shadow(merchant).await? else { return Ok(None) };
+        let active = self.inner.db.plugin(merchant).await?.map(|p| p.digest);
+        Ok(Some(ShadowInfo {
+            report: serde_json::from_str(&row.report).unwrap_or_default(),
+            digest: row.digest,
+            active,
+            installed_at: row.installed_at,
+        }))
+    }
+
+    pub async fn delete_shadow(&self, merchant: &str) -> Result<bool, StorageError> {
+        self.inner.db.delete_shadow(merchant).await
+    }
+
+    /// Make `merchant`'s shadow candidate its active plugin, atomically:
+    /// every pricing sees the old plugin or the new one. The promoted digest.
+    pub async fn promote_shadow(&self, merchant: &str) -> Result<Option<String>, StorageError> {
+        let promoted = self.inner.db.promote_shadow(merchant, crate::now_ms()).await?;
+        if let Some(digest) = &promoted {
+            tracing::info!(%merchant, %digest, "pricing plugin candidate promoted");
+        }
+        Ok(promoted)
     }
 
     /// `merchant`'s recorded runs, newest first, before `cursor`.

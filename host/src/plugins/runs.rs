@@ -233,7 +233,7 @@ impl Recorder {
 }
 
 /// How a replay's output differs from the recorded one.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Diff {
     /// Discounts (sku, label, amount, code) the recorded run gave and the replay did not.
     pub removed: Vec<super::io::OutputDiscount>,

@@ -479,6 +479,206 @@ async fn the_command_line_configures_lists_and_replays_runs() {
     assert!(offline["diff"]["added"][0]["label"].as_str().unwrap().starts_with('w'), "{offline}");
     let (ok, out) = cli(arg(&["plugin", "replay", "run_nope"]), t.clone()).await.unwrap();
     assert!(!ok && out.contains("not_found"), "{out}");
+    // The shadow: install, report, promote.
+    let (ok, out) = cli(arg(&["plugin", "shadow", &entropy]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("candidate sha256:"), "{out}");
+    assert_eq!(app.get(&format!("/v1/carts/{cart}")).await.0, 200);
+    shadow_after(&app, &token, 1).await;
+    let (ok, out) = cli(arg(&["plugin", "shadow"]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("runs 1") && out.contains("differing 1") && out.contains("example:"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "shadow", "--promote"]), t.clone()).await.unwrap();
+    assert!(ok && out.contains("promoted"), "{out}");
+    let (ok, out) = cli(arg(&["plugin", "shadow", "--remove"]), t.clone()).await.unwrap();
+    assert!(!ok && out.contains("not_found"), "{out}");
     let (ok, out) = cli(arg(&["plugin", "config", "--remove"]), t.clone()).await.unwrap();
     assert!(ok && out.contains("removed"), "{out}");
 }
+
+async fn put_shadow(app: &TestApp, token: &str, bytes: Vec<u8>) -> (u16, Value) {
+    send(
+        app.request(Method::PUT, "/v1/merchant/pricing-plugin/shadow")
+            .bearer_auth(token)
+            .header("content-type", "application/wasm")
+            .body(bytes),
+    )
+    .await
+}
+
+/// The shadow report once it counts `n` pricings (run or dropped).
+async fn shadow_after(app: &TestApp, token: &str, n: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, view) = as_merchant(app, token, Method::GET, "/v1/merchant/pricing-plugin/shadow").await;
+        assert_eq!(status, 200, "{view}");
+        let r = &view["report"];
+        if r["runs"].as_u64().unwrap() + r["dropped"].as_u64().unwrap() >= n {
+            return view;
+        }
+        assert!(std::time::Instant::now() < deadline, "the shadow counted too few pricings: {view}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A candidate in the shadow of the active plugin: the report counts runs,
+/// differing carts (with examples) and the total discount delta, while the
+/// shoppers' carts keep the active plugin's prices; hostile candidates
+/// (loop, sleep, memory bomb) never change a shopper's answer; promote is
+/// atomic under load; shadows are the merchant's only.
+async fn shadows_report_and_promote_atomically(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.merchant("Shadow A").await;
+    let b = app.merchant("Shadow B").await;
+    app.product(&a.1, product_body("A thing", &["ZA-1"], 1000, "EUR")).await;
+    assert_error(&put_shadow(&app, &a.1, artifact("plugin-legacy.wasm")).await, 409, "conflict");
+    let (_, active) = upload(&app, &a.1, artifact("plugin-bundles.wasm")).await;
+    let active = s(&active["digest"]);
+    let (status, installed) = put_shadow(&app, &a.1, artifact("plugin-legacy.wasm")).await;
+    assert_eq!(status, 200, "{installed}");
+    let candidate = s(&installed["digest"]);
+    assert_eq!(installed["active"], active.as_str());
+    assert_eq!(installed["report"]["runs"], 0);
+    assert_error(
+        &as_merchant(&app, &b.1, Method::GET, "/v1/merchant/pricing-plugin/shadow").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &as_merchant(&app, &b.1, Method::POST, "/v1/merchant/pricing-plugin/shadow/promote").await,
+        404,
+        "not_found",
+    );
+    assert_error(&put_shadow(&app, &a.1, b"nope".to_vec()).await, 422, "invalid_plugin");
+
+    // 3 × 10.00: the active bundles plugin takes 10.00 off; the 0.1.0
+    // candidate would take 5 % (1.50). Every cart keeps the active price.
+    let cart = app.cart("EUR").await;
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "ZA-1", "quantity": 3})).await.0,
+        200
+    );
+    let mut pricings = 1;
+    for _ in 0..19 {
+        let (status, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+        assert_eq!(status, 200, "{priced}");
+        assert_eq!(discount_of(&priced, "ZA-1"), 1000, "the shadow was applied: {priced}");
+        assert!(
+            line(&priced, "ZA-1")["adjustments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["source"] == format!("plugin:{active}")),
+            "{priced}"
+        );
+        pricings += 1;
+    }
+    let view = shadow_after(&app, &a.1, pricings).await;
+    let r = &view["report"];
+    assert_eq!(view["digest"], candidate.as_str());
+    let runs = r["runs"].as_i64().unwrap();
+    assert_eq!(runs + r["dropped"].as_i64().unwrap(), pricings as i64, "{view}");
+    assert!(runs >= 1, "{view}");
+    assert_eq!((r["differing"].as_i64(), r["identical"].as_i64()), (Some(runs), Some(0)), "{view}");
+    assert_eq!(r["discount_delta"].as_i64(), Some(runs * (150 - 1000)), "{view}");
+    let examples = r["examples"].as_array().unwrap();
+    assert!(!examples.is_empty() && examples.len() <= 5, "{view}");
+    assert_eq!(examples[0]["diff"]["added"][0]["amount"]["amount"], 150, "{view}");
+    assert_eq!(examples[0]["active"]["discounts"][0]["label"], "Buy 3, pay for 2", "{view}");
+    assert_eq!(r["errors"], json!({}), "{view}");
+
+    // The same binary in the shadow: identical, no delta.
+    assert_eq!(put_shadow(&app, &a.1, artifact("plugin-bundles.wasm")).await.0, 200);
+    for _ in 0..5 {
+        assert_eq!(app.get(&format!("/v1/carts/{cart}")).await.0, 200);
+    }
+    let view = shadow_after(&app, &a.1, 5).await;
+    let r = &view["report"];
+    assert_eq!(
+        (r["identical"].clone(), r["differing"].clone(), r["discount_delta"].clone()),
+        (r["runs"].clone(), json!(0), json!(0)),
+        "{view}"
+    );
+
+    // Hostile candidates: shoppers' answers do not change, errors are counted.
+    let (_, baseline) = app.get(&format!("/v1/carts/{cart}")).await;
+    for (hostile, kind) in
+        [("zoo-loop.wasm", "instructions"), ("zoo-sleep.wasm", "deadline"), ("zoo-alloc.wasm", "memory")]
+    {
+        assert_eq!(put_shadow(&app, &a.1, artifact(hostile)).await.0, 200, "{hostile}");
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let (status, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+            assert_eq!(status, 200, "{priced}");
+            assert_eq!(priced["lines"], baseline["lines"], "{hostile} changed a shopper's cart");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{hostile}: {:?}",
+                started.elapsed()
+            );
+        }
+        let view = shadow_after(&app, &a.1, 3).await;
+        let r = &view["report"];
+        assert_eq!(r["errors"][kind], r["runs"], "{hostile}: {view}");
+    }
+
+    // Promote under load: every answer is wholly the old plugin's or the
+    // new one's, none fails, and after the promote every answer is the new one's.
+    assert_eq!(put_shadow(&app, &a.1, artifact("plugin-legacy.wasm")).await.0, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (app.url(&format!("/v1/carts/{cart}")), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, priced) = send(client.get(&url)).await;
+                    assert_eq!(status, 200, "{priced}");
+                    seen.push(discount_of(&priced, "ZA-1"));
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, promoted) =
+        as_merchant(&app, &a.1, Method::POST, "/v1/merchant/pricing-plugin/shadow/promote").await;
+    assert_eq!((status, promoted["digest"].clone()), (200, json!(candidate)), "{promoted}");
+    let (_, after) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(discount_of(&after, "ZA-1"), 150, "the promoted plugin prices at once: {after}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for r in readers {
+        let seen = r.await.unwrap();
+        // Old, then new: never back.
+        let first_new = seen.iter().position(|d| *d == 150).unwrap_or(seen.len());
+        assert!(
+            seen[..first_new].iter().all(|d| *d == 1000) && seen[first_new..].iter().all(|d| *d == 150),
+            "{seen:?}"
+        );
+        all.extend(seen);
+    }
+    assert!(all.contains(&1000) && all.contains(&150), "the load spanned the promote: {all:?}");
+    let (_, status) = as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin").await;
+    assert_eq!(status["digest"], candidate.as_str());
+    assert_error(
+        &as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin/shadow").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &as_merchant(&app, &a.1, Method::POST, "/v1/merchant/pricing-plugin/shadow/promote").await,
+        404,
+        "not_found",
+    );
+
+    // Ended by DELETE.
+    assert_eq!(put_shadow(&app, &a.1, artifact("plugin-bundles.wasm")).await.0, 200);
+    assert_eq!(as_merchant(&app, &a.1, Method::DELETE, "/v1/merchant/pricing-plugin/shadow").await.0, 204);
+    assert_error(
+        &as_merchant(&app, &a.1, Method::DELETE, "/v1/merchant/pricing-plugin/shadow").await,
+        404,
+        "not_found",
+    );
+}
+each_backend!(shadows, shadows_report_and_promote_atomically);

@@ -14,7 +14,8 @@ use crate::http::extract::{self, Admin, Merchant};
 use crate::http::{ApiError, ApiResult, AppState};
 use crate::plugins::runs::Recorded;
 use crate::plugins::{
-    LimitsUpdate, MAX_CONFIG_BYTES, PluginInfo, Replay, ReplayError, UploadError, limits::CEILING,
+    LimitsUpdate, MAX_CONFIG_BYTES, PluginInfo, Replay, ReplayError, ShadowError, ShadowInfo, UploadError,
+    limits::CEILING,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -26,7 +27,123 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_runs))
         .routes(routes!(one_run))
         .routes(routes!(replay))
+        .routes(routes!(put_shadow, get_shadow, delete_shadow))
+        .routes(routes!(promote_shadow))
         .routes(routes!(set_limits, get_limits))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/merchant/pricing-plugin/shadow",
+    tag = "merchant",
+    operation_id = "put_plugin_shadow",
+    summary = "Run a candidate plugin in the shadow of the active one on live pricing (never applied)",
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The candidate, at most the merchant's `binary_bytes`"),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The shadow and its (empty) report", body = crate::plugins::ShadowInfo), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 409, description = "No active plugin to shadow (`conflict`)", body = crate::http::openapi::ErrorBody), (status = 413, description = "Over the merchant's `binary_bytes` (`payload_too_large`)", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not `application/wasm`", body = crate::http::openapi::ErrorBody), (status = 422, description = "`invalid_plugin`", body = crate::http::openapi::ErrorBody), (status = 503, description = "The compile queue is full (`overloaded`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn put_shadow(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<ShadowInfo>> {
+    if extract::media_type(&headers) != "application/wasm" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the candidate as Content-Type: application/wasm",
+        ));
+    }
+    let plugins = &state.plugins;
+    let place = match plugins.upload_place() {
+        Ok(place) => place,
+        Err(e) => {
+            drain(body).await;
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string()));
+        }
+    };
+    let limit =
+        plugins.limits(&merchant).await.map_err(ApiError::internal)?.binary_bytes.min(CEILING.binary_bytes);
+    let bytes = read_plugin(&headers, body, limit).await?;
+    if bytes.is_empty() {
+        return Err(invalid_plugin("the body is empty; send the candidate's .wasm file"));
+    }
+    match plugins.put_shadow(place, &merchant, bytes).await {
+        Ok(info) => Ok(Json(info)),
+        Err(e @ ShadowError::NoActive) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())),
+        Err(ShadowError::Invalid(m)) => Err(invalid_plugin(m)),
+        Err(ShadowError::Storage(e)) => Err(ApiError::internal(e)),
+        Err(ShadowError::Internal(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/pricing-plugin/shadow",
+    tag = "merchant",
+    operation_id = "get_plugin_shadow",
+    summary = "The shadow's report: runs, carts whose discounts differ (with examples), the discount delta, errors",
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The shadow and its report", body = crate::plugins::ShadowInfo), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No shadow (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn get_shadow(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+) -> ApiResult<Json<ShadowInfo>> {
+    state
+        .plugins
+        .shadow_info(&merchant)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("this merchant has no plugin in the shadow"))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/merchant/pricing-plugin/shadow",
+    tag = "merchant",
+    operation_id = "delete_plugin_shadow",
+    summary = "End the shadow (its report goes with it)",
+    security(("merchant_token" = [])),
+    responses((status = 204, description = "Ended"), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No shadow (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn delete_shadow(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<StatusCode> {
+    if state.plugins.delete_shadow(&merchant).await.map_err(ApiError::internal)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("this merchant has no plugin in the shadow"))
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/merchant/pricing-plugin/shadow/promote",
+    tag = "merchant",
+    operation_id = "promote_plugin_shadow",
+    summary = "Make the shadow candidate the active plugin, atomically (each pricing sees one or the other)",
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The plugin now active", body = crate::http::openapi::UploadedPlugin), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "No shadow (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn promote_shadow(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+) -> ApiResult<Json<Value>> {
+    let digest = state
+        .plugins
+        .promote_shadow(&merchant)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("this merchant has no plugin in the shadow"))?;
+    let status = state
+        .plugins
+        .info(&merchant)
+        .await
+        .map_err(ApiError::internal)?
+        .map(|i| i.status)
+        .unwrap_or("active");
+    Ok(Json(json!({ "digest": digest, "status": status })))
 }
 
 #[utoipa::path(
