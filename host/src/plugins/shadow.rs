@@ -100,6 +100,12 @@ pub struct Shadows {
     pending: std::sync::Mutex<HashMap<(String, String), Report>>,
 }
 
+impl Default for Shadows {
+    fn default() -> Self {
+        Shadows::new()
+    }
+}
+
 impl Shadows {
     pub fn new() -> Shadows {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
