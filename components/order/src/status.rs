@@ -83,6 +83,7 @@ mod tests {
                     fulfilled: false,
                 })
                 .collect(),
+            discount_codes: None,
             subtotal: eur(100),
             discount_total: eur(0),
             total: eur(100),
