@@ -12,6 +12,10 @@
 //! (componentize-py) examples, with the limits the README lists for each;
 //! and a cart read of a merchant whose plugin sleeps 30 s, next to its
 //! plugin deadline (a plugin's clock is virtual: it must not take the sleep).
+//!
+//! Then shadows: cart reads (10 lines) p50/p99 with no shadow, a well-behaved
+//! candidate and a looping one in the shadow, in interleaved rounds (target:
+//! ≤ 1.1× without); and the cost of recording a run (the writer's batches).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -142,6 +146,127 @@ async fn main() {
 
     languages(&host).await;
     sleeping(&host).await;
+    shadowed(&host).await;
+    recording(&host).await;
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)]
+}
+
+/// Cart reads with and without a candidate in the shadow, interleaved.
+async fn shadowed(host: &common::Host) {
+    let (_, token) = host.merchant("shadowed").await;
+    let (_, cart) =
+        send(host.client.post(format!("{}/v1/carts", host.base)).json(&json!({"currency": "EUR"}))).await;
+    let id = cart["id"].as_str().unwrap().to_string();
+    for i in 0..10 {
+        let sku = format!("SH-{i}");
+        let body = json!({"title": sku, "variants": [{"sku": sku, "price": {"amount": 1000 + i, "currency": "EUR"}, "stock": 1000}]});
+        let (status, _) = send(
+            host.client.post(format!("{}/v1/merchant/products", host.base)).bearer_auth(&token).json(&body),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, _) = send(
+            host.client
+                .post(format!("{}/v1/carts/{id}/items", host.base))
+                .json(&json!({"sku": sku, "quantity": 3})),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let artifact = |name: &str| {
+        std::fs::read(std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join(name))
+            .unwrap()
+    };
+    upload(host, &token, artifact("plugin-bundles.wasm")).await;
+    let shadow_url = format!("{}/v1/merchant/pricing-plugin/shadow", host.base);
+    let cases: [(&str, Option<Vec<u8>>); 3] = [
+        ("no shadow", None),
+        ("candidate (0.1.0 plugin)", Some(artifact("plugin-legacy.wasm"))),
+        ("looping candidate", Some(artifact("zoo-loop.wasm"))),
+    ];
+    let rounds: usize = std::env::var("SHADOW_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    let url = format!("{}/v1/carts/{id}", host.base);
+    for _ in 0..rounds {
+        for (i, (_, candidate)) in cases.iter().enumerate() {
+            let req = match candidate {
+                Some(wasm) => {
+                    host.client.put(&shadow_url).header("content-type", "application/wasm").body(wasm.clone())
+                }
+                None => host.client.delete(&shadow_url),
+            };
+            send(req.bearer_auth(&token)).await;
+            for _ in 0..30 {
+                send(host.client.get(&url)).await; // warm up
+            }
+            for _ in 0..300 {
+                let started = Instant::now();
+                let (status, _) = send(host.client.get(&url)).await;
+                assert_eq!(status, 200);
+                samples[i].push(started.elapsed());
+            }
+        }
+    }
+    let (_, report) = send(host.client.get(&shadow_url).bearer_auth(&token)).await;
+    println!();
+    println!(
+        "cart reads (10 lines, Rust bundles plugin) with a candidate in the shadow; {rounds} interleaved rounds of 300"
+    );
+    let base50 = percentile(&mut samples[0].clone(), 0.5);
+    let base99 = percentile(&mut samples[0].clone(), 0.99);
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let p50 = percentile(&mut samples[i], 0.5);
+        let p99 = percentile(&mut samples[i], 0.99);
+        println!(
+            "  {name:<26} p50 {:>7.0} µs ({:.2}×)  p99 {:>7.0} µs ({:.2}×)",
+            p50.as_secs_f64() * 1e6,
+            p50.as_secs_f64() / base50.as_secs_f64(),
+            p99.as_secs_f64() * 1e6,
+            p99.as_secs_f64() / base99.as_secs_f64()
+        );
+    }
+    let r = &report["report"];
+    println!(
+        "  the looping candidate's last round: {} runs, {} dropped, errors {}",
+        r["runs"], r["dropped"], r["errors"]
+    );
+}
+
+/// What recording costs: the writer's batches on this host's database.
+async fn recording(host: &common::Host) {
+    use mercato::storage::plugins::{Retention, RunRow};
+    let (merchant, _) = host.merchant("recorded").await;
+    let db = host.runtime.db().clone();
+    // A typical record: a 10-line input, a few discounts, a short log.
+    let record = "x".repeat(2_500);
+    let retention = Retention { runs: 1_000, bytes: 16 << 20, binaries: 10 };
+    let mut per_run = Vec::new();
+    for batch in 0..40 {
+        let rows: Vec<RunRow> = (0..256)
+            .map(|i| RunRow {
+                seq: 0,
+                id: format!("run_bench_{batch}_{i}"),
+                merchant_id: merchant.clone(),
+                at: i,
+                digest: "sha256:bench".into(),
+                outcome: "ok".into(),
+                record: record.clone(),
+            })
+            .collect();
+        let started = Instant::now();
+        db.record_plugin_runs(&rows, retention).await.unwrap();
+        per_run.push(started.elapsed() / 256);
+    }
+    println!();
+    println!(
+        "recording runs ({} backend, batches of 256 records of 2.5 KB, retention 1000): {:.1} µs per run (median of 40 batches; past the retention, each batch also prunes)",
+        db.name(),
+        median(per_run).as_secs_f64() * 1e6
+    );
 }
 
 async fn upload(host: &common::Host, token: &str, wasm: Vec<u8>) -> String {

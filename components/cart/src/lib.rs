@@ -52,8 +52,11 @@ struct CartRecord {
 
 /// A code as the shopper typed it, checked and upper-cased.
 fn normalize_code(code: &str) -> Result<String, Error> {
+    if code.len() > MAX_CODE_LEN {
+        return Err(Error::InvalidInput(format!("code: at most {MAX_CODE_LEN} characters")));
+    }
     let code = code.trim();
-    if code.is_empty() || code.len() > MAX_CODE_LEN {
+    if code.is_empty() {
         return Err(Error::InvalidInput(format!("code: 1 to {MAX_CODE_LEN} characters")));
     }
     if !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {

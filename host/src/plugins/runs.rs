@@ -123,7 +123,9 @@ pub fn new_id() -> String {
 }
 
 /// Most records one batch writes.
-const BATCH: usize = 256;
+const BATCH: usize = 1_024;
+/// Least time between two batches.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
 
 /// Write one batch; a database that is briefly unavailable delays it, one
 /// that stays so drops it (the queue bounds the memory).
@@ -184,9 +186,36 @@ impl Recorder {
         let counted = queued.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut last = tokio::time::Instant::now();
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                // At most one write (and one pruning) per WRITE_EVERY: under
+                // load, records gather into big batches instead of many
+                // small transactions that each prune.
+                let since = last.elapsed();
+                if since < WRITE_EVERY && batch.len() < BATCH {
+                    tokio::time::sleep(WRITE_EVERY - since).await;
+                    let room = BATCH - batch.len();
+                    if room > 0 {
+                        let mut more = Vec::with_capacity(room);
+                        while more.len() < room {
+                            match rx.try_recv() {
+                                Ok(r) => more.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                        batch.extend(more);
+                    }
+                }
+                last = tokio::time::Instant::now();
                 let weight: usize = batch.iter().map(|(_, w)| w).sum();
-                let rows: Vec<RunRow> = batch.drain(..).filter_map(|(r, _)| r.row().ok()).collect();
+                // Serializing a big batch is CPU work: off the async workers,
+                // so shoppers' requests never wait behind it.
+                let records = std::mem::take(&mut batch);
+                let rows: Vec<RunRow> = tokio::task::spawn_blocking(move || {
+                    records.into_iter().filter_map(|(r, _)| r.row().ok()).collect()
+                })
+                .await
+                .unwrap_or_default();
                 // Each batch on its own task: a panic in one (a driver bug, a
                 // decode) loses that batch, not the recorder.
                 let (db, n) = (db.clone(), rows.len());

@@ -142,6 +142,9 @@ pub async fn run(
             // Whichever comes first: the answer, the host timer, or the
             // plugin waiting past its deadline on its virtual clock.
             let called = tokio::select! {
+                // The call first: when the plugin oversleeps, its own host
+                // call traps, and that ends the run (see `VirtualClock::overslept`).
+                biased;
                 called = call(pre, &mut store, input) => called,
                 () = tokio::time::sleep_until(deadline.into()) => Err(wasmtime::Error::new(DeadlineExceeded)),
                 over = clock.overslept() => Err(wasmtime::Error::new(over)),

@@ -107,12 +107,21 @@ impl VirtualClock {
     }
 
     /// Resolves when the plugin waits past its deadline on this clock.
+    /// Every waiter wakes (the poll inside the guest's host call, which
+    /// traps, and the run's own race), so the run ends by that trap — the
+    /// guest unwinds as from any trap — rather than by dropping a suspended
+    /// call, whose fiber would have to be unwound from outside (costly, and
+    /// paid on every run of a plugin that sleeps).
     pub async fn overslept(&self) -> VirtualDeadline {
         loop {
+            let notified = self.0.overslept_signal.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a notification between the two is not missed.
+            notified.as_mut().enable();
             if let Some(asked_ns) = *lock(&self.0.overslept) {
                 return VirtualDeadline { asked_ns };
             }
-            self.0.overslept_signal.notified().await;
+            notified.await;
         }
     }
 
@@ -168,7 +177,7 @@ impl Pollable for VirtualTimer {
                 if self.at > state.limit_ns {
                     // The plugin waits past its deadline: the run ends here.
                     *lock(&state.overslept) = Some(self.at - now);
-                    state.overslept_signal.notify_one();
+                    state.overslept_signal.notify_waiters();
                     std::future::pending::<()>().await;
                 }
                 state.now.fetch_max(self.at, Ordering::Relaxed);

@@ -262,13 +262,15 @@ async fn list_runs(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_request", "limit: 1 to 100"));
     }
-    let cursor =
-        match q.cursor.as_deref() {
-            None => None,
-            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page")
-            })?),
-        };
+    // Any run of up to 19 digits (the document's pattern): 0 gives an empty
+    // page, one past every run the newest.
+    let cursor = match q.cursor.as_deref() {
+        None => None,
+        Some(c) if !c.is_empty() && c.len() <= 19 && c.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(c.parse::<u64>().map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page")),
+    };
     let (items, next) =
         state.plugins.runs(&merchant, cursor, i64::from(limit)).await.map_err(ApiError::internal)?;
     Ok(Json(json!({ "items": items, "next_cursor": next.map(|n| n.to_string()) })))
