@@ -167,6 +167,44 @@ pub struct PluginInfo {
     /// The newest run on this host process (not shared between replicas):
     /// what it used of its budgets and what it printed.
     pub last_run: Option<LastRun>,
+    /// Over this plugin's newest recorded runs (all replicas): outcomes by
+    /// kind and what the runs used.
+    pub runs: RunStats,
+}
+
+/// How a plugin's recent runs went (`GET /v1/merchant/pricing-plugin`).
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct RunStats {
+    /// Recorded runs looked at (the newest, at most 200, of this digest).
+    pub recorded: usize,
+    pub by_outcome: std::collections::BTreeMap<String, u64>,
+    pub instructions_p50: u64,
+    pub instructions_p99: u64,
+    pub duration_us_p50: u64,
+    pub duration_us_p99: u64,
+}
+
+impl RunStats {
+    fn of(runs: &[Recorded]) -> RunStats {
+        let mut by_outcome = std::collections::BTreeMap::new();
+        for r in runs {
+            *by_outcome.entry(r.outcome.clone()).or_default() += 1;
+        }
+        let pick = |mut v: Vec<u64>, p: f64| {
+            v.sort_unstable();
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0)
+        };
+        let instructions: Vec<u64> = runs.iter().map(|r| r.usage.instructions).collect();
+        let durations: Vec<u64> = runs.iter().map(|r| r.usage.duration_us).collect();
+        RunStats {
+            recorded: runs.len(),
+            by_outcome,
+            instructions_p50: pick(instructions.clone(), 0.5),
+            instructions_p99: pick(instructions, 0.99),
+            duration_us_p50: pick(durations.clone(), 0.5),
+            duration_us_p99: pick(durations, 0.99),
+        }
+    }
 }
 
 /// What one run used, for a merchant sizing their plugin's budgets.
@@ -490,6 +528,15 @@ impl Plugins {
             None => !recent_errors.is_empty(),
         };
         let world = lock(&self.inner.loaded).get(&row.digest).map(|c| c.world());
+        let recent: Vec<Recorded> = self
+            .inner
+            .db
+            .plugin_runs(merchant, None, 200)
+            .await?
+            .iter()
+            .filter(|r| r.digest == row.digest)
+            .filter_map(|r| Recorded::from_row(r).ok())
+            .collect();
         Ok(Some(PluginInfo {
             status: if failing { "failing" } else { "active" },
             world,
@@ -499,6 +546,7 @@ impl Plugins {
             uploaded_at: row.uploaded_at,
             recent_errors,
             last_run,
+            runs: RunStats::of(&recent),
         }))
     }
 

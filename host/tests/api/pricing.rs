@@ -293,6 +293,15 @@ async fn runs_are_recorded_and_replay_exactly(backend: Backend) {
         assert!(label.starts_with('w') && label.contains(" s") && label.contains(" r"), "{run}");
         assert!(run["log"].as_str().unwrap().contains("entropy: wall"), "{run}");
     }
+    // The plugin's status sums its recorded runs up.
+    let (_, status) = as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin").await;
+    assert_eq!(status["runs"]["recorded"], reads, "{status}");
+    assert_eq!(status["runs"]["by_outcome"], json!({"ok": reads}), "{status}");
+    assert!(
+        status["runs"]["instructions_p99"].as_u64() >= status["runs"]["instructions_p50"].as_u64(),
+        "{status}"
+    );
+    assert!(status["runs"]["instructions_p50"].as_u64() > Some(0), "{status}");
     // The virtual clock: a 3 ms sleep took 3 ms of its time (and a tick), whatever the host did.
     let label = runs[0]["output"]["discounts"][0]["label"].as_str().unwrap();
     let slept: u64 =
