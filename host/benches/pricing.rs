@@ -54,6 +54,12 @@ where
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let host = common::start(|_| {}).await;
+    // PRICING_ONLY=shadow: only the shadow and recording measurements.
+    if std::env::var("PRICING_ONLY").as_deref() == Ok("shadow") {
+        shadowed(&host).await;
+        recording(&host).await;
+        return;
+    }
     let (base, client, runtime) = (host.base.clone(), host.client.clone(), host.runtime.clone());
 
     let mut merchants = Vec::new();

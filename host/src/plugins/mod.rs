@@ -314,7 +314,7 @@ impl Plugins {
                 _ticker: ticker,
             }),
         };
-        shadow::start(plugins.clone());
+        shadow::start(&plugins);
         Ok(plugins)
     }
 

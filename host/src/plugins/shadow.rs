@@ -26,7 +26,7 @@ use super::{Plugins, lock};
 /// Jobs waiting for the worker; more are dropped.
 pub const QUEUE: usize = 64;
 /// The share of one core that shadow runs may use, over time.
-pub const CPU_SHARE: f64 = 0.2;
+pub const CPU_SHARE: f64 = 0.1;
 /// How often the worker adds what it counted to the reports.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Differing carts kept as examples per report.
@@ -132,9 +132,11 @@ impl Shadows {
     }
 }
 
-/// Start the worker of `plugins`' shadow queue.
-pub fn start(plugins: Plugins) {
+/// Start the worker of `plugins`' shadow queue. It holds the plugin host
+/// weakly: when the host goes (its queue's sender with it), the worker ends.
+pub fn start(plugins: &Plugins) {
     let Some(mut rx) = lock(&plugins.inner.shadows.rx).take() else { return };
+    let host = std::sync::Arc::downgrade(&plugins.inner);
     tokio::spawn(async move {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,12 +144,16 @@ pub fn start(plugins: Plugins) {
             tokio::select! {
                 job = rx.recv() => {
                     let Some(job) = job else { break };
-                    let took = run(&plugins, job).await;
+                    let Some(inner) = host.upgrade() else { break };
+                    let took = run(&Plugins { inner }, job).await;
                     // Rest in proportion: at most CPU_SHARE of a core over time.
                     let rest = took.mul_f64((1.0 - CPU_SHARE) / CPU_SHARE).min(Duration::from_secs(5));
                     tokio::time::sleep(rest).await;
                 }
-                _ = flush.tick() => flush_reports(&plugins).await,
+                _ = flush.tick() => {
+                    let Some(inner) = host.upgrade() else { break };
+                    flush_reports(&Plugins { inner }).await;
+                }
             }
         }
     });

@@ -110,7 +110,7 @@ async fn mixed_cart(app: &TestApp) -> String {
     cart
 }
 
-fn line<'a>(cart: &'a Value, sku: &str) -> &'a Value {
+pub fn line<'a>(cart: &'a Value, sku: &str) -> &'a Value {
     cart["lines"]
         .as_array()
         .unwrap()

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::each_backend;
 use crate::helpers::*;
-use crate::plugins::{artifact, upload};
+use crate::plugins::{artifact, line, upload};
 
 async fn as_merchant(app: &TestApp, token: &str, method: Method, path: &str) -> (u16, Value) {
     send(app.request(method, path).bearer_auth(token)).await
@@ -21,15 +21,6 @@ async fn set_config(app: &TestApp, token: &str, body: &str) -> (u16, Value) {
             .body(body.to_string()),
     )
     .await
-}
-
-fn line<'a>(cart: &'a Value, sku: &str) -> &'a Value {
-    cart["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["sku"] == sku)
-        .unwrap_or_else(|| panic!("{sku} in {cart}"))
 }
 
 fn discount_of(cart: &Value, sku: &str) -> i64 {

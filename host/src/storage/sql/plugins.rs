@@ -30,6 +30,22 @@ const PRUNE_BY_BINARIES: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? A
      (SELECT digest FROM plugin_runs WHERE merchant_id = ? GROUP BY digest ORDER BY MAX(seq) DESC LIMIT ?) \
      RETURNING digest";
 
+/// A `plugin_runs` row (`seq, id, merchant_id, at, digest, outcome, record`)
+/// of either backend.
+macro_rules! run_row {
+    ($r:expr) => {
+        RunRow {
+            seq: $r.get(0),
+            id: $r.get(1),
+            merchant_id: $r.get(2),
+            at: $r.get(3),
+            digest: $r.get(4),
+            outcome: $r.get(5),
+            record: $r.get(6),
+        }
+    };
+}
+
 /// [`Plugins::record_plugin_runs`] in one transaction of either backend.
 macro_rules! record_runs {
     ($pool:expr, $sql:expr, $runs:expr, $retention:expr) => {{
@@ -320,15 +336,7 @@ impl Plugins for Sql {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| RunRow {
-                    seq: r.get(0),
-                    id: r.get(1),
-                    merchant_id: r.get(2),
-                    at: r.get(3),
-                    digest: r.get(4),
-                    outcome: r.get(5),
-                    record: r.get(6),
-                })
+                .map(|r| run_row!(r))
                 .collect::<Vec<_>>()
         ))
     }
@@ -339,15 +347,7 @@ impl Plugins for Sql {
             self,
             "SELECT seq, id, merchant_id, at, digest, outcome, record FROM plugin_runs \
              WHERE merchant_id = ? AND id = ?",
-            |q, pool| q.bind(merchant).bind(id).fetch_optional(pool).await?.map(|r| RunRow {
-                seq: r.get(0),
-                id: r.get(1),
-                merchant_id: r.get(2),
-                at: r.get(3),
-                digest: r.get(4),
-                outcome: r.get(5),
-                record: r.get(6),
-            })
+            |q, pool| q.bind(merchant).bind(id).fetch_optional(pool).await?.map(|r| run_row!(r))
         ))
     }
 
