@@ -564,11 +564,6 @@ impl Plugins {
         self.inner.db.set_plugin_config(merchant, config, crate::now_ms()).await
     }
 
-    /// Records waiting for the run recorder.
-    pub fn recorder_backlog(&self) -> usize {
-        self.inner.recorder.backlog()
-    }
-
     /// The adjustments of every merchant's plugin for a cart in `currency`
     /// with discount `codes`, and what became of each code: each plugin sees
     /// only its merchant's lines; failed runs add nothing.
@@ -726,22 +721,12 @@ impl Plugins {
         if self.inner.db.plugin(merchant).await?.is_none() {
             return Err(ShadowError::NoActive);
         }
-        let digest = self.check_candidate(merchant, &bytes).await.map_err(|e| match e {
+        let as_shadow = |e: ReplayError| match e {
             ReplayError::Invalid(m) => ShadowError::Invalid(m),
             other => ShadowError::Internal(other.to_string()),
-        })?;
-        let (this, d) = (self.clone(), digest.clone());
-        let (compiled, bytes) = {
-            let _permit =
-                self.inner.compiles.acquire().await.map_err(|e| ShadowError::Internal(e.to_string()))?;
-            tokio::task::spawn_blocking(move || (this.prepare(&d, &bytes), bytes))
-                .await
-                .map_err(|e| ShadowError::Internal(e.to_string()))?
         };
-        let compiled = compiled.map_err(|e| match e {
-            UploadError::Invalid(m) => ShadowError::Invalid(m),
-            other => ShadowError::Internal(other.to_string()),
-        })?;
+        let digest = self.check_candidate(merchant, &bytes).await.map_err(as_shadow)?;
+        let (compiled, bytes) = self.compile_candidate(&digest, bytes).await.map_err(as_shadow)?;
         let report = serde_json::to_string(&shadow::Report::default())
             .map_err(|e| ShadowError::Internal(e.to_string()))?;
         self.inner.db.put_shadow(merchant, &digest, &bytes, &report, crate::now_ms()).await?;
@@ -811,7 +796,7 @@ impl Plugins {
         let (digest, compiled) = match candidate {
             Some((_place, bytes)) => {
                 let digest = self.check_candidate(merchant, &bytes).await?;
-                let compiled = self.compile_candidate(&digest, bytes).await?;
+                let (compiled, _) = self.compile_candidate(&digest, bytes).await?;
                 (digest, compiled)
             }
             None => {
@@ -856,21 +841,27 @@ impl Plugins {
         Ok(digest_of(bytes))
     }
 
-    /// Compile a candidate (one compile at a time, as uploads).
-    async fn compile_candidate(&self, digest: &str, bytes: Vec<u8>) -> Result<Arc<Compiled>, ReplayError> {
+    /// Compile a candidate (one compile at a time, as uploads); gives the
+    /// bytes back with it.
+    async fn compile_candidate(
+        &self,
+        digest: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<Compiled>, Vec<u8>), ReplayError> {
         if let Some(pre) = lock(&self.inner.loaded).get(digest).cloned() {
-            return Ok(pre);
+            return Ok((pre, bytes));
         }
         let _permit =
             self.inner.compiles.acquire().await.map_err(|e| ReplayError::Internal(e.to_string()))?;
         let (this, d) = (self.clone(), digest.to_string());
-        tokio::task::spawn_blocking(move || this.prepare(&d, &bytes))
+        let (compiled, bytes) = tokio::task::spawn_blocking(move || (this.prepare(&d, &bytes), bytes))
             .await
-            .map_err(|e| ReplayError::Internal(e.to_string()))?
-            .map_err(|e| match e {
-                UploadError::Invalid(m) => ReplayError::Invalid(m),
-                other => ReplayError::Internal(other.to_string()),
-            })
+            .map_err(|e| ReplayError::Internal(e.to_string()))?;
+        let compiled = compiled.map_err(|e| match e {
+            UploadError::Invalid(m) => ReplayError::Invalid(m),
+            other => ReplayError::Internal(other.to_string()),
+        })?;
+        Ok((compiled, bytes))
     }
 
     /// Run `compiled` (digest `digest`) on `recorded`'s input and limits.
@@ -921,7 +912,7 @@ impl Plugins {
     pub async fn compile_file(&self, bytes: Vec<u8>) -> Result<(String, Arc<Compiled>), ReplayError> {
         validate::check(&bytes).map_err(ReplayError::Invalid)?;
         let digest = digest_of(&bytes);
-        let compiled = self.compile_candidate(&digest, bytes).await?;
+        let (compiled, _) = self.compile_candidate(&digest, bytes).await?;
         Ok((digest, compiled))
     }
 

@@ -254,11 +254,6 @@ impl Recorder {
             }
         }
     }
-
-    /// Records queued and not yet written.
-    pub fn backlog(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
 }
 
 /// How a replay's output differs from the recorded one.
