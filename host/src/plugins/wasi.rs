@@ -83,6 +83,9 @@ struct ClockState {
     /// Set (with how long it asked for) when the plugin waits past the limit.
     overslept: Mutex<Option<u64>>,
     overslept_signal: tokio::sync::Notify,
+    /// The end of each clock subscription the plugin holds, by its pollable's
+    /// handle: a wait on these alone is decided at once.
+    timers: Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 impl VirtualClock {
@@ -94,6 +97,7 @@ impl VirtualClock {
             next_id: AtomicU64::new(0),
             overslept: Mutex::new(None),
             overslept_signal: tokio::sync::Notify::new(),
+            timers: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -127,7 +131,31 @@ impl VirtualClock {
 
     fn subscribe(&self, table: &mut ResourceTable, at: u64) -> wasmtime::Result<Resource<DynPollable>> {
         let timer = table.push(VirtualTimer { at, clock: self.clone() })?;
-        subscribe(table, timer)
+        let pollable = subscribe(table, timer)?;
+        lock(&self.0.timers).insert(pollable.rep(), at);
+        Ok(pollable)
+    }
+
+    /// A wait on `pollables` decided at once when every one is a clock
+    /// subscription (a `sleep`, a `poll` with only time-outs): the indices
+    /// of those that fire, the clock moved to the earliest end, or the
+    /// deadline if that end is past it. `None` when something else is
+    /// waited on (then the wait goes through the pollables' futures). No
+    /// yield to the scheduler: what a busy host does between two polls
+    /// cannot lengthen a plugin's sleep in host time, nor hold its run slot.
+    fn wait_on_timers(&self, pollables: &[u32]) -> Option<Result<Vec<u32>, VirtualDeadline>> {
+        let ends: Vec<u64> = {
+            let timers = lock(&self.0.timers);
+            pollables.iter().map(|p| timers.get(p).copied()).collect::<Option<_>>()?
+        };
+        let now = self.now();
+        let earliest = ends.iter().copied().min()?;
+        if earliest > now && earliest > self.0.limit_ns {
+            *lock(&self.0.overslept) = Some(earliest - now);
+            return Some(Err(VirtualDeadline { asked_ns: earliest - now }));
+        }
+        let until = self.0.now.fetch_max(earliest, Ordering::Relaxed).max(earliest);
+        Some(Ok((0..ends.len() as u32).filter(|&i| ends[i as usize] <= until).collect()))
     }
 }
 
@@ -400,6 +428,10 @@ impl monotonic_clock::Host for PluginView<'_> {
 impl poll::Host for PluginView<'_> {
     async fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
         let clock = self.clock;
+        let reps: Vec<u32> = pollables.iter().map(|p| p.rep()).collect();
+        if let Some(decided) = clock.wait_on_timers(&reps) {
+            return decided.map_err(wasmtime::Error::new);
+        }
         tokio::select! {
             ready = poll::Host::poll(&mut *self.sockets.table, pollables) => ready,
             over = clock.overslept() => Err(wasmtime::Error::new(over)),
@@ -410,6 +442,9 @@ impl poll::Host for PluginView<'_> {
 impl poll::HostPollable for PluginView<'_> {
     async fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         let clock = self.clock;
+        if let Some(decided) = clock.wait_on_timers(&[pollable.rep()]) {
+            return decided.map(drop).map_err(wasmtime::Error::new);
+        }
         tokio::select! {
             done = poll::HostPollable::block(&mut *self.sockets.table, pollable) => done,
             over = clock.overslept() => Err(wasmtime::Error::new(over)),
@@ -421,6 +456,7 @@ impl poll::HostPollable for PluginView<'_> {
     }
 
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        lock(&self.clock.0.timers).remove(&pollable.rep());
         poll::HostPollable::drop(&mut *self.sockets.table, pollable)
     }
 }
@@ -522,6 +558,32 @@ mod tests {
             over = clock.overslept() => Some(over.asked_ns),
         };
         assert_eq!(waited, Some(10_000_001));
+    }
+
+    #[test]
+    fn a_wait_on_timers_alone_is_decided_at_once() {
+        let clock = VirtualClock::new(Duration::from_millis(100));
+        let mut table = ResourceTable::new();
+        let late = clock.subscribe(&mut table, 90_000_000).unwrap();
+        let early = clock.subscribe(&mut table, 10_000_000).unwrap();
+        let also_early = clock.subscribe(&mut table, 10_000_000).unwrap();
+        // No future, no scheduler: the earliest end fires, with its equals.
+        let fired = clock.wait_on_timers(&[late.rep(), early.rep(), also_early.rep()]);
+        assert_eq!(fired.unwrap().unwrap(), vec![1, 2]);
+        assert_eq!(clock.elapsed(), Duration::from_millis(10));
+        // What has fired stays ready, and the clock does not move for it.
+        assert_eq!(clock.wait_on_timers(&[early.rep()]).unwrap().unwrap(), vec![0]);
+        assert_eq!(clock.elapsed(), Duration::from_millis(10));
+        // Anything but a clock subscription among them: not decided here.
+        let past = clock.subscribe(&mut table, 100_000_001).unwrap();
+        assert!(clock.wait_on_timers(&[past.rep(), past.rep() + 1_000]).is_none());
+        // A wait past the limit is the deadline, and the clock stays.
+        let fired = clock.wait_on_timers(&[past.rep(), late.rep()]).unwrap();
+        assert_eq!(fired.unwrap(), vec![1], "the late one ends within the limit");
+        assert_eq!(clock.elapsed(), Duration::from_millis(90));
+        let over = clock.wait_on_timers(&[past.rep()]).unwrap().unwrap_err();
+        assert_eq!(over.asked_ns, 10_000_001);
+        assert_eq!(clock.elapsed(), Duration::from_millis(90));
     }
 
     #[test]
