@@ -170,6 +170,9 @@ pub struct PluginInfo {
     /// Over this plugin's newest recorded runs (all replicas): outcomes by
     /// kind and what the runs used.
     pub runs: RunStats,
+    /// Over every production run of this plugin (all replicas, recorded or
+    /// not): runs by outcome, histograms of instructions and host time.
+    pub metrics: runs::PluginMetrics,
 }
 
 /// How a plugin's recent runs went (`GET /v1/merchant/pricing-plugin`).
@@ -537,7 +540,9 @@ impl Plugins {
             .filter(|r| r.digest == row.digest)
             .filter_map(|r| Recorded::from_row(r).ok())
             .collect();
+        let metrics = runs::PluginMetrics::of(&self.inner.db.plugin_counts(merchant, &row.digest).await?);
         Ok(Some(PluginInfo {
+            metrics,
             status: if failing { "failing" } else { "active" },
             world,
             limits: self.limits_from(row.limits.as_deref()),
@@ -656,6 +661,7 @@ impl Plugins {
         let kind = outcome.result.as_ref().err().map(|e| e.kind).unwrap_or("ok");
         crate::telemetry::plugin_run(kind, started, outcome.fuel_used);
         let duration_us = started.elapsed().as_micros() as u64;
+        self.inner.recorder.count(&plugin.merchant_id, &plugin.digest, kind, outcome.fuel_used, duration_us);
         let last = LastRun {
             at: crate::now_ms(),
             digest: plugin.digest.clone(),

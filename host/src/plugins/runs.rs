@@ -9,7 +9,16 @@
 //! `mercato_plugin_runs_dropped_total`), never queued without bound.
 //! Successful runs may be sampled (`plugin_runs.sample_ok`); failures are
 //! always recorded.
+//!
+//! Every run is also *counted* (before any sampling, also runs that never
+//! got to execute): per merchant and binary, runs by outcome and histograms
+//! of instructions and host time ([`PluginMetrics`]), gathered in memory and
+//! added to the database's counts every [`COUNT_EVERY`] (all replicas add to
+//! the same rows). A database that refuses them keeps them in memory for the
+//! next try; a process that stops loses at most its last second of counts.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::io::{RunInput, RunOutput, World};
 use super::limits::PluginLimits;
 use crate::storage::Db;
-use crate::storage::plugins::{Retention, RunRow};
+use crate::storage::plugins::{CountRow, Retention, RunRow};
 
 /// `[plugin_runs]`: how recorded runs are kept.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
@@ -146,6 +155,158 @@ async fn write(db: &Db, rows: &[RunRow], retention: Retention) {
     }
 }
 
+/// How often the counts gathered in memory are added to the database's.
+pub const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// Upper bounds of the host time histogram's buckets, in µs (one more
+/// bucket above the last).
+pub const DURATION_BOUNDS_US: [u64; 13] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+/// Upper bounds of the instructions histogram's buckets.
+pub const INSTRUCTION_BOUNDS: [u64; 9] = [
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+];
+
+/// What one of a merchant's plugin binaries did in production, on every
+/// replica (`GET /v1/merchant/pricing-plugin`, `mercato plugin status`):
+/// every run counted, sampled or not, as of the last second or so.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PluginMetrics {
+    pub runs: i64,
+    /// Runs by outcome: `ok` or the error kind.
+    pub by_outcome: BTreeMap<String, i64>,
+    /// Runs by instructions used: each bucket counts those above the bound
+    /// of the one before, up to its own `le` (the last has none).
+    pub instructions: Vec<Bucket>,
+    /// Runs by host time (µs), bucketed the same way.
+    pub duration_us: Vec<Bucket>,
+}
+
+/// One histogram bucket of [`PluginMetrics`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Bucket {
+    /// Upper bound (inclusive); none for the last bucket.
+    pub le: Option<u64>,
+    pub runs: i64,
+}
+
+impl PluginMetrics {
+    /// From the stored counts of one binary.
+    pub fn of(rows: &[CountRow]) -> PluginMetrics {
+        let find = |metric: &str, bucket: &str| {
+            rows.iter().find(|r| r.metric == metric && r.bucket == bucket).map_or(0, |r| r.runs)
+        };
+        let histogram = |metric: &str, bounds: &[u64]| {
+            bounds
+                .iter()
+                .map(|b| Some(*b))
+                .chain([None])
+                .map(|le| Bucket { le, runs: find(metric, &le.map_or("inf".to_string(), |b| b.to_string())) })
+                .collect()
+        };
+        let by_outcome: BTreeMap<String, i64> =
+            rows.iter().filter(|r| r.metric == "outcome").map(|r| (r.bucket.clone(), r.runs)).collect();
+        PluginMetrics {
+            runs: by_outcome.values().sum(),
+            by_outcome,
+            instructions: histogram("instructions", &INSTRUCTION_BOUNDS),
+            duration_us: histogram("duration_us", &DURATION_BOUNDS_US),
+        }
+    }
+}
+
+/// The index of the bucket of `bounds` that `value` falls in.
+fn bucket_of(bounds: &[u64], value: u64) -> usize {
+    bounds.iter().position(|b| value <= *b).unwrap_or(bounds.len())
+}
+
+/// Counts of one binary not yet added to the database's.
+#[derive(Default)]
+struct Tally {
+    by_outcome: BTreeMap<String, i64>,
+    instructions: [i64; INSTRUCTION_BOUNDS.len() + 1],
+    duration_us: [i64; DURATION_BOUNDS_US.len() + 1],
+}
+
+/// (merchant, digest) → what its runs did since the last write.
+type Tallies = HashMap<(String, String), Tally>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn count_rows(tallies: Tallies) -> Vec<CountRow> {
+    let mut rows = Vec::new();
+    for ((merchant, digest), t) in tallies {
+        let mut row = |metric: &str, bucket: String, runs: i64| {
+            if runs > 0 {
+                rows.push(CountRow {
+                    merchant_id: merchant.clone(),
+                    digest: digest.clone(),
+                    metric: metric.to_string(),
+                    bucket,
+                    runs,
+                });
+            }
+        };
+        for (kind, runs) in t.by_outcome {
+            row("outcome", kind, runs);
+        }
+        for (bounds, counts, metric) in [
+            (&INSTRUCTION_BOUNDS[..], &t.instructions[..], "instructions"),
+            (&DURATION_BOUNDS_US[..], &t.duration_us[..], "duration_us"),
+        ] {
+            for (i, runs) in counts.iter().enumerate() {
+                row(metric, bounds.get(i).map_or("inf".to_string(), u64::to_string), *runs);
+            }
+        }
+    }
+    rows
+}
+
+/// Add the counts gathered every [`COUNT_EVERY`] until the recorder is
+/// gone; those the database refuses go back for the next try.
+async fn count_writer(db: Db, tallies: Weak<Mutex<Tallies>>) {
+    let mut tick = tokio::time::interval(COUNT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = tallies.upgrade() else { return };
+        let taken = std::mem::take(&mut *lock(&shared));
+        if taken.is_empty() {
+            continue;
+        }
+        let rows = count_rows(taken);
+        if let Err(e) = db.add_plugin_counts(&rows).await {
+            tracing::warn!(error = %e, "could not add plugin run counts; kept for the next try");
+            let mut back = lock(&shared);
+            for r in rows {
+                let t = back.entry((r.merchant_id, r.digest)).or_default();
+                match r.metric.as_str() {
+                    "outcome" => *t.by_outcome.entry(r.bucket).or_default() += r.runs,
+                    metric => {
+                        let (bounds, counts) = if metric == "instructions" {
+                            (&INSTRUCTION_BOUNDS[..], &mut t.instructions[..])
+                        } else {
+                            (&DURATION_BOUNDS_US[..], &mut t.duration_us[..])
+                        };
+                        let i = r.bucket.parse::<u64>().map_or(bounds.len(), |b| bucket_of(bounds, b));
+                        counts[i] += r.runs;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The sending half of the recorder; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
@@ -153,6 +314,7 @@ pub struct Recorder {
     config: RecordingConfig,
     /// Bytes of the records queued.
     queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tallies: Arc<Mutex<Tallies>>,
 }
 
 impl Recorded {
@@ -176,6 +338,7 @@ impl Recorded {
 impl Recorder {
     /// Start the writer task on `db`.
     pub fn start(db: Db, config: RecordingConfig) -> Recorder {
+        let db_for_counts = db.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Recorded, usize)>(config.queue.max(1));
         let retention = Retention {
             runs: config.keep.max(1),
@@ -227,7 +390,20 @@ impl Recorder {
                 counted.fetch_sub(weight, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        Recorder { tx, config, queued }
+        let tallies = Arc::new(Mutex::new(Tallies::new()));
+        tokio::spawn(count_writer(db_for_counts, Arc::downgrade(&tallies)));
+        Recorder { tx, config, queued, tallies }
+    }
+
+    /// Count one run of `merchant`'s binary `digest` (every run, recorded
+    /// or not).
+    pub fn count(&self, merchant: &str, digest: &str, outcome: &str, instructions: u64, duration_us: u64) {
+        let mut tallies = lock(&self.tallies);
+        let key = (merchant.to_string(), digest.to_string());
+        let t = tallies.entry(key).or_default();
+        *t.by_outcome.entry(outcome.to_string()).or_default() += 1;
+        t.instructions[bucket_of(&INSTRUCTION_BOUNDS, instructions)] += 1;
+        t.duration_us[bucket_of(&DURATION_BOUNDS_US, duration_us)] += 1;
     }
 
     /// Queue `run` for recording, unless sampled out or the queue is full

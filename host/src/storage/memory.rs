@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use super::accounts::{Accounts, MerchantRow};
 use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
 use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
-use super::plugins::{PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow};
+use super::plugins::{
+    CountRow, PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow,
+};
 use super::tx::{self, Failed, Op, Outcome, Precondition, Transactions, Write, counter_value};
 use super::{Backend, Result, StorageError};
 
@@ -45,6 +47,8 @@ struct State {
     runs: HashMap<String, VecDeque<RunRow>>,
     run_seq: i64,
     shadows: HashMap<String, ShadowRow>,
+    /// (merchant, digest, metric, bucket) → runs.
+    counts: BTreeMap<(String, String, String, String), i64>,
 }
 
 impl Memory {
@@ -507,6 +511,50 @@ impl Plugins for Memory {
             state.drop_unused_blob(&digest);
         }
         Ok(())
+    }
+
+    async fn add_plugin_counts(&self, counts: &[CountRow]) -> Result<()> {
+        let mut state = self.state();
+        let mut merchants: Vec<&str> = Vec::new();
+        for c in counts {
+            let key = (c.merchant_id.clone(), c.digest.clone(), c.metric.clone(), c.bucket.clone());
+            *state.counts.entry(key).or_default() += c.runs;
+            if !merchants.contains(&c.merchant_id.as_str()) {
+                merchants.push(&c.merchant_id);
+            }
+        }
+        let state = &mut *state;
+        let referred = |m: &str, d: &str| {
+            state.plugins.get(m).is_some_and(|(p, _)| p == d)
+                || state.shadows.get(m).is_some_and(|s| s.digest == d)
+                || state.runs.get(m).is_some_and(|runs| runs.iter().any(|r| r.digest == d))
+        };
+        let gone: Vec<_> = state
+            .counts
+            .keys()
+            .filter(|(m, d, _, _)| merchants.contains(&m.as_str()) && !referred(m, d))
+            .cloned()
+            .collect();
+        for key in gone {
+            state.counts.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn plugin_counts(&self, merchant: &str, digest: &str) -> Result<Vec<CountRow>> {
+        Ok(self
+            .state()
+            .counts
+            .iter()
+            .filter(|((m, d, _, _), _)| m == merchant && d == digest)
+            .map(|((m, d, metric, bucket), runs)| CountRow {
+                merchant_id: m.clone(),
+                digest: d.clone(),
+                metric: metric.clone(),
+                bucket: bucket.clone(),
+                runs: *runs,
+            })
+            .collect())
     }
 
     async fn plugin_runs(&self, merchant: &str, before: Option<i64>, limit: i64) -> Result<Vec<RunRow>> {

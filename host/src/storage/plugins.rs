@@ -61,6 +61,18 @@ pub struct Retention {
     pub binaries: i64,
 }
 
+/// Runs of one of a merchant's plugin binaries counted in one bucket of a
+/// metric (`outcome`: by kind; `instructions`, `duration_us`: histogram
+/// buckets by upper bound, `inf` last). Added to what is stored.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CountRow {
+    pub merchant_id: String,
+    pub digest: String,
+    pub metric: String,
+    pub bucket: String,
+    pub runs: i64,
+}
+
 /// One recorded failure of a run.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginErrorRow {
@@ -111,6 +123,14 @@ pub trait Plugins: Send + Sync {
     /// of their merchants. A binary that neither a merchant's plugin nor a
     /// kept run refers to any more is deleted.
     async fn record_plugin_runs(&self, runs: &[RunRow], retention: Retention) -> Result<()>;
+
+    /// Add `counts` to the stored ones (one transaction), and forget the
+    /// counts of those merchants' digests that neither their plugin, their
+    /// shadow nor a kept recorded run refers to.
+    async fn add_plugin_counts(&self, counts: &[CountRow]) -> Result<()>;
+
+    /// The counts of `merchant`'s binary `digest`.
+    async fn plugin_counts(&self, merchant: &str, digest: &str) -> Result<Vec<CountRow>>;
 
     /// `merchant`'s recorded runs, newest first, older than `before` (a
     /// `seq`) if given, at most `limit`.

@@ -196,6 +196,93 @@ async fn codes_configuration_and_both_worlds(backend: Backend) {
 }
 each_backend!(codes_and_config, codes_configuration_and_both_worlds);
 
+/// `merchant`'s plugin metrics once they count `runs` runs (and then a
+/// little longer, to see that no more arrive).
+async fn metrics_at(app: &TestApp, token: &str, runs: i64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, info) = as_merchant(app, token, Method::GET, "/v1/merchant/pricing-plugin").await;
+        assert_eq!(status, 200, "{info}");
+        let counted = info["metrics"]["runs"].as_i64().unwrap();
+        assert!(counted <= runs, "{counted} runs counted, {runs} ran: {info}");
+        if counted == runs {
+            tokio::time::sleep(mercato::plugins::runs::COUNT_EVERY * 2).await;
+            let (_, again) = as_merchant(app, token, Method::GET, "/v1/merchant/pricing-plugin").await;
+            assert_eq!(again["metrics"], info["metrics"], "counts kept moving");
+            return info;
+        }
+        assert!(std::time::Instant::now() < deadline, "{counted} runs counted, wanted {runs}: {info}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn bucket_total(metrics: &Value, histogram: &str) -> i64 {
+    metrics[histogram].as_array().unwrap().iter().map(|b| b["runs"].as_i64().unwrap()).sum()
+}
+
+/// Every production run is counted, sampled out of the recording or not:
+/// runs by outcome and histograms of instructions and host time, per
+/// binary, each merchant its own; a new binary starts from nothing.
+async fn every_run_is_counted(backend: Backend) {
+    // No successful run is recorded: the counts cannot come from the records.
+    let app = spawn_app_with(backend, |c| c.plugin_runs.sample_ok = 0.0).await;
+    let a = app.merchant("Counted A").await;
+    let b = app.merchant("Counted B").await;
+    app.product(&a.1, product_body("A thing", &["ZA-1"], 1000, "EUR")).await;
+    app.product(&b.1, product_body("B thing", &["ZB-1"], 2000, "EUR")).await;
+    assert_eq!(upload(&app, &a.1, artifact("plugin-bundles.wasm")).await.0, 200);
+    assert_eq!(upload(&app, &b.1, artifact("zoo-over-discount.wasm")).await.0, 200);
+    let cart = app.cart("EUR").await;
+    for sku in ["ZA-1", "ZB-1"] {
+        assert_eq!(
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 3})).await.0,
+            200
+        );
+    }
+    // What adding the items ran, once counted; then 12 reads.
+    tokio::time::sleep(mercato::plugins::runs::COUNT_EVERY * 3).await;
+    let mut start = Vec::new();
+    for token in [&a.1, &b.1] {
+        let (_, info) = as_merchant(&app, token, Method::GET, "/v1/merchant/pricing-plugin").await;
+        start.push(info["metrics"]["runs"].as_i64().unwrap());
+    }
+    for _ in 0..12 {
+        let (status, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+        assert_eq!(status, 200, "{priced}");
+    }
+    let ran = start[0] + 12;
+    let a_info = metrics_at(&app, &a.1, ran).await;
+    let a_metrics = &a_info["metrics"];
+    assert_eq!(a_metrics["by_outcome"], json!({"ok": ran}), "{a_info}");
+    assert_eq!(bucket_total(a_metrics, "instructions"), ran, "{a_info}");
+    assert_eq!(bucket_total(a_metrics, "duration_us"), ran, "{a_info}");
+    assert_eq!(a_metrics["instructions"].as_array().unwrap().last().unwrap()["le"], Value::Null);
+    let (_, recorded) = as_merchant(&app, &a.1, Method::GET, "/v1/merchant/pricing-plugin/runs").await;
+    assert_eq!(recorded["items"], json!([]), "ok runs are sampled out of the recording: {recorded}");
+
+    let ran = start[1] + 12;
+    let b_info = metrics_at(&app, &b.1, ran).await;
+    let b_metrics = &b_info["metrics"];
+    assert_eq!(b_metrics["by_outcome"], json!({"invalid_output": ran}), "only b's own runs: {b_info}");
+    // The same instructions on every run: one bucket holds them all.
+    let full: Vec<&Value> = b_metrics["instructions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["runs"].as_i64() != Some(0))
+        .collect();
+    assert_eq!(full.len(), 1, "{b_info}");
+    assert_eq!(full[0]["runs"], ran, "{b_info}");
+
+    // A new binary for b starts from nothing; the old one's counts are not its.
+    assert_eq!(upload(&app, &b.1, artifact("plugin-bundles.wasm")).await.0, 200);
+    let (status, priced) = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(status, 200, "{priced}");
+    let b_info = metrics_at(&app, &b.1, 1).await;
+    assert_eq!(b_info["metrics"]["by_outcome"], json!({"ok": 1}), "{b_info}");
+}
+each_backend!(counts, every_run_is_counted);
+
 /// `merchant`'s recorded runs once there are at least `n`.
 async fn runs_at_least(app: &TestApp, token: &str, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::Sql;
 use crate::storage::Result;
 use crate::storage::plugins::{
-    PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow,
+    CountRow, PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow,
 };
 
 /// Deletes a binary that no merchant's plugin or shadow and no kept run
@@ -29,6 +29,48 @@ const PRUNE_BY_BYTES: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND 
 const PRUNE_BY_BINARIES: &str = "DELETE FROM plugin_runs WHERE merchant_id = ? AND digest NOT IN \
      (SELECT digest FROM plugin_runs WHERE merchant_id = ? GROUP BY digest ORDER BY MAX(seq) DESC LIMIT ?) \
      RETURNING digest";
+
+const ADD_COUNT: &str = "INSERT INTO plugin_counts (merchant_id, digest, metric, bucket, runs) \
+     VALUES (?, ?, ?, ?, ?) ON CONFLICT (merchant_id, digest, metric, bucket) \
+     DO UPDATE SET runs = plugin_counts.runs + excluded.runs";
+/// Forgets a merchant's counts of binaries nothing of it refers to.
+const PRUNE_COUNTS: &str = "DELETE FROM plugin_counts WHERE merchant_id = ? AND digest NOT IN \
+     (SELECT digest FROM merchant_plugins WHERE merchant_id = ? \
+      UNION SELECT digest FROM plugin_shadows WHERE merchant_id = ? \
+      UNION SELECT digest FROM plugin_runs WHERE merchant_id = ?)";
+
+/// [`Plugins::add_plugin_counts`] in one transaction of either backend; in
+/// the rows' order (sorted), so that replicas adding to the same rows take
+/// their row locks in one order.
+macro_rules! add_counts {
+    ($pool:expr, $sql:expr, $counts:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let mut merchants: Vec<&str> = Vec::new();
+        for c in $counts {
+            sqlx::query(sqlx::AssertSqlSafe($sql(ADD_COUNT)))
+                .bind(&c.merchant_id)
+                .bind(&c.digest)
+                .bind(&c.metric)
+                .bind(&c.bucket)
+                .bind(c.runs)
+                .execute(&mut *tx)
+                .await?;
+            if !merchants.contains(&c.merchant_id.as_str()) {
+                merchants.push(&c.merchant_id);
+            }
+        }
+        for merchant in merchants {
+            sqlx::query(sqlx::AssertSqlSafe($sql(PRUNE_COUNTS)))
+                .bind(merchant)
+                .bind(merchant)
+                .bind(merchant)
+                .bind(merchant)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }};
+}
 
 /// A `plugin_runs` row (`seq, id, merchant_id, at, digest, outcome, record`)
 /// of either backend.
@@ -321,6 +363,42 @@ impl Plugins for Sql {
             Sql::Postgres(pool) => record_runs!(pool, super::numbered_placeholders, runs, retention),
         }
         Ok(())
+    }
+
+    async fn add_plugin_counts(&self, counts: &[CountRow]) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = counts.to_vec();
+        sorted.sort();
+        match self {
+            Sql::Sqlite { write, .. } => add_counts!(write, |s: &str| s.to_string(), &sorted),
+            Sql::Postgres(pool) => add_counts!(pool, super::numbered_placeholders, &sorted),
+        }
+        Ok(())
+    }
+
+    async fn plugin_counts(&self, merchant: &str, digest: &str) -> Result<Vec<CountRow>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT metric, bucket, runs FROM plugin_counts WHERE merchant_id = ? AND digest = ? \
+             ORDER BY metric, bucket",
+            |q, pool| q
+                .bind(merchant)
+                .bind(digest)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| CountRow {
+                    merchant_id: merchant.to_string(),
+                    digest: digest.to_string(),
+                    metric: r.get(0),
+                    bucket: r.get(1),
+                    runs: r.get(2),
+                })
+                .collect::<Vec<_>>()
+        ))
     }
 
     async fn plugin_runs(&self, merchant: &str, before: Option<i64>, limit: i64) -> Result<Vec<RunRow>> {
