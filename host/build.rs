@@ -105,6 +105,14 @@ fn main() {
         .expect("run cargo for the catalog test version");
     assert!(status.success(), "building catalog with test-marker failed");
     copy(&built.join("mercato_catalog.wasm"), &out_dir.join("catalog-v2.wasm"));
+    // A catalog version that traps in 30 % of the requests that show
+    // products (canary rollback tests and benchmark).
+    let status = guest_build(&root, &target_dir)
+        .args(["-p", "mercato-catalog", "--features", "test-faulty"])
+        .status()
+        .expect("run cargo for the faulty catalog test version");
+    assert!(status.success(), "building catalog with test-faulty failed");
+    copy(&built.join("mercato_catalog.wasm"), &out_dir.join("catalog-faulty.wasm"));
     println!("cargo:rustc-env=MERCATO_TEST_COMPONENTS={}", out_dir.display());
 }
 

@@ -73,6 +73,7 @@ impl App {
                 let (call, nth) = t.split_once('#')?;
                 Some((call.to_string(), nth.parse().ok()?))
             }),
+            canary: config.deploy.canary,
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
         crate::oci::Oci::check(&config.registry).map_err(anyhow::Error::msg)?;

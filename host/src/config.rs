@@ -237,6 +237,8 @@ pub struct DeployConfig {
     pub watch: std::collections::BTreeMap<String, String>,
     pub poll_interval_ms: u64,
     pub sync_interval_ms: u64,
+    /// When a canary is rolled back by itself (`[deploy.canary]`).
+    pub canary: crate::runtime::canary::CanaryPolicy,
 }
 
 impl Default for DeployConfig {
@@ -246,6 +248,7 @@ impl Default for DeployConfig {
             watch: Default::default(),
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
             sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+            canary: Default::default(),
         }
     }
 }

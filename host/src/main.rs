@@ -34,17 +34,33 @@ enum Command {
         /// requires signatures; for oci:// the signature comes from the registry)
         #[arg(long)]
         sign: Option<PathBuf>,
+        /// Deploy as a canary serving this percent (1–99) of new requests,
+        /// until `mercato promote NAME` or a rollback (the operator's, or
+        /// the host's own when the canary fails more than the stable version)
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
+        /// End a running canary of this component first (else the deploy is refused)
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Re-activate the version that was active before the current one.
+    /// Make the running canary of a component its active version.
+    Promote {
+        /// catalog, cart, inventory, payment or order
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// End the component's running canary; without one, re-activate the
+    /// version that was active before the current one.
     Rollback {
         /// catalog, cart, inventory, payment or order
         name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Show each component's active version and history.
+    /// Show each component's active version, canary (share, counts) and history.
     Components {
         #[command(flatten)]
         api: ApiArgs,
@@ -285,7 +301,14 @@ async fn client(command: Command) -> anyhow::Result<()> {
         }
         Command::Plugin(command) => plugin(command).await,
         Command::Push(args) => push(args).await,
-        Command::Deploy { name, artifact, sign, api } => deploy(name, artifact, sign, api).await,
+        Command::Deploy { name, artifact, sign, canary, replace, api } => {
+            deploy(name, artifact, sign, canary, replace, api).await
+        }
+        Command::Promote { name, api } => {
+            let url = format!("{}/v1/admin/components/{name}/promote", api.url.trim_end_matches('/'));
+            eprintln!("promoting the canary of {name}…");
+            answer(reqwest::Client::new().post(url).bearer_auth(&api.token), &api.url).await
+        }
         Command::Rollback { name, api } => {
             let url = format!("{}/v1/admin/components/{name}/rollback", api.url.trim_end_matches('/'));
             eprintln!("rolling back {name}…");
@@ -356,9 +379,24 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn deploy(name: String, artifact: String, sign: Option<PathBuf>, api: ApiArgs) -> anyhow::Result<()> {
+async fn deploy(
+    name: String,
+    artifact: String,
+    sign: Option<PathBuf>,
+    canary: Option<u8>,
+    replace: bool,
+    api: ApiArgs,
+) -> anyhow::Result<()> {
     use anyhow::Context;
-    let url = format!("{}/v1/admin/components/{name}/deploy", api.url.trim_end_matches('/'));
+    let mut url = format!("{}/v1/admin/components/{name}/deploy", api.url.trim_end_matches('/'));
+    let query: Vec<String> = canary
+        .map(|n| format!("canary={n}"))
+        .into_iter()
+        .chain(replace.then(|| "replace=true".to_string()))
+        .collect();
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
     // Follow the deploy stage by stage (pull, checks, precompilation, swap).
     let mut request =
         reqwest::Client::new().post(url).bearer_auth(&api.token).header("accept", "application/x-ndjson");
@@ -419,6 +457,11 @@ async fn deploy(name: String, artifact: String, sign: Option<PathBuf>, api: ApiA
                     event["ms"]
                 ),
                 "swapped" => eprintln!("  swapped in as version {}", event["version"]),
+                "canary" => eprintln!(
+                    "  version {} now serves {} % of new requests as a canary (mercato promote {name} to make it \
+                     active)",
+                    event["version"], event["share"]
+                ),
                 "done" | "failed" => outcome = Some(event),
                 _ => {}
             }

@@ -200,6 +200,21 @@ pub fn plugin_runs_dropped(runs: usize) {
 
 /// A component version swapped in (`how`: deploy, rollback, sync, watch),
 /// timed from the start of the work (compile included).
+/// A canary ended: `promoted`, `rolled_back` or `replaced` (label values
+/// from these fixed sets only).
+pub fn canary_ended(component: &str, outcome: &str) {
+    let Some(kind) = crate::runtime::ComponentKind::ALL.into_iter().find(|k| k.name() == component) else {
+        return;
+    };
+    let outcome = match outcome {
+        "promoted" => "promoted",
+        "rolled_back" => "rolled_back",
+        _ => "replaced",
+    };
+    metrics::counter!("mercato_canaries_ended_total", "component" => kind.name(), "outcome" => outcome)
+        .increment(1);
+}
+
 pub fn component_swap(component: &'static str, how: &'static str, started: Instant) {
     metrics::counter!("mercato_component_swaps_total", "component" => component, "how" => how).increment(1);
     metrics::histogram!("mercato_component_swap_seconds", "component" => component)

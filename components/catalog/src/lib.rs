@@ -90,13 +90,33 @@ fn product_key(seq: i64) -> String {
 /// Appended to every title this build shows: empty, except in the test build
 /// `--features test-marker`, a second version whose answers tell which
 /// version served them (deploy tests, swap benchmark).
-#[cfg(not(feature = "test-marker"))]
+#[cfg(not(any(feature = "test-marker", feature = "test-faulty")))]
 const MARK: &str = "";
 #[cfg(feature = "test-marker")]
 const MARK: &str = " [v2]";
+#[cfg(feature = "test-faulty")]
+const MARK: &str = " [faulty]";
+
+/// The test build `--features test-faulty` traps in this share (percent) of
+/// the requests that show products (canary tests and benchmark).
+#[cfg(feature = "test-faulty")]
+const FAULTY_PERCENT: u64 = 30;
+
+/// Trap in [`FAULTY_PERCENT`] of calls, by chance (std's hash keys come
+/// from `wasi:random`, fresh in each instance).
+#[cfg(feature = "test-faulty")]
+fn fail_sometimes() {
+    use std::hash::{BuildHasher, Hasher};
+    let roll = std::collections::hash_map::RandomState::new().build_hasher().finish() % 100;
+    if roll < FAULTY_PERCENT {
+        panic!("test-faulty: this build fails {FAULTY_PERCENT} % of requests");
+    }
+}
 
 /// Attach availability from inventory to stored records.
 fn with_stock(records: Vec<ProductRecord>) -> Result<Vec<Product>, Error> {
+    #[cfg(feature = "test-faulty")]
+    fail_sometimes();
     let skus: Vec<String> = records.iter().flat_map(|r| r.variants.iter().map(|v| v.sku.clone())).collect();
     let available = if skus.is_empty() { Vec::new() } else { stock_levels::available(&skus)? };
     let mut available = available.into_iter();

@@ -207,16 +207,32 @@ async fn observe(State(_): State<AppState>, req: Request, next: Next) -> Respons
 /// The response header naming the component versions that served a request.
 pub const VERSIONS_HEADER: &str = "x-mercato-versions";
 
+/// The cart a request names (`/v1/carts/{id}…`): while a canary runs, the
+/// requests of one cart all go to the same side.
+fn cart_of(path: &str) -> Option<&str> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("v1"), Some("carts"), Some(id)) if !id.is_empty() => Some(id),
+        _ => None,
+    }
+}
+
 /// Give the request its scope at its start: the active versions (every
 /// instance it creates comes from that set, even if a deploy swaps one
-/// meanwhile), named in the `x-mercato-versions` header, and its one
-/// deadline, which every component call and host call it makes shares.
+/// meanwhile; while a canary runs, the canary's set for its share),
+/// named in the `x-mercato-versions` header, and its one deadline, which
+/// every component call and host call it makes shares. The answer counts
+/// for the canary's judgement; one that ends the canary has it recorded.
 async fn pin_versions(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let scope = state.runtime.new_scope();
-    let set = scope.set.clone();
+    let scope = state.runtime.request_scope(cart_of(req.uri().path()));
+    let kept = scope.clone();
     let mut response = Runtime::scoped(scope, next.run(req)).await;
-    if let Ok(value) = axum::http::HeaderValue::from_str(set.header()) {
+    if let Ok(value) = axum::http::HeaderValue::from_str(kept.set.header()) {
         response.headers_mut().insert(VERSIONS_HEADER, value);
+    }
+    if let Some(verdict) = state.runtime.observe(&kept, response.status().as_u16()) {
+        let registry = state.registry.clone();
+        tokio::spawn(async move { registry.record_verdict(verdict).await });
     }
     response
 }

@@ -9,6 +9,14 @@
 //! the activation changes nothing. Other replicas learn of the activation by
 //! PostgreSQL `NOTIFY` (and a periodic re-check) and run [`Registry::sync`],
 //! which precompiles before it swaps.
+//!
+//! A deploy with a canary share records the version and a live canary
+//! (`component_canaries`) instead of an activation; every replica's sync
+//! installs it beside the stable set ([`crate::runtime::canary`]). Promote
+//! activates the canary's version, then ends the canary; a crash between
+//! the two leaves a live canary whose version is active, which any sync
+//! ends as promoted. A rollback — the operator's, or a replica's own
+//! judgement — ends it; the stable version never changed.
 
 pub mod contract;
 pub use crate::signature;
@@ -20,11 +28,13 @@ use serde_json::{Value, json};
 
 use crate::oci::{Oci, OciError};
 use crate::runtime::{ComponentKind, ComponentSource, PrepareError, Runtime, digest_of};
-use crate::storage::components::ActiveRow;
+use crate::storage::components::{ActiveRow, CanaryRow};
 use crate::storage::{Db, StorageError};
 
 /// Activations kept in `GET /v1/admin/components` per component.
 const HISTORY: i64 = 50;
+/// Canaries (live and ended) kept in `GET /v1/admin/components` per component.
+const CANARY_HISTORY: i64 = 20;
 
 /// Where a deploy's component comes from.
 pub enum Artifact {
@@ -38,13 +48,44 @@ pub enum Artifact {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum Progress {
-    Received { bytes: usize },
-    Pulling { reference: String },
-    Pulled { bytes: usize, digest: String, pinned: String, ms: u64 },
-    Checking { digest: String, signature_required: bool },
+    Received {
+        bytes: usize,
+    },
+    Pulling {
+        reference: String,
+    },
+    Pulled {
+        bytes: usize,
+        digest: String,
+        pinned: String,
+        ms: u64,
+    },
+    Checking {
+        digest: String,
+        signature_required: bool,
+    },
     Compiling,
-    Precompiled { origin: &'static str, ms: u64 },
-    Swapped { version: i64 },
+    Precompiled {
+        origin: &'static str,
+        ms: u64,
+    },
+    Swapped {
+        version: i64,
+    },
+    /// The version serves `share` % of new requests as a canary.
+    Canary {
+        version: i64,
+        share: u8,
+    },
+}
+
+/// How a deploy goes live.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeployOptions {
+    /// As a canary serving this percent (1–99) of new requests.
+    pub canary: Option<u8>,
+    /// End a live canary of the component first (else the deploy is refused).
+    pub replace: bool,
 }
 
 /// The outcome of a deploy or rollback.
@@ -58,6 +99,9 @@ pub struct Deployed {
     pub changed: bool,
     /// "compiled" or "cached": whether this host had to compile it.
     pub precompiled: &'static str,
+    /// The percent of new requests it serves, when deployed as a canary
+    /// (`version`, `digest` and `source` are then the canary's).
+    pub canary: Option<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +122,9 @@ pub enum DeployError {
     NothingToRollBack(String),
     #[error("{0}")]
     Conflict(String),
+    /// Promote without a canary.
+    #[error("{0}")]
+    NoCanary(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{0}")]
@@ -231,16 +278,23 @@ impl Registry {
 
     /// Deploy `artifact` as the new active version of `kind`.
     pub async fn deploy(&self, kind: ComponentKind, artifact: Artifact) -> Result<Deployed, DeployError> {
-        self.deploy_with_progress(kind, artifact, &|_| {}).await
+        self.deploy_with_progress(kind, artifact, DeployOptions::default(), &|_| {}).await
     }
 
-    /// [`Registry::deploy`], telling `progress` each stage as it starts or ends.
+    /// [`Registry::deploy`] with `options`, telling `progress` each stage as
+    /// it starts or ends.
     pub async fn deploy_with_progress(
         &self,
         kind: ComponentKind,
         artifact: Artifact,
+        options: DeployOptions,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Deployed, DeployError> {
+        if let Some(share) = options.canary
+            && !(1..=99).contains(&share)
+        {
+            return Err(DeployError::Internal(format!("canary share {share} is not 1–99")));
+        }
         let (bytes, signature, source) = match artifact {
             Artifact::Upload { bytes, signature } => {
                 progress(Progress::Received { bytes: bytes.len() });
@@ -265,7 +319,66 @@ impl Registry {
                 (pulled.bytes, signature, format!("oci:{}", pulled.pinned))
             }
         };
-        self.deploy_bytes(kind, bytes, signature.as_deref(), source, progress).await
+        self.deploy_bytes(kind, bytes, signature.as_deref(), source, options, progress).await
+    }
+
+    /// The live canary of `kind` in the database.
+    async fn live_canary(&self, kind: ComponentKind) -> Result<Option<CanaryRow>, DeployError> {
+        Ok(self.db().live_canaries().await?.into_iter().find(|c| c.component == kind.name()))
+    }
+
+    /// End canary `row` (in the database, then here).
+    async fn end_canary(&self, row: &CanaryRow, outcome: &str, reason: &str) -> Result<(), DeployError> {
+        self.db().end_canary(&row.component, row.seq, outcome, reason, crate::now_ms()).await?;
+        self.inner.runtime.end_canary(row.seq, reason);
+        self.inner.runtime.forget_canary(row.seq);
+        crate::telemetry::canary_ended(&row.component, outcome);
+        tracing::info!(component = %row.component, version = row.version, outcome, reason, "canary ended");
+        Ok(())
+    }
+
+    /// Make the live canary of `kind` its active version.
+    pub async fn promote(&self, kind: ComponentKind) -> Result<Deployed, DeployError> {
+        let name = kind.name();
+        let _one = self.inner.lock.lock().await;
+        let started = std::time::Instant::now();
+        let Some(row) = self.live_canary(kind).await? else {
+            return Err(DeployError::NoCanary(format!("{name} has no canary to promote")));
+        };
+        // Activation first: a crash before the canary is ended leaves it
+        // live with its version active, which a sync ends as promoted.
+        self.db().activate_component(name, row.version, crate::now_ms()).await?;
+        let origin = if self.inner.runtime.promote_canary(row.seq) {
+            "cached"
+        } else {
+            let prepared = self.prepare_version(kind, row.version).await?;
+            let origin = origin_name(prepared.origin);
+            self.inner.runtime.install(prepared);
+            origin
+        };
+        self.db().end_canary(name, row.seq, "promoted", "promoted by the operator", crate::now_ms()).await?;
+        self.inner.runtime.forget_canary(row.seq);
+        crate::telemetry::canary_ended(name, "promoted");
+        crate::telemetry::component_swap(name, "promote", started);
+        tracing::info!(component = name, version = row.version, "canary promoted");
+        let active = active_of(self.db(), name).await?;
+        Ok(deployed(kind, &active, true, origin))
+    }
+
+    /// Record a canary this process ended by its own judgement (the
+    /// runtime no longer gives it to new requests); a database that refuses
+    /// leaves it for the next sync.
+    pub async fn record_verdict(&self, verdict: crate::runtime::canary::Verdict) {
+        let name = verdict.kind.name();
+        tracing::warn!(component = name, version = verdict.version, reason = %verdict.reason,
+            "canary rolled back automatically");
+        crate::telemetry::canary_ended(name, "rolled_back");
+        let recorded =
+            self.db().end_canary(name, verdict.seq, "rolled_back", &verdict.reason, crate::now_ms()).await;
+        match recorded {
+            Ok(_) => self.inner.runtime.forget_canary(verdict.seq),
+            Err(e) => tracing::warn!(component = name, error = %e, "cannot record the canary's rollback yet"),
+        }
     }
 
     async fn deploy_bytes(
@@ -274,6 +387,7 @@ impl Registry {
         bytes: Vec<u8>,
         signature: Option<&str>,
         source: String,
+        options: DeployOptions,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Deployed, DeployError> {
         let name = kind.name();
@@ -288,6 +402,16 @@ impl Registry {
             contract::Misfit::Contract(m) => DeployError::ContractMismatch(m),
         })?;
         let _one = self.inner.lock.lock().await;
+        if let Some(live) = self.live_canary(kind).await? {
+            if !options.replace {
+                return Err(DeployError::Conflict(format!(
+                    "{name} has a canary running (version {}, {} % of requests): promote it or roll it back \
+                     first, or deploy with replace=true to end it",
+                    live.version, live.share
+                )));
+            }
+            self.end_canary(&live, "replaced", "replaced by a new deploy").await?;
+        }
         if let Some(active) = self.db().active_component(name).await?
             && active.version.digest == digest
         {
@@ -303,6 +427,29 @@ impl Registry {
         prepared.version = version;
         let precompiled = origin_name(prepared.origin);
         progress(Progress::Precompiled { origin: precompiled, ms: started.elapsed().as_millis() as u64 });
+        if let Some(share) = options.canary {
+            let Some(row) = self.db().start_canary(name, version, i64::from(share), now).await? else {
+                return Err(DeployError::Conflict(format!("{name}: another canary started meanwhile")));
+            };
+            self.inner.runtime.install_canary(prepared, row.seq, share, now);
+            progress(Progress::Canary { version, share });
+            crate::telemetry::component_swap(name, "canary", started);
+            tracing::info!(component = name, version, %digest, %source, share, "canary started");
+            let versions = self.db().component_versions(name).await?;
+            let v = versions
+                .into_iter()
+                .find(|v| v.version == version)
+                .ok_or_else(|| DeployError::Internal(format!("{name} version {version} vanished")))?;
+            return Ok(Deployed {
+                component: name,
+                version,
+                digest: v.digest,
+                source: v.source,
+                changed: true,
+                precompiled,
+                canary: Some(share),
+            });
+        }
         self.db().activate_component(name, version, now).await?;
         self.inner.runtime.install(prepared);
         progress(Progress::Swapped { version });
@@ -312,11 +459,19 @@ impl Registry {
         Ok(deployed(kind, &active, true, precompiled))
     }
 
-    /// Re-activate the version that was active before the current one.
+    /// End the live canary of `kind`, if it has one (the stable version
+    /// stays); else re-activate the version that was active before the
+    /// current one.
     pub async fn rollback(&self, kind: ComponentKind) -> Result<Deployed, DeployError> {
         let name = kind.name();
         let _one = self.inner.lock.lock().await;
         let started = std::time::Instant::now();
+        if let Some(live) = self.live_canary(kind).await? {
+            self.end_canary(&live, "rolled_back", "rolled back by the operator").await?;
+            crate::telemetry::component_swap(name, "canary_rollback", started);
+            let active = active_of(self.db(), name).await?;
+            return Ok(deployed(kind, &active, true, "cached"));
+        }
         let live = self.db().component_activations(name, true, 2).await?;
         let [current, previous, ..] = live.as_slice() else {
             return Err(DeployError::NothingToRollBack(format!(
@@ -364,17 +519,74 @@ impl Registry {
         let name = kind.name();
         let Some(active) = self.db().active_component(name).await? else { return Ok(false) };
         let running = self.inner.runtime.versions().into_iter().find(|v| v.kind == kind);
-        if running.is_some_and(|r| r.version == active.version.version) {
+        let mut changed = false;
+        if running.is_none_or(|r| r.version != active.version.version) {
+            let started = std::time::Instant::now();
+            let prepared = self.prepare_version(kind, active.version.version).await?;
+            self.inner.runtime.install(prepared);
+            crate::telemetry::component_swap(name, "sync", started);
+            tracing::info!(
+                component = name,
+                version = active.version.version,
+                "now running the version activated elsewhere"
+            );
+            changed = true;
+        }
+        Ok(self.sync_canary(kind, &active).await? || changed)
+    }
+
+    /// Make this process's canary of `kind` the database's live one (or none).
+    async fn sync_canary(&self, kind: ComponentKind, active: &ActiveRow) -> Result<bool, DeployError> {
+        let here = self.inner.runtime.canary().filter(|c| c.kind == kind);
+        let Some(row) = self.live_canary(kind).await? else {
+            // Ended elsewhere (or by us, now recorded).
+            return Ok(match here {
+                Some(c) => {
+                    self.inner.runtime.end_canary(c.seq, "ended on another replica");
+                    self.inner.runtime.forget_canary(c.seq);
+                    true
+                }
+                None => false,
+            });
+        };
+        if let Some(why) = self.inner.runtime.ended_canary(row.seq) {
+            // Ended here, not yet recorded (the database refused it then).
+            self.db().end_canary(kind.name(), row.seq, "rolled_back", &why, crate::now_ms()).await?;
+            self.inner.runtime.forget_canary(row.seq);
             return Ok(false);
         }
-        let started = std::time::Instant::now();
-        let prepared = self.prepare_version(kind, active.version.version).await?;
-        self.inner.runtime.install(prepared);
-        crate::telemetry::component_swap(name, "sync", started);
+        if row.version == active.version.version {
+            // Promoted, and the process stopped before the canary was ended.
+            self.db()
+                .end_canary(
+                    kind.name(),
+                    row.seq,
+                    "promoted",
+                    "its version is the active one",
+                    crate::now_ms(),
+                )
+                .await?;
+            if let Some(c) = here {
+                self.inner.runtime.end_canary(c.seq, "promoted");
+                self.inner.runtime.forget_canary(c.seq);
+            }
+            return Ok(true);
+        }
+        if here.as_ref().is_some_and(|c| c.seq == row.seq) {
+            return Ok(false);
+        }
+        if let Some(c) = here {
+            self.inner.runtime.end_canary(c.seq, "replaced");
+            self.inner.runtime.forget_canary(c.seq);
+        }
+        let prepared = self.prepare_version(kind, row.version).await?;
+        let share = u8::try_from(row.share.clamp(1, 99)).unwrap_or(1);
+        self.inner.runtime.install_canary(prepared, row.seq, share, row.started_at);
         tracing::info!(
-            component = name,
-            version = active.version.version,
-            "now running the version activated elsewhere"
+            component = kind.name(),
+            version = row.version,
+            share,
+            "now running the canary started elsewhere"
         );
         Ok(true)
     }
@@ -382,6 +594,8 @@ impl Registry {
     /// `GET /v1/admin/components`.
     pub async fn describe(&self) -> Result<Value, DeployError> {
         let running = self.inner.runtime.versions();
+        let live = self.db().live_canaries().await?;
+        let here = self.inner.runtime.canary();
         let mut out = Vec::new();
         for kind in ComponentKind::ALL {
             let name = kind.name();
@@ -416,6 +630,23 @@ impl Registry {
                     "digest": r.digest,
                     "precompiled": origin_name(r.origin),
                 })),
+                "canary": live.iter().find(|c| c.component == name).map(|c| {
+                    let counted = here.as_ref().filter(|h| h.seq == c.seq);
+                    json!({
+                        "version": c.version,
+                        "digest": versions.iter().find(|v| v.version == c.version).map(|v| v.digest.clone()),
+                        "share": c.share,
+                        "started_at": c.started_at,
+                        "state": "running",
+                        // What this replica counted (each judges its own).
+                        "running_here": counted.is_some(),
+                        "counts": counted.map(|h| json!({
+                            "stable": h.stable.counts(),
+                            "canary": h.canary.counts(),
+                        })),
+                    })
+                }),
+                "canaries": self.db().component_canaries(name, CANARY_HISTORY).await?,
                 "versions": versions,
                 "history": activations,
             }));
@@ -439,5 +670,6 @@ fn deployed(kind: ComponentKind, active: &ActiveRow, changed: bool, precompiled:
         source: active.version.source.clone(),
         changed,
         precompiled,
+        canary: None,
     }
 }

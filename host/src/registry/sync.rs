@@ -93,6 +93,14 @@ pub async fn watch(registry: Registry, kind: ComponentKind, reference: String, i
                 tracing::warn!(component = name, reference, error = %e, "cannot pull watched tag");
                 continue;
             }
+            Err(super::DeployError::Conflict(e)) => {
+                // A canary runs: the tag deploys once it has ended.
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(component = name, reference, error = %e, "watched tag waits");
+                    last_error = Some(e);
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(component = name, reference, manifest = %digest, error = %e, "watched tag refused; the live version stays")
             }

@@ -41,12 +41,15 @@ impl<B> Instance<B> {
         Fut: Future<Output = wasmtime::Result<T>>,
     {
         let (component, deadline) = (self.store.data().kind.name(), self.store.data().deadline);
+        let scope = self.store.data().scope.clone();
         let cut_off = deadline + DEADLINE_GRACE;
         match tokio::time::timeout_at(cut_off.into(), self.call_unraced(function, f)).await {
             Ok(result) => result,
             Err(_) => {
                 crate::telemetry::host_call_timed_out(component, function);
-                Err(Fault::Deadline { component })
+                let fault = Fault::Deadline { component };
+                scope.faulted(&fault);
+                Err(fault)
             }
         }
     }
@@ -59,11 +62,16 @@ impl<B> Instance<B> {
     {
         use tracing::Instrument;
         let component = self.store.data().kind.name();
+        let scope = self.store.data().scope.clone();
         let span = crate::telemetry::component_span(component, function, self.version);
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store).instrument(span.clone()).await;
         crate::telemetry::component_call(component, function, started);
-        let result = result.map_err(|e| Fault::classify(component, &e));
+        let result = result.map_err(|e| {
+            let fault = Fault::classify(component, &e);
+            scope.faulted(&fault);
+            fault
+        });
         span.record("outcome", result.as_ref().map_or_else(Fault::kind, |_| "ok"));
         result
     }

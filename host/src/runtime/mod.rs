@@ -16,11 +16,12 @@
 //! interruption enforces the request deadline and makes busy guests yield.
 
 pub mod bundled;
+pub mod canary;
 pub mod ctx;
 mod peers;
 pub mod table;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
@@ -46,6 +47,8 @@ pub struct Limits {
     /// Tests only: trap after the Nth host call of this name in a request
     /// (see `Config::inject_trap`).
     pub inject_trap: Option<(String, u32)>,
+    /// When a canary is rolled back by itself.
+    pub canary: canary::CanaryPolicy,
 }
 
 /// Values of the capabilities a component was granted, per component:
@@ -162,9 +165,14 @@ impl ActiveSet {
 
     /// This set with `p` in its component's place.
     fn with(&self, p: Prepared) -> ActiveSet {
+        self.with_active(Arc::new(p.into_active()))
+    }
+
+    /// This set with `active` in its component's place.
+    fn with_active(&self, active: Arc<Active>) -> ActiveSet {
         let mut slots = self.slots.clone();
-        let kind = p.kind;
-        slots[kind as usize] = Arc::new(p.into_active());
+        let kind = active.kind;
+        slots[kind as usize] = active;
         ActiveSet::from_slots(slots)
     }
 }
@@ -211,6 +219,19 @@ pub struct ComponentSource {
 pub struct Scope {
     pub set: Arc<ActiveSet>,
     pub deadline: Instant,
+    /// While a canary runs: which side the request is on, and what it did.
+    pub trial: Option<canary::Trial>,
+}
+
+impl Scope {
+    /// A component of this request faulted (trap, deadline, memory).
+    pub(crate) fn faulted(&self, fault: &Fault) {
+        if let Some(t) = &self.trial
+            && !matches!(fault, Fault::Overloaded { .. })
+        {
+            t.faulted.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 tokio::task_local! {
@@ -225,7 +246,10 @@ pub struct Inner {
     pub(crate) grants: Grants,
     pub(crate) plugins: crate::plugins::Plugins,
     cache: ArtifactCache,
-    active: RwLock<Arc<ActiveSet>>,
+    live: RwLock<canary::Live>,
+    /// Canaries this process ended, with why (so that a sync does not bring
+    /// one back before the database says it ended).
+    ended: Mutex<std::collections::HashMap<i64, String>>,
     /// The test-injected trap (`Limits::inject_trap`), if any.
     pub(crate) traps: Arc<crate::capabilities::TrapPlan>,
     _ticker: engine::EpochTicker,
@@ -237,11 +261,19 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
-fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
     match lock.read() {
         Ok(g) => g.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The capabilities every component gets: WASI (inert, see `ctx`),
@@ -323,7 +355,8 @@ impl Runtime {
                 grants,
                 plugins,
                 cache,
-                active: RwLock::new(Arc::new(set)),
+                live: RwLock::new(canary::Live { stable: Arc::new(set), canary: None }),
+                ended: Mutex::new(Default::default()),
                 traps,
                 _ticker: ticker,
             }),
@@ -341,7 +374,7 @@ impl Runtime {
 
     /// The running version of each component.
     pub fn versions(&self) -> Vec<RunningVersion> {
-        read(&self.inner.active).versions()
+        read(&self.inner.live).stable.versions()
     }
 
     /// The scope of the request this task serves, or else a new one: the
@@ -351,9 +384,106 @@ impl Runtime {
         SCOPE.try_with(Scope::clone).unwrap_or_else(|_| self.new_scope())
     }
 
-    /// A scope for a new request: the live set, the configured deadline from now.
+    /// A scope on the stable set, the configured deadline from now (work
+    /// of the host's own: recovery passes, seeding).
     pub fn new_scope(&self) -> Scope {
-        Scope { set: read(&self.inner.active), deadline: Instant::now() + self.inner.limits.deadline }
+        Scope {
+            set: read(&self.inner.live).stable,
+            deadline: Instant::now() + self.inner.limits.deadline,
+            trial: None,
+        }
+    }
+
+    /// A scope for a new request: while a canary runs, the canary's set for
+    /// its share of requests (by `key`, a cart id, when the request names
+    /// one), the stable set for the others.
+    pub fn request_scope(&self, key: Option<&str>) -> Scope {
+        let live = read(&self.inner.live);
+        let deadline = Instant::now() + self.inner.limits.deadline;
+        match live.canary {
+            None => Scope { set: live.stable, deadline, trial: None },
+            Some((canary, canary_set)) => {
+                let on_canary = canary.takes(key);
+                let set = if on_canary { canary_set } else { live.stable };
+                Scope { set, deadline, trial: Some(canary::Trial::new(canary, on_canary)) }
+            }
+        }
+    }
+
+    /// Count a request of `scope` answered `status`; when that makes its
+    /// canary fail the policy, the canary ends here at once (no new request
+    /// gets it) and the verdict is given back, once, to be recorded.
+    pub fn observe(&self, scope: &Scope, status: u16) -> Option<canary::Verdict> {
+        let trial = scope.trial.as_ref()?;
+        trial.count(status);
+        if !trial.on_canary {
+            return None;
+        }
+        let c = &trial.canary;
+        let reason = c.judge(&self.inner.limits.canary)?;
+        self.end_canary(c.seq, &reason).then(|| canary::Verdict {
+            kind: c.kind,
+            seq: c.seq,
+            version: c.version,
+            reason,
+        })
+    }
+
+    /// The live canary of this process, if any.
+    pub fn canary(&self) -> Option<Arc<canary::Canary>> {
+        read(&self.inner.live).canary.map(|(c, _)| c)
+    }
+
+    /// Let `p` serve `share` % of new requests as canary `seq`; false if
+    /// this process already ended that canary (or one is live).
+    pub fn install_canary(&self, p: Prepared, seq: i64, share: u8, started_at: i64) -> bool {
+        if lock(&self.inner.ended).contains_key(&seq) {
+            return false;
+        }
+        let mut live = write(&self.inner.live);
+        if live.canary.is_some() {
+            return false;
+        }
+        let active = Arc::new(p.into_active());
+        let set = Arc::new(live.stable.with_active(active.clone()));
+        live.canary = Some((Arc::new(canary::Canary::new(seq, share, started_at, active)), set));
+        true
+    }
+
+    /// End canary `seq` here (`why` is kept until the database says it
+    /// ended); true for the call that ended it.
+    pub fn end_canary(&self, seq: i64, why: &str) -> bool {
+        let mut live = write(&self.inner.live);
+        let Some((c, _)) = live.canary.as_ref().filter(|(c, _)| c.seq == seq) else { return false };
+        if !c.end() {
+            return false;
+        }
+        live.canary = None;
+        lock(&self.inner.ended).insert(seq, why.to_string());
+        true
+    }
+
+    /// Make canary `seq` the stable version of its component; false if it
+    /// is not the live canary here.
+    pub fn promote_canary(&self, seq: i64) -> bool {
+        let mut live = write(&self.inner.live);
+        let Some((c, _)) = live.canary.clone().filter(|(c, _)| c.seq == seq) else { return false };
+        if !c.end() {
+            return false;
+        }
+        let stable = Arc::new(live.stable.with_active(c.active.clone()));
+        *live = canary::Live { stable, canary: None };
+        true
+    }
+
+    /// Why this process ended canary `seq`, if it did.
+    pub fn ended_canary(&self, seq: i64) -> Option<String> {
+        lock(&self.inner.ended).get(&seq).cloned()
+    }
+
+    /// The database has recorded the end of canary `seq`.
+    pub fn forget_canary(&self, seq: i64) {
+        lock(&self.inner.ended).remove(&seq);
     }
 
     /// Run `f` as one request: every instance it creates takes its versions
@@ -370,12 +500,18 @@ impl Runtime {
     /// Make `p` the active version of its component. New requests get it;
     /// requests in flight keep the set they started with.
     pub fn install(&self, p: Prepared) {
-        let mut guard = match self.inner.active.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let next = guard.with(p);
-        *guard = Arc::new(next);
+        let mut live = write(&self.inner.live);
+        // The canary's own version becoming stable (promoted elsewhere): the
+        // canary is over.
+        if let Some((c, _)) = &live.canary
+            && c.kind == p.kind
+            && c.version == p.version
+        {
+            c.end();
+            live.canary = None;
+        }
+        let next = live.with_stable(live.stable.with(p));
+        *live = next;
     }
 
     /// The request deadline, in milliseconds.
@@ -399,10 +535,16 @@ impl Inner {
         scope: &Scope,
         staged: crate::capabilities::transactions::SharedStaging,
     ) -> Result<Instance<S::Bindings>, Fault> {
+        if let Some(t) = &scope.trial {
+            t.touched.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let (active, pre) = scope.set.pre::<S>()?;
         let mut store = self.new_store(S::KIND, scope.clone(), staged);
-        let bindings =
-            S::instantiate(pre, &mut store).await.map_err(|e| Fault::classify(S::KIND.name(), &e))?;
+        let bindings = S::instantiate(pre, &mut store).await.map_err(|e| {
+            let fault = Fault::classify(S::KIND.name(), &e);
+            scope.faulted(&fault);
+            fault
+        })?;
         Ok(Instance { store, bindings, version: active.version })
     }
 }

@@ -38,6 +38,21 @@ pub struct ActiveRow {
     pub activated_at: i64,
 }
 
+/// A canary: `version` of `component` serving `share` % of new requests
+/// beside the active version, live until `ended_at`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct CanaryRow {
+    pub seq: i64,
+    pub component: String,
+    pub version: i64,
+    pub share: i64,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// `promoted`, `rolled_back` or `replaced` once ended.
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}
+
 #[async_trait]
 pub trait Components: Send + Sync {
     /// Record `bytes` as a version of `component` (once per digest) and give
@@ -78,4 +93,33 @@ pub trait Components: Send + Sync {
     /// is `seq` (so two racing rollbacks roll back one activation, not two).
     /// False when `seq` is no longer the newest live activation.
     async fn roll_back_component(&self, component: &str, seq: i64, now: i64) -> Result<bool>;
+
+    /// Start a canary of `version` serving `share` % of `component`'s new
+    /// requests; `None` when one is live already (at most one per
+    /// component, also between replicas). Announces the change.
+    async fn start_canary(
+        &self,
+        component: &str,
+        version: i64,
+        share: i64,
+        now: i64,
+    ) -> Result<Option<CanaryRow>>;
+
+    /// The live canary of every component that has one.
+    async fn live_canaries(&self) -> Result<Vec<CanaryRow>>;
+
+    /// `component`'s canaries, newest first, at most `limit`.
+    async fn component_canaries(&self, component: &str, limit: i64) -> Result<Vec<CanaryRow>>;
+
+    /// End live canary `seq` of `component` with `outcome` and `reason`;
+    /// false when it had ended already (another replica, a racing call).
+    /// Announces the change.
+    async fn end_canary(
+        &self,
+        component: &str,
+        seq: i64,
+        outcome: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool>;
 }

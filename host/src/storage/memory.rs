@@ -47,6 +47,8 @@ struct State {
     runs: HashMap<String, VecDeque<RunRow>>,
     run_seq: i64,
     shadows: HashMap<String, ShadowRow>,
+    /// Every canary, oldest first.
+    canaries: Vec<super::components::CanaryRow>,
     /// (merchant, digest, metric, bucket) → runs.
     counts: BTreeMap<(String, String, String, String), i64>,
 }
@@ -378,6 +380,69 @@ impl Components for Memory {
         match activations.iter_mut().find(|a| a.seq == seq && a.rolled_back_at.is_none()) {
             Some(a) => {
                 a.rolled_back_at = Some(now);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn start_canary(
+        &self,
+        component: &str,
+        version: i64,
+        share: i64,
+        now: i64,
+    ) -> Result<Option<super::components::CanaryRow>> {
+        let mut state = self.state();
+        if state.canaries.iter().any(|c| c.component == component && c.ended_at.is_none()) {
+            return Ok(None);
+        }
+        let row = super::components::CanaryRow {
+            seq: state.canaries.len() as i64 + 1,
+            component: component.to_string(),
+            version,
+            share,
+            started_at: now,
+            ended_at: None,
+            outcome: None,
+            reason: None,
+        };
+        state.canaries.push(row.clone());
+        Ok(Some(row))
+    }
+
+    async fn live_canaries(&self) -> Result<Vec<super::components::CanaryRow>> {
+        Ok(self.state().canaries.iter().filter(|c| c.ended_at.is_none()).cloned().collect())
+    }
+
+    async fn component_canaries(
+        &self,
+        component: &str,
+        limit: i64,
+    ) -> Result<Vec<super::components::CanaryRow>> {
+        let state = self.state();
+        let mine = state.canaries.iter().rev().filter(|c| c.component == component);
+        Ok(mine.take(usize::try_from(limit).unwrap_or(0)).cloned().collect())
+    }
+
+    async fn end_canary(
+        &self,
+        component: &str,
+        seq: i64,
+        outcome: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut state = self.state();
+        match state
+            .canaries
+            .iter_mut()
+            .find(|c| c.component == component && c.seq == seq && c.ended_at.is_none())
+        {
+            Some(c) => {
+                c.ended_at = Some(now);
+                c.outcome = Some(outcome.to_string());
+                c.reason = Some(reason.to_string());
                 Ok(true)
             }
             None => Ok(false),

@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod canary;
 mod carts;
 mod checkout;
 mod deploy;

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::Sql;
-use crate::storage::components::{ActivationRow, ActiveRow, CHANNEL, Components, VersionRow};
+use crate::storage::components::{ActivationRow, ActiveRow, CHANNEL, CanaryRow, Components, VersionRow};
 use crate::storage::{Result, StorageError};
 
 /// Ok(true): the statement ran; Ok(false): it lost a unique-key race with
@@ -19,6 +19,23 @@ fn ran(result: std::result::Result<(), sqlx::Error>) -> Result<bool> {
 }
 
 const RETRIES: usize = 5;
+
+const CANARY_COLUMNS: &str = "seq, component, version, share, started_at, ended_at, outcome, reason";
+
+macro_rules! canary_row {
+    ($r:expr) => {
+        CanaryRow {
+            seq: $r.get(0),
+            component: $r.get(1),
+            version: $r.get(2),
+            share: $r.get(3),
+            started_at: $r.get(4),
+            ended_at: $r.get(5),
+            outcome: $r.get(6),
+            reason: $r.get(7),
+        }
+    };
+}
 
 #[async_trait]
 impl Components for Sql {
@@ -184,6 +201,100 @@ impl Components for Sql {
             "UPDATE component_activations SET rolled_back_at = ? \
              WHERE component = ? AND seq = ? AND rolled_back_at IS NULL",
             |q, pool| q.bind(now).bind(component).bind(seq).execute(pool).await?.rows_affected()
+        );
+        if changed == 1 {
+            self.announce(component).await?;
+        }
+        Ok(changed == 1)
+    }
+
+    async fn start_canary(
+        &self,
+        component: &str,
+        version: i64,
+        share: i64,
+        now: i64,
+    ) -> Result<Option<CanaryRow>> {
+        let inserted = with_query!(
+            write,
+            self,
+            "INSERT INTO component_canaries (component, version, share, started_at) VALUES (?, ?, ?, ?) \
+             RETURNING seq",
+            |q, pool| q
+                .bind(component)
+                .bind(version)
+                .bind(share)
+                .bind(now)
+                .fetch_one(pool)
+                .await
+                .map(|r| r.get::<i64, _>(0))
+        );
+        match inserted {
+            Ok(seq) => {
+                self.announce(component).await?;
+                Ok(Some(CanaryRow {
+                    seq,
+                    component: component.to_string(),
+                    version,
+                    share,
+                    started_at: now,
+                    ended_at: None,
+                    outcome: None,
+                    reason: None,
+                }))
+            }
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn live_canaries(&self) -> Result<Vec<CanaryRow>> {
+        let sql =
+            format!("SELECT {CANARY_COLUMNS} FROM component_canaries WHERE ended_at IS NULL ORDER BY seq");
+        Ok(with_query!(read, self, sql.as_str(), |q, pool| q
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| canary_row!(r))
+            .collect::<Vec<_>>()))
+    }
+
+    async fn component_canaries(&self, component: &str, limit: i64) -> Result<Vec<CanaryRow>> {
+        let sql = format!(
+            "SELECT {CANARY_COLUMNS} FROM component_canaries WHERE component = ? ORDER BY seq DESC LIMIT ?"
+        );
+        Ok(with_query!(read, self, sql.as_str(), |q, pool| q
+            .bind(component)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| canary_row!(r))
+            .collect::<Vec<_>>()))
+    }
+
+    async fn end_canary(
+        &self,
+        component: &str,
+        seq: i64,
+        outcome: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let changed = with_query!(
+            write,
+            self,
+            "UPDATE component_canaries SET ended_at = ?, outcome = ?, reason = ? \
+             WHERE component = ? AND seq = ? AND ended_at IS NULL",
+            |q, pool| q
+                .bind(now)
+                .bind(outcome)
+                .bind(reason)
+                .bind(component)
+                .bind(seq)
+                .execute(pool)
+                .await?
+                .rows_affected()
         );
         if changed == 1 {
             self.announce(component).await?;

@@ -1,0 +1,16 @@
+-- Canaries of service components: `version` serves `share` % of new
+-- requests beside the active version, until it ends at `ended_at` with an
+-- `outcome` (promoted, rolled_back, replaced) and its `reason`. At most one
+-- live (not ended) canary per component.
+CREATE TABLE component_canaries (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    component   TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    share       INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    ended_at    INTEGER,
+    outcome     TEXT,
+    reason      TEXT,
+    FOREIGN KEY (component, version) REFERENCES component_versions (component, version)
+);
+CREATE UNIQUE INDEX component_canaries_live ON component_canaries (component) WHERE ended_at IS NULL;
