@@ -258,6 +258,7 @@ async fn the_openapi_document_covers_every_route() {
         ("get", "/v1/admin/components"),
         ("post", "/v1/admin/components/{name}/deploy"),
         ("post", "/v1/admin/components/{name}/rollback"),
+        ("post", "/v1/admin/components/{name}/promote"),
         ("get", "/metrics"),
         ("get", "/healthz"),
         ("get", "/readyz"),
