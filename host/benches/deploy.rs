@@ -3,7 +3,11 @@
 //!   by the new version (the `x-mercato-versions` header), and how long the
 //!   deploy call itself took (the artifact is already precompiled);
 //! - request latency p50/p99 of `GET /v1/products/{id}` from 4 clients in
-//!   steady state, then while the catalog is swapped every 50 ms.
+//!   steady state, then while the catalog is swapped every 50 ms, then
+//!   while a healthy canary serves half of them;
+//! - a faulty canary (the test build that traps in 30 % of product reads)
+//!   at 50 %: time from its first failed answer to its automatic rollback
+//!   (`ended_at`), and the requests it answered (and failed) before.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -59,6 +63,38 @@ async fn load(client: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> (V
     }
     all.sort();
     (all, failed)
+}
+
+/// One answer under load: when it started (unix ms), status, catalog version.
+struct Answer {
+    at_ms: i64,
+    status: u16,
+    catalog: i64,
+}
+
+/// [`load`], keeping every answer.
+async fn watch(client: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> Vec<Answer> {
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let at_ms = mercato::now_ms();
+                if let Ok(r) = client.get(&url).send().await {
+                    let (status, catalog) = (r.status().as_u16(), catalog_version(&r));
+                    let _ = r.bytes().await;
+                    answers.push(Answer { at_ms, status, catalog });
+                }
+            }
+            answers
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client"));
+    }
+    all
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +170,62 @@ async fn main() {
     let swap_window = swapping.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (swapped, swapped_failed) = hammer.await.expect("load");
+    // The active version is v1 again (an even number of swaps).
+
+    // 4. The same load with a healthy canary (v2) on half of the requests.
+    let canary = |bytes: Vec<u8>| {
+        client
+            .post(format!("{base}/v1/admin/components/catalog/deploy?canary=50"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+    };
+    let (status, d) = send(canary(v2.clone())).await;
+    assert_eq!(status, 200, "{d}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = tokio::spawn(load(client.clone(), url.clone(), stop.clone()));
+    tokio::time::sleep(STEADY).await;
+    stop.store(true, Ordering::Relaxed);
+    let (during_canary, canary_failed) = hammer.await.expect("load");
+    assert_eq!(send(rollback()).await.0, 200, "end the healthy canary");
+
+    // 5. A faulty canary at 50 %, until the host rolls it back.
+    let faulty = std::fs::read(
+        std::path::Path::new(mercato::runtime::bundled::TEST_COMPONENTS_DIR).join("catalog-faulty.wasm"),
+    )
+    .expect("catalog-faulty.wasm");
+    let (status, d) = send(canary(faulty)).await;
+    assert_eq!(status, 200, "{d}");
+    let faulty_version = d["version"].as_i64().expect("version");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watching = tokio::spawn(watch(client.clone(), url.clone(), stop.clone()));
+    let ended_at = loop {
+        let (_, list) =
+            send(client.get(format!("{base}/v1/admin/components")).bearer_auth(ADMIN_TOKEN)).await;
+        let catalog = list["components"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .find(|c| c["name"] == "catalog")
+            .cloned()
+            .expect("catalog");
+        if let Some(at) = catalog["canaries"][0]["ended_at"].as_i64().filter(|_| catalog["canary"].is_null())
+        {
+            println!(
+                "  faulty canary rolled back: {}",
+                catalog["canaries"][0]["reason"].as_str().unwrap_or_default()
+            );
+            break at;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let answers = watching.await.expect("watch");
+    let on_faulty: Vec<&Answer> = answers.iter().filter(|a| a.catalog == faulty_version).collect();
+    let first_failure =
+        on_faulty.iter().filter(|a| a.status >= 500).map(|a| a.at_ms).min().expect("a failure");
+    let failed_after = answers.iter().filter(|a| a.at_ms > ended_at && a.status != 200).count();
 
     println!("deploy bench: catalog component, {CLIENTS} clients, GET /v1/products/{{id}}");
     println!("  first deploy of v2 (compile + swap):   {:>8.1} ms", first_deploy.as_secs_f64() * 1e3);
@@ -166,5 +258,19 @@ async fn main() {
         "  ratio during swaps / steady:           p50 {:.2}×   p99 {:.2}×",
         percentile(&swapped, 0.5).as_secs_f64() / percentile(&steady, 0.5).as_secs_f64(),
         percentile(&swapped, 0.99).as_secs_f64() / percentile(&steady, 0.99).as_secs_f64()
+    );
+    line("during a healthy 50 % canary:", &during_canary, canary_failed, STEADY.as_secs_f64());
+    println!(
+        "  ratio during a canary / steady:        p50 {:.2}×   p99 {:.2}×",
+        percentile(&during_canary, 0.5).as_secs_f64() / percentile(&steady, 0.5).as_secs_f64(),
+        percentile(&during_canary, 0.99).as_secs_f64() / percentile(&steady, 0.99).as_secs_f64()
+    );
+    println!(
+        "  faulty 50 % canary: first failed answer → automatic rollback {} ms; it answered {} requests ({} failed) \
+         before; {} failed after",
+        ended_at - first_failure,
+        on_faulty.len(),
+        on_faulty.iter().filter(|a| a.status >= 500).count(),
+        failed_after
     );
 }

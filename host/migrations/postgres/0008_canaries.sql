@@ -1,7 +1,8 @@
 -- Canaries of service components: `version` serves `share` % of new
 -- requests beside the active version, until it ends at `ended_at` with an
 -- `outcome` (promoted, rolled_back, replaced) and its `reason`. At most one
--- live (not ended) canary per component.
+-- live (not ended) canary at a time, of any component: requests compare the
+-- stable set with one change, and every replica splits alike.
 CREATE TABLE component_canaries (
     seq         BIGSERIAL PRIMARY KEY,
     component   TEXT NOT NULL,
@@ -13,4 +14,4 @@ CREATE TABLE component_canaries (
     reason      TEXT,
     FOREIGN KEY (component, version) REFERENCES component_versions (component, version)
 );
-CREATE UNIQUE INDEX component_canaries_live ON component_canaries (component) WHERE ended_at IS NULL;
+CREATE UNIQUE INDEX component_canaries_live ON component_canaries ((ended_at IS NULL)) WHERE ended_at IS NULL;

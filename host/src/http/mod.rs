@@ -232,7 +232,8 @@ async fn pin_versions(State(state): State<AppState>, req: Request, next: Next) -
     }
     if let Some(verdict) = state.runtime.observe(&kept, response.status().as_u16()) {
         let registry = state.registry.clone();
-        tokio::spawn(async move { registry.record_verdict(verdict).await });
+        // Tracked: a graceful shutdown waits for it to be recorded.
+        state.work.spawn(async move { registry.record_verdict(verdict).await });
     }
     response
 }

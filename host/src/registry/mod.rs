@@ -322,22 +322,31 @@ impl Registry {
         self.deploy_bytes(kind, bytes, signature.as_deref(), source, options, progress).await
     }
 
+    /// The live canary (at most one, of any component) in the database.
+    async fn live_canary_row(&self) -> Result<Option<CanaryRow>, DeployError> {
+        Ok(self.db().live_canaries().await?.into_iter().next())
+    }
+
     /// The live canary of `kind` in the database.
     async fn live_canary(&self, kind: ComponentKind) -> Result<Option<CanaryRow>, DeployError> {
-        Ok(self.db().live_canaries().await?.into_iter().find(|c| c.component == kind.name()))
+        Ok(self.live_canary_row().await?.filter(|c| c.component == kind.name()))
     }
 
     /// End canary `row` (in the database, then here).
     async fn end_canary(&self, row: &CanaryRow, outcome: &str, reason: &str) -> Result<(), DeployError> {
-        self.db().end_canary(&row.component, row.seq, outcome, reason, crate::now_ms()).await?;
+        let ended = self.db().end_canary(&row.component, row.seq, outcome, reason, crate::now_ms()).await?;
         self.inner.runtime.end_canary(row.seq, reason);
         self.inner.runtime.forget_canary(row.seq);
-        crate::telemetry::canary_ended(&row.component, outcome);
-        tracing::info!(component = %row.component, version = row.version, outcome, reason, "canary ended");
+        if ended {
+            crate::telemetry::canary_ended(&row.component, outcome);
+            tracing::info!(component = %row.component, version = row.version, outcome, reason, "canary ended");
+        }
         Ok(())
     }
 
-    /// Make the live canary of `kind` its active version.
+    /// Make the live canary of `kind` its active version: ending it and
+    /// activating its version are one transaction, which fails if the canary
+    /// ended meanwhile (by a rollback, here or on another replica).
     pub async fn promote(&self, kind: ComponentKind) -> Result<Deployed, DeployError> {
         let name = kind.name();
         let _one = self.inner.lock.lock().await;
@@ -345,9 +354,12 @@ impl Registry {
         let Some(row) = self.live_canary(kind).await? else {
             return Err(DeployError::NoCanary(format!("{name} has no canary to promote")));
         };
-        // Activation first: a crash before the canary is ended leaves it
-        // live with its version active, which a sync ends as promoted.
-        self.db().activate_component(name, row.version, crate::now_ms()).await?;
+        if let Some(why) = self.inner.runtime.ended_canary(row.seq) {
+            return Err(DeployError::NoCanary(format!("{name}'s canary was rolled back: {why}")));
+        }
+        if !self.db().promote_canary(name, row.seq, crate::now_ms()).await? {
+            return Err(DeployError::NoCanary(format!("{name}'s canary ended meanwhile")));
+        }
         let origin = if self.inner.runtime.promote_canary(row.seq) {
             "cached"
         } else {
@@ -356,7 +368,6 @@ impl Registry {
             self.inner.runtime.install(prepared);
             origin
         };
-        self.db().end_canary(name, row.seq, "promoted", "promoted by the operator", crate::now_ms()).await?;
         self.inner.runtime.forget_canary(row.seq);
         crate::telemetry::canary_ended(name, "promoted");
         crate::telemetry::component_swap(name, "promote", started);
@@ -366,18 +377,34 @@ impl Registry {
     }
 
     /// Record a canary this process ended by its own judgement (the
-    /// runtime no longer gives it to new requests); a database that refuses
-    /// leaves it for the next sync.
+    /// runtime no longer gives it to new requests), retrying a database that
+    /// refuses for a few seconds; after that the next sync tries again.
     pub async fn record_verdict(&self, verdict: crate::runtime::canary::Verdict) {
         let name = verdict.kind.name();
         tracing::warn!(component = name, version = verdict.version, reason = %verdict.reason,
             "canary rolled back automatically");
-        crate::telemetry::canary_ended(name, "rolled_back");
-        let recorded =
-            self.db().end_canary(name, verdict.seq, "rolled_back", &verdict.reason, crate::now_ms()).await;
-        match recorded {
-            Ok(_) => self.inner.runtime.forget_canary(verdict.seq),
-            Err(e) => tracing::warn!(component = name, error = %e, "cannot record the canary's rollback yet"),
+        let mut delay = std::time::Duration::from_millis(50);
+        for attempt in 0..6 {
+            match self
+                .db()
+                .end_canary(name, verdict.seq, "rolled_back", &verdict.reason, crate::now_ms())
+                .await
+            {
+                Ok(ended) => {
+                    if ended {
+                        crate::telemetry::canary_ended(name, "rolled_back");
+                    }
+                    self.inner.runtime.forget_canary(verdict.seq);
+                    return;
+                }
+                Err(e) if attempt == 5 => {
+                    tracing::warn!(component = name, error = %e, "cannot record the canary's rollback yet")
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
     }
 
@@ -402,21 +429,27 @@ impl Registry {
             contract::Misfit::Contract(m) => DeployError::ContractMismatch(m),
         })?;
         let _one = self.inner.lock.lock().await;
-        if let Some(live) = self.live_canary(kind).await? {
-            if !options.replace {
-                return Err(DeployError::Conflict(format!(
-                    "{name} has a canary running (version {}, {} % of requests): promote it or roll it back \
-                     first, or deploy with replace=true to end it",
-                    live.version, live.share
-                )));
-            }
-            self.end_canary(&live, "replaced", "replaced by a new deploy").await?;
-        }
         if let Some(active) = self.db().active_component(name).await?
             && active.version.digest == digest
         {
+            if options.canary.is_some() {
+                return Err(DeployError::Conflict(format!(
+                    "{name} version {} is this component already: nothing to try as a canary",
+                    active.version.version
+                )));
+            }
             self.sync_locked(kind).await?;
             return Ok(deployed(kind, &active, false, "cached"));
+        }
+        if let Some(live) = self.live_canary_row().await? {
+            if !options.replace {
+                return Err(DeployError::Conflict(format!(
+                    "{} has a canary running (version {}, {} % of requests; one canary at a time): promote \
+                     it or roll it back first, or deploy with replace=true to end it",
+                    live.component, live.version, live.share
+                )));
+            }
+            self.end_canary(&live, "replaced", "replaced by a new deploy").await?;
         }
         let started = std::time::Instant::now();
         progress(Progress::Compiling);
@@ -505,6 +538,7 @@ impl Registry {
     /// Make this process run the active version of every component, as the
     /// database says (after another replica deployed or rolled back).
     pub async fn sync(&self) -> Result<Vec<ComponentKind>, DeployError> {
+        self.drop_ended_canary().await?;
         let _one = self.inner.lock.lock().await;
         let mut changed = Vec::new();
         for kind in ComponentKind::ALL {
@@ -533,6 +567,20 @@ impl Registry {
             changed = true;
         }
         Ok(self.sync_canary(kind, &active).await? || changed)
+    }
+
+    /// Stop giving new requests a canary the database says has ended (at
+    /// once: not behind the registry's lock, which a deploy holds while it
+    /// compiles).
+    pub async fn drop_ended_canary(&self) -> Result<(), DeployError> {
+        let Some(here) = self.inner.runtime.canary() else { return Ok(()) };
+        let live = self.live_canary_row().await?;
+        if live.is_none_or(|l| l.seq != here.seq) {
+            self.inner.runtime.end_canary(here.seq, "ended elsewhere");
+            self.inner.runtime.forget_canary(here.seq);
+            tracing::info!(component = here.kind.name(), version = here.version, "canary ended elsewhere");
+        }
+        Ok(())
     }
 
     /// Make this process's canary of `kind` the database's live one (or none).
@@ -580,6 +628,10 @@ impl Registry {
             self.inner.runtime.forget_canary(c.seq);
         }
         let prepared = self.prepare_version(kind, row.version).await?;
+        // It may have ended while this process compiled it.
+        if self.live_canary(kind).await?.is_none_or(|l| l.seq != row.seq) {
+            return Ok(false);
+        }
         let share = u8::try_from(row.share.clamp(1, 99)).unwrap_or(1);
         self.inner.runtime.install_canary(prepared, row.seq, share, row.started_at);
         tracing::info!(
@@ -629,6 +681,11 @@ impl Registry {
                     "version": r.version,
                     "digest": r.digest,
                     "precompiled": origin_name(r.origin),
+                    // The canary this process gives its share of requests.
+                    "canary": here.as_ref().filter(|h| h.kind == kind).map(|h| json!({
+                        "version": h.version,
+                        "share": h.share,
+                    })),
                 })),
                 "canary": live.iter().find(|c| c.component == name).map(|c| {
                     let counted = here.as_ref().filter(|h| h.seq == c.seq);

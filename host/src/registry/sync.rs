@@ -10,7 +10,27 @@ use crate::storage::components::CHANNEL;
 /// Run the active versions the database names: at once on a PostgreSQL
 /// notification (another replica deployed or rolled back), and every
 /// `interval` in any case (a missed notification, SQLite shared by processes).
+/// An ended canary stops here at once on the notification; the rest (which
+/// may compile) runs on a task of its own, so that a long sync or deploy
+/// does not hold back the next notification.
 pub async fn follow(registry: Registry, interval: Duration) {
+    let kick = std::sync::Arc::new(tokio::sync::Notify::new());
+    let syncing = {
+        let (registry, kick) = (registry.clone(), kick.clone());
+        tokio::spawn(async move {
+            loop {
+                kick.notified().await;
+                match registry.sync().await {
+                    Ok(changed) if !changed.is_empty() => {
+                        tracing::info!(components = ?changed.iter().map(|k| k.name()).collect::<Vec<_>>(), "synced")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot sync component versions"),
+                }
+            }
+        })
+    };
+    let _stop_with_this = AbortOnDrop(syncing);
     let mut listener = match registry.db().postgres() {
         Some(pool) => {
             let listening = async {
@@ -43,13 +63,19 @@ pub async fn follow(registry: Registry, interval: Duration) {
                 tick.tick().await;
             }
         }
-        match registry.sync().await {
-            Ok(changed) if !changed.is_empty() => {
-                tracing::info!(components = ?changed.iter().map(|k| k.name()).collect::<Vec<_>>(), "synced")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot sync component versions"),
+        if let Err(e) = registry.drop_ended_canary().await {
+            tracing::warn!(error = %e, "cannot check the canary");
         }
+        // One pending sync at most: a notification during a sync runs one more.
+        kick.notify_one();
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -60,6 +86,7 @@ pub async fn watch(registry: Registry, kind: ComponentKind, reference: String, i
     let name = kind.name();
     let mut seen: Option<String> = None;
     let mut last_error: Option<String> = None;
+    let mut waiting: Option<String> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -95,9 +122,9 @@ pub async fn watch(registry: Registry, kind: ComponentKind, reference: String, i
             }
             Err(super::DeployError::Conflict(e)) => {
                 // A canary runs: the tag deploys once it has ended.
-                if last_error.as_ref() != Some(&e) {
+                if waiting.as_ref() != Some(&e) {
                     tracing::warn!(component = name, reference, error = %e, "watched tag waits");
-                    last_error = Some(e);
+                    waiting = Some(e);
                 }
                 continue;
             }
@@ -105,6 +132,7 @@ pub async fn watch(registry: Registry, kind: ComponentKind, reference: String, i
                 tracing::error!(component = name, reference, manifest = %digest, error = %e, "watched tag refused; the live version stays")
             }
         }
+        waiting = None;
         seen = Some(digest);
     }
 }

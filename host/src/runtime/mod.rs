@@ -535,7 +535,7 @@ impl Inner {
         scope: &Scope,
         staged: crate::capabilities::transactions::SharedStaging,
     ) -> Result<Instance<S::Bindings>, Fault> {
-        if let Some(t) = &scope.trial {
+        if let Some(t) = scope.trial.as_ref().filter(|t| t.canary.kind == S::KIND) {
             t.touched.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let (active, pre) = scope.set.pre::<S>()?;

@@ -95,8 +95,8 @@ pub trait Components: Send + Sync {
     async fn roll_back_component(&self, component: &str, seq: i64, now: i64) -> Result<bool>;
 
     /// Start a canary of `version` serving `share` % of `component`'s new
-    /// requests; `None` when one is live already (at most one per
-    /// component, also between replicas). Announces the change.
+    /// requests; `None` when one is live already (at most one at a time, of
+    /// any component, also between replicas). Announces the change.
     async fn start_canary(
         &self,
         component: &str,
@@ -105,7 +105,7 @@ pub trait Components: Send + Sync {
         now: i64,
     ) -> Result<Option<CanaryRow>>;
 
-    /// The live canary of every component that has one.
+    /// The live canary, if any (at most one).
     async fn live_canaries(&self) -> Result<Vec<CanaryRow>>;
 
     /// `component`'s canaries, newest first, at most `limit`.
@@ -122,4 +122,9 @@ pub trait Components: Send + Sync {
         reason: &str,
         now: i64,
     ) -> Result<bool>;
+
+    /// In one transaction: end live canary `seq` of `component` as promoted
+    /// and make its version the active one. False (and nothing changed)
+    /// when it had ended already. Announces the change.
+    async fn promote_canary(&self, component: &str, seq: i64, now: i64) -> Result<bool>;
 }

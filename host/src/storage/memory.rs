@@ -394,7 +394,7 @@ impl Components for Memory {
         now: i64,
     ) -> Result<Option<super::components::CanaryRow>> {
         let mut state = self.state();
-        if state.canaries.iter().any(|c| c.component == component && c.ended_at.is_none()) {
+        if state.canaries.iter().any(|c| c.ended_at.is_none()) {
             return Ok(None);
         }
         let row = super::components::CanaryRow {
@@ -423,6 +423,24 @@ impl Components for Memory {
         let state = self.state();
         let mine = state.canaries.iter().rev().filter(|c| c.component == component);
         Ok(mine.take(usize::try_from(limit).unwrap_or(0)).cloned().collect())
+    }
+
+    async fn promote_canary(&self, component: &str, seq: i64, now: i64) -> Result<bool> {
+        let mut state = self.state();
+        let live = |c: &&mut super::components::CanaryRow| {
+            c.component == component && c.seq == seq && c.ended_at.is_none()
+        };
+        let Some(c) = state.canaries.iter_mut().find(live) else {
+            return Ok(false);
+        };
+        c.ended_at = Some(now);
+        c.outcome = Some("promoted".to_string());
+        c.reason = Some("promoted by the operator".to_string());
+        let version = c.version;
+        let activations = state.activations.entry(component.to_string()).or_default();
+        let next = activations.last().map_or(0, |a| a.seq) + 1;
+        activations.push(ActivationRow { seq: next, version, activated_at: now, rolled_back_at: None });
+        Ok(true)
     }
 
     async fn end_canary(

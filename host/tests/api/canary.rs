@@ -133,6 +133,13 @@ async fn a_canary_takes_its_share_whole_requests_and_sticks_to_carts() {
             "{query}: {body}"
         );
     }
+    let bundled = mercato::runtime::bundled::bytes(mercato::runtime::ComponentKind::Catalog).to_vec();
+    let (status, body) = deploy_canary(&app, "catalog", bundled, "canary=30").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "the active version: {body}"
+    );
     let (status, deployed) = deploy_canary(&app, "catalog", catalog_v2(), "canary=30").await;
     assert_eq!(status, 200, "{deployed}");
     assert_eq!(deployed["canary"], 30, "{deployed}");
@@ -304,4 +311,107 @@ async fn promote_and_rollback_under_load_fail_no_request() {
     assert_eq!(catalog["canaries"][0]["outcome"], "rolled_back", "{catalog}");
     assert_eq!(catalog["canaries"][1]["outcome"], "promoted", "{catalog}");
     assert_eq!(catalog["active"]["version"], v2, "{catalog}");
+}
+
+/// `mercato deploy NAME FILE --canary N` streams its stages and says the
+/// share; `mercato components` shows the canary; a second deploy is
+/// refused with the reason unless `--replace`; `mercato promote NAME`
+/// makes it active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_runs_a_canary_and_promotes_it() {
+    let app = spawn_app(Backend::Sqlite).await;
+    shop(&app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = dir.path().join("catalog-v2.wasm");
+    std::fs::write(&v2, catalog_v2()).unwrap();
+    let faulty = dir.path().join("catalog-faulty.wasm");
+    std::fs::write(&faulty, test_component("catalog-faulty.wasm")).unwrap();
+    let server = app.url("");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+            .args(args)
+            .envs([("MERCATO_URL", server.as_str()), ("MERCATO_TOKEN", ADMIN_TOKEN)])
+            .output()
+            .expect("run mercato");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = run(&["deploy", "catalog", v2.to_str().unwrap(), "--canary", "0"]);
+    assert!(!ok, "a 0 % canary: {out}");
+    let (ok, out) = run(&["deploy", "catalog", v2.to_str().unwrap(), "--canary", "25"]);
+    assert!(ok, "{out}");
+    for stage in ["precompil", "now serves 25 % of new requests as a canary"] {
+        assert!(out.contains(stage), "no {stage:?} in:\n{out}");
+    }
+    let (ok, out) = run(&["components"]);
+    assert!(ok, "{out}");
+    let listed: Value =
+        serde_json::from_str(out.lines().next().unwrap()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(component(&listed, "catalog")["canary"]["share"], 25, "{out}");
+    let (ok, out) = run(&["deploy", "catalog", faulty.to_str().unwrap()]);
+    assert!(!ok && out.contains("canary running") && out.contains("replace"), "{out}");
+    let (ok, out) = run(&["promote", "catalog"]);
+    assert!(ok, "{out}");
+    let catalog = component(&components(&app).await, "catalog").clone();
+    assert_eq!(catalog["active"]["version"], 2, "{catalog}");
+    assert!(catalog["canary"].is_null(), "{catalog}");
+    let (ok, out) = run(&["promote", "catalog"]);
+    assert!(!ok && out.contains("no_canary"), "{out}");
+}
+
+/// A canary is judged on the requests that use its component: a catalog
+/// that fails 30 % of product reads, in traffic that is 95 % stock reads
+/// (which never touch the catalog), is rolled back all the same — counted
+/// over all requests its failure rate would be 1.5 %, under the 2 % floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_judged_on_the_requests_that_use_it() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.deploy.canary.min_requests = 40).await;
+    let (_, token) = app.merchant("M").await;
+    let product = app.product(&token, product_body("Mug", &["MUG"], 1200, "EUR")).await;
+    let (status, deployed) =
+        deploy_canary(&app, "catalog", test_component("catalog-faulty.wasm"), "canary=50").await;
+    assert_eq!(status, 200, "{deployed}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, stop, token) = (app.client.clone(), stop.clone(), token.clone());
+            let stock = app.url("/v1/merchant/inventory/MUG");
+            let read = app.url(&format!("/v1/products/{}", s(&product["id"])));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let request = if n.is_multiple_of(20) {
+                        client.get(&read)
+                    } else {
+                        client.get(&stock).bearer_auth(&token)
+                    };
+                    let _ = request.send().await;
+                }
+                n
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let catalog = loop {
+        let listed = components(&app).await;
+        let catalog = component(&listed, "catalog").clone();
+        if catalog["canary"].is_null() {
+            break catalog;
+        }
+        assert!(std::time::Instant::now() < deadline, "never rolled back: {catalog}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for c in clients {
+        sent += c.await.unwrap();
+    }
+    assert_eq!(catalog["canaries"][0]["outcome"], "rolled_back", "{catalog}");
+    eprintln!(
+        "rolled back after {sent} requests, 5 % of them product reads: {}",
+        catalog["canaries"][0]["reason"]
+    );
 }

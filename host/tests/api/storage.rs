@@ -425,6 +425,53 @@ async fn component_versions_and_activations(backend: Backend) {
 }
 each_backend!(repo_components, component_versions_and_activations);
 
+/// One live canary at a time (of any component, also when two writers race);
+/// ending is once only; promote ends it and activates its version in one
+/// step, and not after it ended.
+async fn canaries_one_at_a_time(backend: Backend) {
+    let (db, _dir, _pg) = db(backend).await;
+    for (component, digest) in [("catalog", "sha256:a"), ("catalog", "sha256:b"), ("cart", "sha256:c")] {
+        db.put_component_version(component, digest, b"x", "upload", 1).await.expect("put");
+    }
+    db.activate_component("catalog", 1, 2).await.expect("activate");
+    // Eight racing starts, two components: exactly one wins.
+    let starts: Vec<_> = (0..8)
+        .map(|i| {
+            let db = db.clone();
+            let (component, version) = if i % 2 == 0 { ("catalog", 2) } else { ("cart", 1) };
+            tokio::spawn(async move { db.start_canary(component, version, 10, 3).await.expect("start") })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for s in starts {
+        won.extend(s.await.expect("task"));
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let first = won.pop().expect("one");
+    assert_eq!(db.live_canaries().await.expect("live"), vec![first.clone()]);
+    assert!(db.end_canary(&first.component, first.seq, "rolled_back", "bad", 4).await.expect("end"));
+    assert!(!db.end_canary(&first.component, first.seq, "replaced", "again", 5).await.expect("end"), "once");
+    assert!(!db.promote_canary(&first.component, first.seq, 5).await.expect("promote"), "not after it ended");
+    assert!(db.live_canaries().await.expect("live").is_empty());
+    let ended = db.component_canaries(&first.component, 10).await.expect("history");
+    assert_eq!(
+        (ended[0].outcome.as_deref(), ended[0].reason.as_deref(), ended[0].ended_at),
+        (Some("rolled_back"), Some("bad"), Some(4))
+    );
+
+    let canary = db.start_canary("catalog", 2, 25, 6).await.expect("start").expect("none live");
+    assert!(canary.seq > first.seq);
+    assert!(db.start_canary("cart", 1, 25, 6).await.expect("start").is_none(), "one at a time");
+    assert_eq!(db.active_component("catalog").await.expect("active").expect("one").version.version, 1);
+    assert!(db.promote_canary("catalog", canary.seq, 7).await.expect("promote"));
+    assert_eq!(db.active_component("catalog").await.expect("active").expect("one").version.version, 2);
+    let history = db.component_canaries("catalog", 10).await.expect("history");
+    assert_eq!((history[0].outcome.as_deref(), history[0].ended_at), (Some("promoted"), Some(7)));
+    assert!(!db.promote_canary("catalog", canary.seq, 8).await.expect("promote"), "once");
+    assert_eq!(db.component_activations("catalog", false, 10).await.expect("activations").len(), 2);
+}
+each_backend!(repo_canaries, canaries_one_at_a_time);
+
 async fn plugins_blobs_limits_and_errors(backend: Backend) {
     let (db, _dir, _pg) = db(backend).await;
     let error = |i: i64| PluginErrorRow {

@@ -20,6 +20,41 @@ fn ran(result: std::result::Result<(), sqlx::Error>) -> Result<bool> {
 
 const RETRIES: usize = 5;
 
+/// [`Components::promote_canary`] in one transaction of either backend:
+/// `Ok(false)` when the canary had ended.
+macro_rules! promote_canary {
+    ($pool:expr, $sql:expr, $component:expr, $seq:expr, $now:expr) => {{
+        async {
+            let mut tx = $pool.begin().await?;
+            let ended = sqlx::query(sqlx::AssertSqlSafe($sql(
+                "UPDATE component_canaries SET ended_at = ?, outcome = 'promoted', \
+                 reason = 'promoted by the operator' \
+                 WHERE component = ? AND seq = ? AND ended_at IS NULL RETURNING version",
+            )))
+            .bind($now)
+            .bind($component)
+            .bind($seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = ended else { return Ok::<bool, sqlx::Error>(false) };
+            let version: i64 = row.get(0);
+            sqlx::query(sqlx::AssertSqlSafe($sql(
+                "INSERT INTO component_activations (component, seq, version, activated_at) \
+                 SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM component_activations WHERE component = ?",
+            )))
+            .bind($component)
+            .bind(version)
+            .bind($now)
+            .bind($component)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await
+    }};
+}
+
 const CANARY_COLUMNS: &str = "seq, component, version, share, started_at, ended_at, outcome, reason";
 
 macro_rules! canary_row {
@@ -246,6 +281,31 @@ impl Components for Sql {
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn promote_canary(&self, component: &str, seq: i64, now: i64) -> Result<bool> {
+        for _ in 0..RETRIES {
+            let done = match self {
+                Sql::Sqlite { write, .. } => {
+                    promote_canary!(write, |s: &str| s.to_string(), component, seq, now)
+                }
+                Sql::Postgres(pool) => {
+                    promote_canary!(pool, super::numbered_placeholders, component, seq, now)
+                }
+            };
+            match done {
+                Ok(promoted) => {
+                    if promoted {
+                        self.announce(component).await?;
+                    }
+                    return Ok(promoted);
+                }
+                // Another activation took the sequence number: again.
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StorageError::Invalid(format!("{component}: too many concurrent activations, try again")))
     }
 
     async fn live_canaries(&self) -> Result<Vec<CanaryRow>> {
