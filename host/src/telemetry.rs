@@ -200,18 +200,9 @@ pub fn plugin_runs_dropped(runs: usize) {
 
 /// A component version swapped in (`how`: deploy, rollback, sync, watch),
 /// timed from the start of the work (compile included).
-/// A canary ended: `promoted`, `rolled_back` or `replaced` (label values
-/// from these fixed sets only).
-pub fn canary_ended(component: &str, outcome: &str) {
-    let Some(kind) = crate::runtime::ComponentKind::ALL.into_iter().find(|k| k.name() == component) else {
-        return;
-    };
-    let outcome = match outcome {
-        "promoted" => "promoted",
-        "rolled_back" => "rolled_back",
-        _ => "replaced",
-    };
-    metrics::counter!("mercato_canaries_ended_total", "component" => kind.name(), "outcome" => outcome)
+/// A canary of `component` ended: `promoted`, `rolled_back` or `replaced`.
+pub fn canary_ended(component: &'static str, outcome: &'static str) {
+    metrics::counter!("mercato_canaries_ended_total", "component" => component, "outcome" => outcome)
         .increment(1);
 }
 

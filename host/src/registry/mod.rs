@@ -333,12 +333,17 @@ impl Registry {
     }
 
     /// End canary `row` (in the database, then here).
-    async fn end_canary(&self, row: &CanaryRow, outcome: &str, reason: &str) -> Result<(), DeployError> {
+    async fn end_canary(
+        &self,
+        row: &CanaryRow,
+        outcome: &'static str,
+        reason: &str,
+    ) -> Result<(), DeployError> {
         let ended = self.db().end_canary(&row.component, row.seq, outcome, reason, crate::now_ms()).await?;
         self.inner.runtime.end_canary(row.seq, reason);
         self.inner.runtime.forget_canary(row.seq);
-        if ended {
-            crate::telemetry::canary_ended(&row.component, outcome);
+        if ended && let Some(kind) = ComponentKind::ALL.into_iter().find(|k| k.name() == row.component) {
+            crate::telemetry::canary_ended(kind.name(), outcome);
             tracing::info!(component = %row.component, version = row.version, outcome, reason, "canary ended");
         }
         Ok(())
