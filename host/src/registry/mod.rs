@@ -545,6 +545,16 @@ impl Registry {
     pub async fn sync(&self) -> Result<Vec<ComponentKind>, DeployError> {
         self.drop_ended_canary().await?;
         let _one = self.inner.lock.lock().await;
+        // Canaries this process ended: record the end of one still live in
+        // the database (its verdict could not be written then); forget
+        // those that ended there, by us or by anyone.
+        let live = self.live_canary_row().await?;
+        for (seq, why) in self.inner.runtime.ended_canaries() {
+            if let Some(row) = live.as_ref().filter(|l| l.seq == seq) {
+                self.db().end_canary(&row.component, seq, "rolled_back", &why, crate::now_ms()).await?;
+            }
+            self.inner.runtime.forget_canary(seq);
+        }
         let mut changed = Vec::new();
         for kind in ComponentKind::ALL {
             if self.sync_locked(kind).await? {

@@ -481,6 +481,11 @@ impl Runtime {
         lock(&self.inner.ended).get(&seq).cloned()
     }
 
+    /// The canaries this process ended and has not yet seen recorded.
+    pub fn ended_canaries(&self) -> Vec<(i64, String)> {
+        lock(&self.inner.ended).iter().map(|(seq, why)| (*seq, why.clone())).collect()
+    }
+
     /// The database has recorded the end of canary `seq`.
     pub fn forget_canary(&self, seq: i64) {
         lock(&self.inner.ended).remove(&seq);

@@ -266,7 +266,7 @@ impl Components for Sql {
         );
         match inserted {
             Ok(seq) => {
-                self.announce(component).await?;
+                self.announce_committed(component).await;
                 Ok(Some(CanaryRow {
                     seq,
                     component: component.to_string(),
@@ -296,7 +296,7 @@ impl Components for Sql {
             match done {
                 Ok(promoted) => {
                     if promoted {
-                        self.announce(component).await?;
+                        self.announce_committed(component).await;
                     }
                     return Ok(promoted);
                 }
@@ -357,13 +357,21 @@ impl Components for Sql {
                 .rows_affected()
         );
         if changed == 1 {
-            self.announce(component).await?;
+            self.announce_committed(component).await;
         }
         Ok(changed == 1)
     }
 }
 
 impl Sql {
+    /// [`Sql::announce`] after a commit: a failure is logged, not returned
+    /// (the change is made; the replicas' periodic re-check finds it).
+    async fn announce_committed(&self, component: &str) {
+        if let Err(e) = self.announce(component).await {
+            tracing::warn!(component, error = %e, "could not announce a committed change; replicas re-check");
+        }
+    }
+
     /// Tell the other replicas (PostgreSQL `NOTIFY`) that `component` changed.
     async fn announce(&self, component: &str) -> Result<()> {
         if let Sql::Postgres(pool) = self {
