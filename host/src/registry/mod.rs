@@ -619,13 +619,14 @@ impl Registry {
             return Ok(false);
         }
         if row.version == active.version.version {
-            // Promoted, and the process stopped before the canary was ended.
+            // Its version became active another way (promote itself ends the
+            // canary in the same transaction): nothing left to try.
             self.db()
                 .end_canary(
                     kind.name(),
                     row.seq,
-                    "promoted",
-                    "its version is the active one",
+                    "replaced",
+                    "its version became the active one",
                     crate::now_ms(),
                 )
                 .await?;
