@@ -76,6 +76,7 @@ impl App {
             canary: config.deploy.canary,
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
+        config.deploy.canary.check().map_err(anyhow::Error::msg)?;
         crate::oci::Oci::check(&config.registry).map_err(anyhow::Error::msg)?;
         let policy = crate::signature::Policy::new(&config.deploy.public_keys)
             .map_err(|e| anyhow::anyhow!("deploy.public_keys: {e}"))?;

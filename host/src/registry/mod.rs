@@ -362,7 +362,15 @@ impl Registry {
         if let Some(why) = self.inner.runtime.ended_canary(row.seq) {
             return Err(DeployError::NoCanary(format!("{name}'s canary was rolled back: {why}")));
         }
-        if !self.db().promote_canary(name, row.seq, crate::now_ms()).await? {
+        // From here this process no longer judges it: the operator decided.
+        if !self.inner.runtime.begin_promote(row.seq) {
+            let why = self.inner.runtime.ended_canary(row.seq).unwrap_or_else(|| "it ended".to_string());
+            return Err(DeployError::NoCanary(format!("{name}'s canary was rolled back: {why}")));
+        }
+        let promoted = self.db().promote_canary(name, row.seq, crate::now_ms()).await;
+        if !matches!(promoted, Ok(true)) {
+            self.inner.runtime.abandon_promote(row.seq);
+            promoted?;
             return Err(DeployError::NoCanary(format!("{name}'s canary ended meanwhile")));
         }
         let origin = if self.inner.runtime.promote_canary(row.seq) {
@@ -469,7 +477,14 @@ impl Registry {
             let Some(row) = self.db().start_canary(name, version, i64::from(share), now).await? else {
                 return Err(DeployError::Conflict(format!("{name}: another canary started meanwhile")));
             };
-            self.inner.runtime.install_canary(prepared, row.seq, share, now);
+            self.inner.runtime.end_other_canaries(row.seq);
+            if !self.inner.runtime.install_canary(prepared, row.seq, share, now) {
+                tracing::warn!(
+                    component = name,
+                    version,
+                    "the canary could not start here; the next sync retries"
+                );
+            }
             progress(Progress::Canary { version, share });
             crate::telemetry::component_swap(name, "canary", started);
             tracing::info!(component = name, version, %digest, %source, share, "canary started");
@@ -550,8 +565,12 @@ impl Registry {
         // those that ended there, by us or by anyone.
         let live = self.live_canary_row().await?;
         for (seq, why) in self.inner.runtime.ended_canaries() {
-            if let Some(row) = live.as_ref().filter(|l| l.seq == seq) {
-                self.db().end_canary(&row.component, seq, "rolled_back", &why, crate::now_ms()).await?;
+            if let Some(row) = live.as_ref().filter(|l| l.seq == seq)
+                && self.db().end_canary(&row.component, seq, "rolled_back", &why, crate::now_ms()).await?
+                && let Some(kind) = ComponentKind::ALL.into_iter().find(|k| k.name() == row.component)
+            {
+                crate::telemetry::canary_ended(kind.name(), "rolled_back");
+                tracing::info!(component = kind.name(), version = row.version, reason = %why, "canary's rollback recorded");
             }
             self.inner.runtime.forget_canary(seq);
         }
@@ -649,7 +668,10 @@ impl Registry {
             return Ok(false);
         }
         let share = u8::try_from(row.share.clamp(1, 99)).unwrap_or(1);
-        self.inner.runtime.install_canary(prepared, row.seq, share, row.started_at);
+        self.inner.runtime.end_other_canaries(row.seq);
+        if !self.inner.runtime.install_canary(prepared, row.seq, share, row.started_at) {
+            return Ok(false);
+        }
         tracing::info!(
             component = kind.name(),
             version = row.version,

@@ -41,6 +41,25 @@ pub struct CanaryPolicy {
     pub min_z_score: f64,
 }
 
+impl CanaryPolicy {
+    /// A policy that can judge: at least one request, a ratio of at least
+    /// 1, a floor in [0, 1), a finite z-score of at least 0.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = self.min_requests >= 1
+            && self.max_error_ratio.is_finite()
+            && self.max_error_ratio >= 1.0
+            && (0.0..1.0).contains(&self.min_error_rate)
+            && self.min_z_score.is_finite()
+            && self.min_z_score >= 0.0;
+        ok.then_some(()).ok_or_else(|| {
+            format!(
+                "deploy.canary: min_requests ≥ 1, max_error_ratio ≥ 1, 0 ≤ min_error_rate < 1 and a finite \
+                 min_z_score ≥ 0 (got {self:?})"
+            )
+        })
+    }
+}
+
 impl Default for CanaryPolicy {
     fn default() -> Self {
         CanaryPolicy { min_requests: 200, max_error_ratio: 2.0, min_error_rate: 0.02, min_z_score: 5.0 }
@@ -148,6 +167,9 @@ pub struct Canary {
     pub canary: Tally,
     /// Set once, by whoever ends it first here.
     ended: AtomicBool,
+    /// Set while the operator's promote is being committed: the canary is
+    /// no longer judged (the operator's decision, taken first, stands).
+    promoting: AtomicBool,
 }
 
 impl Canary {
@@ -162,6 +184,7 @@ impl Canary {
             stable: Tally::default(),
             canary: Tally::default(),
             ended: AtomicBool::new(false),
+            promoting: AtomicBool::new(false),
         }
     }
 
@@ -182,12 +205,27 @@ impl Canary {
     /// Why the canary must end, if its requests so far fail clearly more
     /// often than the stable ones (`policy`).
     pub fn judge(&self, policy: &CanaryPolicy) -> Option<String> {
+        if self.promoting() {
+            return None;
+        }
         verdict(&self.canary.counts(), &self.stable.counts(), policy)
     }
 
     /// Mark it ended here; true for the first caller only.
     pub(super) fn end(&self) -> bool {
         !self.ended.swap(true, Ordering::AcqRel)
+    }
+
+    pub(super) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_promoting(&self, on: bool) {
+        self.promoting.store(on, Ordering::Release);
+    }
+
+    pub(super) fn promoting(&self) -> bool {
+        self.promoting.load(Ordering::Acquire)
     }
 }
 
@@ -319,6 +357,38 @@ mod tests {
         }
         for share in [0.1, 0.5] {
             assert_eq!(run(share, 0.3, 0.0), Some(policy.min_requests), "share {share}");
+        }
+    }
+
+    #[test]
+    fn a_canary_being_promoted_is_not_judged_and_policies_are_checked() {
+        let active = Arc::new(Active {
+            kind: ComponentKind::Catalog,
+            version: 2,
+            digest: String::new(),
+            origin: crate::runtime::Origin::Compiled,
+            pre: Arc::new(()),
+        });
+        let c = Canary::new(1, 50, 0, active);
+        for i in 0..300 {
+            c.canary.add(i % 3 == 0, false);
+            c.stable.add(false, false);
+        }
+        let policy = CanaryPolicy::default();
+        assert!(c.judge(&policy).is_some(), "a third of its requests failed");
+        c.set_promoting(true);
+        assert_eq!(c.judge(&policy), None, "the operator's promote stands");
+        c.set_promoting(false);
+        assert!(c.judge(&policy).is_some());
+
+        assert_eq!(policy.check(), Ok(()));
+        for bad in [
+            CanaryPolicy { min_z_score: f64::NAN, ..policy },
+            CanaryPolicy { min_requests: 0, ..policy },
+            CanaryPolicy { max_error_ratio: 0.5, ..policy },
+            CanaryPolicy { min_error_rate: 1.0, ..policy },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
         }
     }
 

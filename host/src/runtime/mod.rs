@@ -476,6 +476,40 @@ impl Runtime {
         true
     }
 
+    /// Stop judging canary `seq` while the operator's promote commits; false
+    /// if it is not the live canary here or has ended (a verdict came first).
+    pub fn begin_promote(&self, seq: i64) -> bool {
+        let live = read(&self.inner.live);
+        match live.canary.as_ref().filter(|(c, _)| c.seq == seq) {
+            Some((c, _)) => {
+                c.set_promoting(true);
+                // A verdict may have ended it just before the flag was up.
+                if c.ended() {
+                    c.set_promoting(false);
+                    return false;
+                }
+                true
+            }
+            None => !lock(&self.inner.ended).contains_key(&seq),
+        }
+    }
+
+    /// The promote of canary `seq` did not commit: judge it again.
+    pub fn abandon_promote(&self, seq: i64) {
+        if let Some((c, _)) = read(&self.inner.live).canary.as_ref().filter(|(c, _)| c.seq == seq) {
+            c.set_promoting(false);
+        }
+    }
+
+    /// End any canary here other than `seq` (the database no longer has it
+    /// live: one is live at a time).
+    pub fn end_other_canaries(&self, seq: i64) {
+        if let Some(c) = self.canary().filter(|c| c.seq != seq) {
+            self.end_canary(c.seq, "ended elsewhere");
+            self.forget_canary(c.seq);
+        }
+    }
+
     /// Why this process ended canary `seq`, if it did.
     pub fn ended_canary(&self, seq: i64) -> Option<String> {
         lock(&self.inner.ended).get(&seq).cloned()
