@@ -220,7 +220,8 @@ impl Components for Sql {
                     .map(drop)
             );
             if ran(inserted)? {
-                return self.announce(component).await;
+                self.announce_committed(component).await;
+                return Ok(());
             }
         }
         Err(StorageError::Invalid(format!("{component}: too many concurrent activations, try again")))
@@ -238,7 +239,7 @@ impl Components for Sql {
             |q, pool| q.bind(now).bind(component).bind(seq).execute(pool).await?.rows_affected()
         );
         if changed == 1 {
-            self.announce(component).await?;
+            self.announce_committed(component).await;
         }
         Ok(changed == 1)
     }
