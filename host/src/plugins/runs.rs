@@ -273,36 +273,37 @@ fn count_rows(tallies: Tallies) -> Vec<CountRow> {
 }
 
 /// Add the counts gathered every [`COUNT_EVERY`] until the recorder is
-/// gone; those the database refuses go back for the next try.
+/// gone. Those the database refuses stay pending, summed by row (so their
+/// memory is bounded by the rows, not by the time the database is away),
+/// and go with the next try.
 async fn count_writer(db: Db, tallies: Weak<Mutex<Tallies>>) {
     let mut tick = tokio::time::interval(COUNT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
     loop {
         tick.tick().await;
         let Some(shared) = tallies.upgrade() else { return };
         let taken = std::mem::take(&mut *lock(&shared));
-        if taken.is_empty() {
+        drop(shared);
+        for r in count_rows(taken) {
+            *pending.entry((r.merchant_id, r.digest, r.metric, r.bucket)).or_default() += r.runs;
+        }
+        if pending.is_empty() {
             continue;
         }
-        let rows = count_rows(taken);
-        if let Err(e) = db.add_plugin_counts(&rows).await {
-            tracing::warn!(error = %e, "could not add plugin run counts; kept for the next try");
-            let mut back = lock(&shared);
-            for r in rows {
-                let t = back.entry((r.merchant_id, r.digest)).or_default();
-                match r.metric.as_str() {
-                    "outcome" => *t.by_outcome.entry(r.bucket).or_default() += r.runs,
-                    metric => {
-                        let (bounds, counts) = if metric == "instructions" {
-                            (&INSTRUCTION_BOUNDS[..], &mut t.instructions[..])
-                        } else {
-                            (&DURATION_BOUNDS_US[..], &mut t.duration_us[..])
-                        };
-                        let i = r.bucket.parse::<u64>().map_or(bounds.len(), |b| bucket_of(bounds, b));
-                        counts[i] += r.runs;
-                    }
-                }
-            }
+        let rows: Vec<CountRow> = pending
+            .iter()
+            .map(|((merchant_id, digest, metric, bucket), runs)| CountRow {
+                merchant_id: merchant_id.clone(),
+                digest: digest.clone(),
+                metric: metric.clone(),
+                bucket: bucket.clone(),
+                runs: *runs,
+            })
+            .collect();
+        match db.add_plugin_counts(&rows).await {
+            Ok(()) => pending.clear(),
+            Err(e) => tracing::warn!(error = %e, "could not add plugin run counts; kept for the next try"),
         }
     }
 }

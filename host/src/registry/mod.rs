@@ -359,10 +359,8 @@ impl Registry {
         let Some(row) = self.live_canary(kind).await? else {
             return Err(DeployError::NoCanary(format!("{name} has no canary to promote")));
         };
-        if let Some(why) = self.inner.runtime.ended_canary(row.seq) {
-            return Err(DeployError::NoCanary(format!("{name}'s canary was rolled back: {why}")));
-        }
-        // From here this process no longer judges it: the operator decided.
+        // From here this process no longer judges it: the operator decided
+        // (refused if a verdict here came first).
         if !self.inner.runtime.begin_promote(row.seq) {
             let why = self.inner.runtime.ended_canary(row.seq).unwrap_or_else(|| "it ended".to_string());
             return Err(DeployError::NoCanary(format!("{name}'s canary was rolled back: {why}")));
@@ -488,10 +486,11 @@ impl Registry {
             progress(Progress::Canary { version, share });
             crate::telemetry::component_swap(name, "canary", started);
             tracing::info!(component = name, version, %digest, %source, share, "canary started");
-            let versions = self.db().component_versions(name).await?;
-            let v = versions
-                .into_iter()
-                .find(|v| v.version == version)
+            // As stored: a digest recorded before keeps its first source.
+            let v = self
+                .db()
+                .component_version_by_digest(name, &digest)
+                .await?
                 .ok_or_else(|| DeployError::Internal(format!("{name} version {version} vanished")))?;
             return Ok(Deployed {
                 component: name,
@@ -631,10 +630,8 @@ impl Registry {
                 None => false,
             });
         };
-        if let Some(why) = self.inner.runtime.ended_canary(row.seq) {
-            // Ended here, not yet recorded (the database refused it then).
-            self.db().end_canary(kind.name(), row.seq, "rolled_back", &why, crate::now_ms()).await?;
-            self.inner.runtime.forget_canary(row.seq);
+        if self.inner.runtime.ended_canary(row.seq).is_some() {
+            // Ended here since `sync` looked; the next sync records it.
             return Ok(false);
         }
         if row.version == active.version.version {

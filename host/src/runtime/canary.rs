@@ -289,6 +289,18 @@ pub struct Verdict {
 mod tests {
     use super::*;
 
+    /// Canary `seq` of a catalog version 2 (no compiled component behind it).
+    fn catalog_canary(seq: i64, share: u8) -> Canary {
+        let active = Arc::new(Active {
+            kind: ComponentKind::Catalog,
+            version: 2,
+            digest: String::new(),
+            origin: crate::runtime::Origin::Compiled,
+            pre: Arc::new(()),
+        });
+        Canary::new(seq, share, 0, active)
+    }
+
     fn counts(requests: u64, failed: u64) -> Counts {
         Counts { requests, faults: failed, errors_5xx: 0, failed }
     }
@@ -362,14 +374,7 @@ mod tests {
 
     #[test]
     fn a_canary_being_promoted_is_not_judged_and_policies_are_checked() {
-        let active = Arc::new(Active {
-            kind: ComponentKind::Catalog,
-            version: 2,
-            digest: String::new(),
-            origin: crate::runtime::Origin::Compiled,
-            pre: Arc::new(()),
-        });
-        let c = Canary::new(1, 50, 0, active);
+        let c = catalog_canary(1, 50);
         for i in 0..300 {
             c.canary.add(i % 3 == 0, false);
             c.stable.add(false, false);
@@ -394,16 +399,7 @@ mod tests {
 
     #[test]
     fn a_carts_side_is_fixed_by_the_cart_and_the_canary() {
-        let canary = |seq| {
-            let active = Arc::new(Active {
-                kind: ComponentKind::Catalog,
-                version: 2,
-                digest: String::new(),
-                origin: crate::runtime::Origin::Compiled,
-                pre: Arc::new(()),
-            });
-            Canary::new(seq, 30, 0, active)
-        };
+        let canary = |seq| catalog_canary(seq, 30);
         // Two replicas (two instances of canary 7) and a later canary 8.
         let (here, there, later) = (canary(7), canary(7), canary(8));
         let carts: Vec<String> = (0..2_000).map(|i| format!("c_{i:016x}")).collect();
