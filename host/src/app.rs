@@ -77,6 +77,7 @@ impl App {
         };
         config.plugins.check().map_err(|e| anyhow::anyhow!("plugins.{e}"))?;
         config.deploy.canary.check().map_err(anyhow::Error::msg)?;
+        config.events.check().map_err(anyhow::Error::msg)?;
         crate::oci::Oci::check(&config.registry).map_err(anyhow::Error::msg)?;
         let policy = crate::signature::Policy::new(&config.deploy.public_keys)
             .map_err(|e| anyhow::anyhow!("deploy.public_keys: {e}"))?;
@@ -154,8 +155,13 @@ impl App {
     }
 
     /// Start the background work: checkout recovery, following
-    /// deploys made elsewhere, watched registry tags.
-    fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    /// deploys made elsewhere, watched registry tags; and the events relay,
+    /// which stops (giving its lease up) when `stop` is cancelled.
+    fn start_background(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> (Vec<tokio::task::JoinHandle<()>>, tokio::task::JoinHandle<()>) {
+        let relay = crate::events::relay::start(self.state.db.clone(), self.config.events.clone(), stop);
         let mut tasks = vec![tokio::spawn(recover_checkouts(
             self.state.runtime.clone(),
             Duration::from_millis(self.config.checkout.sweep_interval_ms.max(10)),
@@ -176,7 +182,7 @@ impl App {
                 )));
             }
         }
-        tasks
+        (tasks, relay)
     }
 
     /// Serve on `listener` until `shutdown` resolves, then finish in-flight
@@ -187,19 +193,31 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let bound = Duration::from_millis(self.config.shutdown_timeout_ms);
-        let tasks = self.start_background();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = self.start_background(stop.clone());
         let header_timeout = Duration::from_millis(self.config.header_timeout_ms);
         let _metrics = spawn_metrics_listener(&self.config).await?;
         let served =
             serve_until(listener, self.router(), shutdown, bound, header_timeout, self.state.work.clone())
                 .await;
-        self.finish(tasks).await;
+        self.finish(tasks, stop).await;
         served
     }
 
-    async fn finish(self, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    async fn finish(
+        self,
+        (tasks, relay): (Vec<tokio::task::JoinHandle<()>>, tokio::task::JoinHandle<()>),
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         for task in tasks {
             task.abort();
+        }
+        // The relay ends its round and gives its lease up, so another
+        // replica takes over at once.
+        stop.cancel();
+        let abort = relay.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), relay).await.is_err() {
+            abort.abort();
         }
         self.state.db.close().await;
         tracing::info!("stopped");
@@ -350,12 +368,13 @@ pub async fn run(
             return Err(e);
         }
     };
-    let tasks = app.start_background();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = app.start_background(stop.clone());
     let _ = slot.set(app.router());
     tracing::info!("ready");
     on_ready(&app);
     let served = server.await.context("server task")?;
-    app.finish(tasks).await;
+    app.finish(tasks, stop).await;
     served
 }
 

@@ -294,6 +294,8 @@ pub struct Config {
     pub deploy: DeployConfig,
     /// Registry credentials and plain-HTTP registries (`[registry]`).
     pub registry: crate::oci::RegistryConfig,
+    /// Where the outbox's events go (`[events]`: NATS JetStream).
+    pub events: crate::events::EventsConfig,
     /// Tests only, not a configuration key: make a component trap right after
     /// the Nth host call of a name it makes within one request, e.g.
     /// `"order:transactions.commit#2"` or `"order:payment.authorize#1"`
@@ -325,6 +327,7 @@ impl Default for Config {
             plugin_runs: crate::plugins::runs::RecordingConfig::default(),
             deploy: DeployConfig::default(),
             registry: crate::oci::RegistryConfig::default(),
+            events: crate::events::EventsConfig::default(),
         }
     }
 }
@@ -365,6 +368,7 @@ const ENV_KEYS: &[&str] = &[
     "plugin_runs",
     "deploy",
     "registry",
+    "events",
 ];
 
 /// Keys whose values are secrets: in a cluster they come from a Secret.
@@ -375,6 +379,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "registry.username",
     "registry.password",
     "deploy.public_keys",
+    "events.nats_url",
 ];
 
 /// One configuration key, as `mercato config keys` prints it.

@@ -12,6 +12,7 @@
 //! oci                             the OCI client
 //! runtime                         service components: table, active set, scope, instances, peers
 //! capabilities                    host interfaces as per-interface store state
+//! events                          the outbox's events and their relay (NATS, webhooks)
 //! plugins                         merchants' pricing plugins and their sandbox
 //! auth                            tokens and secrets
 //! telemetry                       metrics, logs, spans

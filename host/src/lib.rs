@@ -7,6 +7,7 @@
 //! - [`registry`]: component versions in the database, deploys, rollbacks,
 //!   signatures, replicas; [`oci`]: components as OCI artifacts.
 //! - [`capabilities`]: the WIT interfaces the host provides to components.
+//! - [`events`]: the outbox's events, rendered in the API's shapes, and their relay.
 //! - [`http`]: the JSON API. [`auth`]: tokens. [`telemetry`]: logs and metrics.
 //! - [`app`]: wires it all together; [`demo`]: the demo catalog.
 
@@ -18,6 +19,7 @@ pub mod bindings;
 pub mod capabilities;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod http;
 pub mod net;
 pub mod oci;

@@ -65,6 +65,10 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The outbox's events: `mercato events tail` prints them as they are
+    /// written, one JSON line each.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Run the database migrations and exit (a Kubernetes Job before a release).
     Migrate(ServeArgs),
     /// Exit 0 when the host at --server answers /healthz (the image's HEALTHCHECK).
@@ -186,6 +190,29 @@ enum PluginCommand {
         json: bool,
         #[command(flatten)]
         api: OptionalApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print events as they are written (`{"seq", "id", "type", "subject",
+    /// "created_at", "merchants", "published_at", "data"}` per line), from
+    /// now on, until interrupted.
+    Tail {
+        /// Start from the first event in the outbox instead of from now
+        #[arg(long, conflicts_with = "after")]
+        all: bool,
+        /// Start after this `seq`
+        #[arg(long)]
+        after: Option<i64>,
+        /// Print what is there and exit instead of following
+        #[arg(long)]
+        once: bool,
+        /// How often to ask for new events, in milliseconds
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+        interval_ms: u64,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -318,7 +345,78 @@ async fn client(command: Command) -> anyhow::Result<()> {
             let url = format!("{}/v1/admin/components", api.url.trim_end_matches('/'));
             answer(reqwest::Client::new().get(url).bearer_auth(&api.token), &api.url).await
         }
+        Command::Events(EventsCommand::Tail { all, after, once, interval_ms, api }) => {
+            events_tail(all, after, once, interval_ms, api).await
+        }
         Command::Keygen { file } => keygen(&file),
+    }
+}
+
+/// `mercato events tail`: page through `GET /v1/admin/events` after the
+/// last `seq` seen, printing each event as a JSON line.
+async fn events_tail(
+    all: bool,
+    after: Option<i64>,
+    once: bool,
+    interval_ms: u64,
+    api: ApiArgs,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let client = reqwest::Client::new();
+    let base = format!("{}/v1/admin/events", api.url.trim_end_matches('/'));
+    let page = |after: i64| {
+        let client = client.clone();
+        let (base, token) = (base.clone(), api.token.clone());
+        async move {
+            let response = client
+                .get(&base)
+                .query(&[("after", after.to_string()), ("limit", "1000".to_string())])
+                .bearer_auth(&token)
+                .send()
+                .await
+                .with_context(|| format!("reach {base}"))?;
+            let status = response.status();
+            let text = response.text().await?;
+            if !status.is_success() {
+                return report(status, &text).map(|()| (Vec::new(), after));
+            }
+            let page: serde_json::Value = serde_json::from_str(&text).context("the server's answer")?;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            Ok::<_, anyhow::Error>((items, page["next_after"].as_i64().unwrap_or(after)))
+        }
+    };
+    // From now on: skip what is there (pages of 1000).
+    let mut cursor = match (all, after) {
+        (_, Some(a)) => a,
+        (true, None) => 0,
+        (false, None) => {
+            let mut at = 0;
+            loop {
+                let (items, next) = page(at).await?;
+                at = next;
+                if items.is_empty() {
+                    break at;
+                }
+            }
+        }
+    };
+    loop {
+        let (items, next) = page(cursor).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            for item in &items {
+                writeln!(out, "{item}")?;
+            }
+            out.flush()?;
+        }
+        cursor = next;
+        if items.is_empty() {
+            if once {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(interval_ms)).await;
+        }
     }
 }
 

@@ -212,6 +212,25 @@ pub fn component_swap(component: &'static str, how: &'static str, started: Insta
         .record(started.elapsed().as_secs_f64());
 }
 
+/// Events waiting in the outbox, as the relay last counted them.
+pub fn events_outbox_depth(depth: i64) {
+    metrics::gauge!("mercato_events_outbox_depth").set(depth as f64);
+}
+
+/// An event handed on by the relay, `latency_ms` after its commit.
+pub fn event_published(kind: &str, latency_ms: i64) {
+    // Label values from a closed set: the host writes only these types.
+    const KINDS: [&str; 4] = ["order.paid", "order.fulfilled", "order.cancelled", "stock.low"];
+    let kind = KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other");
+    metrics::counter!("mercato_events_published_total", "type" => kind).increment(1);
+    metrics::histogram!("mercato_events_publish_latency_seconds").record(latency_ms.max(0) as f64 / 1000.0);
+}
+
+/// A relay round that failed (the sink or the database); its events wait.
+pub fn events_relay_failed() {
+    metrics::counter!("mercato_events_relay_failures_total").increment(1);
+}
+
 /// A request answered 429 (`limit`: `writes` or `auth`).
 pub fn rate_limited(limit: &'static str) {
     metrics::counter!("mercato_http_rate_limited_total", "limit" => limit).increment(1);

@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 
 use crate::bindings::mercato::commerce::transactions as host;
 pub use crate::bindings::mercato::commerce::transactions::{
-    CounterAdd, Failed, FailureReason, Operation, Precondition, TxError, Write,
+    CounterAdd, Event, EventBody, Failed, FailureReason, MerchantView, Operation, OrderEvent, OrderEventKind,
+    Precondition, TxError, Write,
 };
 use crate::types::Error;
 
@@ -91,4 +92,10 @@ pub fn commit(writes: &[Write], staged: &[String]) -> Result<Vec<u64>, TxError> 
 /// Hand `writes` to the caller to commit in its transaction.
 pub fn stage(writes: &[Write]) -> Result<String, Error> {
     host::stage(writes).map_err(error)
+}
+
+/// Hand `events` over under a token: the commit that names it writes them
+/// to the outbox together with its writes.
+pub fn emit(events: &[Event]) -> Result<String, Error> {
+    host::emit(events).map_err(error)
 }

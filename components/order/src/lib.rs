@@ -36,12 +36,18 @@
 //!   merchant's orders list in creation order.
 //!
 //! Status machine: `pending_payment → paid → fulfilled`, `paid → cancelled`.
+//!
+//! Events (SPEC §6.9): the transaction that makes an order `paid` (T2),
+//! `fulfilled` (the last merchant's lines) or `cancelled` (refunded and
+//! restocked) carries its event, with one view per merchant of the order,
+//! under an id made of the order's and the change's (`evt_<order>_paid`):
+//! the same change always has the same id.
 
 mod status;
 
 use mercato_kit::kv::{self, Change};
 use mercato_kit::money;
-use mercato_kit::tx::{self, Precondition, TxError, Write};
+use mercato_kit::tx::{self, OrderEventKind, Precondition, TxError, Write};
 use mercato_kit::types::{
     Cart, CheckoutRequest, Error, Order, OrderLine, OrderPage, OrderStatus, Payment, PaymentRequest,
     PaymentStatus, RecoveryReport, ReservationLine, Shortage,
@@ -53,7 +59,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.3.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.4.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
@@ -407,7 +413,11 @@ fn drive(mut held: Held, may_authorize: bool) -> Ended {
             Err(e) => return Ended::Stuck(e),
         };
         writes.extend(index_writes(&held.order));
-        match tx::commit(&writes, &[taken]) {
+        let event = match emit(OrderEventKind::Paid, &held.order) {
+            Ok(token) => token,
+            Err(e) => return Ended::Stuck(e),
+        };
+        match tx::commit(&writes, &[taken, event]) {
             Ok(v) => (held.version, held.order_version) = (v[0], v[1]),
             Err(TxError::Failed(f)) if f.index == 0 => return Ended::Stuck(in_progress()),
             Err(e) => return Ended::Stuck(tx::error(e)),
@@ -618,6 +628,61 @@ fn merchant_view(mut order: Order, merchant: &str) -> Result<Option<Order>, Erro
     Ok(Some(order))
 }
 
+/// The stable id of an order's event.
+fn event_id(kind: OrderEventKind, order: &Order) -> String {
+    let change = match kind {
+        OrderEventKind::Paid => "paid",
+        OrderEventKind::Fulfilled => "fulfilled",
+        OrderEventKind::Cancelled => "cancelled",
+    };
+    format!("evt_{}_{change}", order.id.get(4..).unwrap_or(&order.id))
+}
+
+/// The event of `order`'s change `kind`, with each merchant's view, under a
+/// token for the commit that makes the change.
+fn emit(kind: OrderEventKind, order: &Order) -> Result<String, Error> {
+    let mut merchants: Vec<&str> = order.lines.iter().map(|l| l.merchant_id.as_str()).collect();
+    merchants.sort_unstable();
+    merchants.dedup();
+    let mut views = Vec::with_capacity(merchants.len());
+    for m in merchants {
+        if let Some(view) = merchant_view(order.clone(), m)? {
+            views.push(tx::MerchantView { merchant_id: m.to_string(), order: view });
+        }
+    }
+    let body = tx::OrderEvent { kind, order: order.clone(), views };
+    tx::emit(&[tx::Event { id: event_id(kind, order), body: tx::EventBody::Order(body) }])
+}
+
+/// Change an order in a transaction conditional on the version read (again
+/// if it changed meanwhile), with the event the change has: `event` decides
+/// from the order before and after.
+fn change_with_event(
+    id: &str,
+    f: impl Fn(&mut Order) -> Result<(), Error>,
+    event: impl Fn(&Order, &Order) -> Option<OrderEventKind>,
+) -> Result<Order, Error> {
+    if !is_order_id(id) {
+        return Err(not_found(id));
+    }
+    for _ in 0..kv::MAX_CAS_RETRIES {
+        let (before, version) = tx::read_one::<Order>(ORDERS, id)?.ok_or_else(|| not_found(id))?;
+        let mut order = before.clone();
+        f(&mut order)?;
+        let staged = match event(&before, &order) {
+            Some(kind) => vec![emit(kind, &order)?],
+            None => Vec::new(),
+        };
+        let write = tx::put(ORDERS, id, &order, Precondition::Version(version))?;
+        match tx::commit(&[write], &staged) {
+            Ok(_) => return Ok(order),
+            Err(TxError::Failed(_)) => continue,
+            Err(e) => return Err(tx::error(e)),
+        }
+    }
+    Err(Error::Conflict(format!("order {id} kept changing")))
+}
+
 /// Change an order with compare-and-swap.
 fn change(id: &str, f: impl Fn(&mut Order) -> Result<(), Error>) -> Result<Order, Error> {
     if !is_order_id(id) {
@@ -700,12 +765,19 @@ impl Guest for Orders {
     }
 
     fn fulfill(merchant: String, id: String) -> Result<Order, Error> {
-        let order = change(&id, |order| {
-            if !order.lines.iter().any(|l| l.merchant_id == merchant) {
-                return Err(not_found(&id));
-            }
-            status::fulfill(order, &merchant)
-        })?;
+        let order = change_with_event(
+            &id,
+            |order| {
+                if !order.lines.iter().any(|l| l.merchant_id == merchant) {
+                    return Err(not_found(&id));
+                }
+                status::fulfill(order, &merchant)
+            },
+            |before, after| {
+                (before.status != OrderStatus::Fulfilled && after.status == OrderStatus::Fulfilled)
+                    .then_some(OrderEventKind::Fulfilled)
+            },
+        )?;
         merchant_view(order, &merchant)?.ok_or_else(|| not_found(&id))
     }
 
@@ -731,10 +803,17 @@ impl Guest for Orders {
             .map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity })
             .collect();
         reservations::restock(&lines)?;
-        change(&id, |o| {
-            o.payment.status = PaymentStatus::Refunded;
-            Ok(())
-        })
+        // Refunded and restocked: the cancellation is whole, and told.
+        change_with_event(
+            &id,
+            |o| {
+                o.payment.status = PaymentStatus::Refunded;
+                Ok(())
+            },
+            |before, _| {
+                (before.payment.status != PaymentStatus::Refunded).then_some(OrderEventKind::Cancelled)
+            },
+        )
     }
 }
 

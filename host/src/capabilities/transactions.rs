@@ -5,15 +5,18 @@
 //! host. Writes a component stages are kept in the request's [`Staging`]
 //! (shared by every instance serving that request) under a random token; the
 //! caller that commits them names the token, and the host commits them in
-//! the stager's namespace. Every call is raced against the request deadline
-//! in host time.
+//! the stager's namespace. Events a component emits are kept the same way
+//! (rendered at once in the API's shapes) and written to the outbox by the
+//! commit that names their token. Every call is raced against the request
+//! deadline in host time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::bindings::host::mercato::commerce::transactions::{
-    Failed, FailureReason, Host, Operation, Precondition, TxError, Versioned, Write,
+    Event, EventBody, Failed, FailureReason, Host, Operation, OrderEventKind, Precondition, TxError,
+    Versioned, Write,
 };
 use crate::capabilities::keyvalue::{MAX_KEY, MAX_VALUE, is_bucket_name};
 use crate::capabilities::{TrapPlan, injected};
@@ -26,7 +29,7 @@ const MAX_STAGED: usize = 64;
 /// request at a chosen step, how often each host call was made).
 #[derive(Default)]
 pub struct Staging {
-    tokens: HashMap<String, Vec<tx::Write>>,
+    tokens: HashMap<String, Staged>,
     pub(crate) calls: HashMap<(&'static str, &'static str), u32>,
     /// The pricing plugins that priced lines in this request, as
     /// `pricing-plugin:<merchant>` → digest (see `capabilities::provenance`).
@@ -34,6 +37,13 @@ pub struct Staging {
 }
 
 pub type SharedStaging = Arc<Mutex<Staging>>;
+
+/// What one token holds: a component's staged writes, or its events.
+#[derive(Default)]
+struct Staged {
+    writes: Vec<tx::Write>,
+    events: Vec<tx::Event>,
+}
 
 /// The transactions state of one store: the component's namespace (every
 /// write's), the database, the request's deadline and staging.
@@ -99,6 +109,60 @@ fn convert(namespace: &'static str, writes: Vec<Write>) -> Result<Vec<tx::Write>
         .collect()
 }
 
+/// An event id: 1 to 100 of `[A-Za-z0-9_.-]`.
+fn is_event_id(id: &str) -> bool {
+    (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// The host form of a component's events: checked (who may emit what, ids,
+/// views that hold only their merchant's lines) and rendered in the API's
+/// shapes.
+fn render(namespace: &'static str, events: Vec<Event>) -> Result<Vec<tx::Event>, TxError> {
+    use crate::events::render::{merchant_order_json, order_json};
+    if events.len() > tx::MAX_EVENTS {
+        return Err(invalid(format!("at most {} events per transaction", tx::MAX_EVENTS)));
+    }
+    let created_at = crate::now_ms();
+    events
+        .into_iter()
+        .map(|e| {
+            if !is_event_id(&e.id) {
+                return Err(invalid("event id: 1 to 100 of [A-Za-z0-9_.-]"));
+            }
+            let EventBody::Order(o) = e.body;
+            // Order events tell of the order component's records only.
+            if namespace != "order" {
+                return Err(invalid(format!("the {namespace} component may not emit order events")));
+            }
+            let kind = match o.kind {
+                OrderEventKind::Paid => "order.paid",
+                OrderEventKind::Fulfilled => "order.fulfilled",
+                OrderEventKind::Cancelled => "order.cancelled",
+            };
+            let mut views = Vec::with_capacity(o.views.len());
+            for v in o.views {
+                if v.order.id != o.order.id
+                    || v.order.lines.is_empty()
+                    || v.order.lines.iter().any(|l| l.merchant_id != v.merchant_id)
+                {
+                    return Err(invalid(format!(
+                        "event {}: a merchant's view holds only that merchant's lines of the same order",
+                        e.id
+                    )));
+                }
+                let data = serde_json::to_vec(&merchant_order_json(&v.order)).unwrap_or_default();
+                views.push((v.merchant_id, data));
+            }
+            views.sort_by(|a, b| a.0.cmp(&b.0));
+            if views.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err(invalid(format!("event {}: one view per merchant", e.id)));
+            }
+            let data = serde_json::to_vec(&order_json(&o.order)).unwrap_or_default();
+            Ok(tx::Event { id: e.id, kind, subject: o.order.id, created_at, data, views })
+        })
+        .collect()
+}
+
 fn failed(f: tx::Failed) -> TxError {
     TxError::Failed(Failed {
         index: u32::try_from(f.index).unwrap_or(u32::MAX),
@@ -135,6 +199,7 @@ impl Host for TxState {
             Ok(w) => w,
             Err(e) => return Ok(Err(e)),
         };
+        let mut events = Vec::new();
         {
             let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
             // All known before any is taken: a bad token leaves the others usable.
@@ -142,15 +207,27 @@ impl Host for TxState {
                 return Ok(Err(invalid("unknown staged token (each is used once, in its request)")));
             }
             for token in &staged {
-                all.extend(staging.tokens.remove(token).unwrap_or_default());
+                let set = staging.tokens.remove(token).unwrap_or_default();
+                all.extend(set.writes);
+                events.extend(set.events);
             }
+        }
+        if events.len() > tx::MAX_EVENTS {
+            return Ok(Err(invalid(format!("at most {} events per transaction", tx::MAX_EVENTS))));
         }
         // The commit runs on its own task: a deadline that fires while it is
         // in flight leaves it to finish whole (the caller hears `timeout`:
         // outcome unknown), it never cuts it in half.
         let db = self.db.clone();
         let started = std::time::Instant::now();
-        let work = tokio::spawn(async move { db.tx_commit(&all).await });
+        let work = tokio::spawn(async move {
+            let told = !events.is_empty();
+            let outcome = db.tx_commit_with(&all, &events).await;
+            if told && matches!(outcome, Ok(Ok(_))) {
+                crate::events::relay::wake();
+            }
+            outcome
+        });
         let result = tokio::time::timeout_at(self.deadline.into(), work).await;
         crate::telemetry::transaction(self.namespace, started);
         if self.traps.here(self.namespace, &self.staged, "transactions", "commit") {
@@ -175,7 +252,21 @@ impl Host for TxState {
             return Ok(Err(invalid(format!("at most {MAX_STAGED} staged sets per request"))));
         }
         let token = format!("stg_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-        staging.tokens.insert(token.clone(), writes);
+        staging.tokens.insert(token.clone(), Staged { writes, events: Vec::new() });
+        Ok(Ok(token))
+    }
+
+    async fn emit(&mut self, events: Vec<Event>) -> TxResult<String> {
+        let events = match render(self.namespace, events) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        if staging.tokens.len() >= MAX_STAGED {
+            return Ok(Err(invalid(format!("at most {MAX_STAGED} staged sets per request"))));
+        }
+        let token = format!("evt_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        staging.tokens.insert(token.clone(), Staged { writes: Vec::new(), events });
         Ok(Ok(token))
     }
 }

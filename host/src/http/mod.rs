@@ -75,6 +75,7 @@ pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(routes::inventory::router())
         .merge(routes::plugins::router())
         .merge(routes::components::router())
+        .merge(routes::events::router())
         .merge(routes::ops::router())
         .routes(utoipa_axum::routes!(openapi::document))
 }

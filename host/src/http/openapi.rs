@@ -204,6 +204,35 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
+/// An event of the outbox, as the operator sees it (SPEC §6.9).
+#[derive(Serialize, ToSchema)]
+pub struct OutboxEvent {
+    /// Its place in the outbox (pass the last one's as `after`).
+    pub seq: i64,
+    /// Stable: de-duplicate on it.
+    pub id: String,
+    /// `order.paid`, `order.fulfilled`, `order.cancelled`, `stock.low`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What it is about (an order id, a sku).
+    pub subject: String,
+    /// Unix milliseconds, at commit.
+    pub created_at: i64,
+    /// The merchants it concerns (each receives only their lines).
+    pub merchants: Vec<String>,
+    /// When the relay handed it on (unix ms); null while it waits.
+    pub published_at: Option<i64>,
+    /// The order (or stock level) as the API shows it to the operator.
+    pub data: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OutboxPage {
+    pub items: Vec<OutboxEvent>,
+    /// Pass as `after` for the next page (the last item's `seq`, or `after` itself).
+    pub next_after: i64,
+}
+
 /// An order as a merchant sees it: only its own lines, no payment, no provenance.
 #[derive(Serialize, ToSchema)]
 pub struct MerchantOrder {

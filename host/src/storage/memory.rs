@@ -12,11 +12,12 @@ use async_trait::async_trait;
 
 use super::accounts::{Accounts, MerchantRow};
 use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
+use super::events::{EventRow, Events, MAX_EVENTS_READ};
 use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
 use super::plugins::{
     CountRow, PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow,
 };
-use super::tx::{self, Failed, Op, Outcome, Precondition, Transactions, Write, counter_value};
+use super::tx::{self, Event, Failed, Op, Outcome, Precondition, Transactions, Write, counter_value};
 use super::{Backend, Result, StorageError};
 
 /// `(namespace, bucket, key)`: byte order, as SQLite's keys.
@@ -51,6 +52,12 @@ struct State {
     canaries: Vec<super::components::CanaryRow>,
     /// (merchant, digest, metric, bucket) → runs.
     counts: BTreeMap<(String, String, String, String), i64>,
+    /// The outbox, by ascending `seq`, and the ids in it.
+    events: Vec<EventRow>,
+    event_ids: BTreeSet<String>,
+    event_seq: i64,
+    /// Lease name → (holder, until).
+    leases: HashMap<String, (String, i64)>,
 }
 
 impl Memory {
@@ -173,8 +180,8 @@ fn holds(precondition: &Precondition, row: Option<&Versioned>) -> bool {
 
 #[async_trait]
 impl Transactions for Memory {
-    async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome> {
-        tx::check_commit(writes)?;
+    async fn tx_commit_with(&self, writes: &[Write], events: &[Event]) -> Result<Outcome> {
+        tx::check_commit(writes, events)?;
         let mut state = self.state();
         // Decide every write on a view of the rows (later writes see earlier
         // ones), then apply the view; a failure leaves the map untouched.
@@ -221,6 +228,23 @@ impl Transactions for Memory {
                 Some(row) => state.kv.insert(k, row),
                 None => state.kv.remove(&k),
             };
+        }
+        for e in events {
+            if !state.event_ids.insert(e.id.clone()) {
+                continue;
+            }
+            state.event_seq += 1;
+            let row = EventRow {
+                seq: state.event_seq,
+                id: e.id.clone(),
+                kind: e.kind.to_string(),
+                subject: e.subject.clone(),
+                created_at: e.created_at,
+                data: e.data.clone(),
+                merchants: e.views.iter().map(|(m, _)| m.clone()).collect(),
+                published_at: None,
+            };
+            state.events.push(row);
         }
         Ok(Ok(versions))
     }
@@ -720,6 +744,53 @@ impl Plugins for Memory {
             state.drop_unused_blob(&old);
         }
         Ok(Some(shadow.digest))
+    }
+}
+
+#[async_trait]
+impl Events for Memory {
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRow>> {
+        let state = self.state();
+        let from = state.events.partition_point(|e| e.seq <= after);
+        let limit = limit.min(MAX_EVENTS_READ) as usize;
+        Ok(state.events[from..].iter().take(limit).cloned().collect())
+    }
+
+    async fn events_unpublished(&self, limit: u32) -> Result<Vec<EventRow>> {
+        let state = self.state();
+        let waiting = state.events.iter().filter(|e| e.published_at.is_none());
+        Ok(waiting.take(limit.min(MAX_EVENTS_READ) as usize).cloned().collect())
+    }
+
+    async fn events_unpublished_count(&self) -> Result<i64> {
+        Ok(self.state().events.iter().filter(|e| e.published_at.is_none()).count() as i64)
+    }
+
+    async fn events_mark_published(&self, seqs: &[i64], now: i64) -> Result<()> {
+        let mut state = self.state();
+        for seq in seqs {
+            if let Ok(i) = state.events.binary_search_by_key(seq, |e| e.seq) {
+                state.events[i].published_at.get_or_insert(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let mut state = self.state();
+        let free = state.leases.get(name).is_none_or(|(h, u)| h == holder || *u < now);
+        if free {
+            state.leases.insert(name.to_string(), (holder.to_string(), until));
+        }
+        Ok(free)
+    }
+
+    async fn lease_release(&self, name: &str, holder: &str) -> Result<()> {
+        let mut state = self.state();
+        if state.leases.get(name).is_some_and(|(h, _)| h == holder) {
+            state.leases.remove(name);
+        }
+        Ok(())
     }
 }
 

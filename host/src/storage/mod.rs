@@ -1,6 +1,7 @@
 //! The host's storage, behind traits: the components' key-value data and
 //! transactions ([`kv`], [`tx`]) and the host's own tables as small
-//! repositories ([`accounts`], [`components`], [`plugins`]). Three backends
+//! repositories ([`accounts`], [`components`], [`plugins`], [`events`]: the
+//! outbox). Three backends
 //! implement them all — SQLite (embedded default), PostgreSQL (several
 //! replicas) in [`sql`], and an in-memory one ([`memory`], `memory:`: nothing
 //! survives the process; for tests and throwaway shops) — and the shared
@@ -9,6 +10,7 @@
 
 pub mod accounts;
 pub mod components;
+pub mod events;
 pub mod kv;
 pub mod memory;
 pub mod plugins;
@@ -22,6 +24,7 @@ use async_trait::async_trait;
 
 pub use accounts::Accounts;
 pub use components::Components;
+pub use events::Events;
 pub use kv::KeyValue;
 pub use plugins::Plugins;
 pub use tx::Transactions;
@@ -40,7 +43,9 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Everything a storage backend provides.
 #[async_trait]
-pub trait Backend: KeyValue + Transactions + Accounts + Components + Plugins + std::fmt::Debug {
+pub trait Backend:
+    KeyValue + Transactions + Accounts + Components + Plugins + Events + std::fmt::Debug
+{
     /// `sqlite`, `postgres` or `memory`.
     fn name(&self) -> &'static str;
 

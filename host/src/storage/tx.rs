@@ -64,6 +64,28 @@ pub struct Failed {
 /// that failed.
 pub type Outcome = std::result::Result<Vec<i64>, Failed>;
 
+/// An event for the outbox, written by the transaction that makes the change
+/// it tells of (SPEC §6.9), already rendered by the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Stable and unique: an id already in the outbox is not written again.
+    pub id: String,
+    /// `order.paid`, `order.fulfilled`, `order.cancelled`, `stock.low`.
+    pub kind: &'static str,
+    /// What it is about (an order id, a sku): the relay keeps each subject's
+    /// events in order.
+    pub subject: String,
+    /// Unix ms, from the host that committed it.
+    pub created_at: i64,
+    /// The event's data as the operator sees it (JSON).
+    pub data: Vec<u8>,
+    /// Each concerned merchant's view of the data (JSON), sorted by merchant.
+    pub views: Vec<(String, Vec<u8>)>,
+}
+
+/// Most events one transaction may carry.
+pub const MAX_EVENTS: usize = 64;
+
 pub(crate) fn new_version() -> i64 {
     // Never 0: 0 means "no version" in the answer.
     rand::random::<i64>() | 1
@@ -107,12 +129,18 @@ pub(crate) fn key_order(writes: &[Write]) -> Vec<usize> {
 }
 
 /// What every backend refuses before it starts: more than [`MAX_WRITES`]
-/// writes in one transaction.
-pub(crate) fn check_commit(writes: &[Write]) -> Result<()> {
+/// writes or [`MAX_EVENTS`] events in one transaction.
+pub(crate) fn check_commit(writes: &[Write], events: &[Event]) -> Result<()> {
     if writes.len() > MAX_WRITES {
         return Err(StorageError::Invalid(format!(
             "a transaction may hold at most {MAX_WRITES} writes (got {})",
             writes.len()
+        )));
+    }
+    if events.len() > MAX_EVENTS {
+        return Err(StorageError::Invalid(format!(
+            "a transaction may carry at most {MAX_EVENTS} events (got {})",
+            events.len()
         )));
     }
     Ok(())
@@ -134,7 +162,14 @@ pub(crate) fn check_read(keys: &[String]) -> Result<()> {
 pub trait Transactions: Send + Sync {
     /// Commit `writes` (at most [`MAX_WRITES`]) all or none.
     /// `Ok(Err(failed))`: nothing was written.
-    async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome>;
+    async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome> {
+        self.tx_commit_with(writes, &[]).await
+    }
+
+    /// Commit `writes` and write `events` to the outbox, all or none: the
+    /// events only if every write applied. An event whose id is in the
+    /// outbox already is not written again.
+    async fn tx_commit_with(&self, writes: &[Write], events: &[Event]) -> Result<Outcome>;
 
     /// Values and versions of `keys` in one bucket, in the order given.
     async fn tx_read(&self, namespace: &str, bucket: &str, keys: &[String])

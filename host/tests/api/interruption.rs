@@ -114,6 +114,19 @@ pub async fn settled_in(db: &mercato::storage::Db, stock: &HashMap<String, u64>)
         }
     }
     assert_eq!(captured, paid_payments, "every capture belongs to one paid order and back");
+    // SPEC §6.9: each paid order has its one `order.paid` event in the
+    // outbox, and no event tells of a checkout that did not end paid.
+    let events = crate::events::outbox(db).await;
+    let mut paid_events: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        assert_eq!(e.kind, "order.paid", "only payments happened: {e:?}");
+        *paid_events.entry(e.subject.clone()).or_default() += 1;
+    }
+    for o in &orders {
+        let id = s(&o["id"]);
+        assert_eq!(paid_events.get(&id), Some(&1), "order {id}: one order.paid event");
+    }
+    assert_eq!(paid_events.len(), orders.len(), "an event for each paid order and no other: {paid_events:?}");
     orders
 }
 

@@ -10,6 +10,7 @@ mod canary;
 mod carts;
 mod checkout;
 mod deploy;
+mod events;
 mod interruption;
 mod lifecycle;
 mod merchants;

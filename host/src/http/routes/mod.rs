@@ -2,6 +2,7 @@
 
 pub mod carts;
 pub mod components;
+pub mod events;
 pub mod inventory;
 pub mod merchants;
 pub mod ops;

@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::bindings::types::{CheckoutRequest, Order, OrderStatus, PaymentStatus};
+use crate::bindings::types::CheckoutRequest;
+use crate::events::render::{merchant_order_json, order_json};
 use crate::http::extract::{self, Admin, Merchant};
 use crate::http::{ApiError, ApiResult, AppState};
 
@@ -50,35 +51,6 @@ struct CheckoutBody {
     #[schema(example = "shopper@example.com")]
     email: String,
     payment: PaymentBody,
-}
-
-fn order_status(s: OrderStatus) -> &'static str {
-    match s {
-        OrderStatus::PendingPayment => "pending_payment",
-        OrderStatus::Paid => "paid",
-        OrderStatus::Fulfilled => "fulfilled",
-        OrderStatus::Cancelled => "cancelled",
-    }
-}
-
-fn payment_status(s: PaymentStatus) -> &'static str {
-    match s {
-        PaymentStatus::Pending => "pending",
-        PaymentStatus::Authorized => "authorized",
-        PaymentStatus::Succeeded => "succeeded",
-        PaymentStatus::Declined => "declined",
-        PaymentStatus::Voided => "voided",
-        PaymentStatus::Refunded => "refunded",
-    }
-}
-
-/// An order as the API shows it to its shopper and the operator (SPEC §4):
-/// what a merchant sees, plus the payment and the provenance.
-pub fn order_json(o: &Order) -> Value {
-    let mut json = merchant_order_json(o);
-    json["payment"] = json!({ "id": o.payment.id, "status": payment_status(o.payment.status) });
-    json["provenance"] = json!(o.provenance);
-    json
 }
 
 #[utoipa::path(
@@ -172,24 +144,6 @@ async fn one(
         .call("get-order", |c, s| c.mercato_commerce_orders().call_get_order(s, &id))
         .await??;
     Ok(Json(order_json(&order)))
-}
-
-/// An order as a merchant sees it: only its lines (the component has
-/// filtered them) and what fulfilment needs — no payment, no provenance
-/// (which names every merchant's plugin).
-pub fn merchant_order_json(o: &Order) -> Value {
-    json!({
-        "id": o.id,
-        "status": order_status(o.status),
-        "email": o.email,
-        "currency": o.currency,
-        "lines": o.lines,
-        "discount_codes": o.discount_codes.as_deref().unwrap_or_default(),
-        "subtotal": o.subtotal,
-        "discount_total": o.discount_total,
-        "total": o.total,
-        "created_at": o.created_at,
-    })
 }
 
 #[utoipa::path(

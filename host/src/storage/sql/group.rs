@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::tx::run_sqlite;
 use super::{Result, StorageError};
-use crate::storage::tx::{Outcome, Write};
+use crate::storage::tx::{Event, Outcome, Write};
 
 /// Most transactions one group commit takes.
 const MAX_GROUP: usize = 128;
@@ -24,6 +24,7 @@ const QUEUE: usize = 1_024;
 
 struct Job {
     writes: Vec<Write>,
+    events: Vec<Event>,
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
@@ -41,11 +42,12 @@ impl GroupWriter {
         GroupWriter { jobs }
     }
 
-    /// Commit `writes` all or none, in the next group.
-    pub async fn commit(&self, writes: Vec<Write>) -> Result<Outcome> {
+    /// Commit `writes` (and `events`, to the outbox) all or none, in the
+    /// next group.
+    pub async fn commit(&self, writes: Vec<Write>, events: Vec<Event>) -> Result<Outcome> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { writes, reply })
+            .send(Job { writes, events, reply })
             .await
             .map_err(|_| StorageError::Invalid("the database writer has stopped".into()))?;
         answer.await.map_err(|_| StorageError::Invalid("the database writer has stopped".into()))?
@@ -116,7 +118,7 @@ fn run_group(db: &rusqlite::Connection, group: &[Job]) -> rusqlite::Result<Vec<R
         let mut outcomes = Vec::with_capacity(group.len());
         for job in group {
             db.execute_batch("SAVEPOINT job")?;
-            let outcome = run_sqlite(db, &job.writes);
+            let outcome = run_sqlite(db, &job.writes, &job.events);
             if !matches!(outcome, Ok(Ok(_))) {
                 db.execute_batch("ROLLBACK TO job")?;
             }

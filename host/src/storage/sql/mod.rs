@@ -69,6 +69,7 @@ pub(crate) fn numbered_placeholders(sql: &str) -> String {
 
 mod accounts;
 mod components;
+mod events;
 pub mod group;
 mod kv;
 mod plugins;

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use super::Sql;
 use crate::storage::kv::Versioned;
 use crate::storage::tx::{
-    Failed, Op, Outcome, Precondition, Reason, Transactions, Write, key_order, new_version, reason,
+    Event, Failed, Op, Outcome, Precondition, Reason, Transactions, Write, key_order, new_version, reason,
 };
 use crate::storage::{Result, StorageError};
 
@@ -68,7 +68,9 @@ const SQLITE: Statements = Statements {
 /// PostgreSQL: the whole transaction in one statement, `mercato_tx` (see
 /// `migrations/postgres/0004_transactions.sql`), so hot rows stay locked for
 /// the function's run, not for one network round trip per write.
-async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Outcome> {
+/// With events, `mercato_tx_events` (`0009_events.sql`): the same, then the
+/// events in the same statement.
+async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) -> Result<Outcome> {
     let order = key_order(writes);
     let n = writes.len();
     let (mut ns, mut buckets, mut keys) =
@@ -108,23 +110,47 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Outcome> {
             versions[i] = version;
         }
     }
-    let (index, reason, current): (i32, Option<i16>, Option<i64>) = sqlx::query_as(
-        "SELECT failed_index, failed_reason, failed_current \
-         FROM mercato_tx($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(&ns)
-    .bind(&buckets)
-    .bind(&keys)
-    .bind(&pre)
-    .bind(&pre_version)
-    .bind(&op)
-    .bind(&values)
-    .bind(&deltas)
-    .bind(&mins)
-    .bind(&maxs)
-    .bind(&fresh)
-    .fetch_one(pool)
-    .await?;
+    let query = if events.is_empty() {
+        sqlx::query_as(
+            "SELECT failed_index, failed_reason, failed_current \
+             FROM mercato_tx($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+    } else {
+        sqlx::query_as(
+            "SELECT failed_index, failed_reason, failed_current \
+             FROM mercato_tx_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                                    $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+    };
+    let query = query
+        .bind(&ns)
+        .bind(&buckets)
+        .bind(&keys)
+        .bind(&pre)
+        .bind(&pre_version)
+        .bind(&op)
+        .bind(&values)
+        .bind(&deltas)
+        .bind(&mins)
+        .bind(&maxs)
+        .bind(&fresh);
+    let query = if events.is_empty() {
+        query
+    } else {
+        let views = events.iter().enumerate().flat_map(|(i, e)| e.views.iter().map(move |v| (i, v)));
+        let (view_event, (view_merchant, view_data)): (Vec<i32>, (Vec<&str>, Vec<&[u8]>)) =
+            views.map(|(i, (m, data))| (i as i32 + 1, (m.as_str(), data.as_slice()))).unzip();
+        query
+            .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.created_at).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.data.as_slice()).collect::<Vec<_>>())
+            .bind(view_event)
+            .bind(view_merchant)
+            .bind(view_data)
+    };
+    let (index, reason, current): (i32, Option<i16>, Option<i64>) = query.fetch_one(pool).await?;
     let Ok(position) = usize::try_from(index) else { return Ok(Ok(versions)) };
     let index = order
         .get(position)
@@ -143,8 +169,13 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Outcome> {
 /// Run `writes` on SQLite inside an open transaction (a savepoint of a group
 /// commit, see [`super::group`]), on the writer's raw connection: every
 /// statement runs on this thread, prepared once per group. `Ok(Err(failed))`
-/// if one did not apply, and then the caller rolls the savepoint back.
-pub(crate) fn run_sqlite(db: &rusqlite::Connection, writes: &[Write]) -> rusqlite::Result<Outcome> {
+/// if one did not apply, and then the caller rolls the savepoint back. Once
+/// every write applied, `events` go to the outbox in the same savepoint.
+pub(crate) fn run_sqlite(
+    db: &rusqlite::Connection,
+    writes: &[Write],
+    events: &[Event],
+) -> rusqlite::Result<Outcome> {
     use rusqlite::{OptionalExtension, params};
     let sql = &SQLITE;
     let select = |w: &Write| -> rusqlite::Result<Option<Versioned>> {
@@ -257,6 +288,23 @@ pub(crate) fn run_sqlite(db: &rusqlite::Connection, writes: &[Write]) -> rusqlit
             versions[i] = version;
         }
     }
+    for event in events {
+        let inserted = db
+            .prepare_cached(
+                "INSERT INTO events (id, kind, subject, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![event.id, event.kind, event.subject, event.created_at, event.data])?;
+        if inserted == 1 {
+            let seq = db.last_insert_rowid();
+            for (merchant, data) in &event.views {
+                db.prepare_cached(
+                    "INSERT INTO event_views (event_seq, merchant_id, data) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![seq, merchant, data])?;
+            }
+        }
+    }
     Ok(Ok(versions))
 }
 
@@ -271,26 +319,27 @@ fn transient(e: &StorageError) -> bool {
 const TRANSIENT_RETRIES: usize = 5;
 
 impl Sql {
-    async fn tx_once(&self, writes: &[Write]) -> Result<Outcome> {
+    async fn tx_once(&self, writes: &[Write], events: &[Event]) -> Result<Outcome> {
         match self {
             // Group commit: queued with whatever else is waiting for the writer.
-            Sql::Sqlite { group, .. } => group.commit(writes.to_vec()).await,
-            Sql::Postgres(pool) => postgres_tx(pool, writes).await,
+            Sql::Sqlite { group, .. } => group.commit(writes.to_vec(), events.to_vec()).await,
+            Sql::Postgres(pool) => postgres_tx(pool, writes, events).await,
         }
     }
 }
 
 #[async_trait]
 impl Transactions for Sql {
-    /// Commit `writes` all or none. `Ok(Err(failed))`: nothing was written.
-    async fn tx_commit(&self, writes: &[Write]) -> Result<Outcome> {
-        crate::storage::tx::check_commit(writes)?;
-        if writes.is_empty() {
+    /// Commit `writes` and `events` all or none. `Ok(Err(failed))`: nothing
+    /// was written.
+    async fn tx_commit_with(&self, writes: &[Write], events: &[Event]) -> Result<Outcome> {
+        crate::storage::tx::check_commit(writes, events)?;
+        if writes.is_empty() && events.is_empty() {
             return Ok(Ok(Vec::new()));
         }
         let mut attempt = 0;
         loop {
-            let result = self.tx_once(writes).await;
+            let result = self.tx_once(writes, events).await;
             match result {
                 Err(e) if attempt < TRANSIENT_RETRIES && transient(&e) => {
                     attempt += 1;

@@ -1,0 +1,315 @@
+//! Events (SPEC §6.9): every change that has an event writes it to the
+//! outbox in its own transaction — exactly once, also under concurrent
+//! checkouts, fulfilments and cancels — and the relay hands the outbox on to
+//! NATS JetStream (the real server on 127.0.0.1:4222).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::each_backend;
+use crate::helpers::*;
+use mercato::storage::events::EventRow;
+
+/// Every event in the outbox, oldest first.
+pub async fn outbox(db: &mercato::storage::Db) -> Vec<EventRow> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = db.events_after(after, 1_000).await.expect("events");
+        let Some(last) = page.last() else { return out };
+        after = last.seq;
+        out.extend(page);
+    }
+}
+
+async fn checkout(app: &TestApp, cart: &str, key: &str, token: &str) -> (u16, Value) {
+    send(
+        app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"email": "shopper@example.com", "payment": {"token": token}})),
+    )
+    .await
+}
+
+fn merchants_of(order: &Value) -> BTreeSet<String> {
+    order["lines"].as_array().expect("lines").iter().map(|l| s(&l["merchant_id"])).collect()
+}
+
+/// 48 carts (one merchant's lines, the other's, or both), each checked out
+/// twice at once under one key, some declined, some sold out; then every
+/// other paid order fulfilled by both its merchants at once, and some
+/// cancelled twice at once. The outbox holds exactly one event per change
+/// that happened, none for what did not, each with its merchants and the
+/// order as the API shows it after the change.
+async fn every_change_has_exactly_one_event(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.components.deadline_ms = 60_000;
+        c.components.max_instances = 1_000;
+    })
+    .await;
+    let (a, token_a) = app.merchant("A").await;
+    let (b, token_b) = app.merchant("B").await;
+    app.product(&token_a, crate::interruption::product_with_stock("EV-A", 500, 25)).await;
+    app.product(&token_b, crate::interruption::product_with_stock("EV-B", 700, 25)).await;
+    let mut carts = Vec::new();
+    for i in 0..48usize {
+        let cart = app.cart("EUR").await;
+        let skus: &[&str] = match i % 3 {
+            0 => &["EV-A"],
+            1 => &["EV-B"],
+            _ => &["EV-A", "EV-B"],
+        };
+        for sku in skus {
+            let (status, body) =
+                app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 1})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        carts.push(cart);
+    }
+    let mut tasks = Vec::new();
+    for (i, cart) in carts.iter().enumerate() {
+        let token = if i % 7 == 3 { "tok_chargeDeclined" } else { "tok_visa" };
+        for _ in 0..2 {
+            let req = app
+                .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", format!("ev-{i}"))
+                .json(&json!({"email": "shopper@example.com", "payment": {"token": token}}));
+            tasks.push(tokio::spawn(send(req)));
+        }
+    }
+    let mut answers: HashMap<u16, usize> = HashMap::new();
+    for t in tasks {
+        let (status, body) = t.await.expect("checkout");
+        *answers.entry(status).or_default() += 1;
+        assert!([201, 402, 409].contains(&status), "{status}: {body}");
+    }
+    // Whatever raced, each key now answers with its outcome.
+    let mut paid: HashMap<String, Value> = HashMap::new();
+    for (i, cart) in carts.iter().enumerate() {
+        let token = if i % 7 == 3 { "tok_chargeDeclined" } else { "tok_visa" };
+        let (status, order) = checkout(&app, cart, &format!("ev-{i}"), token).await;
+        if status == 201 {
+            paid.insert(s(&order["id"]), order);
+        }
+    }
+    assert!(paid.len() > 10 && paid.len() < 48, "some paid, some declined or sold out: {answers:?}");
+
+    // Fulfil every other paid order, both merchants at once; cancel some of
+    // the rest, twice at once.
+    let ids: Vec<String> = {
+        let mut ids: Vec<String> = paid.keys().cloned().collect();
+        ids.sort();
+        ids
+    };
+    let (mut fulfilled, mut cancelled) = (HashSet::new(), HashSet::new());
+    let mut tasks = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let merchants = merchants_of(&paid[id]);
+        if n % 2 == 0 {
+            fulfilled.insert(id.clone());
+            for (m, token) in [(&a, &token_a), (&b, &token_b)] {
+                if merchants.contains(m) {
+                    let req =
+                        app.request(Method::POST, &format!("/v1/orders/{id}/fulfill")).bearer_auth(token);
+                    tasks.push((200, tokio::spawn(send(req))));
+                }
+            }
+        } else if n % 4 == 1 {
+            cancelled.insert(id.clone());
+            for _ in 0..2 {
+                let req =
+                    app.request(Method::POST, &format!("/v1/orders/{id}/cancel")).bearer_auth(ADMIN_TOKEN);
+                tasks.push((0, tokio::spawn(send(req))));
+            }
+        }
+    }
+    for (want, t) in tasks {
+        let (status, body) = t.await.expect("change");
+        if want == 200 {
+            assert_eq!(status, 200, "a merchant fulfils its lines: {body}");
+        } else {
+            assert!([200, 409].contains(&status), "{status}: {body}");
+        }
+    }
+    for id in &cancelled {
+        let (_, order) = app.get_order(id).await;
+        assert_eq!(order["status"], "cancelled", "{order}");
+        assert_eq!(order["payment"]["status"], "refunded", "{order}");
+    }
+
+    let events = outbox(&app.db).await;
+    let unique: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(unique.len(), events.len(), "event ids are unique");
+    let mut by_kind: HashMap<&str, Vec<&EventRow>> = HashMap::new();
+    for e in &events {
+        by_kind.entry(e.kind.as_str()).or_default().push(e);
+    }
+    let subjects = |kind: &str| -> Vec<String> {
+        let mut v: Vec<String> = by_kind.get(kind).into_iter().flatten().map(|e| e.subject.clone()).collect();
+        v.sort();
+        v
+    };
+    let sorted = |set: &HashSet<String>| {
+        let mut v: Vec<String> = set.iter().cloned().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(subjects("order.paid"), ids, "one order.paid per paid order, none for the others");
+    assert_eq!(subjects("order.fulfilled"), sorted(&fulfilled), "one order.fulfilled per fulfilled order");
+    assert_eq!(subjects("order.cancelled"), sorted(&cancelled), "one order.cancelled per cancelled order");
+    assert_eq!(by_kind.len(), [&fulfilled, &cancelled].iter().filter(|s| !s.is_empty()).count() + 1);
+    let after = HashMap::from([
+        ("order.paid", "paid"),
+        ("order.fulfilled", "fulfilled"),
+        ("order.cancelled", "cancelled"),
+    ]);
+    for e in &events {
+        let order = &paid[&e.subject];
+        let change = e.kind.trim_start_matches("order.");
+        assert_eq!(e.id, format!("evt_{}_{change}", &e.subject[4..]), "a stable id");
+        let merchants: Vec<String> = merchants_of(order).into_iter().collect();
+        assert_eq!(e.merchants, merchants, "{}: the merchants of its lines", e.id);
+        let data: Value = serde_json::from_slice(&e.data).expect("JSON data");
+        assert_eq!(data["id"], order["id"]);
+        assert_eq!(data["status"], after[e.kind.as_str()], "{}: the order after the change: {data}", e.id);
+        assert_eq!(data["lines"].as_array().map(Vec::len), order["lines"].as_array().map(Vec::len));
+        assert_eq!(data["total"], order["total"]);
+        match e.kind.as_str() {
+            "order.paid" => assert_eq!(data["payment"]["status"], "authorized", "{data}"),
+            "order.cancelled" => assert_eq!(data["payment"]["status"], "refunded", "{data}"),
+            _ => {}
+        }
+    }
+
+    // The operator's view: pages of `GET /v1/admin/events` in outbox order.
+    let mut listed = Vec::new();
+    let mut after_seq = 0;
+    loop {
+        let (status, page) = send(
+            app.request(Method::GET, &format!("/v1/admin/events?after={after_seq}&limit=7"))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().expect("items").clone();
+        if items.is_empty() {
+            assert_eq!(page["next_after"], after_seq);
+            break;
+        }
+        assert!(items.len() <= 7);
+        after_seq = page["next_after"].as_i64().expect("next_after");
+        listed.extend(items);
+    }
+    let listed_ids: Vec<String> = listed.iter().map(|e| s(&e["id"])).collect();
+    assert_eq!(listed_ids, events.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    assert!(listed.iter().all(|e| e["type"].is_string() && e["data"]["id"].is_string()), "{listed:?}");
+    // Operators only.
+    let denied = send(app.request(Method::GET, "/v1/admin/events").bearer_auth(&token_a)).await;
+    assert_error(&denied, 401, "unauthorized");
+    let bad = send(app.request(Method::GET, "/v1/admin/events?limit=0").bearer_auth(ADMIN_TOKEN)).await;
+    assert_error(&bad, 422, "invalid_request");
+}
+each_backend!(exactly_one_event_per_change, every_change_has_exactly_one_event);
+
+/// The NATS server the tests use (SPEC: NATS with JetStream on the machine).
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// Every message of `stream`: (Nats-Msg-Id, subject, payload).
+async fn stream_messages(stream_name: &str) -> Vec<(String, String, Value)> {
+    let client = async_nats::connect(NATS).await.expect("NATS at 127.0.0.1:4222 (with JetStream)");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(stream_name).await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        let id = m.headers.get("Nats-Msg-Id").map(|v| v.to_string()).unwrap_or_default();
+        out.push((id, m.subject.to_string(), serde_json::from_slice(&m.payload).expect("JSON")));
+    }
+    out
+}
+
+async fn delete_stream(stream_name: &str) {
+    if let Ok(client) = async_nats::connect(NATS).await {
+        let _ = async_nats::jetstream::new(client).delete_stream(stream_name).await;
+    }
+}
+
+/// A stream and subject prefix of this test's own.
+pub fn nats_names(test: &str) -> (String, String) {
+    let tag = format!("{test}{:08x}", rand::random::<u32>());
+    (format!("MERCATO_TEST_{}", tag.to_ascii_uppercase()), format!("mercato.test.{tag}"))
+}
+
+/// Checkouts with the relay on NATS: each event reaches the stream once,
+/// under its id, on `<prefix>.<type>`, with the outbox's envelope; the
+/// outbox marks each published; a repeat of an id is dropped by JetStream.
+async fn the_relay_hands_events_to_jetstream(backend: Backend) {
+    let (stream, prefix) = nats_names("relay");
+    let app = spawn_app_with(backend, |c| {
+        c.events.nats_url = Some(mercato::config::Secret(NATS.into()));
+        c.events.nats_stream = stream.clone();
+        c.events.nats_subject_prefix = prefix.clone();
+        c.events.relay_interval_ms = 100;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, crate::interruption::product_with_stock("NATS-1", 900, 50)).await;
+    let mut orders = Vec::new();
+    for i in 0..6 {
+        let cart = app.cart("EUR").await;
+        app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "NATS-1", "quantity": 1})).await;
+        let (status, order) = checkout(&app, &cart, &format!("n-{i}"), "tok_visa").await;
+        assert_eq!(status, 201, "{order}");
+        orders.push(s(&order["id"]));
+    }
+    let (status, _) =
+        send(app.request(Method::POST, &format!("/v1/orders/{}/fulfill", orders[0])).bearer_auth(&token))
+            .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = outbox(&app.db).await;
+        if events.len() == 7 && events.iter().all(|e| e.published_at.is_some()) {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "not all published after 30 s: {events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let messages = stream_messages(&stream).await;
+    let got: Vec<&str> = messages.iter().map(|(id, _, _)| id.as_str()).collect();
+    let want: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(got, want, "each event once, in outbox order");
+    for ((id, subject, body), e) in messages.iter().zip(&events) {
+        assert_eq!(subject, &format!("{prefix}.{}", e.kind));
+        assert_eq!(body["id"], json!(id));
+        assert_eq!(body["type"], json!(e.kind));
+        assert_eq!(body["subject"], json!(e.subject));
+        assert_eq!(body["data"]["id"], json!(e.subject));
+    }
+    // What a relay killed between publish and mark would do: the same id
+    // again is acknowledged as a repeat and not stored twice.
+    let client = async_nats::connect(NATS).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    let again = js
+        .send_publish(
+            format!("{prefix}.order.paid"),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(mercato::events::relay::nats_body(&events[0]).into())
+                .message_id(&events[0].id),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert!(again.duplicate, "JetStream drops a repeated event id");
+    assert_eq!(stream_messages(&stream).await.len(), 7);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("mercato_events_published_total"), "{metrics}");
+    app.stop().await;
+    delete_stream(&stream).await;
+}
+each_backend!(relay_to_jetstream, the_relay_hands_events_to_jetstream);
