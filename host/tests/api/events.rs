@@ -215,10 +215,10 @@ async fn every_change_has_exactly_one_event(backend: Backend) {
 each_backend!(exactly_one_event_per_change, every_change_has_exactly_one_event);
 
 /// The NATS server the tests use (SPEC: NATS with JetStream on the machine).
-const NATS: &str = "nats://127.0.0.1:4222";
+pub const NATS: &str = "nats://127.0.0.1:4222";
 
 /// Every message of `stream`: (Nats-Msg-Id, subject, payload).
-async fn stream_messages(stream_name: &str) -> Vec<(String, String, Value)> {
+pub async fn stream_messages(stream_name: &str) -> Vec<(String, String, Value)> {
     let client = async_nats::connect(NATS).await.expect("NATS at 127.0.0.1:4222 (with JetStream)");
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(stream_name).await.expect("stream");
@@ -232,7 +232,7 @@ async fn stream_messages(stream_name: &str) -> Vec<(String, String, Value)> {
     out
 }
 
-async fn delete_stream(stream_name: &str) {
+pub async fn delete_stream(stream_name: &str) {
     if let Ok(client) = async_nats::connect(NATS).await {
         let _ = async_nats::jetstream::new(client).delete_stream(stream_name).await;
     }

@@ -535,3 +535,82 @@ async fn kill_9_during_a_canary_leaves_a_consistent_state() {
     // Kills came both before and after canaries started.
     assert!(states.iter().any(|(_, none)| !none) && states.iter().any(|(_, none)| *none), "{states:?}");
 }
+
+/// SPEC §6.9: `kill -9` of the process that relays events, at four moments
+/// under checkout load (5 to 150 ms after the first answer; batches of one
+/// event, so the relay is busy when a kill lands, between publishes and
+/// their marks), a restart after each.
+/// Finally every event in the outbox is in the JetStream stream — compared
+/// by id, none missing, none foreign — and each is stored once (a repeat
+/// after a kill is dropped by its id).
+async fn kill_9_of_the_relay_loses_no_event(backend: Backend) {
+    use crate::events::{NATS, delete_stream, nats_names, stream_messages};
+    let dir = tempfile::tempdir().expect("dir");
+    let pg = fresh_database(backend).await;
+    let url = pg.as_ref().map(|p| p.url.clone());
+    let (stream, prefix) = nats_names("kill");
+    let envs = [
+        ("MERCATO_CHECKOUT__SWEEP_INTERVAL_MS", "200"),
+        ("MERCATO_EVENTS__NATS_URL", NATS),
+        ("MERCATO_EVENTS__NATS_STREAM", stream.as_str()),
+        ("MERCATO_EVENTS__NATS_SUBJECT_PREFIX", prefix.as_str()),
+        ("MERCATO_EVENTS__RELAY_INTERVAL_MS", "50"),
+        ("MERCATO_EVENTS__LEASE_MS", "500"),
+        ("MERCATO_EVENTS__BATCH", "1"),
+    ];
+    let skus = ["KR-1", "KR-2", "KR-3"];
+    let mut unpublished_at_kill = Vec::new();
+    let mut token: Option<String> = None;
+    for (round, kill_after_ms) in [5u64, 30, 80, 150].into_iter().enumerate() {
+        let p = Serve::start(dir.path(), url.as_deref(), &envs);
+        let t = match &token {
+            Some(t) => t.clone(),
+            None => merchant_with_stock(&p, &skus, 500).await,
+        };
+        token = Some(t);
+        let mut carts = Vec::new();
+        for i in 0..60 {
+            carts.push(cart(&p, &[(skus[i % 3], 1)]).await);
+        }
+        let handles: Vec<_> =
+            carts.iter().enumerate().map(|(i, c)| checkout(&p, c, &format!("kr{round}-{i}"))).collect();
+        while !handles.iter().any(|h| h.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        p.kill9();
+        for h in handles {
+            let _ = h.await;
+        }
+        let db = mercato::storage::Db::connect(url.as_deref(), dir.path()).await.expect("db");
+        unpublished_at_kill.push(db.events_unpublished_count().await.expect("count"));
+        db.close().await;
+    }
+    // The kills must have caught the relay with work left, or this proves nothing.
+    eprintln!("events waiting in the outbox at each kill: {unpublished_at_kill:?}");
+    assert!(unpublished_at_kill.iter().any(|n| *n > 0), "{unpublished_at_kill:?}");
+    let _p = Serve::start(dir.path(), url.as_deref(), &envs);
+    let db = mercato::storage::Db::connect(url.as_deref(), dir.path()).await.expect("db");
+    let stock: HashMap<String, u64> = skus.iter().map(|s| (s.to_string(), 500)).collect();
+    // Recovery finishes the interrupted checkouts (one order.paid each, checked there).
+    let orders = crate::interruption::settled_in(&db, &stock).await;
+    assert!(!orders.is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while db.events_unpublished_count().await.expect("count") > 0 {
+        assert!(std::time::Instant::now() < deadline, "the outbox did not drain in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outbox: Vec<String> = crate::events::outbox(&db).await.into_iter().map(|e| e.id).collect();
+    let messages = stream_messages(&stream).await;
+    let stored: Vec<String> = messages.iter().map(|(id, _, _)| id.clone()).collect();
+    let (want, got): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) =
+        (outbox.iter().cloned().collect(), stored.iter().cloned().collect());
+    let missing: Vec<_> = want.difference(&got).collect();
+    let foreign: Vec<_> = got.difference(&want).collect();
+    assert!(missing.is_empty(), "events lost across kill -9: {missing:?}");
+    assert!(foreign.is_empty(), "messages of no event: {foreign:?}");
+    assert_eq!(stored.len(), got.len(), "each event stored once (repeats dropped by id)");
+    eprintln!("{} events, {} orders, all in the stream once", outbox.len(), orders.len());
+    delete_stream(&stream).await;
+}
+crate::both_backends!(kill_9_relay, kill_9_of_the_relay_loses_no_event);

@@ -137,9 +137,15 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) ->
     let query = if events.is_empty() {
         query
     } else {
-        let views = events.iter().enumerate().flat_map(|(i, e)| e.views.iter().map(move |v| (i, v)));
-        let (view_event, (view_merchant, view_data)): (Vec<i32>, (Vec<&str>, Vec<&[u8]>)) =
-            views.map(|(i, (m, data))| (i as i32 + 1, (m.as_str(), data.as_slice()))).unzip();
+        // Each view with the 1-based index of its event.
+        let (mut view_event, mut view_merchant, mut view_data) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, e) in events.iter().enumerate() {
+            for (merchant, data) in &e.views {
+                view_event.push(i as i32 + 1);
+                view_merchant.push(merchant.as_str());
+                view_data.push(data.as_slice());
+            }
+        }
         query
             .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
             .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
