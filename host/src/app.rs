@@ -145,6 +145,7 @@ impl App {
             rate_limits: Arc::new(crate::http::ratelimit::RateLimits::new(&config.rate_limit)),
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight.max(1))),
             reservation_ttl_ms: config.checkout.reservation_ttl_ms,
+            webhooks: Arc::new(config.events.webhooks.clone()),
             work,
         });
         Ok(App { state, config, notices })

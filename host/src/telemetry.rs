@@ -226,6 +226,19 @@ pub fn event_published(kind: &str, latency_ms: i64) {
     metrics::histogram!("mercato_events_publish_latency_seconds").record(latency_ms.max(0) as f64 / 1000.0);
 }
 
+/// A webhook delivered: the attempt's time and the latency from commit.
+pub fn webhook_delivered(started: Instant, latency_ms: i64) {
+    metrics::counter!("mercato_webhook_attempts_total", "outcome" => "delivered").increment(1);
+    metrics::histogram!("mercato_webhook_attempt_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("mercato_webhook_delivery_latency_seconds").record(latency_ms.max(0) as f64 / 1000.0);
+}
+
+/// A webhook attempt that failed (`gave_up`: past the retry horizon).
+pub fn webhook_failed(gave_up: bool) {
+    let outcome = if gave_up { "gave_up" } else { "retry" };
+    metrics::counter!("mercato_webhook_attempts_total", "outcome" => outcome).increment(1);
+}
+
 /// A relay round that failed (the sink or the database); its events wait.
 pub fn events_relay_failed() {
     metrics::counter!("mercato_events_relay_failures_total").increment(1);

@@ -48,6 +48,8 @@ pub struct EventsConfig {
     pub lease_ms: u64,
     /// Events handed on per round.
     pub batch: u32,
+    /// Merchants' webhooks (`[events.webhooks]`).
+    pub webhooks: crate::events::WebhooksConfig,
 }
 
 impl Default for EventsConfig {
@@ -60,6 +62,7 @@ impl Default for EventsConfig {
             relay_interval_ms: 1_000,
             lease_ms: 10_000,
             batch: 256,
+            webhooks: crate::events::WebhooksConfig::default(),
         }
     }
 }
@@ -67,6 +70,7 @@ impl Default for EventsConfig {
 impl EventsConfig {
     /// What start-up refuses.
     pub fn check(&self) -> Result<(), String> {
+        self.webhooks.check()?;
         if self.batch == 0 || self.batch > crate::storage::events::MAX_EVENTS_READ {
             return Err(format!("events.batch: 1 to {}", crate::storage::events::MAX_EVENTS_READ));
         }
@@ -179,12 +183,14 @@ pub struct Relay {
     /// This process, in the lease.
     holder: String,
     nats: Option<Nats>,
+    webhooks: crate::events::webhooks::Sender,
 }
 
 impl Relay {
     pub fn new(db: Db, config: EventsConfig) -> Relay {
         let holder = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
-        Relay { db, config, holder, nats: None }
+        let webhooks = crate::events::webhooks::Sender::new(db.clone(), config.webhooks.clone());
+        Relay { db, config, holder, nats: None, webhooks }
     }
 
     /// Relay until `stop`, then give the lease up.
@@ -222,6 +228,7 @@ impl Relay {
         if let Some(l) = listener {
             l.abort();
         }
+        self.webhooks.stop();
         if let Err(e) = self.db.lease_release(LEASE, &self.holder).await {
             tracing::warn!(error = %e, "events relay: could not give the lease up");
         }
@@ -255,6 +262,8 @@ impl Relay {
         let depth = self.db.events_unpublished_count().await?;
         crate::telemetry::events_outbox_depth(depth);
         if depth == 0 {
+            // Retries that came due.
+            self.webhooks.dispatch().await?;
             return Ok(0);
         }
         let batch = self.db.events_unpublished(self.config.batch).await?;
@@ -275,7 +284,11 @@ impl Relay {
         if !sent.is_empty() {
             let seqs: Vec<i64> = sent.iter().map(|e| e.seq).collect();
             let published = crate::now_ms();
+            // The webhook deliveries first: a relay killed between the two
+            // makes them again (one per event and merchant) and marks.
+            self.db.deliveries_fan_out(&seqs, published).await?;
             self.db.events_mark_published(&seqs, published).await?;
+            self.webhooks.dispatch().await?;
             for e in sent {
                 crate::telemetry::event_published(&e.kind, published.saturating_sub(e.created_at));
             }

@@ -59,6 +59,8 @@ pub struct Shared {
     pub admission: Arc<tokio::sync::Semaphore>,
     /// How long a checkout may hold stock (`checkout.reservation_ttl_ms`).
     pub reservation_ttl_ms: u64,
+    /// Which webhook endpoints merchants may register (`[events.webhooks]`).
+    pub webhooks: Arc<crate::events::WebhooksConfig>,
     /// Every request's work, which runs on its own task (see [`detach`]);
     /// graceful shutdown waits for it.
     pub work: tokio_util::task::TaskTracker,
@@ -76,6 +78,7 @@ pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(routes::plugins::router())
         .merge(routes::components::router())
         .merge(routes::events::router())
+        .merge(routes::webhooks::router())
         .merge(routes::ops::router())
         .routes(utoipa_axum::routes!(openapi::document))
 }

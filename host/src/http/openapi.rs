@@ -204,6 +204,57 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
+/// A merchant's webhook endpoint.
+#[derive(Serialize, ToSchema)]
+pub struct Webhook {
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    /// Unix milliseconds, when it was registered.
+    pub created_at: i64,
+}
+
+/// A webhook just registered, with its signing secret (shown this once).
+#[derive(Serialize, ToSchema)]
+pub struct WebhookWithSecret {
+    pub url: String,
+    pub events: Vec<String>,
+    pub created_at: i64,
+    /// `whsec_…`: the HMAC-SHA256 key of `Mercato-Signature` (shown once).
+    pub secret: String,
+}
+
+/// One event's delivery to the merchant's endpoint.
+#[derive(Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: i64,
+    /// The event's stable id (also the `Mercato-Event-Id` header): de-duplicate on it.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The order (or sku) it is about.
+    pub subject: String,
+    /// Where it was (last) sent.
+    pub url: String,
+    /// `pending`, `delivered` or `failed` (given up past the retry horizon).
+    pub status: String,
+    pub attempts: i64,
+    /// Unix ms of the next attempt (pending only).
+    pub next_attempt_at: Option<i64>,
+    /// The endpoint's HTTP status at the last attempt, if it answered.
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub items: Vec<Delivery>,
+    /// Pass as `cursor` for the next (older) page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
 /// An event of the outbox, as the operator sees it (SPEC §6.9).
 #[derive(Serialize, ToSchema)]
 pub struct OutboxEvent {

@@ -69,3 +69,114 @@ pub trait Events: Send + Sync {
     /// Give the lease up, if `holder` has it.
     async fn lease_release(&self, name: &str, holder: &str) -> Result<()>;
 }
+
+/// A merchant's webhook endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRow {
+    pub merchant_id: String,
+    pub url: String,
+    /// The event types it receives, sorted.
+    pub events: Vec<String>,
+    /// The signing secret.
+    pub secret: String,
+    pub created_at: i64,
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Not delivered yet: tried next at `next_at`.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Given up: still failing past the retry horizon.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> DeliveryStatus {
+        match s {
+            "delivered" => DeliveryStatus::Delivered,
+            "failed" => DeliveryStatus::Failed,
+            _ => DeliveryStatus::Pending,
+        }
+    }
+}
+
+/// One event's delivery to one merchant's endpoint, with what is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub seq: i64,
+    pub merchant_id: String,
+    pub url: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_at: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+    pub event_id: String,
+    pub kind: String,
+    pub subject: String,
+    pub event_created_at: i64,
+    /// The merchant's view of the event's data (JSON).
+    pub data: Vec<u8>,
+}
+
+impl DeliveryRow {
+    /// The body POSTed: the envelope around the merchant's view.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&envelope(&self.event_id, &self.kind, self.event_created_at, &self.data))
+            .unwrap_or_default()
+    }
+}
+
+/// What one attempt at a delivery came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub status: DeliveryStatus,
+    /// Where it was sent.
+    pub url: String,
+    /// The endpoint's HTTP status, if it answered.
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+    /// When to try again (pending), or when it was delivered.
+    pub at: i64,
+}
+
+#[async_trait]
+pub trait Webhooks: Send + Sync {
+    /// Register (or replace) a merchant's endpoint.
+    async fn webhook_put(&self, row: &WebhookRow) -> Result<()>;
+
+    async fn webhook(&self, merchant: &str) -> Result<Option<WebhookRow>>;
+
+    /// Remove a merchant's endpoint (its pending deliveries stop: they are
+    /// marked failed). False if there was none.
+    async fn webhook_delete(&self, merchant: &str, now: i64) -> Result<bool>;
+
+    /// Make the deliveries of events `seqs`: one per concerned merchant
+    /// whose endpoint takes the event's type, due at `now`. Idempotent.
+    async fn deliveries_fan_out(&self, seqs: &[i64], now: i64) -> Result<()>;
+
+    /// Merchants with a pending delivery due by `now` (at most `limit`).
+    async fn deliveries_due(&self, now: i64, limit: u32) -> Result<Vec<String>>;
+
+    /// A merchant's pending deliveries, oldest first.
+    async fn deliveries_pending(&self, merchant: &str, limit: u32) -> Result<Vec<DeliveryRow>>;
+
+    /// Record an attempt at delivery `seq`.
+    async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()>;
+
+    /// A merchant's deliveries, newest first, those before `before` (seq).
+    async fn deliveries(&self, merchant: &str, before: Option<i64>, limit: u32) -> Result<Vec<DeliveryRow>>;
+}

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 
 use super::accounts::{Accounts, MerchantRow};
 use super::components::{ActivationRow, ActiveRow, Components, VersionRow};
-use super::events::{EventRow, Events, MAX_EVENTS_READ};
+use super::events::{
+    Attempt, DeliveryRow, DeliveryStatus, EventRow, Events, MAX_EVENTS_READ, WebhookRow, Webhooks,
+};
 use super::kv::{self, KeyValue, LIST_PAGE, Scope, Versioned, check_batch};
 use super::plugins::{
     CountRow, PluginErrorRow, PluginRow, Plugins, RECENT_ERRORS, Retention, RunRow, ShadowRow,
@@ -58,6 +60,12 @@ struct State {
     event_seq: i64,
     /// Lease name → (holder, until).
     leases: HashMap<String, (String, i64)>,
+    /// Event seq → each merchant's view.
+    event_views: HashMap<i64, Vec<(String, Vec<u8>)>>,
+    webhooks: HashMap<String, WebhookRow>,
+    /// By ascending `seq`.
+    deliveries: Vec<DeliveryRow>,
+    delivery_seq: i64,
 }
 
 impl Memory {
@@ -244,7 +252,9 @@ impl Transactions for Memory {
                 merchants: e.views.iter().map(|(m, _)| m.clone()).collect(),
                 published_at: None,
             };
+            let seq = row.seq;
             state.events.push(row);
+            state.event_views.insert(seq, e.views.clone());
         }
         Ok(Ok(versions))
     }
@@ -791,6 +801,118 @@ impl Events for Memory {
             state.leases.remove(name);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Webhooks for Memory {
+    async fn webhook_put(&self, row: &WebhookRow) -> Result<()> {
+        self.state().webhooks.insert(row.merchant_id.clone(), row.clone());
+        Ok(())
+    }
+
+    async fn webhook(&self, merchant: &str) -> Result<Option<WebhookRow>> {
+        Ok(self.state().webhooks.get(merchant).cloned())
+    }
+
+    async fn webhook_delete(&self, merchant: &str, now: i64) -> Result<bool> {
+        let mut state = self.state();
+        let removed = state.webhooks.remove(merchant).is_some();
+        for d in state.deliveries.iter_mut() {
+            if d.merchant_id == merchant && d.status == DeliveryStatus::Pending {
+                d.status = DeliveryStatus::Failed;
+                d.last_error = Some("the webhook was removed".into());
+                d.next_at = now;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn deliveries_fan_out(&self, seqs: &[i64], now: i64) -> Result<()> {
+        let mut state = self.state();
+        for seq in seqs {
+            let Ok(i) = state.events.binary_search_by_key(seq, |e| e.seq) else { continue };
+            let event = state.events[i].clone();
+            let views = state.event_views.get(seq).cloned().unwrap_or_default();
+            for (merchant, data) in views {
+                let Some(hook) = state.webhooks.get(&merchant).cloned() else { continue };
+                if !hook.events.contains(&event.kind) {
+                    continue;
+                }
+                let made =
+                    state.deliveries.iter().any(|d| d.event_id == event.id && d.merchant_id == merchant);
+                if made {
+                    continue;
+                }
+                state.delivery_seq += 1;
+                let row = DeliveryRow {
+                    seq: state.delivery_seq,
+                    merchant_id: merchant,
+                    url: hook.url,
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    next_at: now,
+                    last_status: None,
+                    last_error: None,
+                    created_at: now,
+                    delivered_at: None,
+                    event_id: event.id.clone(),
+                    kind: event.kind.clone(),
+                    subject: event.subject.clone(),
+                    event_created_at: event.created_at,
+                    data,
+                };
+                state.deliveries.push(row);
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliveries_due(&self, now: i64, limit: u32) -> Result<Vec<String>> {
+        let state = self.state();
+        let due: BTreeSet<&String> = state
+            .deliveries
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Pending && d.next_at <= now)
+            .map(|d| &d.merchant_id)
+            .collect();
+        Ok(due.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn deliveries_pending(&self, merchant: &str, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let state = self.state();
+        let pending = state
+            .deliveries
+            .iter()
+            .filter(|d| d.merchant_id == merchant && d.status == DeliveryStatus::Pending);
+        Ok(pending.take(limit as usize).cloned().collect())
+    }
+
+    async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()> {
+        let mut state = self.state();
+        if let Ok(i) = state.deliveries.binary_search_by_key(&seq, |d| d.seq) {
+            let d = &mut state.deliveries[i];
+            if d.status != DeliveryStatus::Pending {
+                return Ok(());
+            }
+            d.status = attempt.status;
+            d.attempts += 1;
+            d.next_at = attempt.at;
+            d.last_status = attempt.http_status;
+            d.last_error = attempt.error.clone();
+            d.url = attempt.url.clone();
+            if attempt.status == DeliveryStatus::Delivered {
+                d.delivered_at = Some(attempt.at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliveries(&self, merchant: &str, before: Option<i64>, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let state = self.state();
+        let before = before.unwrap_or(i64::MAX);
+        let mine = state.deliveries.iter().rev().filter(|d| d.merchant_id == merchant && d.seq < before);
+        Ok(mine.take(limit.min(MAX_EVENTS_READ) as usize).cloned().collect())
     }
 }
 

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 
 pub use accounts::Accounts;
 pub use components::Components;
-pub use events::Events;
+pub use events::{Events, Webhooks};
 pub use kv::KeyValue;
 pub use plugins::Plugins;
 pub use tx::Transactions;
@@ -44,7 +44,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// Everything a storage backend provides.
 #[async_trait]
 pub trait Backend:
-    KeyValue + Transactions + Accounts + Components + Plugins + Events + std::fmt::Debug
+    KeyValue + Transactions + Accounts + Components + Plugins + Events + Webhooks + std::fmt::Debug
 {
     /// `sqlite`, `postgres` or `memory`.
     fn name(&self) -> &'static str;

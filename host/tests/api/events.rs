@@ -313,3 +313,278 @@ async fn the_relay_hands_events_to_jetstream(backend: Backend) {
     delete_stream(&stream).await;
 }
 each_backend!(relay_to_jetstream, the_relay_hands_events_to_jetstream);
+
+/// What the loopback webhook receiver saw: one entry per request.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub signature: String,
+    pub event_id: String,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+/// A webhook receiver on loopback: `/ok/*` answers 200, `/flaky/*` 500
+/// three times per event and then 200, `/hang/*` never answers.
+pub struct Receiver {
+    pub addr: std::net::SocketAddr,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        use axum::extract::{Path, State as S};
+        use axum::http::HeaderMap;
+        type Seen = std::sync::Arc<std::sync::Mutex<Vec<Received>>>;
+        async fn hook(
+            S(seen): S<Seen>,
+            Path((kind, _)): Path<(String, String)>,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let header =
+                |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let got = Received {
+                path: kind.clone(),
+                signature: header("mercato-signature"),
+                event_id: header("mercato-event-id"),
+                body: body.to_vec(),
+                at: Instant::now(),
+            };
+            let tries = {
+                let mut seen = seen.lock().expect("lock");
+                seen.push(got.clone());
+                seen.iter().filter(|r| r.path == kind && r.event_id == got.event_id).count()
+            };
+            match kind.as_str() {
+                "flaky" if tries <= 3 => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "hang" => {
+                    std::future::pending::<()>().await;
+                    axum::http::StatusCode::OK
+                }
+                _ => axum::http::StatusCode::OK,
+            }
+        }
+        let seen: Seen = Default::default();
+        let app = axum::Router::new()
+            .route("/{kind}/{merchant}", axum::routing::post(hook))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { addr, seen }
+    }
+
+    pub fn url(&self, kind: &str, merchant: &str) -> String {
+        format!("http://{}/{kind}/{merchant}", self.addr)
+    }
+
+    pub fn seen(&self, kind: &str) -> Vec<Received> {
+        self.seen.lock().expect("lock").iter().filter(|r| r.path == kind).cloned().collect()
+    }
+}
+
+async fn register(app: &TestApp, token: &str, url: &str, events: &[&str]) -> (u16, Value) {
+    send(
+        app.request(Method::PUT, "/v1/merchant/webhooks")
+            .bearer_auth(token)
+            .json(&json!({"url": url, "events": events})),
+    )
+    .await
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Merchants' webhooks end to end: registration rules; signed deliveries
+/// that verify (and fail when tampered with) holding only the merchant's
+/// lines; an endpoint failing three times gets the event on the fourth
+/// attempt after growing delays; a hanging endpoint holds up no one else;
+/// each order's events arrive in order; deliveries are listed to their
+/// merchant only.
+async fn webhooks_deliver_signed_events_to_each_merchant(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(backend, |c| {
+        c.events.relay_interval_ms = 50;
+        c.events.webhooks.allow_loopback = true;
+        c.events.webhooks.retry_base_ms = 200;
+        c.events.webhooks.retry_max_ms = 5_000;
+        c.events.webhooks.timeout_ms = 20_000;
+    })
+    .await;
+    let (a, token_a) = app.merchant("A").await;
+    let (b, token_b) = app.merchant("B").await;
+    let (c, token_c) = app.merchant("C").await;
+    let (_, token_d) = app.merchant("D").await;
+    // Registration: https only (loopback allowed here), known types, secret once.
+    assert_error(
+        &register(&app, &token_a, "http://shop.example/hook", &["order.paid"]).await,
+        422,
+        "invalid_request",
+    );
+    assert_error(
+        &register(&app, &token_a, "https://10.1.2.3/hook", &["order.paid"]).await,
+        422,
+        "invalid_request",
+    );
+    assert_error(
+        &register(&app, &token_a, &receiver.url("ok", "a"), &["order.shipped"]).await,
+        422,
+        "invalid_request",
+    );
+    assert_error(&register(&app, &token_a, &receiver.url("ok", "a"), &[]).await, 422, "invalid_request");
+    let (status, hook_a) =
+        register(&app, &token_a, &receiver.url("ok", "a"), &["order.paid", "order.fulfilled"]).await;
+    assert_eq!(status, 200, "{hook_a}");
+    let secret_a = s(&hook_a["secret"]);
+    assert!(secret_a.starts_with("whsec_"), "{hook_a}");
+    let (status, shown) = send(app.request(Method::GET, "/v1/merchant/webhooks").bearer_auth(&token_a)).await;
+    assert_eq!(status, 200);
+    assert!(shown.get("secret").is_none(), "the secret is shown once: {shown}");
+    assert_eq!(shown["events"], json!(["order.fulfilled", "order.paid"]));
+    let (_, hook_b) = register(&app, &token_b, &receiver.url("flaky", "b"), &["order.paid"]).await;
+    let secret_b = s(&hook_b["secret"]);
+    register(&app, &token_c, &receiver.url("hang", "c"), &["order.paid"]).await;
+    assert_error(
+        &send(app.request(Method::GET, "/v1/merchant/webhooks").bearer_auth(&token_d)).await,
+        404,
+        "not_found",
+    );
+
+    app.product(&token_a, crate::interruption::product_with_stock("WH-A", 1000, 50)).await;
+    app.product(&token_b, crate::interruption::product_with_stock("WH-B", 2000, 50)).await;
+    app.product(&token_c, crate::interruption::product_with_stock("WH-C", 3000, 50)).await;
+    // The hanging merchant's order first: its endpoint is stuck from then on.
+    let mut orders = Vec::new();
+    for (i, lines) in [vec!["WH-C"], vec!["WH-A", "WH-B"], vec!["WH-A"], vec!["WH-A", "WH-C"], vec!["WH-B"]]
+        .iter()
+        .enumerate()
+    {
+        let cart = app.cart("EUR").await;
+        for sku in lines {
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 1})).await;
+        }
+        let (status, order) = checkout(&app, &cart, &format!("wh-{i}"), "tok_visa").await;
+        assert_eq!(status, 201, "{order}");
+        orders.push(order);
+    }
+    let a_orders: Vec<String> =
+        orders.iter().filter(|o| merchants_of(o).contains(&a)).map(|o| s(&o["id"])).collect();
+    // A fulfils its only-A order: order.fulfilled after its order.paid.
+    let solo = s(&orders[2]["id"]);
+    let (status, _) =
+        send(app.request(Method::POST, &format!("/v1/orders/{solo}/fulfill")).bearer_auth(&token_a)).await;
+    assert_eq!(status, 200);
+
+    wait_for("A receives its 4 events", Duration::from_secs(30), || receiver.seen("ok").len() >= 4).await;
+    // C's first delivery is still hanging: A was not held up by it.
+    assert!(receiver.seen("hang").len() <= 1, "C is still on its first attempt");
+    let (_, c_deliveries) =
+        send(app.request(Method::GET, "/v1/merchant/webhooks/deliveries").bearer_auth(&token_c)).await;
+    assert!(
+        c_deliveries["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|d| d["status"] == "pending" && d["attempts"] == 0),
+        "{c_deliveries}"
+    );
+
+    let outbox = outbox(&app.db).await;
+    let got_a = receiver.seen("ok");
+    assert_eq!(got_a.len(), 4, "each event once");
+    let now = chrono::Utc::now().timestamp();
+    for r in &got_a {
+        assert!(
+            mercato::events::webhooks::verify(&secret_a, &r.signature, &r.body, now, 300),
+            "signature verifies"
+        );
+        let mut tampered = r.body.clone();
+        tampered[10] ^= 1;
+        assert!(
+            !mercato::events::webhooks::verify(&secret_a, &r.signature, &tampered, now, 300),
+            "a tampered body fails"
+        );
+        assert!(
+            !mercato::events::webhooks::verify(&secret_b, &r.signature, &r.body, now, 300),
+            "another secret fails"
+        );
+        let body: Value = serde_json::from_slice(&r.body).expect("JSON");
+        assert_eq!(body["id"], json!(r.event_id));
+        let e = outbox.iter().find(|e| e.id == r.event_id).expect("an outbox event");
+        assert_eq!(body["type"], json!(e.kind));
+        assert!(
+            body["data"]["lines"].as_array().expect("lines").iter().all(|l| l["merchant_id"] == json!(a)),
+            "only A's lines: {body}"
+        );
+        assert!(body["data"].get("payment").is_none() && body["data"].get("provenance").is_none(), "{body}");
+    }
+    let kinds: Vec<(String, String)> = got_a
+        .iter()
+        .map(|r| {
+            let b: Value = serde_json::from_slice(&r.body).expect("JSON");
+            (s(&b["data"]["id"]), s(&b["type"]))
+        })
+        .collect();
+    let solo_events: Vec<&str> =
+        kinds.iter().filter(|(id, _)| *id == solo).map(|(_, k)| k.as_str()).collect();
+    assert_eq!(solo_events, ["order.paid", "order.fulfilled"], "in order per order");
+    let mut paid_a: Vec<String> =
+        kinds.iter().filter(|(_, k)| k == "order.paid").map(|(id, _)| id.clone()).collect();
+    paid_a.sort();
+    let mut want = a_orders.clone();
+    want.sort();
+    assert_eq!(paid_a, want, "A hears of exactly its orders");
+
+    // B's endpoint fails 3 times per event, then takes it: growing delays.
+    wait_for("B gets both events on a 4th attempt", Duration::from_secs(30), || {
+        receiver.seen("flaky").len() >= 8
+    })
+    .await;
+    let flaky = receiver.seen("flaky");
+    let ids: HashSet<&str> = flaky.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let tries: Vec<&Received> = flaky.iter().filter(|r| r.event_id == id).collect();
+        assert_eq!(tries.len(), 4, "{id}: 3 failures, then delivered, then no more");
+        let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1].at - w[0].at).collect();
+        assert!(gaps[0] >= Duration::from_millis(200), "{id}: waited before retrying: {gaps:?}");
+        assert!(gaps[1] > gaps[0] && gaps[2] > gaps[1], "{id}: delays grow: {gaps:?}");
+        assert!(tries.iter().all(|r| r.signature == tries[0].signature || r.signature.starts_with("t=")));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, page) =
+        send(app.request(Method::GET, "/v1/merchant/webhooks/deliveries?limit=10").bearer_auth(&token_b))
+            .await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{page}");
+    for d in items {
+        assert_eq!(d["status"], "delivered", "{d}");
+        assert_eq!(d["attempts"], 4, "{d}");
+        assert_eq!(d["last_status"], 200, "{d}");
+        assert!(d["delivered_at"].is_i64() && d["next_attempt_at"].is_null(), "{d}");
+    }
+    // Isolation: each merchant lists only its own deliveries; D has none.
+    let (_, page_a) =
+        send(app.request(Method::GET, "/v1/merchant/webhooks/deliveries").bearer_auth(&token_a)).await;
+    let a_ids: HashSet<String> =
+        page_a["items"].as_array().expect("items").iter().map(|d| s(&d["event_id"])).collect();
+    assert_eq!(a_ids, got_a.iter().map(|r| r.event_id.clone()).collect::<HashSet<_>>());
+    let (_, page_d) =
+        send(app.request(Method::GET, "/v1/merchant/webhooks/deliveries").bearer_auth(&token_d)).await;
+    assert_eq!(page_d["items"], json!([]));
+    let _ = (b, c);
+    // Removing a webhook gives up its pending deliveries.
+    let (status, _) = send(app.request(Method::DELETE, "/v1/merchant/webhooks").bearer_auth(&token_c)).await;
+    assert_eq!(status, 204);
+    let (_, page_c) =
+        send(app.request(Method::GET, "/v1/merchant/webhooks/deliveries").bearer_auth(&token_c)).await;
+    assert!(page_c["items"].as_array().expect("items").iter().all(|d| d["status"] == "failed"), "{page_c}");
+}
+each_backend!(webhooks, webhooks_deliver_signed_events_to_each_merchant);

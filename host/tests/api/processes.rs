@@ -557,7 +557,10 @@ async fn kill_9_of_the_relay_loses_no_event(backend: Backend) {
         ("MERCATO_EVENTS__RELAY_INTERVAL_MS", "50"),
         ("MERCATO_EVENTS__LEASE_MS", "500"),
         ("MERCATO_EVENTS__BATCH", "1"),
+        ("MERCATO_EVENTS__WEBHOOKS__ALLOW_LOOPBACK", "true"),
+        ("MERCATO_EVENTS__WEBHOOKS__RETRY_BASE_MS", "100"),
     ];
+    let receiver = crate::events::Receiver::start().await;
     let skus = ["KR-1", "KR-2", "KR-3"];
     let mut unpublished_at_kill = Vec::new();
     let mut token: Option<String> = None;
@@ -565,7 +568,17 @@ async fn kill_9_of_the_relay_loses_no_event(backend: Backend) {
         let p = Serve::start(dir.path(), url.as_deref(), &envs);
         let t = match &token {
             Some(t) => t.clone(),
-            None => merchant_with_stock(&p, &skus, 500).await,
+            None => {
+                let t = merchant_with_stock(&p, &skus, 500).await;
+                let (status, hook) = send(
+                    p.request(Method::PUT, "/v1/merchant/webhooks")
+                        .bearer_auth(&t)
+                        .json(&json!({"url": receiver.url("ok", "m"), "events": ["order.paid"]})),
+                )
+                .await;
+                assert_eq!(status, 200, "{hook}");
+                t
+            }
         };
         token = Some(t);
         let mut carts = Vec::new();
@@ -610,6 +623,21 @@ async fn kill_9_of_the_relay_loses_no_event(backend: Backend) {
     assert!(missing.is_empty(), "events lost across kill -9: {missing:?}");
     assert!(foreign.is_empty(), "messages of no event: {foreign:?}");
     assert_eq!(stored.len(), got.len(), "each event stored once (repeats dropped by id)");
+    // And to the merchant's webhook: every event at least once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let received: std::collections::BTreeSet<String> =
+            receiver.seen("ok").into_iter().map(|r| r.event_id).collect();
+        let missing: Vec<_> = want.difference(&received).collect();
+        if missing.is_empty() {
+            assert!(received.is_subset(&want), "webhook got events of nothing");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "webhook deliveries lost across kill -9: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let repeats = receiver.seen("ok").len() - want.len();
+    eprintln!("webhook: every event delivered, {repeats} delivered again after a kill");
     eprintln!("{} events, {} orders, all in the stream once", outbox.len(), orders.len());
     delete_stream(&stream).await;
 }

@@ -9,3 +9,4 @@ pub mod ops;
 pub mod orders;
 pub mod plugins;
 pub mod products;
+pub mod webhooks;

@@ -8,7 +8,9 @@ use sqlx::Row;
 
 use super::Sql;
 use crate::storage::Result;
-use crate::storage::events::{EventRow, Events, MAX_EVENTS_READ};
+use crate::storage::events::{
+    Attempt, DeliveryRow, DeliveryStatus, EventRow, Events, MAX_EVENTS_READ, WebhookRow, Webhooks,
+};
 
 impl Sql {
     /// Events selected by `sql` (its columns those of `EventRow` but
@@ -126,5 +128,181 @@ impl Events for Sql {
             .await?
             .rows_affected());
         Ok(())
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "SELECT d.seq, d.merchant_id, d.url, d.status, d.attempts, d.next_at, d.last_status, \
+     d.last_error, d.created_at, d.delivered_at, e.id, e.kind, e.subject, e.created_at, v.data \
+     FROM webhook_deliveries d JOIN events e ON e.seq = d.event_seq \
+     JOIN event_views v ON v.event_seq = d.event_seq AND v.merchant_id = d.merchant_id";
+
+/// A [`DeliveryRow`] from a row of [`DELIVERY_COLUMNS`] (either backend).
+macro_rules! delivery_row {
+    ($r:expr) => {{
+        let r = $r;
+        DeliveryRow {
+            seq: r.get(0),
+            merchant_id: r.get(1),
+            url: r.get(2),
+            status: DeliveryStatus::parse(&r.get::<String, _>(3)),
+            attempts: r.get(4),
+            next_at: r.get(5),
+            last_status: r.get(6),
+            last_error: r.get(7),
+            created_at: r.get(8),
+            delivered_at: r.get(9),
+            event_id: r.get(10),
+            kind: r.get(11),
+            subject: r.get(12),
+            event_created_at: r.get(13),
+            data: r.get(14),
+        }
+    }};
+}
+#[async_trait]
+impl Webhooks for Sql {
+    async fn webhook_put(&self, row: &WebhookRow) -> Result<()> {
+        let events = format!(",{},", row.events.join(","));
+        with_query!(
+            write,
+            self,
+            "INSERT INTO webhooks (merchant_id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (merchant_id) DO UPDATE SET url = excluded.url, events = excluded.events, \
+             secret = excluded.secret, created_at = excluded.created_at",
+            |q, pool| q
+                .bind(&row.merchant_id)
+                .bind(&row.url)
+                .bind(&events)
+                .bind(&row.secret)
+                .bind(row.created_at)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        );
+        Ok(())
+    }
+
+    async fn webhook(&self, merchant: &str) -> Result<Option<WebhookRow>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT merchant_id, url, events, secret, created_at FROM webhooks WHERE merchant_id = ?",
+            |q, pool| q.bind(merchant).fetch_optional(pool).await?.map(|r| WebhookRow {
+                merchant_id: r.get(0),
+                url: r.get(1),
+                events: r
+                    .get::<String, _>(2)
+                    .split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                secret: r.get(3),
+                created_at: r.get(4),
+            })
+        ))
+    }
+
+    async fn webhook_delete(&self, merchant: &str, now: i64) -> Result<bool> {
+        let removed = with_query!(write, self, "DELETE FROM webhooks WHERE merchant_id = ?", |q, pool| q
+            .bind(merchant)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        with_query!(
+            write,
+            self,
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = 'the webhook was removed', next_at = ? \
+             WHERE merchant_id = ? AND status = 'pending'",
+            |q, pool| q.bind(now).bind(merchant).execute(pool).await?.rows_affected()
+        );
+        Ok(removed == 1)
+    }
+
+    async fn deliveries_fan_out(&self, seqs: &[i64], now: i64) -> Result<()> {
+        for chunk in seqs.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (event_seq, merchant_id, url, status, attempts, next_at, created_at) \
+                 SELECT v.event_seq, v.merchant_id, w.url, 'pending', 0, ?, ? FROM event_views v \
+                 JOIN events e ON e.seq = v.event_seq JOIN webhooks w ON w.merchant_id = v.merchant_id \
+                 WHERE v.event_seq IN ({marks}) AND w.events LIKE '%,' || e.kind || ',%' \
+                 ON CONFLICT (event_seq, merchant_id) DO NOTHING"
+            );
+            with_query!(write, self, &sql, |q, pool| {
+                let mut q = q.bind(now).bind(now);
+                for seq in chunk {
+                    q = q.bind(seq);
+                }
+                q.execute(pool).await?.rows_affected()
+            });
+        }
+        Ok(())
+    }
+
+    async fn deliveries_due(&self, now: i64, limit: u32) -> Result<Vec<String>> {
+        Ok(with_query!(
+            read,
+            self,
+            "SELECT DISTINCT merchant_id FROM webhook_deliveries WHERE status = 'pending' AND next_at <= ? \
+             ORDER BY merchant_id LIMIT ?",
+            |q, pool| q
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect()
+        ))
+    }
+
+    async fn deliveries_pending(&self, merchant: &str, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let sql = format!(
+            "{DELIVERY_COLUMNS} WHERE d.merchant_id = ? AND d.status = 'pending' ORDER BY d.seq LIMIT ?"
+        );
+        Ok(with_query!(read, self, &sql, |q, pool| q
+            .bind(merchant)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| delivery_row!(r))
+            .collect()))
+    }
+
+    async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()> {
+        let delivered = (attempt.status == DeliveryStatus::Delivered).then_some(attempt.at);
+        with_query!(
+            write,
+            self,
+            "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, next_at = ?, last_status = ?, \
+             last_error = ?, delivered_at = COALESCE(?, delivered_at), url = ? WHERE seq = ? AND status = 'pending'",
+            |q, pool| q
+                .bind(attempt.status.as_str())
+                .bind(attempt.at)
+                .bind(attempt.http_status)
+                .bind(&attempt.error)
+                .bind(delivered)
+                .bind(&attempt.url)
+                .bind(seq)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        );
+        Ok(())
+    }
+
+    async fn deliveries(&self, merchant: &str, before: Option<i64>, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let sql =
+            format!("{DELIVERY_COLUMNS} WHERE d.merchant_id = ? AND d.seq < ? ORDER BY d.seq DESC LIMIT ?");
+        Ok(with_query!(read, self, &sql, |q, pool| q
+            .bind(merchant)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit.min(MAX_EVENTS_READ)))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| delivery_row!(r))
+            .collect()))
     }
 }

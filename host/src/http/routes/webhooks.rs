@@ -1,0 +1,177 @@
+//! Merchant: `PUT|GET|DELETE /v1/merchant/webhooks` (one endpoint, the
+//! event types it takes, its signing secret shown once) and `GET
+//! /v1/merchant/webhooks/deliveries` (attempts and status).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::events::webhooks::{EVENT_TYPES, new_secret};
+use crate::http::extract::{self, Merchant};
+use crate::http::{ApiError, ApiResult, AppState};
+use crate::storage::events::{DeliveryRow, WebhookRow};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(put_webhook, get_webhook, delete_webhook)).routes(routes!(deliveries))
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WebhookBody {
+    /// `https://…` (plain `http://` only on a loopback host, where the
+    /// operator allows loopback endpoints); no credentials, no private address.
+    #[schema(min_length = 1, max_length = 2048, example = "https://shop.example/hooks/mercato")]
+    url: String,
+    /// The event types to receive: `order.paid`, `order.fulfilled`,
+    /// `order.cancelled`, `stock.low`.
+    #[schema(min_items = 1, max_items = 4)]
+    events: Vec<String>,
+}
+
+fn webhook_json(row: &WebhookRow) -> Value {
+    json!({ "url": row.url, "events": row.events, "created_at": row.created_at })
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/merchant/webhooks",
+    tag = "merchant",
+    operation_id = "put_webhook",
+    summary = "Register (or replace) the merchant's webhook; the signing secret is shown once",
+    request_body = WebhookBody,
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The endpoint and its new signing secret (`secret`, shown once)", body = crate::http::openapi::WebhookWithSecret), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A URL or event type that is not allowed (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn put_webhook(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    extract::Json(body): extract::Json<WebhookBody>,
+) -> ApiResult<Json<Value>> {
+    state.webhooks.check_url(&body.url).map_err(|e| ApiError::bad_request("invalid_request", e))?;
+    let mut events = body.events;
+    if events.is_empty() {
+        return Err(ApiError::bad_request("invalid_request", "events: at least one event type"));
+    }
+    if let Some(unknown) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("events: {unknown:?} is not one of {}", EVENT_TYPES.join(", ")),
+        ));
+    }
+    events.sort();
+    events.dedup();
+    let row = WebhookRow {
+        merchant_id: merchant,
+        url: body.url,
+        events,
+        secret: new_secret(),
+        created_at: crate::now_ms(),
+    };
+    state.db.webhook_put(&row).await.map_err(ApiError::internal)?;
+    let mut answer = webhook_json(&row);
+    answer["secret"] = Value::String(row.secret);
+    Ok(Json(answer))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/webhooks",
+    tag = "merchant",
+    operation_id = "get_webhook",
+    summary = "The merchant's webhook (without its secret)",
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "The endpoint", body = crate::http::openapi::Webhook), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "None registered (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn get_webhook(State(state): State<AppState>, Merchant(merchant): Merchant) -> ApiResult<Json<Value>> {
+    let row = state.db.webhook(&merchant).await.map_err(ApiError::internal)?;
+    let row = row.ok_or_else(|| ApiError::not_found("no webhook is registered"))?;
+    Ok(Json(webhook_json(&row)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/merchant/webhooks",
+    tag = "merchant",
+    operation_id = "delete_webhook",
+    summary = "Remove the merchant's webhook; its pending deliveries are marked failed",
+    security(("merchant_token" = [])),
+    responses((status = 204, description = "Removed"), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "None registered (`not_found`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn delete_webhook(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+) -> ApiResult<StatusCode> {
+    if !state.db.webhook_delete(&merchant, crate::now_ms()).await.map_err(ApiError::internal)? {
+        return Err(ApiError::not_found("no webhook is registered"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DeliveriesQuery {
+    /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}$")]
+    cursor: Option<String>,
+}
+
+fn delivery_json(d: &DeliveryRow) -> Value {
+    json!({
+        "id": d.seq,
+        "event_id": d.event_id,
+        "type": d.kind,
+        "subject": d.subject,
+        "url": d.url,
+        "status": d.status.as_str(),
+        "attempts": d.attempts,
+        "next_attempt_at": (d.status == crate::storage::events::DeliveryStatus::Pending).then_some(d.next_at),
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "created_at": d.created_at,
+        "delivered_at": d.delivered_at,
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchant/webhooks/deliveries",
+    tag = "merchant",
+    operation_id = "list_webhook_deliveries",
+    summary = "The merchant's webhook deliveries, newest first: attempts and status",
+    params(DeliveriesQuery),
+    security(("merchant_token" = [])),
+    responses((status = 200, description = "A page of deliveries", body = crate::http::openapi::DeliveryPage), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A bad `limit` or `cursor` (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+)]
+async fn deliveries(
+    State(state): State<AppState>,
+    Merchant(merchant): Merchant,
+    query: Result<axum::extract::Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_request", "limit: 1 to 100"));
+    }
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) if !c.is_empty() && c.len() <= 19 && c.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(c.parse::<u64>().map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page")),
+    };
+    let rows = state.db.deliveries(&merchant, before, limit + 1).await.map_err(ApiError::internal)?;
+    let more = rows.len() > limit as usize;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next_cursor = if more { page.last().map(|d| d.seq.to_string()) } else { None };
+    Ok(Json(
+        json!({ "items": page.iter().map(delivery_json).collect::<Vec<_>>(), "next_cursor": next_cursor }),
+    ))
+}
