@@ -252,18 +252,26 @@ impl Relay {
     }
 
     /// One round: take (or renew) the lease, hand on a batch, mark what
-    /// went. How many were handed on.
+    /// went, and start the webhook deliveries that are due (also when the
+    /// batch failed: NATS being down holds up no webhook retry). How many
+    /// were handed on.
     async fn round(&mut self) -> anyhow::Result<usize> {
         let now = crate::now_ms();
         let until = now.saturating_add(self.config.lease_ms as i64);
         if !self.db.lease(LEASE, &self.holder, now, until).await? {
+            // Another replica relays: this one's webhook workers stop.
+            self.webhooks.stop();
             return Ok(0);
         }
+        let handed = self.hand_on().await;
+        self.webhooks.dispatch().await?;
+        handed
+    }
+
+    async fn hand_on(&mut self) -> anyhow::Result<usize> {
         let depth = self.db.events_unpublished_count().await?;
         crate::telemetry::events_outbox_depth(depth);
         if depth == 0 {
-            // Retries that came due.
-            self.webhooks.dispatch().await?;
             return Ok(0);
         }
         let batch = self.db.events_unpublished(self.config.batch).await?;
@@ -288,7 +296,6 @@ impl Relay {
             // makes them again (one per event and merchant) and marks.
             self.db.deliveries_fan_out(&seqs, published).await?;
             self.db.events_mark_published(&seqs, published).await?;
-            self.webhooks.dispatch().await?;
             for e in sent {
                 crate::telemetry::event_published(&e.kind, published.saturating_sub(e.created_at));
             }

@@ -13,7 +13,7 @@
 //! the delivery was made, then marked failed; later events about the same
 //! order wait behind it, so each order's events arrive in order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,21 +106,28 @@ impl WebhooksConfig {
     /// An endpoint URL as it may be registered: `https://` (or `http://` on
     /// a loopback host when `allow_loopback`), no credentials, not a
     /// private address, on an allowed host if the list is set.
+    /// The host is read as the HTTP client reads it (WHATWG URL parsing:
+    /// `127.1`, `0x7f.0.0.1` and `2130706433` are 127.0.0.1); a name is
+    /// checked again where it resolves, at every attempt ([`Guard`]).
     pub fn check_url(&self, url: &str) -> Result<(), String> {
         if url.len() > MAX_URL {
             return Err(format!("url: at most {MAX_URL} characters"));
         }
-        let uri: http::Uri = url.parse().map_err(|_| "url: not a URL".to_string())?;
-        let authority = uri.authority().ok_or("url: no host")?;
-        if authority.as_str().contains('@') {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "url: not a URL".to_string())?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err("url: no credentials in the URL".into());
         }
-        let host = authority.host().trim_matches(['[', ']']).to_ascii_lowercase();
-        let loopback = crate::net::is_loopback_host(&host);
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if loopback => {}
-            Some("http") => return Err("url: https only (plain http only for a loopback host)".into()),
+        let (host, ip) = match parsed.host() {
+            Some(url::Host::Domain(d)) => (d.trim_end_matches('.').to_ascii_lowercase(), None),
+            Some(url::Host::Ipv4(v4)) => (v4.to_string(), Some(std::net::IpAddr::V4(v4))),
+            Some(url::Host::Ipv6(v6)) => (v6.to_string(), Some(std::net::IpAddr::V6(v6))),
+            None => return Err("url: no host".into()),
+        };
+        let loopback = ip.map_or_else(|| crate::net::is_loopback_host(&host), |ip| ip.is_loopback());
+        match parsed.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => return Err("url: https only (plain http only for a loopback host)".into()),
             _ => return Err("url: must be an https URL".into()),
         }
         if loopback && !self.allow_loopback {
@@ -128,7 +135,7 @@ impl WebhooksConfig {
                 "url: loopback endpoints are not allowed here (events.webhooks.allow_loopback)".into()
             );
         }
-        if !loopback && host.parse::<std::net::IpAddr>().is_ok_and(private) {
+        if !loopback && ip.is_some_and(private) {
             return Err("url: a private or reserved address".into());
         }
         if !self.allowed_hosts.is_empty() && !self.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&host))
@@ -143,6 +150,30 @@ impl WebhooksConfig {
         let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 40)).unwrap_or(40);
         let delay = self.retry_base_ms.saturating_mul(1u64 << doublings).min(self.retry_max_ms);
         delay.saturating_add(rand::random_range(0..=delay / 4))
+    }
+}
+
+/// The webhook client's name resolution: a name that resolves to a private,
+/// loopback or reserved address is refused at connect time (a public name
+/// pointing inside, or rebinding after registration), unless loopback is
+/// allowed and the address is loopback.
+struct Guard {
+    allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for Guard {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_loopback = self.allow_loopback;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<std::net::SocketAddr> =
+                found.filter(|a| !private(a.ip()) || (allow_loopback && a.ip().is_loopback())).collect();
+            if allowed.is_empty() {
+                return Err("the endpoint's name resolves only to private or reserved addresses".into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -197,6 +228,7 @@ impl Sender {
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(Guard { allow_loopback: config.allow_loopback }))
             .user_agent(concat!("mercato-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
@@ -244,35 +276,24 @@ struct Worker {
 }
 
 impl Worker {
-    /// Deliver this endpoint's due deliveries, oldest first, until none is due.
+    /// Deliver this endpoint's due deliveries, oldest first, until none is
+    /// due (each order's next one only after its earlier one was delivered).
     async fn run(self, slots: Arc<Semaphore>) {
         let Ok(_slot) = slots.acquire_owned().await else { return };
         loop {
             let Ok(Some(hook)) = self.db.webhook(&self.merchant).await else { return };
-            let Ok(pending) = self.db.deliveries_pending(&self.merchant, 100).await else { return };
-            let mut waiting = HashSet::new();
-            let mut attempted = false;
-            for d in pending {
-                // An order's later events wait behind its earlier ones.
-                if waiting.contains(&d.subject) {
-                    continue;
-                }
-                if d.next_at > crate::now_ms() {
-                    waiting.insert(d.subject.clone());
-                    continue;
-                }
+            let Ok(due) = self.db.deliveries_pending(&self.merchant, crate::now_ms(), 100).await else {
+                return;
+            };
+            if due.is_empty() {
+                return;
+            }
+            for d in due {
                 let attempt = self.attempt(&hook, &d).await;
-                attempted = true;
-                if attempt.status != DeliveryStatus::Delivered {
-                    waiting.insert(d.subject.clone());
-                }
                 if let Err(e) = self.db.delivery_attempted(d.seq, &attempt).await {
                     tracing::warn!(error = %e, "webhooks: could not record an attempt; it is made again");
                     return;
                 }
-            }
-            if !attempted {
-                return;
             }
         }
     }
@@ -363,6 +384,12 @@ mod tests {
             "https://[::1]/",
             "http://127.0.0.1:9000/",
             "https://192.168.1.1/",
+            "https://127.1/",
+            "https://2130706433/",
+            "https://0x7f.0.0.1/",
+            "https://127.0.0.1./",
+            "https://localhost./",
+            "https://[::ffff:10.0.0.1]/",
             "not a url",
         ] {
             assert!(c.check_url(bad).is_err(), "{bad}");

@@ -70,8 +70,8 @@ pub trait Events: Send + Sync {
     async fn lease_release(&self, name: &str, holder: &str) -> Result<()>;
 }
 
-/// A merchant's webhook endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A merchant's webhook endpoint (`Debug` leaves the secret out).
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookRow {
     pub merchant_id: String,
     pub url: String,
@@ -153,6 +153,18 @@ pub struct Attempt {
     pub at: i64,
 }
 
+impl std::fmt::Debug for WebhookRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRow")
+            .field("merchant_id", &self.merchant_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"[redacted]")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
 #[async_trait]
 pub trait Webhooks: Send + Sync {
     /// Register (or replace) a merchant's endpoint.
@@ -171,8 +183,10 @@ pub trait Webhooks: Send + Sync {
     /// Merchants with a pending delivery due by `now` (at most `limit`).
     async fn deliveries_due(&self, now: i64, limit: u32) -> Result<Vec<String>>;
 
-    /// A merchant's pending deliveries, oldest first.
-    async fn deliveries_pending(&self, merchant: &str, limit: u32) -> Result<Vec<DeliveryRow>>;
+    /// A merchant's deliveries to attempt now, oldest first: pending, due by
+    /// `now`, and each the oldest pending one of its subject (an order's
+    /// later events wait behind its earlier ones).
+    async fn deliveries_pending(&self, merchant: &str, now: i64, limit: u32) -> Result<Vec<DeliveryRow>>;
 
     /// Record an attempt at delivery `seq`.
     async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()>;

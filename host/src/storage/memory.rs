@@ -4,7 +4,7 @@
 //! answers the SQL backends give (the shared storage suite runs on all three)
 //! and serves the fast test tier and throwaway shops.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
@@ -879,13 +879,21 @@ impl Webhooks for Memory {
         Ok(due.into_iter().take(limit as usize).cloned().collect())
     }
 
-    async fn deliveries_pending(&self, merchant: &str, limit: u32) -> Result<Vec<DeliveryRow>> {
+    async fn deliveries_pending(&self, merchant: &str, now: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
         let state = self.state();
-        let pending = state
+        let mut heads = HashSet::new();
+        let mut out = Vec::new();
+        for d in state
             .deliveries
             .iter()
-            .filter(|d| d.merchant_id == merchant && d.status == DeliveryStatus::Pending);
-        Ok(pending.take(limit as usize).cloned().collect())
+            .filter(|d| d.merchant_id == merchant && d.status == DeliveryStatus::Pending)
+        {
+            // Only the oldest pending delivery of each subject.
+            if heads.insert(d.subject.clone()) && d.next_at <= now && out.len() < limit as usize {
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
     }
 
     async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()> {

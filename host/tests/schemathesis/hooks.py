@@ -29,6 +29,9 @@ SEMANTIC_CODES = {
     "contract_mismatch",
     "signature_invalid",
     "invalid_reference",
+    # A webhook URL the operator's policy refuses (https only, no private
+    # address, the allowed hosts): the host's settings, not the shape.
+    "invalid_webhook_url",
 }
 
 

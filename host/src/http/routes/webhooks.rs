@@ -23,12 +23,41 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct WebhookBody {
     /// `https://…` (plain `http://` only on a loopback host, where the
     /// operator allows loopback endpoints); no credentials, no private address.
-    #[schema(min_length = 1, max_length = 2048, example = "https://shop.example/hooks/mercato")]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = "^https?://",
+        example = "https://shop.example/hooks/mercato"
+    )]
     url: String,
     /// The event types to receive: `order.paid`, `order.fulfilled`,
     /// `order.cancelled`, `stock.low`.
-    #[schema(min_items = 1, max_items = 4)]
-    events: Vec<String>,
+    #[schema(min_items = 1, max_items = 4, inline)]
+    events: Vec<EventType>,
+}
+
+/// An event type a webhook can take.
+#[derive(serde::Deserialize, utoipa::ToSchema, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EventType {
+    #[serde(rename = "order.paid")]
+    OrderPaid,
+    #[serde(rename = "order.fulfilled")]
+    OrderFulfilled,
+    #[serde(rename = "order.cancelled")]
+    OrderCancelled,
+    #[serde(rename = "stock.low")]
+    StockLow,
+}
+
+impl EventType {
+    fn name(self) -> &'static str {
+        match self {
+            EventType::OrderPaid => "order.paid",
+            EventType::OrderFulfilled => "order.fulfilled",
+            EventType::OrderCancelled => "order.cancelled",
+            EventType::StockLow => "stock.low",
+        }
+    }
 }
 
 fn webhook_json(row: &WebhookRow) -> Value {
@@ -43,26 +72,24 @@ fn webhook_json(row: &WebhookRow) -> Value {
     summary = "Register (or replace) the merchant's webhook; the signing secret is shown once",
     request_body = WebhookBody,
     security(("merchant_token" = [])),
-    responses((status = 200, description = "The endpoint and its new signing secret (`secret`, shown once)", body = crate::http::openapi::WebhookWithSecret), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A URL or event type that is not allowed (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "The endpoint and its new signing secret (`secret`, shown once)", body = crate::http::openapi::WebhookWithSecret), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A URL the policy refuses (`invalid_webhook_url`: https only, no private address, the allowed hosts), or no or unknown event types (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn put_webhook(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
     extract::Json(body): extract::Json<WebhookBody>,
 ) -> ApiResult<Json<Value>> {
-    state.webhooks.check_url(&body.url).map_err(|e| ApiError::bad_request("invalid_request", e))?;
-    let mut events = body.events;
-    if events.is_empty() {
-        return Err(ApiError::bad_request("invalid_request", "events: at least one event type"));
-    }
-    if let Some(unknown) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("events: {unknown:?} is not one of {}", EVENT_TYPES.join(", ")),
-        ));
-    }
+    state.webhooks.check_url(&body.url).map_err(|e| ApiError::bad_request("invalid_webhook_url", e))?;
+    let mut events: Vec<String> = body.events.iter().map(|e| e.name().to_string()).collect();
     events.sort();
     events.dedup();
+    // 1 to 4 items, as the document says (a type given twice counts once).
+    if events.is_empty() || body.events.len() > EVENT_TYPES.len() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("events: 1 to {} of {}", EVENT_TYPES.len(), EVENT_TYPES.join(", ")),
+        ));
+    }
     let row = WebhookRow {
         merchant_id: merchant,
         url: body.url,

@@ -226,6 +226,7 @@ impl Webhooks for Sql {
                  SELECT v.event_seq, v.merchant_id, w.url, 'pending', 0, ?, ? FROM event_views v \
                  JOIN events e ON e.seq = v.event_seq JOIN webhooks w ON w.merchant_id = v.merchant_id \
                  WHERE v.event_seq IN ({marks}) AND w.events LIKE '%,' || e.kind || ',%' \
+                 ORDER BY v.event_seq, v.merchant_id \
                  ON CONFLICT (event_seq, merchant_id) DO NOTHING"
             );
             with_query!(write, self, &sql, |q, pool| {
@@ -256,12 +257,17 @@ impl Webhooks for Sql {
         ))
     }
 
-    async fn deliveries_pending(&self, merchant: &str, limit: u32) -> Result<Vec<DeliveryRow>> {
+    async fn deliveries_pending(&self, merchant: &str, now: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
         let sql = format!(
-            "{DELIVERY_COLUMNS} WHERE d.merchant_id = ? AND d.status = 'pending' ORDER BY d.seq LIMIT ?"
+            "{DELIVERY_COLUMNS} WHERE d.merchant_id = ? AND d.status = 'pending' AND d.next_at <= ? \
+             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p JOIN events pe ON pe.seq = p.event_seq \
+             WHERE p.merchant_id = d.merchant_id AND p.status = 'pending' AND p.seq < d.seq \
+             AND pe.subject = e.subject) \
+             ORDER BY d.seq LIMIT ?"
         );
         Ok(with_query!(read, self, &sql, |q, pool| q
             .bind(merchant)
+            .bind(now)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?
