@@ -4,8 +4,9 @@
 //! sender POSTs it, signed like Stripe's:
 //! `Mercato-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "t.body")>`.
 //!
-//! Each endpoint is delivered to by its own worker, one delivery at a time
-//! and oldest first, each attempt bounded by `timeout_ms`: a slow or dead
+//! Each endpoint is delivered to by its own worker, oldest first, at most
+//! [`PER_ENDPOINT`] attempts at once and one at a time per order, each
+//! bounded by `timeout_ms`: a slow or dead
 //! endpoint holds up only its own deliveries, never a checkout (deliveries
 //! are made after the commit, by the relay) nor another merchant's. A
 //! failed attempt is tried again after an exponential delay with jitter
@@ -28,6 +29,10 @@ use crate::storage::events::{Attempt, DeliveryRow, DeliveryStatus, WebhookRow};
 /// The event types a webhook may ask for (SPEC §4).
 pub const EVENT_TYPES: [&str; 4] = ["order.paid", "order.fulfilled", "order.cancelled", "stock.low"];
 
+/// Attempts in flight to one endpoint at once, each for another order (an
+/// order's events go one after the other).
+pub const PER_ENDPOINT: usize = 8;
+
 /// Longest endpoint URL.
 pub const MAX_URL: usize = 2_048;
 
@@ -49,7 +54,7 @@ pub struct WebhooksConfig {
     pub retry_max_ms: u64,
     /// A delivery still failing this long after it was made is marked failed.
     pub horizon_ms: u64,
-    /// Endpoints delivered to at once (each one a delivery at a time).
+    /// Endpoints delivered to at once (each up to [`PER_ENDPOINT`] deliveries at once).
     pub concurrency: usize,
 }
 
@@ -288,9 +293,17 @@ impl Worker {
             if due.is_empty() {
                 return;
             }
-            for d in due {
-                let attempt = self.attempt(&hook, &d).await;
-                if let Err(e) = self.db.delivery_attempted(d.seq, &attempt).await {
+            // Each is the oldest due delivery of its order: they may go
+            // out side by side, a few at a time.
+            use futures_util::StreamExt;
+            let mut attempts = futures_util::stream::iter(due)
+                .map(|d| {
+                    let (worker, hook) = (&self, &hook);
+                    async move { (d.seq, worker.attempt(hook, &d).await) }
+                })
+                .buffer_unordered(PER_ENDPOINT);
+            while let Some((seq, attempt)) = attempts.next().await {
+                if let Err(e) = self.db.delivery_attempted(seq, &attempt).await {
                     tracing::warn!(error = %e, "webhooks: could not record an attempt; it is made again");
                     return;
                 }

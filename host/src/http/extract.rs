@@ -239,3 +239,45 @@ mod tests {
         }
     }
 }
+
+/// `?limit=&cursor=` of a newest-first page whose cursor is a row number
+/// (recorded plugin runs, webhook deliveries).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}$")]
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The limit and the row the page starts before, from the query (or
+    /// 422 `invalid_request`). Any cursor of up to 19 digits (the
+    /// document's pattern) is one: 0 gives an empty page, one past every
+    /// row the newest.
+    pub fn read(
+        query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<(u32, Option<i64>), crate::http::ApiError> {
+        use crate::http::ApiError;
+        let axum::extract::Query(q) =
+            query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+        let limit = q.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::bad_request("invalid_request", "limit: 1 to 100"));
+        }
+        let cursor = match q.cursor.as_deref() {
+            None => None,
+            Some(c) if !c.is_empty() && c.len() <= 19 && c.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(c.parse::<u64>().map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page"));
+            }
+        };
+        Ok((limit, cursor))
+    }
+}

@@ -229,48 +229,25 @@ async fn delete_config(State(state): State<AppState>, Merchant(merchant): Mercha
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct RunsQuery {
-    /// 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9]{1,19}$")]
-    cursor: Option<String>,
-}
-
 #[utoipa::path(
     get,
     path = "/v1/merchant/pricing-plugin/runs",
     tag = "merchant",
     operation_id = "list_plugin_runs",
     summary = "The merchant's recorded plugin runs, newest first",
-    params(RunsQuery),
+    params(crate::http::extract::PageQuery),
     security(("merchant_token" = [])),
     responses((status = 200, description = "A page of runs", body = crate::http::openapi::RunPage), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A bad `limit` or `cursor` (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn list_runs(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
-    query: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<
+        axum::extract::Query<crate::http::extract::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> ApiResult<Json<Value>> {
-    let axum::extract::Query(q) =
-        query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_request", "limit: 1 to 100"));
-    }
-    // Any run of up to 19 digits (the document's pattern): 0 gives an empty
-    // page, one past every run the newest.
-    let cursor = match q.cursor.as_deref() {
-        None => None,
-        Some(c) if !c.is_empty() && c.len() <= 19 && c.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(c.parse::<u64>().map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX)))
-        }
-        Some(_) => return Err(ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page")),
-    };
+    let (limit, cursor) = crate::http::extract::PageQuery::read(query)?;
     let (items, next) =
         state.plugins.runs(&merchant, cursor, i64::from(limit)).await.map_err(ApiError::internal)?;
     Ok(Json(json!({ "items": items, "next_cursor": next.map(|n| n.to_string()) })))

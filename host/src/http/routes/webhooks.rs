@@ -137,18 +137,6 @@ async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct DeliveriesQuery {
-    /// 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9]{1,19}$")]
-    cursor: Option<String>,
-}
-
 fn delivery_json(d: &DeliveryRow) -> Value {
     json!({
         "id": d.seq,
@@ -172,28 +160,19 @@ fn delivery_json(d: &DeliveryRow) -> Value {
     tag = "merchant",
     operation_id = "list_webhook_deliveries",
     summary = "The merchant's webhook deliveries, newest first: attempts and status",
-    params(DeliveriesQuery),
+    params(crate::http::extract::PageQuery),
     security(("merchant_token" = [])),
     responses((status = 200, description = "A page of deliveries", body = crate::http::openapi::DeliveryPage), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 422, description = "A bad `limit` or `cursor` (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn deliveries(
     State(state): State<AppState>,
     Merchant(merchant): Merchant,
-    query: Result<axum::extract::Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<
+        axum::extract::Query<crate::http::extract::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> ApiResult<Json<Value>> {
-    let axum::extract::Query(q) =
-        query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_request", "limit: 1 to 100"));
-    }
-    let before = match q.cursor.as_deref() {
-        None => None,
-        Some(c) if !c.is_empty() && c.len() <= 19 && c.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(c.parse::<u64>().map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX)))
-        }
-        Some(_) => return Err(ApiError::bad_request("invalid_request", "cursor: the next_cursor of a page")),
-    };
+    let (limit, before) = crate::http::extract::PageQuery::read(query)?;
     let rows = state.db.deliveries(&merchant, before, limit + 1).await.map_err(ApiError::internal)?;
     let more = rows.len() > limit as usize;
     let page = &rows[..rows.len().min(limit as usize)];
