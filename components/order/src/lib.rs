@@ -45,7 +45,7 @@
 
 mod status;
 
-use mercato_kit::kv::{self, Change};
+use mercato_kit::kv;
 use mercato_kit::money;
 use mercato_kit::tx::{self, OrderEventKind, Precondition, TxError, Write};
 use mercato_kit::types::{
@@ -683,16 +683,9 @@ fn change_with_event(
     Err(Error::Conflict(format!("order {id} kept changing")))
 }
 
-/// Change an order with compare-and-swap.
+/// Change an order that has no event (a cancel's claim, its undoing).
 fn change(id: &str, f: impl Fn(&mut Order) -> Result<(), Error>) -> Result<Order, Error> {
-    if !is_order_id(id) {
-        return Err(not_found(id));
-    }
-    kv::update(&kv::open("orders")?, id, |current: Option<Order>| {
-        let mut order = current.ok_or_else(|| not_found(id))?;
-        f(&mut order)?;
-        Ok(Change::Write(order.clone(), order))
-    })
+    change_with_event(id, f, |_, _| None)
 }
 
 struct Orders;

@@ -275,17 +275,12 @@ impl Relay {
             return Ok(0);
         }
         let batch = self.db.events_unpublished(self.config.batch).await?;
-        let (done, failure) = match self.config.nats_url.clone() {
-            None => (batch.len(), None),
-            Some(url) => {
-                if self.nats.is_none() {
-                    self.nats = Some(Nats::connect(&self.config, &url.0).await?);
-                }
-                let nats = self.nats.as_ref().map(|n| n.publish(&batch));
-                match nats {
-                    Some(publish) => publish.await,
-                    None => (0, None),
-                }
+        let (done, failure) = match (&self.config.nats_url, &self.nats) {
+            (None, _) => (batch.len(), None),
+            (Some(_), Some(nats)) => nats.publish(&batch).await,
+            (Some(url), None) => {
+                let nats = self.nats.insert(Nats::connect(&self.config, &url.0).await?);
+                nats.publish(&batch).await
             }
         };
         let sent = &batch[..done];

@@ -57,7 +57,7 @@ async fn list_events(
     let items = rows
         .into_iter()
         .map(|e| {
-            let data = e.envelope()["data"].take();
+            let data = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
             OutboxEvent {
                 seq: e.seq,
                 id: e.id,
