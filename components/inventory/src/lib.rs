@@ -3,11 +3,12 @@
 //! Storage (its own namespace), every change through the host's
 //! transactions, so each is all or none:
 //! - `sku`: sku → [`SkuRecord`] (its merchant);
-//! - `levels`: two counters per sku, read together: `h/<sku>`, the units on
-//!   the shelf, and `a/<sku>`, `on_hand − reserved`, never below 0 (a
-//!   counter bound the database checks under the row lock, so concurrent
+//! - `levels`: three counters per sku, read together: `h/<sku>`, the units on
+//!   the shelf, `a/<sku>`, `on_hand − reserved`, never below 0 (a counter
+//!   bound the database checks under the row lock, so concurrent
 //!   reservations of a hot sku queue instead of retrying and can never take
-//!   more than is there);
+//!   more than is there), and `t/<sku>`, the merchant's low-stock threshold
+//!   (absent = 0 = none);
 //! - `reservations`: reservation id → [`ReservationRecord`] (its lines).
 //!
 //! `reserved` is `on_hand − available`. A reservation is owned by whoever
@@ -22,10 +23,17 @@
 //! checkout's T2) stages without reading the record: its precondition is
 //! then that the record still exists (reservation ids are never reused, so
 //! a record that is there is the one staged).
+//!
+//! `stock.low`: every change that lowers `available` (a reservation, a
+//! merchant lowering `on_hand`) of a sku with a threshold carries a
+//! `stock.low` event that the database writes only if that change takes
+//! `available` from the threshold or more to less, decided under the
+//! counter's row lock: concurrent checkouts that together cross it once
+//! make one event, whatever their interleaving.
 
 mod stock;
 
-use mercato_kit::tx::{self, Precondition, TxError, Write};
+use mercato_kit::tx::{self, Event, EventBody, Precondition, StockLowEvent, TxError, Write};
 use mercato_kit::types::{Error, ReservationLine, StockLevel};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +42,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.4.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.5.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
@@ -49,6 +57,10 @@ fn on_hand_key(sku: &str) -> String {
 
 fn available_key(sku: &str) -> String {
     format!("a/{sku}")
+}
+
+fn threshold_key(sku: &str) -> String {
+    format!("t/{sku}")
 }
 
 /// `delta` on the on-hand counter of `sku`, within `min ..= max`.
@@ -76,17 +88,71 @@ struct ReservationRecord {
     lines: Vec<ReservationLine>,
 }
 
-fn level(sku: &str, on_hand: i64, available: i64) -> StockLevel {
-    let on_hand = u32::try_from(on_hand.max(0)).unwrap_or(u32::MAX);
-    let available = u32::try_from(available.max(0)).unwrap_or(u32::MAX).min(on_hand);
-    StockLevel { sku: sku.to_string(), on_hand, reserved: on_hand - available, available }
+fn units(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+fn level(sku: &str, on_hand: i64, available: i64, threshold: i64) -> StockLevel {
+    let on_hand = units(on_hand);
+    let available = units(available).min(on_hand);
+    StockLevel {
+        sku: sku.to_string(),
+        on_hand,
+        reserved: on_hand - available,
+        available,
+        low_stock_threshold: units(threshold),
+    }
 }
 
 /// Stock of `skus`, in one read.
 fn levels_of(skus: &[String]) -> Result<Vec<StockLevel>, Error> {
-    let keys: Vec<String> = skus.iter().flat_map(|s| [on_hand_key(s), available_key(s)]).collect();
+    let keys: Vec<String> =
+        skus.iter().flat_map(|s| [on_hand_key(s), available_key(s), threshold_key(s)]).collect();
     let counters = tx::counters(LEVELS, &keys)?;
-    Ok(skus.iter().zip(counters.chunks(2)).map(|(s, c)| level(s, c[0], c[1])).collect())
+    Ok(skus.iter().zip(counters.chunks(3)).map(|(s, c)| level(s, c[0], c[1], c[2])).collect())
+}
+
+/// The `stock.low` event of `sku` (owned by `merchant`, threshold
+/// `threshold` ≥ 1) for the change in this transaction that lowers its
+/// `available` counter: the database writes it only if that change crosses
+/// the threshold.
+fn stock_low(merchant: &str, sku: &str, threshold: u32) -> Event {
+    Event {
+        // Fresh per change: a change is committed at most once (its writes'
+        // preconditions see to it), and the outbox keeps the id it got.
+        id: mercato_kit::random_id("evt_low_"),
+        body: EventBody::StockLow(StockLowEvent {
+            merchant_id: merchant.to_string(),
+            sku: sku.to_string(),
+            threshold,
+            bucket: LEVELS.to_string(),
+            available_key: available_key(sku),
+        }),
+    }
+}
+
+/// The `stock.low` events of a reservation of `lines`: one per sku whose
+/// merchant set a threshold (one read of the thresholds, and of the skus'
+/// owners only if any is set).
+fn reservation_events(lines: &[ReservationLine]) -> Result<Vec<Event>, Error> {
+    let keys: Vec<String> = lines.iter().map(|l| threshold_key(&l.sku)).collect();
+    let thresholds = tx::counters(LEVELS, &keys)?;
+    let watched: Vec<(&str, u32)> = lines
+        .iter()
+        .zip(thresholds)
+        .filter(|(_, t)| *t > 0)
+        .map(|(l, t)| (l.sku.as_str(), units(t)))
+        .collect();
+    if watched.is_empty() {
+        return Ok(Vec::new());
+    }
+    let skus: Vec<String> = watched.iter().map(|(s, _)| s.to_string()).collect();
+    let owners = tx::read::<SkuRecord>(SKUS, &skus)?;
+    Ok(watched
+        .iter()
+        .zip(owners)
+        .filter_map(|((sku, t), owner)| owner.map(|(r, _)| stock_low(&r.merchant, sku, *t)))
+        .collect())
 }
 
 /// Available units of `skus`, in one read of their `available` counters.
@@ -166,25 +232,61 @@ impl merchant_stock::Guest for Inventory {
         one_level(&sku)
     }
 
-    fn set_on_hand(merchant: String, sku: String, on_hand: u32) -> Result<StockLevel, Error> {
+    fn set_stock(
+        merchant: String,
+        sku: String,
+        change: merchant_stock::StockChange,
+    ) -> Result<StockLevel, Error> {
         owned(&merchant, &sku)?;
+        if change.on_hand.is_none() && change.low_stock_threshold.is_none() {
+            return one_level(&sku);
+        }
         for _ in 0..SET_RETRIES {
-            let Some((current, version)) = tx::read_one::<i64>(LEVELS, &on_hand_key(&sku))? else {
+            let keys = [on_hand_key(&sku), threshold_key(&sku)];
+            let mut rows = tx::read::<i64>(LEVELS, &keys)?.into_iter();
+            let Some((current, version)) = rows.next().flatten() else {
                 return Err(Error::NotFound(format!("sku {sku:?}")));
             };
-            let delta = quantity(on_hand) - current;
-            let writes = [
-                Write {
-                    precondition: Precondition::Version(version),
-                    ..tx::put(LEVELS, &on_hand_key(&sku), &quantity(on_hand), Precondition::None)?
-                },
-                // On-hand may not drop below what is reserved: available stays >= 0.
-                add_available(&sku, delta, Some(0), None),
-            ];
-            match tx::commit(&writes, &[]) {
+            let set_threshold = rows.next().flatten();
+            // 0: on-hand (its version: a checkout in between means read again),
+            // 1: available (never below 0: on-hand may not drop below what is
+            // reserved), 2: the threshold (set, or unchanged since read).
+            let mut writes = Vec::with_capacity(3);
+            let on_hand = change.on_hand.map_or(current, quantity);
+            let delta = on_hand - current;
+            writes.push(Write {
+                precondition: Precondition::Version(version),
+                ..tx::put(LEVELS, &on_hand_key(&sku), &on_hand, Precondition::None)?
+            });
+            writes.push(add_available(&sku, delta, Some(0), None));
+            let threshold = match change.low_stock_threshold {
+                Some(t) => {
+                    writes.push(tx::put(LEVELS, &threshold_key(&sku), &quantity(t), Precondition::None)?);
+                    t
+                }
+                None => {
+                    let precondition = match &set_threshold {
+                        Some((_, v)) => Precondition::Version(*v),
+                        None => Precondition::Absent,
+                    };
+                    writes.push(Write {
+                        bucket: LEVELS.into(),
+                        key: threshold_key(&sku),
+                        precondition,
+                        operation: tx::Operation::Check,
+                    });
+                    set_threshold.as_ref().map_or(0, |(t, _)| units(*t))
+                }
+            };
+            let staged = if delta < 0 && threshold > 0 {
+                vec![tx::emit(&[stock_low(&merchant, &sku, threshold)])?]
+            } else {
+                Vec::new()
+            };
+            match tx::commit(&writes, &staged) {
                 Ok(_) => return one_level(&sku),
-                // A checkout moved the stock in between: read again.
-                Err(TxError::Failed(f)) if f.index == 0 => continue,
+                // A checkout moved the stock, or the threshold changed, in between: read again.
+                Err(TxError::Failed(f)) if f.index != 1 => continue,
                 Err(TxError::Failed(f)) => {
                     let reserved = current - (f.current.unwrap_or(0));
                     return Err(Error::Conflict(format!(
@@ -204,8 +306,9 @@ impl reservations::Guest for Inventory {
         if id.is_empty() || id.len() > 200 {
             return Err(Error::InvalidInput("reservation id: 1 to 200 characters".into()));
         }
-        // No read first: a line that cannot be served fails the caller's
-        // commit on its counter's bound, which is checked under the row lock.
+        // The stock is not read first: a line that cannot be served fails the
+        // caller's commit on its counter's bound, which is checked under the
+        // row lock (only the thresholds are read, for `stock.low`).
         let mut writes: Vec<Write> =
             lines.iter().map(|l| add_available(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
         writes.push(tx::put(
@@ -214,7 +317,8 @@ impl reservations::Guest for Inventory {
             &ReservationRecord { lines: lines.clone() },
             Precondition::Absent,
         )?);
-        let token = tx::stage(&writes)?;
+        let events = reservation_events(&lines)?;
+        let token = tx::stage_with(&writes, &events)?;
         STAGED.with(|s| s.borrow_mut().insert(id, lines));
         Ok(token)
     }

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use crate::bindings::mercato::commerce::transactions as host;
 pub use crate::bindings::mercato::commerce::transactions::{
     CounterAdd, Event, EventBody, Failed, FailureReason, MerchantView, Operation, OrderEvent, OrderEventKind,
-    Precondition, TxError, Write,
+    Precondition, StockLowEvent, TxError, Write,
 };
 use crate::types::Error;
 
@@ -91,11 +91,17 @@ pub fn commit(writes: &[Write], staged: &[String]) -> Result<Vec<u64>, TxError> 
 
 /// Hand `writes` to the caller to commit in its transaction.
 pub fn stage(writes: &[Write]) -> Result<String, Error> {
-    host::stage(writes).map_err(error)
+    host::stage(writes, &[]).map_err(error)
+}
+
+/// Hand `writes` and the `events` they make to the caller to commit in its
+/// transaction.
+pub fn stage_with(writes: &[Write], events: &[Event]) -> Result<String, Error> {
+    host::stage(writes, events).map_err(error)
 }
 
 /// Hand `events` over under a token: the commit that names it writes them
 /// to the outbox together with its writes.
 pub fn emit(events: &[Event]) -> Result<String, Error> {
-    host::emit(events).map_err(error)
+    host::stage(&[], events).map_err(error)
 }

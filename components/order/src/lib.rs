@@ -59,7 +59,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.4.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.5.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 

@@ -5,18 +5,19 @@
 //! host. Writes a component stages are kept in the request's [`Staging`]
 //! (shared by every instance serving that request) under a random token; the
 //! caller that commits them names the token, and the host commits them in
-//! the stager's namespace. Events a component emits are kept the same way
-//! (rendered at once in the API's shapes) and written to the outbox by the
-//! commit that names their token. Every call is raced against the request
-//! deadline in host time.
+//! the stager's namespace. Events staged with them are rendered at once in
+//! the API's shapes and written to the outbox by the commit that names their
+//! token; an event that watches a counter (`stock.low`) is tied at commit to
+//! the one write that changes it, and the database decides whether it is
+//! written. Every call is raced against the request deadline in host time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::bindings::host::mercato::commerce::transactions::{
-    Event, EventBody, Failed, FailureReason, Host, Operation, OrderEventKind, Precondition, TxError,
-    Versioned, Write,
+    Event, EventBody, Failed, FailureReason, Host, Operation, OrderEvent, OrderEventKind, Precondition,
+    StockLowEvent, TxError, Versioned, Write,
 };
 use crate::capabilities::keyvalue::{MAX_KEY, MAX_VALUE, is_bucket_name};
 use crate::capabilities::{TrapPlan, injected};
@@ -38,11 +39,26 @@ pub struct Staging {
 
 pub type SharedStaging = Arc<Mutex<Staging>>;
 
-/// What one token holds: a component's staged writes, or its events.
+/// What one token holds: a component's staged writes and events.
 #[derive(Default)]
 struct Staged {
     writes: Vec<tx::Write>,
-    events: Vec<tx::Event>,
+    events: Vec<Pending>,
+}
+
+/// An event as staged: rendered, and, if it depends on a counter, which one
+/// (tied to the commit's write of it when the commit is made).
+struct Pending {
+    event: tx::Event,
+    watches: Option<Watch>,
+}
+
+/// The counter a `stock.low` event watches, in the stager's namespace.
+struct Watch {
+    namespace: &'static str,
+    bucket: String,
+    key: String,
+    below: i64,
 }
 
 /// The transactions state of one store: the component's namespace (every
@@ -117,8 +133,7 @@ fn is_event_id(id: &str) -> bool {
 /// The host form of a component's events: checked (who may emit what, ids,
 /// views that hold only their merchant's lines) and rendered in the API's
 /// shapes.
-fn render(namespace: &'static str, events: Vec<Event>) -> Result<Vec<tx::Event>, TxError> {
-    use crate::events::render::{merchant_order_json, order_json};
+fn render(namespace: &'static str, events: Vec<Event>) -> Result<Vec<Pending>, TxError> {
     if events.len() > tx::MAX_EVENTS {
         return Err(invalid(format!("at most {} events per transaction", tx::MAX_EVENTS)));
     }
@@ -129,36 +144,107 @@ fn render(namespace: &'static str, events: Vec<Event>) -> Result<Vec<tx::Event>,
             if !is_event_id(&e.id) {
                 return Err(invalid("event id: 1 to 100 of [A-Za-z0-9_.-]"));
             }
-            let EventBody::Order(o) = e.body;
-            // Order events tell of the order component's records only.
-            if namespace != "order" {
-                return Err(invalid(format!("the {namespace} component may not emit order events")));
+            match e.body {
+                EventBody::Order(o) => order_event(namespace, e.id, o, created_at),
+                EventBody::StockLow(s) => stock_low_event(namespace, e.id, s, created_at),
             }
-            let kind = match o.kind {
-                OrderEventKind::Paid => "order.paid",
-                OrderEventKind::Fulfilled => "order.fulfilled",
-                OrderEventKind::Cancelled => "order.cancelled",
-            };
-            let mut views = Vec::with_capacity(o.views.len());
-            for v in o.views {
-                if v.order.id != o.order.id
-                    || v.order.lines.is_empty()
-                    || v.order.lines.iter().any(|l| l.merchant_id != v.merchant_id)
-                {
+        })
+        .collect()
+}
+
+fn order_event(
+    namespace: &'static str,
+    id: String,
+    o: OrderEvent,
+    created_at: i64,
+) -> Result<Pending, TxError> {
+    use crate::events::render::{merchant_order_json, order_json};
+    // Order events tell of the order component's records only.
+    if namespace != "order" {
+        return Err(invalid(format!("the {namespace} component may not emit order events")));
+    }
+    let kind = match o.kind {
+        OrderEventKind::Paid => "order.paid",
+        OrderEventKind::Fulfilled => "order.fulfilled",
+        OrderEventKind::Cancelled => "order.cancelled",
+    };
+    let mut views = Vec::with_capacity(o.views.len());
+    for v in o.views {
+        if v.order.id != o.order.id
+            || v.order.lines.is_empty()
+            || v.order.lines.iter().any(|l| l.merchant_id != v.merchant_id)
+        {
+            return Err(invalid(format!(
+                "event {id}: a merchant's view holds only that merchant's lines of the same order"
+            )));
+        }
+        let data = serde_json::to_vec(&merchant_order_json(&v.order)).unwrap_or_default();
+        views.push((v.merchant_id, data));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    if views.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(invalid(format!("event {id}: one view per merchant")));
+    }
+    let data = serde_json::to_vec(&order_json(&o.order)).unwrap_or_default();
+    let event = tx::Event { id, kind, subject: o.order.id, created_at, data, views, when: None };
+    Ok(Pending { event, watches: None })
+}
+
+fn stock_low_event(
+    namespace: &'static str,
+    id: String,
+    s: StockLowEvent,
+    created_at: i64,
+) -> Result<Pending, TxError> {
+    // Stock events tell of inventory's counters only.
+    if namespace != "inventory" {
+        return Err(invalid(format!("the {namespace} component may not emit stock events")));
+    }
+    check_bucket_key(&s.bucket, &s.available_key)?;
+    if s.threshold == 0 || s.merchant_id.is_empty() || s.sku.is_empty() || s.sku.len() > MAX_KEY {
+        return Err(invalid(format!(
+            "event {id}: stock.low needs a merchant, a sku and a threshold of 1 or more"
+        )));
+    }
+    // The merchant's view is the whole event: it is about their sku only.
+    let data =
+        serde_json::to_vec(&crate::events::render::stock_low_json(&s.merchant_id, &s.sku, s.threshold))
+            .unwrap_or_default();
+    let watches = Watch { namespace, bucket: s.bucket, key: s.available_key, below: i64::from(s.threshold) };
+    let event = tx::Event {
+        id,
+        kind: "stock.low",
+        subject: s.sku,
+        created_at,
+        views: vec![(s.merchant_id, data.clone())],
+        data,
+        when: None,
+    };
+    Ok(Pending { event, watches: Some(watches) })
+}
+
+/// The events of a commit of `writes`, each watching event tied to the one
+/// `add` of its counter.
+fn tie(writes: &[tx::Write], pending: Vec<Pending>) -> Result<Vec<tx::Event>, TxError> {
+    pending
+        .into_iter()
+        .map(|Pending { mut event, watches }| {
+            if let Some(w) = watches {
+                let mut adds = writes.iter().enumerate().filter(|(_, x)| {
+                    x.namespace == w.namespace
+                        && x.bucket == w.bucket
+                        && x.key == w.key
+                        && matches!(x.op, tx::Op::Add { .. })
+                });
+                let (Some((write, _)), None) = (adds.next(), adds.next()) else {
                     return Err(invalid(format!(
-                        "event {}: a merchant's view holds only that merchant's lines of the same order",
-                        e.id
+                        "event {}: the commit must change {}/{} with exactly one add",
+                        event.id, w.bucket, w.key
                     )));
-                }
-                let data = serde_json::to_vec(&merchant_order_json(&v.order)).unwrap_or_default();
-                views.push((v.merchant_id, data));
+                };
+                event.when = Some(tx::Crossing { write, below: w.below, field: "available" });
             }
-            views.sort_by(|a, b| a.0.cmp(&b.0));
-            if views.windows(2).any(|w| w[0].0 == w[1].0) {
-                return Err(invalid(format!("event {}: one view per merchant", e.id)));
-            }
-            let data = serde_json::to_vec(&order_json(&o.order)).unwrap_or_default();
-            Ok(tx::Event { id: e.id, kind, subject: o.order.id, created_at, data, views })
+            Ok(event)
         })
         .collect()
 }
@@ -215,6 +301,10 @@ impl Host for TxState {
         if events.len() > tx::MAX_EVENTS {
             return Ok(Err(invalid(format!("at most {} events per transaction", tx::MAX_EVENTS))));
         }
+        let events = match tie(&all, events) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
         // The commit runs on its own task: a deadline that fires while it is
         // in flight leaves it to finish whole (the caller hears `timeout`:
         // outcome unknown), it never cuts it in half.
@@ -242,21 +332,11 @@ impl Host for TxState {
         })
     }
 
-    async fn stage(&mut self, writes: Vec<Write>) -> TxResult<String> {
+    async fn stage(&mut self, writes: Vec<Write>, events: Vec<Event>) -> TxResult<String> {
         let writes = match convert(self.namespace, writes) {
             Ok(w) => w,
             Err(e) => return Ok(Err(e)),
         };
-        let mut staging = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-        if staging.tokens.len() >= MAX_STAGED {
-            return Ok(Err(invalid(format!("at most {MAX_STAGED} staged sets per request"))));
-        }
-        let token = format!("stg_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-        staging.tokens.insert(token.clone(), Staged { writes, events: Vec::new() });
-        Ok(Ok(token))
-    }
-
-    async fn emit(&mut self, events: Vec<Event>) -> TxResult<String> {
         let events = match render(self.namespace, events) {
             Ok(e) => e,
             Err(e) => return Ok(Err(e)),
@@ -265,8 +345,8 @@ impl Host for TxState {
         if staging.tokens.len() >= MAX_STAGED {
             return Ok(Err(invalid(format!("at most {MAX_STAGED} staged sets per request"))));
         }
-        let token = format!("evt_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-        staging.tokens.insert(token.clone(), Staged { writes: Vec::new(), events });
+        let token = format!("stg_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        staging.tokens.insert(token.clone(), Staged { writes, events });
         Ok(Ok(token))
     }
 }

@@ -52,3 +52,14 @@ pub fn merchant_order_json(o: &Order) -> Value {
         "created_at": o.created_at,
     })
 }
+
+/// `stock.low`'s data (the merchant's view too): `available` is set by the
+/// database to the value the change left, when it decides the event.
+pub fn stock_low_json(merchant: &str, sku: &str, threshold: u32) -> Value {
+    json!({
+        "sku": sku,
+        "merchant_id": merchant,
+        "low_stock_threshold": threshold,
+        "available": null,
+    })
+}

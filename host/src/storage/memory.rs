@@ -238,6 +238,12 @@ impl Transactions for Memory {
             };
         }
         for e in events {
+            let Some(e) = e.resolved(writes, |w| {
+                let k = (w.namespace.to_string(), w.bucket.clone(), w.key.clone());
+                state.kv.get(&k).and_then(|r| counter_value(&r.value))
+            }) else {
+                continue;
+            };
             if !state.event_ids.insert(e.id.clone()) {
                 continue;
             }

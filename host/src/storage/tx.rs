@@ -81,10 +81,67 @@ pub struct Event {
     pub data: Vec<u8>,
     /// Each concerned merchant's view of the data (JSON), sorted by merchant.
     pub views: Vec<(String, Vec<u8>)>,
+    /// Written only if this counter change crosses a threshold.
+    pub when: Option<Crossing>,
 }
 
-/// Most events one transaction may carry.
-pub const MAX_EVENTS: usize = 64;
+/// The condition of an event that depends on a counter (`stock.low`): the
+/// transaction's write `write` (an `add`) takes its counter from `below` or
+/// more to less. The backend decides it after the writes, on the counter's
+/// new value under the transaction's row lock, and then sets `field` of the
+/// data and of each view (JSON objects) to that value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crossing {
+    /// Index into the transaction's writes.
+    pub write: usize,
+    pub below: i64,
+    pub field: &'static str,
+}
+
+impl Crossing {
+    /// Whether a change by `delta` that left the counter at `after` crossed.
+    pub fn crossed(&self, delta: i64, after: i64) -> bool {
+        after < self.below && after.checked_sub(delta).is_some_and(|before| before >= self.below)
+    }
+}
+
+impl Event {
+    /// The event as the outbox holds it, given `value`, the new value of the
+    /// counter its crossing watches: `None` if it did not cross (or has no
+    /// crossing, then `Some` unchanged).
+    pub(crate) fn resolved(
+        &self,
+        writes: &[Write],
+        value: impl FnOnce(&Write) -> Option<i64>,
+    ) -> Option<Event> {
+        let Some(c) = &self.when else { return Some(self.clone()) };
+        let w = writes.get(c.write)?;
+        let Op::Add { delta, .. } = w.op else { return None };
+        let after = value(w)?;
+        if !c.crossed(delta, after) {
+            return None;
+        }
+        let set = |json: &[u8]| -> Vec<u8> {
+            match serde_json::from_slice::<serde_json::Value>(json) {
+                Ok(mut v) if v.is_object() => {
+                    v[c.field] = after.into();
+                    serde_json::to_vec(&v).unwrap_or_else(|_| json.to_vec())
+                }
+                _ => json.to_vec(),
+            }
+        };
+        Some(Event {
+            data: set(&self.data),
+            views: self.views.iter().map(|(m, d)| (m.clone(), set(d))).collect(),
+            when: None,
+            ..self.clone()
+        })
+    }
+}
+
+/// Most events one transaction may carry: a checkout's reservation carries
+/// one `stock.low` per line (a cart holds at most 200).
+pub const MAX_EVENTS: usize = 256;
 
 pub(crate) fn new_version() -> i64 {
     // Never 0: 0 means "no version" in the answer.
@@ -143,6 +200,14 @@ pub(crate) fn check_commit(writes: &[Write], events: &[Event]) -> Result<()> {
             events.len()
         )));
     }
+    for c in events.iter().filter_map(|e| e.when.as_ref()) {
+        if !writes.get(c.write).is_some_and(|w| matches!(w.op, Op::Add { .. })) {
+            return Err(StorageError::Invalid(format!(
+                "an event's crossing names write {}, which is not a counter's add",
+                c.write
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -178,7 +243,19 @@ pub trait Transactions: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use super::counter_value;
+    use super::{Crossing, counter_value};
+
+    #[test]
+    fn a_crossing_is_a_change_from_the_threshold_or_more_to_less() {
+        let c = Crossing { write: 0, below: 40, field: "available" };
+        assert!(c.crossed(-3, 37), "40 → 37");
+        assert!(c.crossed(-50, 39), "89 → 39");
+        assert!(!c.crossed(-3, 40), "43 → 40: not below");
+        assert!(!c.crossed(-3, 36), "39 → 36: below already");
+        assert!(!c.crossed(3, 39), "36 → 39: rising");
+        assert!(!c.crossed(0, 39), "no change");
+        assert!(!c.crossed(i64::MIN, 0), "a before that overflows is no crossing");
+    }
 
     #[test]
     fn counters_are_canonical_decimals() {

@@ -596,3 +596,168 @@ async fn webhooks_deliver_signed_events_to_each_merchant(backend: Backend) {
     assert!(page_c["items"].as_array().expect("items").iter().all(|d| d["status"] == "failed"), "{page_c}");
 }
 each_backend!(webhooks, webhooks_deliver_signed_events_to_each_merchant);
+
+async fn set_stock(app: &TestApp, token: &str, sku: &str, body: Value) -> (u16, Value) {
+    send(app.request(Method::PUT, &format!("/v1/merchant/inventory/{sku}")).bearer_auth(token).json(&body))
+        .await
+}
+
+/// The `stock.low` events in the outbox, oldest first.
+async fn stock_low_events(db: &mercato::storage::Db) -> Vec<EventRow> {
+    outbox(db).await.into_iter().filter(|e| e.kind == "stock.low").collect()
+}
+
+/// `stock.low`: a merchant sets a threshold per sku, and each change that
+/// takes `available` from the threshold or more to less writes exactly one
+/// event, decided in the database under the row lock. 30 concurrent
+/// checkouts of 3 units walk a sku from 100 down to 10 past a threshold of
+/// 40 and make exactly one event (at 37, whatever their interleaving); a
+/// merchant lowering `on_hand` past it makes one; a change that stays below,
+/// one that rises, a sku whose threshold is 0 and one without a threshold
+/// make none; setting `on_hand` and the threshold in one request crosses the
+/// new threshold. The merchant's webhook gets its events, signed and in
+/// order; no other merchant hears of them.
+async fn stock_low_is_written_once_per_crossing(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(backend, |c| {
+        c.events.relay_interval_ms = 50;
+        c.events.webhooks.allow_loopback = true;
+        c.components.deadline_ms = 60_000;
+        c.components.max_instances = 1_000;
+    })
+    .await;
+    let (a, token_a) = app.merchant("A").await;
+    let (_, token_b) = app.merchant("B").await;
+    app.product(&token_a, crate::interruption::product_with_stock("LOW-A", 500, 100)).await;
+    app.product(&token_b, crate::interruption::product_with_stock("LOW-B", 500, 100)).await;
+    let (status, hook_a) = register(&app, &token_a, &receiver.url("ok", "a"), &["stock.low"]).await;
+    assert_eq!(status, 200, "{hook_a}");
+    let secret_a = s(&hook_a["secret"]);
+    let (status, _) = register(&app, &token_b, &receiver.url("ok", "b"), &["stock.low"]).await;
+    assert_eq!(status, 200);
+
+    // The rules of the threshold.
+    assert_error(&set_stock(&app, &token_a, "LOW-A", json!({})).await, 422, "invalid_request");
+    for bad in [json!(-1), json!(1.5), json!("5"), json!(1_000_000_001)] {
+        assert_error(
+            &set_stock(&app, &token_a, "LOW-A", json!({"low_stock_threshold": bad})).await,
+            422,
+            "invalid_quantity",
+        );
+    }
+    assert_error(
+        &set_stock(&app, &token_b, "LOW-A", json!({"low_stock_threshold": 5})).await,
+        403,
+        "forbidden",
+    );
+    let (status, level) = set_stock(&app, &token_a, "LOW-A", json!({"low_stock_threshold": 40})).await;
+    assert_eq!(status, 200, "{level}");
+    let want =
+        json!({"sku": "LOW-A", "on_hand": 100, "reserved": 0, "available": 100, "low_stock_threshold": 40});
+    assert_eq!(level, want);
+    let (status, level) =
+        send(app.request(Method::GET, "/v1/merchant/inventory/LOW-A").bearer_auth(&token_a)).await;
+    assert_eq!((status, &level), (200, &want));
+    let (_, level) =
+        send(app.request(Method::GET, "/v1/merchant/inventory/LOW-B").bearer_auth(&token_b)).await;
+    assert_eq!(level["low_stock_threshold"], 0, "none unless set: {level}");
+
+    // 30 checkouts of 3 units at once (100 → 10), and 30 of the sku without a threshold.
+    let mut carts = Vec::new();
+    for i in 0..60 {
+        let cart = app.cart("EUR").await;
+        let sku = if i % 2 == 0 { "LOW-A" } else { "LOW-B" };
+        let (status, body) =
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 3})).await;
+        assert_eq!(status, 200, "{body}");
+        carts.push(cart);
+    }
+    let tasks: Vec<_> = carts
+        .iter()
+        .enumerate()
+        .map(|(i, cart)| {
+            let req = app
+                .request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", format!("low-{i}"))
+                .json(&json!({"email": "shopper@example.com", "payment": {"token": "tok_visa"}}));
+            tokio::spawn(send(req))
+        })
+        .collect();
+    for t in tasks {
+        let (status, body) = t.await.expect("checkout");
+        assert_eq!(status, 201, "{body}");
+    }
+    let low = stock_low_events(&app.db).await;
+    let shown = |low: &[EventRow]| -> Vec<String> {
+        low.iter().map(|e| String::from_utf8_lossy(&e.data).into_owned()).collect()
+    };
+    assert_eq!(low.len(), 1, "one crossing, one event: {:?}", shown(&low));
+    let e = &low[0];
+    assert_eq!(e.subject, "LOW-A");
+    assert_eq!(e.merchants, vec![a.clone()], "it concerns the sku's merchant only");
+    let data: Value = serde_json::from_slice(&e.data).expect("json");
+    assert_eq!(
+        data,
+        json!({"sku": "LOW-A", "merchant_id": a, "low_stock_threshold": 40, "available": 37}),
+        "the change that crossed: 40 → 37"
+    );
+
+    // The merchant's own changes: rising, staying above, crossing, staying below.
+    for (on_hand, events) in [(60, 1), (45, 1), (30, 2), (20, 2)] {
+        let (status, level) = set_stock(&app, &token_a, "LOW-A", json!({"on_hand": on_hand})).await;
+        assert_eq!((status, level["available"].as_u64()), (200, Some(on_hand)), "{level}");
+        assert_eq!(level["low_stock_threshold"], 40, "kept: {level}");
+        assert_eq!(stock_low_events(&app.db).await.len(), events, "after on_hand {on_hand}");
+    }
+    // Threshold 0: none; then on_hand and a new threshold in one request cross it.
+    let (status, _) =
+        set_stock(&app, &token_a, "LOW-A", json!({"on_hand": 50, "low_stock_threshold": 0})).await;
+    assert_eq!(status, 200);
+    let (status, _) = set_stock(&app, &token_a, "LOW-A", json!({"on_hand": 5})).await;
+    assert_eq!(status, 200);
+    assert_eq!(stock_low_events(&app.db).await.len(), 2, "threshold 0: no event");
+    let (status, _) = set_stock(&app, &token_a, "LOW-A", json!({"on_hand": 100})).await;
+    assert_eq!(status, 200);
+    let (status, level) =
+        set_stock(&app, &token_a, "LOW-A", json!({"on_hand": 9, "low_stock_threshold": 10})).await;
+    assert_eq!(status, 200, "{level}");
+    assert_eq!((level["available"].as_u64(), level["low_stock_threshold"].as_u64()), (Some(9), Some(10)));
+    let low = stock_low_events(&app.db).await;
+    assert_eq!(low.len(), 3, "{:?}", shown(&low));
+    let available: Vec<(i64, i64)> = low
+        .iter()
+        .map(|e| {
+            let d: Value = serde_json::from_slice(&e.data).expect("json");
+            (
+                d["low_stock_threshold"].as_i64().expect("threshold"),
+                d["available"].as_i64().expect("available"),
+            )
+        })
+        .collect();
+    assert_eq!(available, vec![(40, 37), (40, 30), (10, 9)]);
+    assert!(low.iter().all(|e| e.subject == "LOW-A" && e.merchants == vec![a.clone()]), "{low:?}");
+    let ids: HashSet<&str> = low.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "distinct ids");
+
+    // Delivered to A's webhook, signed, in order; B hears nothing.
+    wait_for("A's three stock.low deliveries", Duration::from_secs(30), || receiver.seen("ok").len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = receiver.seen("ok");
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let mut delivered = Vec::new();
+    for r in &seen {
+        let body: Value = serde_json::from_slice(&r.body).expect("json body");
+        assert_eq!(body["type"], "stock.low", "{body}");
+        assert_eq!(body["data"]["merchant_id"], json!(a), "only A's: {body}");
+        assert!(
+            mercato::events::webhooks::verify(&secret_a, &r.signature, &r.body, now, 300),
+            "signed with A's secret"
+        );
+        delivered.push(s(&body["id"]));
+    }
+    let want: Vec<String> = low.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(delivered, want, "each once, in order");
+}
+each_backend!(stock_low, stock_low_is_written_once_per_crossing);

@@ -64,6 +64,15 @@ async fn stored_level(db: &mercato::storage::Db, sku: &str) -> (u64, u64) {
     (on_hand, on_hand - available)
 }
 
+/// The low-stock threshold of `sku` (0: none), from the inventory's storage.
+async fn stored_threshold(db: &mercato::storage::Db, sku: &str) -> u64 {
+    let values = db
+        .kv_get_many(Scope { namespace: "inventory", bucket: "levels" }, &[format!("t/{sku}")])
+        .await
+        .expect("threshold");
+    values[0].as_ref().and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()).unwrap_or(0)
+}
+
 /// Wait (at most 60 s) until no checkout is open and nothing is reserved,
 /// then check every invariant from the database itself: orders are all paid
 /// and captured; per sku, on-hand dropped by exactly the units of paid
@@ -115,12 +124,36 @@ pub async fn settled_in(db: &mercato::storage::Db, stock: &HashMap<String, u64>)
     }
     assert_eq!(captured, paid_payments, "every capture belongs to one paid order and back");
     // SPEC §6.9: each paid order has its one `order.paid` event in the
-    // outbox, and no event tells of a checkout that did not end paid.
+    // outbox, and no event tells of a checkout that did not end paid. A sku
+    // with a low-stock threshold has `stock.low` events only for changes
+    // that took it below, and at least one if it started at the threshold
+    // or more and ended below.
     let events = crate::events::outbox(db).await;
     let mut paid_events: HashMap<String, usize> = HashMap::new();
+    let mut low: HashMap<String, usize> = HashMap::new();
     for e in &events {
+        if e.kind == "stock.low" {
+            let threshold = stored_threshold(db, &e.subject).await;
+            let data: Value = serde_json::from_slice(&e.data).expect("json");
+            let available = data["available"].as_u64().expect("available");
+            assert!(stock.contains_key(&e.subject), "a sku of the test: {e:?}");
+            assert!(threshold > 0 && available < threshold, "below its threshold {threshold}: {data}");
+            assert_eq!(data["low_stock_threshold"], threshold, "{data}");
+            *low.entry(e.subject.clone()).or_default() += 1;
+            continue;
+        }
         assert_eq!(e.kind, "order.paid", "only payments happened: {e:?}");
         *paid_events.entry(e.subject.clone()).or_default() += 1;
+    }
+    for (sku, initial) in stock {
+        let threshold = stored_threshold(db, sku).await;
+        let (on_hand, _) = stored_level(db, sku).await;
+        if threshold > 0 && *initial >= threshold && on_hand < threshold {
+            assert!(
+                low.get(sku).copied().unwrap_or(0) >= 1,
+                "{sku}: {initial} → {on_hand} crossed {threshold}"
+            );
+        }
     }
     for o in &orders {
         let id = s(&o["id"]);
@@ -178,6 +211,14 @@ async fn disconnects_leave_no_partial_checkout(backend: Backend) {
     for sku in &skus {
         app.product(&token, product_with_stock(sku, 700, 60)).await;
         stock.insert(sku.clone(), 60u64);
+        // stock.low at 30: reservations cross it, and some are then released.
+        let (status, body) = send(
+            app.request(Method::PUT, &format!("/v1/merchant/inventory/{sku}"))
+                .bearer_auth(&token)
+                .json(&json!({"low_stock_threshold": 30})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
     }
     let mut carts = Vec::new();
     for i in 0..300usize {

@@ -259,7 +259,20 @@ async fn kill_9_under_checkout_load(backend: Backend) {
         let p = Serve::start(dir.path(), url.as_deref(), &envs);
         let t = match &token {
             Some(t) => t.clone(),
-            None => merchant_with_stock(&p, &skus, 300).await,
+            None => {
+                let t = merchant_with_stock(&p, &skus, 300).await;
+                // stock.low at 280: some kills land in reservations that cross it.
+                for sku in skus {
+                    let (status, body) = send(
+                        p.request(Method::PUT, &format!("/v1/merchant/inventory/{sku}"))
+                            .bearer_auth(&t)
+                            .json(&json!({"low_stock_threshold": 280})),
+                    )
+                    .await;
+                    assert_eq!(status, 200, "{body}");
+                }
+                t
+            }
         };
         token = Some(t);
         let mut carts = Vec::new();

@@ -7,6 +7,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::bindings::inventory::exports::mercato::commerce::merchant_stock::StockChange as SetStockChange;
 use crate::bindings::types::StockLevel;
 use crate::http::extract::{self, Merchant};
 use crate::http::{ApiError, ApiResult, AppState};
@@ -15,11 +16,29 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(read, set))
 }
 
+/// What to change (at least one): the units on the shelf, and the level of
+/// `available` below which the merchant hears `stock.low` (0: never).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
-    #[schema(value_type = u32, minimum = 0, maximum = 1000000000)]
-    on_hand: Value,
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000000)]
+    on_hand: Option<Value>,
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000000)]
+    low_stock_threshold: Option<Value>,
+}
+
+/// A whole number from 0 to 10⁹, or 422 `invalid_quantity` naming `field`.
+fn units(field: &str, value: Option<Value>) -> ApiResult<Option<u32>> {
+    value
+        .map(|v| {
+            v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n <= 1_000_000_000).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_quantity",
+                    format!("{field}: a whole number from 0 to 1000000000"),
+                )
+            })
+        })
+        .transpose()
 }
 
 #[utoipa::path(
@@ -52,11 +71,11 @@ async fn read(
     path = "/v1/merchant/inventory/{sku}",
     tag = "merchant",
     operation_id = "set_stock",
-    summary = "Set a sku's on-hand units (never below what is reserved)",
+    summary = "Set a sku's on-hand units (never below what is reserved) or its low-stock threshold",
     params(("sku" = String, Path, description = "The sku")),
     request_body = SetStock,
     security(("merchant_token" = [])),
-    responses((status = 200, description = "Its stock", body = crate::bindings::types::StockLevel), (status = 422, description = "`invalid_quantity`", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "`forbidden`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Below what is reserved (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "Its stock", body = crate::bindings::types::StockLevel), (status = 422, description = "`invalid_quantity`, or neither field given (`invalid_request`)", body = crate::http::openapi::ErrorBody), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 403, description = "`forbidden`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Below what is reserved (`conflict`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn set(
     State(state): State<AppState>,
@@ -64,21 +83,20 @@ async fn set(
     Path(sku): Path<String>,
     extract::Json(body): extract::Json<SetStock>,
 ) -> ApiResult<Json<StockLevel>> {
-    let on_hand = body
-        .on_hand
-        .as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .filter(|n| *n <= 1_000_000_000)
-        .ok_or_else(|| {
-        ApiError::bad_request("invalid_quantity", "on_hand: a whole number from 0 to 1000000000")
-    })?;
+    let change = SetStockChange {
+        on_hand: units("on_hand", body.on_hand)?,
+        low_stock_threshold: units("low_stock_threshold", body.low_stock_threshold)?,
+    };
+    if change.on_hand.is_none() && change.low_stock_threshold.is_none() {
+        return Err(ApiError::bad_request("invalid_request", "give on_hand, low_stock_threshold or both"));
+    }
     Ok(Json(
         state
             .runtime
             .instance::<crate::bindings::inventory::Service>()
             .await?
-            .call("set-on-hand", |c, s| {
-                c.mercato_commerce_merchant_stock().call_set_on_hand(s, &merchant, &sku, on_hand)
+            .call("set-stock", |c, s| {
+                c.mercato_commerce_merchant_stock().call_set_stock(s, &merchant, &sku, change)
             })
             .await??,
     ))

@@ -80,6 +80,11 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) ->
     let (mut values, mut deltas) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut mins, mut maxs, mut versions) = (Vec::with_capacity(n), Vec::with_capacity(n), vec![0i64; n]);
     let mut fresh = Vec::with_capacity(n);
+    // Where each write of the caller's order went in key order.
+    let mut placed = vec![0usize; n];
+    for (p, &i) in order.iter().enumerate() {
+        placed[i] = p;
+    }
     for &i in &order {
         let w = &writes[i];
         ns.push(w.namespace);
@@ -119,7 +124,7 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) ->
         sqlx::query_as(
             "SELECT failed_index, failed_reason, failed_current \
              FROM mercato_tx_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                                    $12, $13, $14, $15, $16, $17, $18, $19)",
+                                    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
         )
     };
     let query = query
@@ -155,6 +160,15 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) ->
             .bind(view_event)
             .bind(view_merchant)
             .bind(view_data)
+            // Each crossing's write as its 1-based position in key order (0: none).
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.when.as_ref().map_or(0, |c| placed[c.write] as i32 + 1))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.when.as_ref().map_or(0, |c| c.below)).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.when.as_ref().map_or("", |c| c.field)).collect::<Vec<_>>())
     };
     let (index, reason, current): (i32, Option<i16>, Option<i64>) = query.fetch_one(pool).await?;
     let Ok(position) = usize::try_from(index) else { return Ok(Ok(versions)) };
@@ -295,6 +309,14 @@ pub(crate) fn run_sqlite(
         }
     }
     for event in events {
+        // A crossing is decided on the counter's value now: this transaction
+        // holds the only writer, so no one else has moved it since.
+        let watched = event.when.as_ref().and_then(|c| writes.get(c.write));
+        let after = match watched {
+            Some(w) => select(w)?.and_then(|r| crate::storage::tx::counter_value(&r.value)),
+            None => None,
+        };
+        let Some(event) = event.resolved(writes, |_| after) else { continue };
         let inserted = db
             .prepare_cached(
                 "INSERT INTO events (id, kind, subject, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5) \
