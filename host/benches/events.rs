@@ -4,8 +4,11 @@
 //! and latency with the outbox only (every paid order still writes its
 //! event: that is part of the transaction) against the same with the relay
 //! publishing to NATS JetStream (127.0.0.1:4222) and a merchant's webhook
-//! receiver on loopback; the ratio; and the end-to-end delivery latency
-//! p50/p99, commit (`created_at`) → the receiver's arrival.
+//! receiver on loopback; the ratio; the end-to-end delivery latency
+//! p50/p99, commit (`created_at`) → the receiver's arrival; and what a
+//! low-stock threshold on every sku costs (each reservation then reads the
+//! thresholds and owners and carries a `stock.low` the database decides on;
+//! with a million units it never crosses).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -50,7 +53,7 @@ async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<i64>>>) {
     (addr, seen)
 }
 
-async fn run(database_url: Option<String>, sinks: bool) -> Run {
+async fn run(database_url: Option<String>, sinks: bool, thresholds: bool) -> Run {
     let tag = format!("{:08x}", rand::random::<u32>());
     let stream = format!("MERCATO_BENCH_{tag}");
     let (addr, seen) = receiver().await;
@@ -73,6 +76,16 @@ async fn run(database_url: Option<String>, sinks: bool) -> Run {
         let (status, _) =
             send(client.post(format!("{base}/v1/merchant/products")).bearer_auth(&token).json(&body)).await;
         assert_eq!(status, 201);
+        if thresholds {
+            let (status, body) = send(
+                client
+                    .put(format!("{base}/v1/merchant/inventory/{sku}"))
+                    .bearer_auth(&token)
+                    .json(&json!({"low_stock_threshold": 10})),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
     }
     if sinks {
         let hook = json!({"url": format!("http://{addr}/hook"), "events": ["order.paid"]});
@@ -150,10 +163,11 @@ async fn run(database_url: Option<String>, sinks: bool) -> Run {
     }
 }
 
-/// Both runs, each on its own database (`None`: a fresh SQLite file each).
-async fn compare(label: &str, off_url: Option<String>, on_url: Option<String>) {
-    let off = run(off_url, false).await;
-    let on = run(on_url, true).await;
+/// The three runs, each on its own database (`None`: a fresh SQLite file each).
+async fn compare(label: &str, off_url: Option<String>, on_url: Option<String>, low_url: Option<String>) {
+    let off = run(off_url, false, false).await;
+    let on = run(on_url, true, false).await;
+    let low = run(low_url, false, true).await;
     let (d50, d99) = on.delivery_ms.unwrap_or_default();
     println!(
         "{label:<9} outbox only: {:>6.1} orders/s p50 {:>6.1} ms p99 {:>6.1} ms | + NATS + webhook: {:>6.1} orders/s p50 {:>6.1} ms p99 {:>6.1} ms | cost {:.2}x (throughput), p99 {:.2}x | delivery commit→receiver p50 {d50:.0} ms p99 {d99:.0} ms",
@@ -166,6 +180,14 @@ async fn compare(label: &str, off_url: Option<String>, on_url: Option<String>) {
         off.orders_per_s / on.orders_per_s,
         on.p99_ms / off.p99_ms,
     );
+    println!(
+        "{label:<9} outbox only, a low-stock threshold on every sku: {:>6.1} orders/s p50 {:>6.1} ms p99 {:>6.1} ms | cost {:.2}x (throughput), p99 {:.2}x",
+        low.orders_per_s,
+        low.p50_ms,
+        low.p99_ms,
+        off.orders_per_s / low.orders_per_s,
+        low.p99_ms / off.p99_ms,
+    );
 }
 
 fn main() {
@@ -173,7 +195,7 @@ fn main() {
     let only = std::env::var("MERCATO_BENCH_ONLY").unwrap_or_default();
     rt.block_on(async {
         if only != "postgres" {
-            compare("sqlite", None, None).await;
+            compare("sqlite", None, None, None).await;
         }
         if only == "sqlite" {
             return;
@@ -184,7 +206,7 @@ fn main() {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres");
         let mut urls = Vec::new();
-        for n in 0..2 {
+        for n in 0..3 {
             let name = format!("mercato_bench_ev{n}_{}", std::process::id());
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
@@ -192,7 +214,8 @@ fn main() {
                 .expect("db");
             urls.push(name);
         }
-        compare("postgres", Some(format!("{base}/{}", urls[0])), Some(format!("{base}/{}", urls[1]))).await;
+        let url = |n: usize| Some(format!("{base}/{}", urls[n]));
+        compare("postgres", url(0), url(1), url(2)).await;
         for name in urls {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
                 .execute(&mut conn)

@@ -25,11 +25,12 @@
 //! a record that is there is the one staged).
 //!
 //! `stock.low`: every change that lowers `available` (a reservation, a
-//! merchant lowering `on_hand`) of a sku with a threshold carries a
-//! `stock.low` event that the database writes only if that change takes
-//! `available` from the threshold or more to less, decided under the
-//! counter's row lock: concurrent checkouts that together cross it once
-//! make one event, whatever their interleaving.
+//! merchant lowering `on_hand`) carries a `stock.low` event that the
+//! database writes only if that change takes `available` from the threshold
+//! or more to less, reading both counters after the writes under the
+//! transaction's locks: concurrent checkouts that together cross it once make
+//! one event, whatever their interleaving, and a threshold set meanwhile
+//! counts from the commit after it.
 
 mod stock;
 
@@ -112,11 +113,12 @@ fn levels_of(skus: &[String]) -> Result<Vec<StockLevel>, Error> {
     Ok(skus.iter().zip(counters.chunks(3)).map(|(s, c)| level(s, c[0], c[1], c[2])).collect())
 }
 
-/// The `stock.low` event of `sku` (owned by `merchant`, threshold
-/// `threshold` ≥ 1) for the change in this transaction that lowers its
-/// `available` counter: the database writes it only if that change crosses
-/// the threshold.
-fn stock_low(merchant: &str, sku: &str, threshold: u32) -> Event {
+/// The `stock.low` event of `sku` (owned by `merchant`) for the change in
+/// this transaction that lowers its `available` counter: the database writes
+/// it only if that change takes the counter below the sku's threshold (its
+/// `t/` counter as the transaction leaves it), deciding under the
+/// transaction's locks.
+fn stock_low(merchant: &str, sku: &str) -> Event {
     Event {
         // Fresh per change: a change is committed at most once (its writes'
         // preconditions see to it), and the outbox keeps the id it got.
@@ -124,34 +126,25 @@ fn stock_low(merchant: &str, sku: &str, threshold: u32) -> Event {
         body: EventBody::StockLow(StockLowEvent {
             merchant_id: merchant.to_string(),
             sku: sku.to_string(),
-            threshold,
             bucket: LEVELS.to_string(),
             available_key: available_key(sku),
+            threshold_key: threshold_key(sku),
         }),
     }
 }
 
-/// The `stock.low` events of a reservation of `lines`: one per sku whose
-/// merchant set a threshold (one read of the thresholds, and of the skus'
-/// owners only if any is set).
+/// The `stock.low` events of a reservation of `lines`, one per sku (one read
+/// of the skus' owners). Every sku gets one, threshold or not: the threshold
+/// is read by the database at the commit, so one set while the checkout is
+/// in flight still counts.
 fn reservation_events(lines: &[ReservationLine]) -> Result<Vec<Event>, Error> {
-    let keys: Vec<String> = lines.iter().map(|l| threshold_key(&l.sku)).collect();
-    let thresholds = tx::counters(LEVELS, &keys)?;
-    let watched: Vec<(&str, u32)> = lines
-        .iter()
-        .zip(thresholds)
-        .filter(|(_, t)| *t > 0)
-        .map(|(l, t)| (l.sku.as_str(), units(t)))
-        .collect();
-    if watched.is_empty() {
-        return Ok(Vec::new());
-    }
-    let skus: Vec<String> = watched.iter().map(|(s, _)| s.to_string()).collect();
+    let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
     let owners = tx::read::<SkuRecord>(SKUS, &skus)?;
-    Ok(watched
+    // An unknown sku has no stock either: its line fails the commit.
+    Ok(skus
         .iter()
         .zip(owners)
-        .filter_map(|((sku, t), owner)| owner.map(|(r, _)| stock_low(&r.merchant, sku, *t)))
+        .filter_map(|(sku, owner)| owner.map(|(r, _)| stock_low(&r.merchant, sku)))
         .collect())
 }
 
@@ -238,55 +231,38 @@ impl merchant_stock::Guest for Inventory {
         change: merchant_stock::StockChange,
     ) -> Result<StockLevel, Error> {
         owned(&merchant, &sku)?;
-        if change.on_hand.is_none() && change.low_stock_threshold.is_none() {
+        let threshold = change
+            .low_stock_threshold
+            .map(|t| tx::put(LEVELS, &threshold_key(&sku), &quantity(t), Precondition::None))
+            .transpose()?;
+        let Some(on_hand) = change.on_hand else {
+            // The threshold alone: a write of its own, which neither waits on
+            // nor holds up checkouts (they read it in their commit).
+            if let Some(write) = threshold {
+                tx::commit(&[write], &[]).map_err(tx::error)?;
+            }
             return one_level(&sku);
-        }
+        };
         for _ in 0..SET_RETRIES {
-            let keys = [on_hand_key(&sku), threshold_key(&sku)];
-            let mut rows = tx::read::<i64>(LEVELS, &keys)?.into_iter();
-            let Some((current, version)) = rows.next().flatten() else {
+            let Some((current, version)) = tx::read_one::<i64>(LEVELS, &on_hand_key(&sku))? else {
                 return Err(Error::NotFound(format!("sku {sku:?}")));
             };
-            let set_threshold = rows.next().flatten();
-            // 0: on-hand (its version: a checkout in between means read again),
-            // 1: available (never below 0: on-hand may not drop below what is
-            // reserved), 2: the threshold (set, or unchanged since read).
-            let mut writes = Vec::with_capacity(3);
-            let on_hand = change.on_hand.map_or(current, quantity);
-            let delta = on_hand - current;
-            writes.push(Write {
-                precondition: Precondition::Version(version),
-                ..tx::put(LEVELS, &on_hand_key(&sku), &on_hand, Precondition::None)?
-            });
-            writes.push(add_available(&sku, delta, Some(0), None));
-            let threshold = match change.low_stock_threshold {
-                Some(t) => {
-                    writes.push(tx::put(LEVELS, &threshold_key(&sku), &quantity(t), Precondition::None)?);
-                    t
-                }
-                None => {
-                    let precondition = match &set_threshold {
-                        Some((_, v)) => Precondition::Version(*v),
-                        None => Precondition::Absent,
-                    };
-                    writes.push(Write {
-                        bucket: LEVELS.into(),
-                        key: threshold_key(&sku),
-                        precondition,
-                        operation: tx::Operation::Check,
-                    });
-                    set_threshold.as_ref().map_or(0, |(t, _)| units(*t))
-                }
-            };
-            let staged = if delta < 0 && threshold > 0 {
-                vec![tx::emit(&[stock_low(&merchant, &sku, threshold)])?]
-            } else {
-                Vec::new()
-            };
+            let delta = quantity(on_hand) - current;
+            let mut writes = vec![
+                Write {
+                    precondition: Precondition::Version(version),
+                    ..tx::put(LEVELS, &on_hand_key(&sku), &quantity(on_hand), Precondition::None)?
+                },
+                // On-hand may not drop below what is reserved: available stays >= 0.
+                add_available(&sku, delta, Some(0), None),
+            ];
+            writes.extend(threshold.clone());
+            // A drop may cross the threshold (the one this commit leaves).
+            let staged = if delta < 0 { vec![tx::emit(&[stock_low(&merchant, &sku)])?] } else { Vec::new() };
             match tx::commit(&writes, &staged) {
                 Ok(_) => return one_level(&sku),
-                // A checkout moved the stock, or the threshold changed, in between: read again.
-                Err(TxError::Failed(f)) if f.index != 1 => continue,
+                // A checkout moved the stock in between: read again.
+                Err(TxError::Failed(f)) if f.index == 0 => continue,
                 Err(TxError::Failed(f)) => {
                     let reserved = current - (f.current.unwrap_or(0));
                     return Err(Error::Conflict(format!(
@@ -308,7 +284,7 @@ impl reservations::Guest for Inventory {
         }
         // The stock is not read first: a line that cannot be served fails the
         // caller's commit on its counter's bound, which is checked under the
-        // row lock (only the thresholds are read, for `stock.low`).
+        // row lock (only the owners are read, for `stock.low`).
         let mut writes: Vec<Write> =
             lines.iter().map(|l| add_available(&l.sku, -quantity(l.quantity), Some(0), None)).collect();
         writes.push(tx::put(

@@ -53,12 +53,13 @@ struct Pending {
     watches: Option<Watch>,
 }
 
-/// The counter a `stock.low` event watches, in the stager's namespace.
+/// The counters a `stock.low` event watches, in the stager's namespace: the
+/// one the commit changes and the threshold it must cross.
 struct Watch {
     namespace: &'static str,
     bucket: String,
     key: String,
-    below: i64,
+    threshold_key: String,
 }
 
 /// The transactions state of one store: the component's namespace (every
@@ -201,16 +202,14 @@ fn stock_low_event(
         return Err(invalid(format!("the {namespace} component may not emit stock events")));
     }
     check_bucket_key(&s.bucket, &s.available_key)?;
-    if s.threshold == 0 || s.merchant_id.is_empty() || s.sku.is_empty() || s.sku.len() > MAX_KEY {
-        return Err(invalid(format!(
-            "event {id}: stock.low needs a merchant, a sku and a threshold of 1 or more"
-        )));
+    check_bucket_key(&s.bucket, &s.threshold_key)?;
+    if !crate::auth::is_merchant_id(&s.merchant_id) || s.sku.is_empty() || s.sku.len() > MAX_KEY {
+        return Err(invalid(format!("event {id}: stock.low needs a merchant id and a sku")));
     }
     // The merchant's view is the whole event: it is about their sku only.
-    let data =
-        serde_json::to_vec(&crate::events::render::stock_low_json(&s.merchant_id, &s.sku, s.threshold))
-            .unwrap_or_default();
-    let watches = Watch { namespace, bucket: s.bucket, key: s.available_key, below: i64::from(s.threshold) };
+    let data = serde_json::to_vec(&crate::events::render::stock_low_json(&s.merchant_id, &s.sku))
+        .unwrap_or_default();
+    let watches = Watch { namespace, bucket: s.bucket, key: s.available_key, threshold_key: s.threshold_key };
     let event = tx::Event {
         id,
         kind: "stock.low",
@@ -242,7 +241,12 @@ fn tie(writes: &[tx::Write], pending: Vec<Pending>) -> Result<Vec<tx::Event>, Tx
                         event.id, w.bucket, w.key
                     )));
                 };
-                event.when = Some(tx::Crossing { write, below: w.below, field: "available" });
+                event.when = Some(tx::Crossing {
+                    write,
+                    threshold_key: w.threshold_key,
+                    value_field: "available",
+                    threshold_field: "low_stock_threshold",
+                });
             }
             Ok(event)
         })
@@ -311,9 +315,13 @@ impl Host for TxState {
         let db = self.db.clone();
         let started = std::time::Instant::now();
         let work = tokio::spawn(async move {
-            let told = !events.is_empty();
+            let before = crate::storage::events::outbox_writes();
             let outcome = db.tx_commit_with(&all, &events).await;
-            if told && matches!(outcome, Ok(Ok(_))) {
+            // Only if events were written: a reservation's stock.low usually is not.
+            if !events.is_empty()
+                && matches!(outcome, Ok(Ok(_)))
+                && crate::storage::events::outbox_writes() != before
+            {
                 crate::events::relay::wake();
             }
             outcome

@@ -53,13 +53,14 @@ pub fn merchant_order_json(o: &Order) -> Value {
     })
 }
 
-/// `stock.low`'s data (the merchant's view too): `available` is set by the
-/// database to the value the change left, when it decides the event.
-pub fn stock_low_json(merchant: &str, sku: &str, threshold: u32) -> Value {
+/// `stock.low`'s data (the merchant's view too): `available` and
+/// `low_stock_threshold` are set by the database to what the change left,
+/// when it decides the event.
+pub fn stock_low_json(merchant: &str, sku: &str) -> Value {
     json!({
         "sku": sku,
         "merchant_id": merchant,
-        "low_stock_threshold": threshold,
+        "low_stock_threshold": null,
         "available": null,
     })
 }

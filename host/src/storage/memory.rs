@@ -238,15 +238,15 @@ impl Transactions for Memory {
             };
         }
         for e in events {
-            let Some(e) = e.resolved(writes, |w| {
-                let k = (w.namespace.to_string(), w.bucket.clone(), w.key.clone());
-                state.kv.get(&k).and_then(|r| counter_value(&r.value))
-            }) else {
-                continue;
-            };
+            let resolved = e.resolved(writes, |namespace, bucket, key| {
+                let k = (namespace.to_string(), bucket.to_string(), key.to_string());
+                Ok::<_, std::convert::Infallible>(state.kv.get(&k).and_then(|r| counter_value(&r.value)))
+            });
+            let Ok(Some(e)) = resolved else { continue };
             if !state.event_ids.insert(e.id.clone()) {
                 continue;
             }
+            super::events::note_outbox_write();
             state.event_seq += 1;
             let row = EventRow {
                 seq: state.event_seq,

@@ -85,57 +85,64 @@ pub struct Event {
     pub when: Option<Crossing>,
 }
 
-/// The condition of an event that depends on a counter (`stock.low`): the
-/// transaction's write `write` (an `add`) takes its counter from `below` or
-/// more to less. The backend decides it after the writes, on the counter's
-/// new value under the transaction's row lock, and then sets `field` of the
-/// data and of each view (JSON objects) to that value.
+/// The condition of an event that depends on counters (`stock.low`): the
+/// transaction's write `write` (an `add`) takes its counter from the value of
+/// `threshold_key` (a counter in the same namespace and bucket; absent or not
+/// above 0: no threshold) or more to less. The backend decides it after the
+/// writes, on both counters' values under the transaction's locks, and then
+/// sets `value_field` and `threshold_field` of the data and of each view
+/// (JSON objects) to them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Crossing {
     /// Index into the transaction's writes.
     pub write: usize,
-    pub below: i64,
-    pub field: &'static str,
+    pub threshold_key: String,
+    pub value_field: &'static str,
+    pub threshold_field: &'static str,
 }
 
 impl Crossing {
-    /// Whether a change by `delta` that left the counter at `after` crossed.
-    pub fn crossed(&self, delta: i64, after: i64) -> bool {
-        after < self.below && after.checked_sub(delta).is_some_and(|before| before >= self.below)
+    /// Whether a change by `delta` that left the counter at `after` crossed
+    /// `threshold`.
+    pub fn crossed(delta: i64, after: i64, threshold: i64) -> bool {
+        let before = after.checked_sub(delta);
+        threshold > 0 && after < threshold && before.is_some_and(|before| before >= threshold)
     }
 }
 
 impl Event {
-    /// The event as the outbox holds it, given `value`, the new value of the
-    /// counter its crossing watches: `None` if it did not cross (or has no
-    /// crossing, then `Some` unchanged).
-    pub(crate) fn resolved(
+    /// The event as the outbox holds it: `None` if it has a crossing and that
+    /// did not cross, given `counter` (a counter's value now, by namespace,
+    /// bucket and key).
+    pub(crate) fn resolved<E>(
         &self,
         writes: &[Write],
-        value: impl FnOnce(&Write) -> Option<i64>,
-    ) -> Option<Event> {
-        let Some(c) = &self.when else { return Some(self.clone()) };
-        let w = writes.get(c.write)?;
-        let Op::Add { delta, .. } = w.op else { return None };
-        let after = value(w)?;
-        if !c.crossed(delta, after) {
-            return None;
+        mut counter: impl FnMut(&str, &str, &str) -> std::result::Result<Option<i64>, E>,
+    ) -> std::result::Result<Option<Event>, E> {
+        let Some(c) = &self.when else { return Ok(Some(self.clone())) };
+        let Some(w) = writes.get(c.write) else { return Ok(None) };
+        let Op::Add { delta, .. } = w.op else { return Ok(None) };
+        let Some(after) = counter(w.namespace, &w.bucket, &w.key)? else { return Ok(None) };
+        let threshold = counter(w.namespace, &w.bucket, &c.threshold_key)?.unwrap_or(0);
+        if !Crossing::crossed(delta, after, threshold) {
+            return Ok(None);
         }
         let set = |json: &[u8]| -> Vec<u8> {
             match serde_json::from_slice::<serde_json::Value>(json) {
                 Ok(mut v) if v.is_object() => {
-                    v[c.field] = after.into();
+                    v[c.value_field] = after.into();
+                    v[c.threshold_field] = threshold.into();
                     serde_json::to_vec(&v).unwrap_or_else(|_| json.to_vec())
                 }
                 _ => json.to_vec(),
             }
         };
-        Some(Event {
+        Ok(Some(Event {
             data: set(&self.data),
             views: self.views.iter().map(|(m, d)| (m.clone(), set(d))).collect(),
             when: None,
             ..self.clone()
-        })
+        }))
     }
 }
 
@@ -247,14 +254,15 @@ mod tests {
 
     #[test]
     fn a_crossing_is_a_change_from_the_threshold_or_more_to_less() {
-        let c = Crossing { write: 0, below: 40, field: "available" };
-        assert!(c.crossed(-3, 37), "40 → 37");
-        assert!(c.crossed(-50, 39), "89 → 39");
-        assert!(!c.crossed(-3, 40), "43 → 40: not below");
-        assert!(!c.crossed(-3, 36), "39 → 36: below already");
-        assert!(!c.crossed(3, 39), "36 → 39: rising");
-        assert!(!c.crossed(0, 39), "no change");
-        assert!(!c.crossed(i64::MIN, 0), "a before that overflows is no crossing");
+        let crossed = Crossing::crossed;
+        assert!(crossed(-3, 37, 40), "40 → 37");
+        assert!(crossed(-50, 39, 40), "89 → 39");
+        assert!(!crossed(-3, 40, 40), "43 → 40: not below");
+        assert!(!crossed(-3, 36, 40), "39 → 36: below already");
+        assert!(!crossed(3, 39, 40), "36 → 39: rising");
+        assert!(!crossed(0, 39, 40), "no change");
+        assert!(!crossed(i64::MIN, 0, 40), "a before that overflows is no crossing");
+        assert!(!crossed(-3, 0, 0) && !crossed(-3, -1, 0), "threshold 0: none");
     }
 
     #[test]

@@ -377,7 +377,10 @@ async fn merchants_manage_only_their_stock() {
     };
     let (status, level) = put(&token_a, "A-1", json!({"on_hand": 25})).await;
     assert_eq!(status, 200, "{level}");
-    assert_eq!(level, json!({"sku": "A-1", "on_hand": 25, "reserved": 0, "available": 25}));
+    assert_eq!(
+        level,
+        json!({"sku": "A-1", "on_hand": 25, "reserved": 0, "available": 25, "low_stock_threshold": 0})
+    );
     assert_error(&put(&token_b, "A-1", json!({"on_hand": 0})).await, 403, "forbidden");
     assert_error(
         &send(app.request(Method::GET, "/v1/merchant/inventory/A-1").bearer_auth(&token_b)).await,

@@ -609,14 +609,16 @@ async fn stock_low_events(db: &mercato::storage::Db) -> Vec<EventRow> {
 
 /// `stock.low`: a merchant sets a threshold per sku, and each change that
 /// takes `available` from the threshold or more to less writes exactly one
-/// event, decided in the database under the row lock. 30 concurrent
-/// checkouts of 3 units walk a sku from 100 down to 10 past a threshold of
-/// 40 and make exactly one event (at 37, whatever their interleaving); a
-/// merchant lowering `on_hand` past it makes one; a change that stays below,
-/// one that rises, a sku whose threshold is 0 and one without a threshold
-/// make none; setting `on_hand` and the threshold in one request crosses the
-/// new threshold. The merchant's webhook gets its events, signed and in
-/// order; no other merchant hears of them.
+/// event, decided in the database under the transaction's locks. 30
+/// concurrent checkouts of 3 units walk a sku from 100 down to 10 past a
+/// threshold of 40 and make exactly one event (at 37, whatever their
+/// interleaving); the same for another merchant's sku in two-line carts
+/// (threshold 20, at 19) beside a sku without one; a threshold set while a
+/// sku's checkouts run counts from its commit on (one event if it was set
+/// above `available`); a merchant lowering `on_hand` past it makes one; a
+/// change that stays below, one that rises and threshold 0 make none;
+/// `on_hand` and the threshold in one request cross the new threshold. Each
+/// merchant's webhook gets exactly its own events, signed and in order.
 async fn stock_low_is_written_once_per_crossing(backend: Backend) {
     let receiver = Receiver::start().await;
     let app = spawn_app_with(backend, |c| {
@@ -627,18 +629,20 @@ async fn stock_low_is_written_once_per_crossing(backend: Backend) {
     })
     .await;
     let (a, token_a) = app.merchant("A").await;
-    let (_, token_b) = app.merchant("B").await;
-    app.product(&token_a, crate::interruption::product_with_stock("LOW-A", 500, 100)).await;
-    app.product(&token_b, crate::interruption::product_with_stock("LOW-B", 500, 100)).await;
+    let (b, token_b) = app.merchant("B").await;
+    for (token, sku) in [(&token_a, "LOW-A"), (&token_b, "LOW-B"), (&token_a, "LOW-C"), (&token_b, "LOW-D")] {
+        app.product(token, crate::interruption::product_with_stock(sku, 500, 100)).await;
+    }
     let (status, hook_a) = register(&app, &token_a, &receiver.url("ok", "a"), &["stock.low"]).await;
     assert_eq!(status, 200, "{hook_a}");
     let secret_a = s(&hook_a["secret"]);
-    let (status, _) = register(&app, &token_b, &receiver.url("ok", "b"), &["stock.low"]).await;
-    assert_eq!(status, 200);
+    let (status, hook_b) = register(&app, &token_b, &receiver.url("ok", "b"), &["stock.low"]).await;
+    assert_eq!(status, 200, "{hook_b}");
+    let secret_b = s(&hook_b["secret"]);
 
     // The rules of the threshold.
     assert_error(&set_stock(&app, &token_a, "LOW-A", json!({})).await, 422, "invalid_request");
-    for bad in [json!(-1), json!(1.5), json!("5"), json!(1_000_000_001)] {
+    for bad in [json!(-1), json!(1.5), json!("5"), json!(null), json!(1_000_000_001)] {
         assert_error(
             &set_stock(&app, &token_a, "LOW-A", json!({"low_stock_threshold": bad})).await,
             422,
@@ -659,17 +663,26 @@ async fn stock_low_is_written_once_per_crossing(backend: Backend) {
         send(app.request(Method::GET, "/v1/merchant/inventory/LOW-A").bearer_auth(&token_a)).await;
     assert_eq!((status, &level), (200, &want));
     let (_, level) =
-        send(app.request(Method::GET, "/v1/merchant/inventory/LOW-B").bearer_auth(&token_b)).await;
+        send(app.request(Method::GET, "/v1/merchant/inventory/LOW-D").bearer_auth(&token_b)).await;
     assert_eq!(level["low_stock_threshold"], 0, "none unless set: {level}");
+    let (status, _) = set_stock(&app, &token_b, "LOW-B", json!({"low_stock_threshold": 20})).await;
+    assert_eq!(status, 200);
 
-    // 30 checkouts of 3 units at once (100 → 10), and 30 of the sku without a threshold.
+    // 30 checkouts each, all at once: LOW-A; LOW-B with LOW-D in one cart;
+    // LOW-C, whose threshold is set while they run.
     let mut carts = Vec::new();
-    for i in 0..60 {
+    for i in 0..90 {
         let cart = app.cart("EUR").await;
-        let sku = if i % 2 == 0 { "LOW-A" } else { "LOW-B" };
-        let (status, body) =
-            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 3})).await;
-        assert_eq!(status, 200, "{body}");
+        let skus: &[&str] = match i % 3 {
+            0 => &["LOW-A"],
+            1 => &["LOW-B", "LOW-D"],
+            _ => &["LOW-C"],
+        };
+        for sku in skus {
+            let (status, body) =
+                app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 3})).await;
+            assert_eq!(status, 200, "{body}");
+        }
         carts.push(cart);
     }
     let tasks: Vec<_> = carts
@@ -683,31 +696,52 @@ async fn stock_low_is_written_once_per_crossing(backend: Backend) {
             tokio::spawn(send(req))
         })
         .collect();
+    let (status, c_level) = set_stock(&app, &token_a, "LOW-C", json!({"low_stock_threshold": 40})).await;
+    assert_eq!(status, 200, "{c_level}");
     for t in tasks {
         let (status, body) = t.await.expect("checkout");
         assert_eq!(status, 201, "{body}");
     }
-    let low = stock_low_events(&app.db).await;
     let shown = |low: &[EventRow]| -> Vec<String> {
-        low.iter().map(|e| String::from_utf8_lossy(&e.data).into_owned()).collect()
+        low.iter().map(|e| format!("{} {}", e.subject, String::from_utf8_lossy(&e.data))).collect()
     };
-    assert_eq!(low.len(), 1, "one crossing, one event: {:?}", shown(&low));
-    let e = &low[0];
-    assert_eq!(e.subject, "LOW-A");
-    assert_eq!(e.merchants, vec![a.clone()], "it concerns the sku's merchant only");
-    let data: Value = serde_json::from_slice(&e.data).expect("json");
+    let low = stock_low_events(&app.db).await;
+    let of = |sku: &str| low.iter().filter(|e| e.subject == sku).collect::<Vec<_>>();
+    let data = |e: &EventRow| -> Value { serde_json::from_slice(&e.data).expect("json") };
+    assert_eq!(of("LOW-A").len(), 1, "one crossing, one event: {:?}", shown(&low));
     assert_eq!(
-        data,
+        data(of("LOW-A")[0]),
         json!({"sku": "LOW-A", "merchant_id": a, "low_stock_threshold": 40, "available": 37}),
         "the change that crossed: 40 → 37"
     );
+    assert_eq!(of("LOW-B").len(), 1, "{:?}", shown(&low));
+    assert_eq!(
+        data(of("LOW-B")[0]),
+        json!({"sku": "LOW-B", "merchant_id": b, "low_stock_threshold": 20, "available": 19})
+    );
+    assert!(of("LOW-D").is_empty(), "no threshold, no event: {:?}", shown(&low));
+    // LOW-C: set above what was left, the crossing is still ahead and counts.
+    let c_events = of("LOW-C");
+    if c_level["available"].as_u64().expect("available") >= 40 {
+        assert_eq!(c_events.len(), 1, "set at {c_level}: {:?}", shown(&low));
+        assert_eq!(data(c_events[0])["available"], 37);
+    } else {
+        assert!(c_events.len() <= 1, "{:?}", shown(&low));
+    }
+    eprintln!("LOW-C's threshold was set at {c_level}: {} event(s)", c_events.len());
+    for e in &low {
+        let owner = if ["LOW-A", "LOW-C"].contains(&e.subject.as_str()) { &a } else { &b };
+        assert_eq!(&e.merchants, &vec![owner.clone()], "it concerns the sku's merchant only");
+    }
 
     // The merchant's own changes: rising, staying above, crossing, staying below.
+    let a_events =
+        || async { stock_low_events(&app.db).await.into_iter().filter(|e| e.subject == "LOW-A").count() };
     for (on_hand, events) in [(60, 1), (45, 1), (30, 2), (20, 2)] {
         let (status, level) = set_stock(&app, &token_a, "LOW-A", json!({"on_hand": on_hand})).await;
         assert_eq!((status, level["available"].as_u64()), (200, Some(on_hand)), "{level}");
         assert_eq!(level["low_stock_threshold"], 40, "kept: {level}");
-        assert_eq!(stock_low_events(&app.db).await.len(), events, "after on_hand {on_hand}");
+        assert_eq!(a_events().await, events, "after on_hand {on_hand}");
     }
     // Threshold 0: none; then on_hand and a new threshold in one request cross it.
     let (status, _) =
@@ -715,7 +749,7 @@ async fn stock_low_is_written_once_per_crossing(backend: Backend) {
     assert_eq!(status, 200);
     let (status, _) = set_stock(&app, &token_a, "LOW-A", json!({"on_hand": 5})).await;
     assert_eq!(status, 200);
-    assert_eq!(stock_low_events(&app.db).await.len(), 2, "threshold 0: no event");
+    assert_eq!(a_events().await, 2, "threshold 0: no event");
     let (status, _) = set_stock(&app, &token_a, "LOW-A", json!({"on_hand": 100})).await;
     assert_eq!(status, 200);
     let (status, level) =
@@ -723,41 +757,57 @@ async fn stock_low_is_written_once_per_crossing(backend: Backend) {
     assert_eq!(status, 200, "{level}");
     assert_eq!((level["available"].as_u64(), level["low_stock_threshold"].as_u64()), (Some(9), Some(10)));
     let low = stock_low_events(&app.db).await;
-    assert_eq!(low.len(), 3, "{:?}", shown(&low));
-    let available: Vec<(i64, i64)> = low
+    let levels: Vec<(i64, i64)> = low
         .iter()
+        .filter(|e| e.subject == "LOW-A")
         .map(|e| {
-            let d: Value = serde_json::from_slice(&e.data).expect("json");
+            let d = data(e);
             (
                 d["low_stock_threshold"].as_i64().expect("threshold"),
                 d["available"].as_i64().expect("available"),
             )
         })
         .collect();
-    assert_eq!(available, vec![(40, 37), (40, 30), (10, 9)]);
-    assert!(low.iter().all(|e| e.subject == "LOW-A" && e.merchants == vec![a.clone()]), "{low:?}");
+    assert_eq!(levels, vec![(40, 37), (40, 30), (10, 9)]);
     let ids: HashSet<&str> = low.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids.len(), 3, "distinct ids");
+    assert_eq!(ids.len(), low.len(), "distinct ids");
 
-    // Delivered to A's webhook, signed, in order; B hears nothing.
-    wait_for("A's three stock.low deliveries", Duration::from_secs(30), || receiver.seen("ok").len() >= 3)
+    // Each merchant's webhook: exactly its own events, signed, in order.
+    let wanted = |m: &str| -> Vec<String> {
+        low.iter().filter(|e| e.merchants == vec![m.to_string()]).map(|e| e.id.clone()).collect()
+    };
+    let total = low.len();
+    wait_for("every stock.low delivered", Duration::from_secs(30), || receiver.seen("ok").len() >= total)
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = receiver.seen("ok");
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
-    let mut delivered = Vec::new();
-    for r in &seen {
+    let mut delivered: HashMap<String, Vec<String>> = HashMap::new();
+    for r in receiver.seen("ok") {
         let body: Value = serde_json::from_slice(&r.body).expect("json body");
         assert_eq!(body["type"], "stock.low", "{body}");
-        assert_eq!(body["data"]["merchant_id"], json!(a), "only A's: {body}");
+        let merchant = s(&body["data"]["merchant_id"]);
+        let secret = if merchant == a { &secret_a } else { &secret_b };
         assert!(
-            mercato::events::webhooks::verify(&secret_a, &r.signature, &r.body, now, 300),
-            "signed with A's secret"
+            mercato::events::webhooks::verify(secret, &r.signature, &r.body, now, 300),
+            "signed with its merchant's secret: {body}"
         );
-        delivered.push(s(&body["id"]));
+        delivered.entry(merchant).or_default().push(s(&body["id"]));
     }
-    let want: Vec<String> = low.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(delivered, want, "each once, in order");
+    let per_sku_order = |ids: &[String]| -> Vec<String> {
+        // Deliveries keep each subject's order; across skus they may interleave.
+        let mut v: Vec<String> = ids.to_vec();
+        v.sort_by_key(|id| low.iter().position(|e| &e.id == id));
+        v
+    };
+    for m in [&a, &b] {
+        let got = delivered.get(m.as_str()).cloned().unwrap_or_default();
+        assert_eq!(per_sku_order(&got), wanted(m), "{m}: each of its events once, no other");
+        let a_skus: Vec<&String> =
+            got.iter().filter(|id| low.iter().any(|e| &e.id == *id && e.subject == "LOW-A")).collect();
+        let want_a: Vec<String> =
+            low.iter().filter(|e| e.subject == "LOW-A" && m == &a).map(|e| e.id.clone()).collect();
+        assert_eq!(a_skus.into_iter().cloned().collect::<Vec<_>>(), want_a, "LOW-A's in order");
+    }
 }
 each_backend!(stock_low, stock_low_is_written_once_per_crossing);

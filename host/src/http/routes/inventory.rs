@@ -20,11 +20,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// `available` below which the merchant hears `stock.low` (0: never).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 struct SetStock {
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000000)]
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = u32, required = false, minimum = 0, maximum = 1000000000)]
     on_hand: Option<Value>,
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000000)]
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = u32, required = false, minimum = 0, maximum = 1000000000)]
     low_stock_threshold: Option<Value>,
+}
+
+/// A field that is there, `null` included (which is then refused, not taken
+/// for "unchanged").
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A whole number from 0 to 10⁹, or 422 `invalid_quantity` naming `field`.

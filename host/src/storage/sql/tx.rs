@@ -117,14 +117,14 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) ->
     }
     let query = if events.is_empty() {
         sqlx::query_as(
-            "SELECT failed_index, failed_reason, failed_current \
+            "SELECT failed_index, failed_reason, failed_current, 0 \
              FROM mercato_tx($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
     } else {
         sqlx::query_as(
-            "SELECT failed_index, failed_reason, failed_current \
+            "SELECT failed_index, failed_reason, failed_current, events_written \
              FROM mercato_tx_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                                    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+                                    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
         )
     };
     let query = query
@@ -167,10 +167,22 @@ async fn postgres_tx(pool: &sqlx::PgPool, writes: &[Write], events: &[Event]) ->
                     .map(|e| e.when.as_ref().map_or(0, |c| placed[c.write] as i32 + 1))
                     .collect::<Vec<_>>(),
             )
-            .bind(events.iter().map(|e| e.when.as_ref().map_or(0, |c| c.below)).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.when.as_ref().map_or("", |c| c.field)).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.when.as_ref().map_or("", |c| c.threshold_key.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.when.as_ref().map_or("", |c| c.value_field)).collect::<Vec<_>>())
+            .bind(
+                events.iter().map(|e| e.when.as_ref().map_or("", |c| c.threshold_field)).collect::<Vec<_>>(),
+            )
     };
-    let (index, reason, current): (i32, Option<i16>, Option<i64>) = query.fetch_one(pool).await?;
+    let (index, reason, current, written): (i32, Option<i16>, Option<i64>, i32) =
+        query.fetch_one(pool).await?;
+    if written > 0 {
+        crate::storage::events::note_outbox_write();
+    }
     let Ok(position) = usize::try_from(index) else { return Ok(Ok(versions)) };
     let index = order
         .get(position)
@@ -311,12 +323,14 @@ pub(crate) fn run_sqlite(
     for event in events {
         // A crossing is decided on the counter's value now: this transaction
         // holds the only writer, so no one else has moved it since.
-        let watched = event.when.as_ref().and_then(|c| writes.get(c.write));
-        let after = match watched {
-            Some(w) => select(w)?.and_then(|r| crate::storage::tx::counter_value(&r.value)),
-            None => None,
+        let counter = |namespace: &str, bucket: &str, key: &str| -> rusqlite::Result<Option<i64>> {
+            let value: Option<Vec<u8>> = db
+                .prepare_cached(sql.select)?
+                .query_row(params![namespace, bucket, key], |r| r.get(0))
+                .optional()?;
+            Ok(value.and_then(|v| crate::storage::tx::counter_value(&v)))
         };
-        let Some(event) = event.resolved(writes, |_| after) else { continue };
+        let Some(event) = event.resolved(writes, counter)? else { continue };
         let inserted = db
             .prepare_cached(
                 "INSERT INTO events (id, kind, subject, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -324,6 +338,7 @@ pub(crate) fn run_sqlite(
             )?
             .execute(params![event.id, event.kind, event.subject, event.created_at, event.data])?;
         if inserted == 1 {
+            crate::storage::events::note_outbox_write();
             let seq = db.last_insert_rowid();
             for (merchant, data) in &event.views {
                 db.prepare_cached(
