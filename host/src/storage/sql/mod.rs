@@ -207,3 +207,52 @@ impl super::Backend for Sql {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A database remembers each applied migration's checksum and refuses to
+    /// start when the file changed since (`migration N was previously applied
+    /// but has been modified`): every replica of a deployed shop would stop.
+    /// `migrations/released.sha384` (`sha384sum` format) records each file as
+    /// it landed; a change to a released one is a new migration instead.
+    #[test]
+    fn released_migrations_are_never_edited() {
+        let recorded: std::collections::BTreeMap<(String, i64), String> =
+            include_str!("../../../migrations/released.sha384")
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(|line| {
+                    let (sum, path) = line.split_once("  ").expect("`<sha384>  <dir>/<file>` lines");
+                    let (dir, file) = path.split_once('/').expect("a backend directory");
+                    let version = file.split('_').next().unwrap().parse().expect("a numbered file");
+                    ((dir.to_owned(), version), sum.to_owned())
+                })
+                .collect();
+        let migrators = [
+            ("postgres", sqlx::migrate!("./migrations/postgres")),
+            ("sqlite", sqlx::migrate!("./migrations/sqlite")),
+        ];
+        let mut seen = 0;
+        for (dir, migrator) in &migrators {
+            for migration in migrator.iter() {
+                let key = (dir.to_string(), migration.version);
+                let sum = hex::encode(&migration.checksum);
+                match recorded.get(&key) {
+                    Some(released) => assert_eq!(
+                        released, &sum,
+                        "{dir} migration {} changed after it was released: restore it and \
+                         add a new migration instead",
+                        migration.version
+                    ),
+                    None => panic!(
+                        "{dir} migration {} is not in migrations/released.sha384: add its \
+                         `sha384sum` line (from then on it must not change)",
+                        migration.version
+                    ),
+                }
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, recorded.len(), "released.sha384 names a migration that is gone");
+    }
+}
