@@ -447,7 +447,7 @@ async fn recover_checkouts(
                         compensated = report.compensated,
                         deferred = report.deferred,
                         pruned = report.pruned,
-                        "checkout recovery"
+                        "recovery of checkouts and cancels"
                     );
                 }
             }

@@ -299,7 +299,8 @@ pub struct Config {
     /// Tests only, not a configuration key: make a component trap right after
     /// the Nth host call of a name it makes within one request, e.g.
     /// `"order:transactions.commit#2"` or `"order:payment.authorize#1"`
-    /// (the call itself completes), to interrupt a write path at a chosen step.
+    /// (the call itself completes), to interrupt a write path at a chosen step;
+    /// `"order.cancel:…"` counts only in requests that called `cancel`.
     #[serde(skip)]
     pub inject_trap: Option<String>,
 }

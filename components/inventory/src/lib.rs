@@ -43,7 +43,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.5.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.6.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
@@ -236,10 +236,13 @@ impl merchant_stock::Guest for Inventory {
             .map(|t| tx::put(LEVELS, &threshold_key(&sku), &quantity(t), Precondition::None))
             .transpose()?;
         let Some(on_hand) = change.on_hand else {
-            // The threshold alone: a write of its own, which neither waits on
-            // nor holds up checkouts (they read it in their commit).
+            // The threshold alone, with a no-op add to `available`: it takes
+            // that row's lock, so the change is ordered with the checkouts of
+            // the sku (a checkout reads the threshold in its commit after
+            // taking the row, unlocked on PostgreSQL): each checkout commits
+            // wholly before it or sees the new threshold. Never refused.
             if let Some(write) = threshold {
-                tx::commit(&[write], &[]).map_err(tx::error)?;
+                tx::commit(&[add_available(&sku, 0, None, None), write], &[]).map_err(tx::error)?;
             }
             return one_level(&sku);
         };
@@ -323,7 +326,7 @@ impl reservations::Guest for Inventory {
         tx::stage(&writes)
     }
 
-    fn restock(lines: Vec<ReservationLine>) -> Result<(), Error> {
+    fn restock(lines: Vec<ReservationLine>) -> Result<String, Error> {
         let lines = stock::merge_lines(&lines)?;
         let writes: Vec<Write> = lines
             .iter()
@@ -334,11 +337,7 @@ impl reservations::Guest for Inventory {
                 ]
             })
             .collect();
-        match tx::commit(&writes, &[]) {
-            Ok(_) => Ok(()),
-            Err(TxError::Failed(_)) => Err(Error::InvalidQuantity("on_hand would overflow".into())),
-            Err(e) => Err(tx::error(e)),
-        }
+        tx::stage(&writes)
     }
 }
 

@@ -23,26 +23,26 @@ pub mod bindings {
                 import wasi:logging/logging@0.1.0-draft;
                 import wasi:random/random@0.2.12;
                 import wasi:clocks/wall-clock@0.2.12;
-                import mercato:commerce/types@0.5.0;
-                import mercato:commerce/transactions@0.5.0;
+                import mercato:commerce/types@0.6.0;
+                import mercato:commerce/transactions@0.6.0;
             }
         ",
         world: "mercato:kit/kit",
         generate_all,
         // Records that components store as they are (JSON in key-value).
         additional_type_attributes: {
-            "mercato:commerce/types@0.5.0/money": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/adjustment": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/order-line": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/order": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/order-status": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/payment": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/payment-status": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/provenance-entry": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/reservation-line": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/payment-request": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/discount-code": [#[derive(serde::Serialize, serde::Deserialize)]],
-            "mercato:commerce/types@0.5.0/code-honour": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/money": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/adjustment": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/order-line": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/order": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/order-status": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/payment": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/payment-status": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/provenance-entry": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/reservation-line": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/payment-request": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/discount-code": [#[derive(serde::Serialize, serde::Deserialize)]],
+            "mercato:commerce/types@0.6.0/code-honour": [#[derive(serde::Serialize, serde::Deserialize)]],
         },
     });
 }
@@ -62,7 +62,7 @@ macro_rules! component_bindings {
                 "wasi:keyvalue/store@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::store,
                 "wasi:keyvalue/atomics@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::atomics,
                 "wasi:logging/logging@0.1.0-draft": mercato_kit::bindings::wasi::logging::logging,
-                "mercato:commerce/types@0.5.0": mercato_kit::bindings::mercato::commerce::types,
+                "mercato:commerce/types@0.6.0": mercato_kit::bindings::mercato::commerce::types,
                 $($extra)*
             },
         });

@@ -46,6 +46,11 @@ pub fn delete(bucket: &str, key: &str, precondition: Precondition) -> Write {
     Write { bucket: bucket.into(), key: key.into(), precondition, operation: Operation::Delete }
 }
 
+/// Write nothing at `key`: the transaction only needs `precondition` to hold.
+pub fn check(bucket: &str, key: &str, precondition: Precondition) -> Write {
+    Write { bucket: bucket.into(), key: key.into(), precondition, operation: Operation::Check }
+}
+
 /// Add `delta` to the counter at `key` if it stays within `min ..= max`.
 pub fn add(bucket: &str, key: &str, delta: i64, min: Option<i64>, max: Option<i64>) -> Write {
     Write {

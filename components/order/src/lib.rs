@@ -35,7 +35,21 @@
 //! - `by-merchant`: `<merchant>/<created_at>-<order id>` → order id, so a
 //!   merchant's orders list in creation order.
 //!
+//! - `cancelling`: order id → [`Cancelling`], for cancels not yet whole.
+//!
 //! Status machine: `pending_payment → paid → fulfilled`, `paid → cancelled`.
+//!
+//! A cancel is durable too: the claim (the order `cancelled`, its
+//! `cancelling` entry leased to the request, naming the refund's idempotency
+//! key `cancel:<order id>:<version paid at>`) is one transaction; then the
+//! refund; then inventory's staged restock, the order recorded refunded, the
+//! entry gone and `order.cancelled` — one transaction, conditional on the
+//! claim, so the stock comes back once. A refund the provider refuses puts
+//! the order back to `paid` (with the entry gone, one transaction; the next
+//! cancel has a new key); one whose outcome is unknown (a time-out, a 5xx,
+//! a 409 or 429) leaves the cancel to be driven again with the same key,
+//! after a backoff. A cancel cut off anywhere is finished by another cancel
+//! of the order or by [`recover`] once its lease has passed.
 //!
 //! Events (SPEC §6.9): the transaction that makes an order `paid` (T2),
 //! `fulfilled` (the last merchant's lines) or `cancelled` (refunded and
@@ -59,7 +73,7 @@ mod bindings {
         "wasi:keyvalue/batch@0.2.0-draft2": mercato_kit::bindings::wasi::keyvalue::batch,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
-        "mercato:commerce/transactions@0.5.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.6.0": mercato_kit::bindings::mercato::commerce::transactions,
     });
 }
 
@@ -73,6 +87,7 @@ const OPEN: &str = "open";
 const ORDERS: &str = "orders";
 const BY_MERCHANT: &str = "by-merchant";
 const DONE: &str = "done";
+const CANCELLING: &str = "cancelling";
 
 /// Where a checkout is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +127,44 @@ struct Held {
     /// The version of `orders/<id>` this checkout last wrote or read: a
     /// fulfilment or cancel in between is never overwritten.
     order_version: u64,
+}
+
+/// A cancel not yet whole: until when its driver holds it (or, after a
+/// refund in doubt, when it is tried again), how many refunds were in doubt
+/// so far, and the refund's idempotency key — one per cancel, so that a
+/// provider replaying a refusal for its key cannot refuse the next cancel.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Cancelling {
+    lease_until: u64,
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default)]
+    refund_key: String,
+}
+
+/// A cancel as its driver holds it: the order (cancelled, not yet refunded)
+/// and its `cancelling` entry as written, at the versions read or written.
+struct Cancel {
+    order: Order,
+    order_version: u64,
+    claim_version: u64,
+    entry: Cancelling,
+}
+
+/// After the `attempts`-th refund in doubt, the next try waits 1 s, 2 s, 4 s
+/// … up to 5 minutes (a provider may replay a failure for a while).
+fn cancel_backoff_ms(attempts: u32) -> u64 {
+    1_000u64.saturating_mul(1 << attempts.min(9)).min(300_000)
+}
+
+/// How driving a cancel ended.
+enum CancelEnd {
+    /// Refunded, restocked, told.
+    Done(Box<Order>),
+    /// The refund was refused: the order is paid again.
+    Undone(Error),
+    /// Left for another cancel or recovery to finish.
+    Left(Error),
 }
 
 /// How driving a checkout ended.
@@ -683,9 +736,226 @@ fn change_with_event(
     Err(Error::Conflict(format!("order {id} kept changing")))
 }
 
-/// Change an order that has no event (a cancel's claim, its undoing).
-fn change(id: &str, f: impl Fn(&mut Order) -> Result<(), Error>) -> Result<Order, Error> {
-    change_with_event(id, f, |_, _| None)
+fn cancel_in_progress(id: &str) -> Error {
+    Error::Conflict(format!(
+        "order {id} is being cancelled (or waits to ask for its refund again); try again later"
+    ))
+}
+
+/// Claim the cancel of order `id` until `now + lease_ms`: a paid order
+/// becomes `cancelled` with its `cancelling` entry (one transaction); a cancel
+/// that stopped part-way is taken over once its lease has passed (an order
+/// cancelled but not refunded without an entry — cut off by an earlier
+/// release — is taken over at once).
+fn claim_cancel(id: &str, now: u64, lease_ms: u64) -> Result<Cancel, Error> {
+    if !is_order_id(id) {
+        return Err(not_found(id));
+    }
+    let until = now.saturating_add(lease_ms);
+    for _ in 0..kv::MAX_CAS_RETRIES {
+        let (order, order_version) = tx::read_one::<Order>(ORDERS, id)?.ok_or_else(|| not_found(id))?;
+        if order.status == OrderStatus::Cancelled && order.payment.status != PaymentStatus::Refunded {
+            let (precondition, entry) = match tx::read_one::<Cancelling>(CANCELLING, id)? {
+                Some((held, _)) if held.lease_until > now => return Err(cancel_in_progress(id)),
+                Some((held, version)) => {
+                    (Precondition::Version(version), Cancelling { lease_until: until, ..held })
+                }
+                // Cut off by an earlier release, which used this key.
+                None => (
+                    Precondition::Absent,
+                    Cancelling { lease_until: until, attempts: 0, refund_key: format!("cancel:{id}") },
+                ),
+            };
+            // Only if the order is still as read (not reopened or finished since).
+            let writes = [
+                tx::put(CANCELLING, id, &entry, precondition)?,
+                tx::check(ORDERS, id, Precondition::Version(order_version)),
+            ];
+            match tx::commit(&writes, &[]) {
+                Ok(v) => return Ok(Cancel { order, order_version, claim_version: v[0], entry }),
+                // The order changed: look again.
+                Err(TxError::Failed(f)) if f.index == 1 => continue,
+                Err(TxError::Failed(_)) => return Err(cancel_in_progress(id)),
+                Err(e) => return Err(tx::error(e)),
+            }
+        }
+        let mut claimed = order;
+        status::cancel(&mut claimed)?;
+        // The version the order was paid at names this cancel.
+        let entry = Cancelling {
+            lease_until: until,
+            attempts: 0,
+            refund_key: format!("cancel:{id}:{order_version}"),
+        };
+        let writes = [
+            tx::put(ORDERS, id, &claimed, Precondition::Version(order_version))?,
+            tx::put(CANCELLING, id, &entry, Precondition::Absent)?,
+        ];
+        match tx::commit(&writes, &[]) {
+            Ok(v) => return Ok(Cancel { order: claimed, order_version: v[0], claim_version: v[1], entry }),
+            Err(TxError::Failed(_)) => continue,
+            Err(e) => return Err(tx::error(e)),
+        }
+    }
+    Err(Error::Conflict(format!("order {id} kept changing")))
+}
+
+/// Give the claim up until the next try — after a backoff that grows with
+/// each refund in doubt — for recovery or another cancel (best effort:
+/// otherwise the lease runs out).
+fn retry_cancel_later(id: &str, c: &Cancel) {
+    let next = Cancelling {
+        lease_until: mercato_kit::now_ms().saturating_add(cancel_backoff_ms(c.entry.attempts)),
+        attempts: c.entry.attempts.saturating_add(1),
+        refund_key: c.entry.refund_key.clone(),
+    };
+    if let Ok(w) = tx::put(CANCELLING, id, &next, Precondition::Version(c.claim_version)) {
+        let _ = tx::commit(&[w], &[]);
+    }
+}
+
+/// The refund was refused: the order back to `paid` and the entry gone, in
+/// one transaction (again on the order as it is now if it changed).
+fn uncancel(id: &str, c: &mut Cancel) -> Result<(), Error> {
+    for _ in 0..kv::MAX_CAS_RETRIES {
+        let mut paid = c.order.clone();
+        status::uncancel(&mut paid)?;
+        let writes = [
+            tx::put(ORDERS, id, &paid, Precondition::Version(c.order_version))?,
+            tx::delete(CANCELLING, id, Precondition::Version(c.claim_version)),
+        ];
+        match tx::commit(&writes, &[]) {
+            Ok(_) => return Ok(()),
+            Err(TxError::Failed(f)) if f.index == 0 => {
+                (c.order, c.order_version) =
+                    tx::read_one::<Order>(ORDERS, id)?.ok_or_else(|| not_found(id))?;
+            }
+            Err(TxError::Failed(_)) => return Err(cancel_in_progress(id)),
+            Err(e) => return Err(tx::error(e)),
+        }
+    }
+    Err(Error::Conflict(format!("order {id} kept changing")))
+}
+
+/// Drive a claimed cancel: refund, then inventory's restock, the order
+/// refunded, the entry gone and `order.cancelled` in one transaction.
+fn drive_cancel(id: &str, mut c: Cancel) -> CancelEnd {
+    let key = match c.entry.refund_key.as_str() {
+        "" => format!("cancel:{id}"),
+        key => key.to_string(),
+    };
+    if let Err(e) = payment::refund(&c.order.payment.id, &c.order.payment.amount, &key) {
+        // A refusal (`conflict`: the provider refused this refund, or the
+        // payment is not captured) is an answer; anything else (a time-out,
+        // a 5xx, the provider still busy with the key or rate limiting) may
+        // have refunded.
+        if !matches!(e, Error::Conflict(_)) && in_doubt(&e) {
+            // It may have been refunded: only asking again (same key) can tell.
+            retry_cancel_later(id, &c);
+            return CancelEnd::Left(e);
+        }
+        return match uncancel(id, &mut c) {
+            Ok(()) => CancelEnd::Undone(e),
+            Err(u) => {
+                mercato_kit::log_warn("cancel", &format!("{id}: refund refused, reopening failed: {u:?}"));
+                CancelEnd::Left(e)
+            }
+        };
+    }
+    let lines: Vec<ReservationLine> =
+        c.order.lines.iter().map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity }).collect();
+    for _ in 0..kv::MAX_CAS_RETRIES {
+        let mut done = c.order.clone();
+        done.payment.status = PaymentStatus::Refunded;
+        let staged = reservations::restock(&lines).and_then(|restock| {
+            let event = emit(OrderEventKind::Cancelled, &done)?;
+            let writes = [
+                tx::put(ORDERS, id, &done, Precondition::Version(c.order_version))?,
+                tx::delete(CANCELLING, id, Precondition::Version(c.claim_version)),
+            ];
+            Ok((writes, [restock, event]))
+        });
+        let (writes, tokens) = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                retry_cancel_later(id, &c);
+                return CancelEnd::Left(e);
+            }
+        };
+        match tx::commit(&writes, &tokens) {
+            Ok(_) => return CancelEnd::Done(Box::new(done)),
+            // The order changed meanwhile (its checkout recorded the capture):
+            // again on the order as it is now.
+            Err(TxError::Failed(f)) if f.index == 0 => match tx::read_one::<Order>(ORDERS, id) {
+                Ok(Some((now, _))) if now.payment.status == PaymentStatus::Refunded => {
+                    return CancelEnd::Done(Box::new(now));
+                }
+                Ok(Some((now, version))) if now.status == OrderStatus::Cancelled => {
+                    (c.order, c.order_version) = (now, version);
+                }
+                Ok(_) => return CancelEnd::Left(Error::Conflict(format!("order {id} changed"))),
+                Err(e) => return CancelEnd::Left(e),
+            },
+            // Another driver took the cancel over (this one's lease ran out).
+            Err(TxError::Failed(f)) if f.index == 1 => return CancelEnd::Left(cancel_in_progress(id)),
+            Err(TxError::Failed(_)) => {
+                retry_cancel_later(id, &c);
+                return CancelEnd::Left(Error::InvalidQuantity("restocking would overflow on_hand".into()));
+            }
+            Err(e) => return CancelEnd::Left(tx::error(e)),
+        }
+    }
+    CancelEnd::Left(Error::Conflict(format!("order {id} kept changing")))
+}
+
+/// One pass over the cancels not yet whole: each whose lease has passed is
+/// taken over (a compare-and-swap on its entry) and driven on.
+fn recover_cancels(now: u64, lease_ms: u64, report: &mut RecoveryReport) -> Result<(), Error> {
+    let bucket = kv::open(CANCELLING)?;
+    let mut cursor: Option<String> = None;
+    loop {
+        let (ids, next) = kv::list_keys(&bucket, cursor.as_deref())?;
+        let entries = tx::read::<Cancelling>(CANCELLING, &ids)?;
+        for (id, entry) in ids.iter().zip(entries) {
+            let Some((held, version)) = entry else { continue };
+            if held.lease_until > now {
+                continue;
+            }
+            let lease = Cancelling { lease_until: now.saturating_add(lease_ms), ..held };
+            let Ok(claim) = tx::put(CANCELLING, id, &lease, Precondition::Version(version)) else {
+                continue;
+            };
+            let Ok(versions) = tx::commit(&[claim], &[]) else { continue };
+            let c = match tx::read_one::<Order>(ORDERS, id) {
+                Ok(Some((order, order_version)))
+                    if order.status == OrderStatus::Cancelled
+                        && order.payment.status != PaymentStatus::Refunded =>
+                {
+                    Cancel { order, order_version, claim_version: versions[0], entry: lease }
+                }
+                // Nothing left to drive (the entry goes with the cancel's
+                // last step; only a race of two claims can leave one): drop it.
+                Ok(_) => {
+                    let stale = tx::delete(CANCELLING, id, Precondition::Version(versions[0]));
+                    let _ = tx::commit(&[stale], &[]);
+                    continue;
+                }
+                Err(_) => {
+                    report.deferred += 1;
+                    continue;
+                }
+            };
+            match drive_cancel(id, c) {
+                CancelEnd::Done(_) => report.finished += 1,
+                CancelEnd::Undone(_) => report.compensated += 1,
+                CancelEnd::Left(_) => report.deferred += 1,
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(()),
+        }
+    }
 }
 
 struct Orders;
@@ -698,7 +968,16 @@ impl Guest for Orders {
     }
 
     fn recover(now: u64, lease_ms: u64, retain_ms: u64) -> Result<RecoveryReport, Error> {
+        // Cancels first: there are few, and a pass cut off by a slow
+        // provider in the checkouts then still reaches them.
+        let mut cancels = RecoveryReport { finished: 0, compensated: 0, deferred: 0, pruned: 0 };
+        if let Err(e) = recover_cancels(now, lease_ms, &mut cancels) {
+            mercato_kit::log_warn("recover", &format!("cancels: {e:?}"));
+        }
         let mut report = recover_open(now, lease_ms)?;
+        report.finished += cancels.finished;
+        report.compensated += cancels.compensated;
+        report.deferred += cancels.deferred;
         report.pruned = prune_done(now.saturating_sub(retain_ms))?;
         Ok(report)
     }
@@ -774,39 +1053,12 @@ impl Guest for Orders {
         merchant_view(order, &merchant)?.ok_or_else(|| not_found(&id))
     }
 
-    fn cancel(id: String) -> Result<Order, Error> {
-        // Claim the transition first (paid → cancelled), so a concurrent
-        // cancel or fulfilment cannot interleave; if the refund then fails,
-        // undo the claim so the cancel can be retried.
-        let order = change(&id, status::cancel)?;
-        if let Err(e) =
-            payment::refund(&order.payment.id, &order.payment.amount, &format!("cancel:{}", order.id))
-        {
-            if let Err(u) = change(&id, status::uncancel) {
-                mercato_kit::log_warn(
-                    "cancel",
-                    &format!("{id}: refund failed and the order stays cancelled: {u:?}"),
-                );
-            }
-            return Err(e);
+    fn cancel(id: String, lease_ms: u64) -> Result<Order, Error> {
+        let claimed = claim_cancel(&id, mercato_kit::now_ms(), lease_ms)?;
+        match drive_cancel(&id, claimed) {
+            CancelEnd::Done(order) => Ok(*order),
+            CancelEnd::Undone(e) | CancelEnd::Left(e) => Err(e),
         }
-        let lines: Vec<ReservationLine> = order
-            .lines
-            .iter()
-            .map(|l| ReservationLine { sku: l.sku.clone(), quantity: l.quantity })
-            .collect();
-        reservations::restock(&lines)?;
-        // Refunded and restocked: the cancellation is whole, and told.
-        change_with_event(
-            &id,
-            |o| {
-                o.payment.status = PaymentStatus::Refunded;
-                Ok(())
-            },
-            |before, _| {
-                (before.payment.status != PaymentStatus::Refunded).then_some(OrderEventKind::Cancelled)
-            },
-        )
     }
 }
 

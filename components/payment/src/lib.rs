@@ -37,7 +37,7 @@ mod bindings {
     mercato_kit::component_bindings!("../../wit", "mercato:commerce/payment-component", {
         "wasi:random/random@0.2.12": mercato_kit::bindings::wasi::random::random,
         "wasi:clocks/wall-clock@0.2.12": mercato_kit::bindings::wasi::clocks::wall_clock,
-        "mercato:commerce/transactions@0.5.0": mercato_kit::bindings::mercato::commerce::transactions,
+        "mercato:commerce/transactions@0.6.0": mercato_kit::bindings::mercato::commerce::transactions,
         "wasi:config/store@0.2.0-rc.1": generate,
         "wasi:http/types@0.2.12": generate,
         "wasi:http/outgoing-handler@0.2.12": generate,

@@ -200,15 +200,7 @@ impl Provider {
     pub fn refund(&self, payment_id: &str, amount: &Money, key: &str) -> Result<Payment, Error> {
         let body = form(&[("payment_intent", payment_id.to_string()), ("amount", amount.amount.to_string())]);
         let (status, json) = self.post("/v1/refunds", &body, key)?;
-        match status {
-            200..=299 if json["status"] == "succeeded" || json["status"] == "pending" => Ok(Payment {
-                id: payment_id.to_string(),
-                status: PaymentStatus::Refunded,
-                amount: amount.clone(),
-            }),
-            400..=499 => Err(Error::Conflict(message(&json, "the provider refused the refund"))),
-            _ => Err(unavailable(format!("refund: HTTP {status}"))),
-        }
+        interpret_refund(status, &json, payment_id, amount)
     }
 }
 
@@ -217,6 +209,30 @@ fn amount_of(json: &Value) -> Money {
     Money {
         amount: json["amount"].as_i64().unwrap_or_default(),
         currency: json["currency"].as_str().unwrap_or_default().to_ascii_uppercase(),
+    }
+}
+
+/// What a refund answer means: refunded; `conflict` for a refusal (the
+/// order can stay paid); `provider-unavailable` when the outcome is unknown.
+pub fn interpret_refund(
+    status: u16,
+    json: &Value,
+    payment_id: &str,
+    amount: &Money,
+) -> Result<Payment, Error> {
+    let refunded =
+        || Payment { id: payment_id.to_string(), status: PaymentStatus::Refunded, amount: amount.clone() };
+    match status {
+        200..=299 if json["status"] == "succeeded" || json["status"] == "pending" => Ok(refunded()),
+        200..=299 if json["status"] == "failed" || json["status"] == "canceled" => {
+            Err(Error::Conflict(format!("the refund {}", json["status"].as_str().unwrap_or_default())))
+        }
+        // Refunded before (the key's first answer forgotten since, say): done.
+        400 if json["error"]["code"] == "charge_already_refunded" => Ok(refunded()),
+        // Still working on this key, or rate limited: the outcome is unknown.
+        409 | 429 => Err(unavailable(format!("refund: HTTP {status}: {}", message(json, "try again")))),
+        400..=499 => Err(Error::Conflict(message(json, "the provider refused the refund"))),
+        _ => Err(unavailable(format!("refund: HTTP {status}"))),
     }
 }
 
@@ -321,5 +337,40 @@ mod tests {
         assert!(matches!(pending, Err(Error::PaymentDeclined(_))));
         assert!(matches!(interpret(500, &json!({}), &eur(5)), Err(Error::ProviderUnavailable(_))));
         assert!(matches!(interpret(200, &json!("garbage"), &eur(5)), Err(Error::ProviderUnavailable(_))));
+    }
+
+    #[test]
+    fn refund_answers_tell_refused_from_unknown() {
+        let refund = |status, body: Value| interpret_refund(status, &body, "pi_1", &eur(5));
+        assert_eq!(
+            refund(200, json!({"status": "succeeded"})).map(|p| p.status).ok(),
+            Some(PaymentStatus::Refunded)
+        );
+        assert_eq!(
+            refund(200, json!({"status": "pending"})).map(|p| p.status).ok(),
+            Some(PaymentStatus::Refunded)
+        );
+        let again = refund(400, json!({"error": {"code": "charge_already_refunded", "message": "refunded"}}));
+        assert_eq!(
+            again.map(|p| p.status).ok(),
+            Some(PaymentStatus::Refunded),
+            "refunded before is refunded"
+        );
+        assert!(matches!(
+            refund(400, json!({"error": {"code": "charge_disputed"}})),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(refund(404, json!({})), Err(Error::Conflict(_))));
+        for unknown in [409, 429, 500, 503] {
+            assert!(
+                matches!(refund(unknown, json!({})), Err(Error::ProviderUnavailable(ref m)) if !m.starts_with("not sent")),
+                "HTTP {unknown}: the outcome is unknown"
+            );
+        }
+        assert!(matches!(refund(200, json!({"status": "failed"})), Err(Error::Conflict(_))));
+        assert!(matches!(
+            refund(200, json!({"status": "requires_action"})),
+            Err(Error::ProviderUnavailable(_))
+        ));
     }
 }

@@ -28,7 +28,8 @@ pub(crate) async fn bounded<T>(deadline: Instant, call: impl Future<Output = T>)
 /// undisturbed. Never set outside tests.
 #[derive(Debug, Default)]
 pub struct TrapPlan {
-    /// `<component>:<target>.<function>` and N.
+    /// `<component>[.<export>]:<target>.<function>` and N (with an export,
+    /// only requests whose first call was that export count).
     spec: Option<(String, u32)>,
     fired: AtomicBool,
 }
@@ -50,10 +51,15 @@ impl TrapPlan {
     ) -> bool {
         let Some((name, nth)) = &self.spec else { return false };
         let Some((of, call)) = name.split_once(':') else { return false };
+        // `order.cancel:…` counts only in requests that called `cancel`.
+        let (of, export) = of.split_once('.').map_or((of, None), |(c, e)| (c, Some(e)));
         if of != component || call.split_once('.') != Some((target, function)) {
             return false;
         }
         let mut staging = staged.lock().unwrap_or_else(|p| p.into_inner());
+        if export.is_some_and(|e| staging.export != Some(e)) {
+            return false;
+        }
         let n = staging.calls.entry((target, function)).or_default();
         *n += 1;
         *n == *nth && !self.fired.swap(true, Ordering::SeqCst)

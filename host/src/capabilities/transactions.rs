@@ -32,6 +32,9 @@ const MAX_STAGED: usize = 64;
 pub struct Staging {
     tokens: HashMap<String, Staged>,
     pub(crate) calls: HashMap<(&'static str, &'static str), u32>,
+    /// The first export the request called (what a test's injected trap
+    /// may name: `order.cancel:…`).
+    pub(crate) export: Option<&'static str>,
     /// The pricing plugins that priced lines in this request, as
     /// `pricing-plugin:<merchant>` → digest (see `capabilities::provenance`).
     pub(crate) plugins: Vec<crate::bindings::types::ProvenanceEntry>,

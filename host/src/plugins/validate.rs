@@ -112,7 +112,7 @@ mod tests {
             "wasi:keyvalue/store@0.2.0-draft",
             "wasi:cli/stdout@0.3.0",
             "wasi:cli/stdout",
-            "mercato:commerce/catalog@0.5.0",
+            "mercato:commerce/catalog@0.6.0",
             "wasi:clocks/timezone@0.2.0",
             "env",
         ] {

@@ -63,6 +63,10 @@ impl<B> Instance<B> {
         use tracing::Instrument;
         let component = self.store.data().kind.name();
         let scope = self.store.data().scope.clone();
+        {
+            let mut staging = self.store.data().staged.lock().unwrap_or_else(|p| p.into_inner());
+            staging.export.get_or_insert(function);
+        }
         let span = crate::telemetry::component_span(component, function, self.version);
         let started = Instant::now();
         let result = f(&self.bindings, &mut self.store).instrument(span.clone()).await;

@@ -135,7 +135,7 @@ impl reservations::Host for Ctx {
         self.settle::<inventory_world::Service, _>(peer, "release", outcome)
     }
 
-    async fn restock(&mut self, lines: Vec<ReservationLine>) -> Answer<()> {
+    async fn restock(&mut self, lines: Vec<ReservationLine>) -> Answer<String> {
         let mut peer = self.lend::<inventory_world::Service>().await?;
         let outcome = peer
             .call_until("restock", |c, s| c.mercato_commerce_reservations().call_restock(s, &lines))

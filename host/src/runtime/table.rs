@@ -33,7 +33,7 @@ pub enum ComponentKind {
 }
 
 /// The version of the `mercato:commerce` package the host speaks.
-pub const COMMERCE_VERSION: &str = "0.5.0";
+pub const COMMERCE_VERSION: &str = "0.6.0";
 
 /// Imports every component may have, by prefix: the WASI interfaces that
 /// Rust's std and other language runtimes import (linked inert), and the

@@ -45,19 +45,21 @@ pub fn envelope(id: &str, kind: &str, created_at: i64, data: &[u8]) -> Value {
 /// Most events one read returns.
 pub const MAX_EVENTS_READ: u32 = 1_000;
 
-/// Transactions of this process that wrote at least one event to the outbox
-/// (a count, any backend): a committer compares it before and after its
+/// Grows whenever this process writes events to the outbox (by one per
+/// event on SQLite and memory, per transaction on PostgreSQL): a committer compares it before and after its
 /// commit to tell whether its events were written — some depend on what the
 /// database finds (`stock.low`), so carrying events is not enough — and wakes
 /// the relay only then. Another commit in between only makes a spare wake.
 static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How many transactions have written events so far (see [`WRITTEN`]).
+/// A count that grows whenever a backend writes events (by one per event or
+/// per transaction: only its changes mean anything; see [`WRITTEN`]).
 pub fn outbox_writes() -> u64 {
     WRITTEN.load(std::sync::atomic::Ordering::Acquire)
 }
 
-/// A backend wrote events in a transaction it is committing.
+/// A backend wrote events (one or a transaction's) in a transaction it is
+/// committing.
 pub(crate) fn note_outbox_write() {
     WRITTEN.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }

@@ -107,7 +107,7 @@ async fn deploy_and_roll_back(backend: Backend) {
     let catalog = component(&before, "catalog");
     assert_eq!(catalog["active"]["source"], "bundled");
     assert_eq!(catalog["active"]["version"], 1);
-    assert_eq!(catalog["world"], "mercato:commerce/catalog-component@0.5.0");
+    assert_eq!(catalog["world"], "mercato:commerce/catalog-component@0.6.0");
     assert_eq!(served(&app, &format!("/v1/products/{product}")).await, (1, false));
 
     let (status, d) = deploy_bytes(&app, "catalog", catalog_v2(), None).await;
@@ -155,16 +155,16 @@ async fn contract_mismatches_and_bad_input_change_nothing() {
             "inventory as catalog",
             bundled::bytes(ComponentKind::Inventory).to_vec(),
             "contract_mismatch",
-            "mercato:commerce/catalog@0.5.0",
+            "mercato:commerce/catalog@0.6.0",
         ),
         // Importing outbound HTTP, which only payment has.
         (
             "wasi:http importer as catalog",
             wat(r#"(component
                     (import "wasi:http/outgoing-handler@0.2.6" (instance))
-                    (instance $c) (export "mercato:commerce/catalog@0.5.0" (instance $c))
-                    (instance $m) (export "mercato:commerce/merchant-catalog@0.5.0" (instance $m))
-                    (instance $s) (export "mercato:commerce/sku-lookup@0.5.0" (instance $s)))"#),
+                    (instance $c) (export "mercato:commerce/catalog@0.6.0" (instance $c))
+                    (instance $m) (export "mercato:commerce/merchant-catalog@0.6.0" (instance $m))
+                    (instance $s) (export "mercato:commerce/sku-lookup@0.6.0" (instance $s)))"#),
             "contract_mismatch",
             "wasi:http/outgoing-handler",
         ),
@@ -172,9 +172,9 @@ async fn contract_mismatches_and_bad_input_change_nothing() {
         (
             "empty catalog interface",
             wat(r#"(component
-                    (instance $c) (export "mercato:commerce/catalog@0.5.0" (instance $c))
-                    (instance $m) (export "mercato:commerce/merchant-catalog@0.5.0" (instance $m))
-                    (instance $s) (export "mercato:commerce/sku-lookup@0.5.0" (instance $s)))"#),
+                    (instance $c) (export "mercato:commerce/catalog@0.6.0" (instance $c))
+                    (instance $m) (export "mercato:commerce/merchant-catalog@0.6.0" (instance $m))
+                    (instance $s) (export "mercato:commerce/sku-lookup@0.6.0" (instance $s)))"#),
             "contract_mismatch",
             "same types",
         ),
@@ -410,7 +410,7 @@ async fn oci_push_pull_with_basic_auth() {
             config["component"]["exports"]
                 .as_array()
                 .expect("exports")
-                .contains(&json!("mercato:commerce/catalog@0.5.0"))
+                .contains(&json!("mercato:commerce/catalog@0.6.0"))
         );
     }
 
@@ -531,7 +531,7 @@ async fn artifact_copied_by_skopeo_is_deployable() {
     let (layer, layer_size) = put(&wasm);
     let config = json!({
         "created": "2026-11-25T00:00:00Z", "architecture": "wasm", "os": "wasip2",
-        "layerDigests": [layer], "component": {"exports": ["mercato:commerce/catalog@0.5.0"], "imports": []}
+        "layerDigests": [layer], "component": {"exports": ["mercato:commerce/catalog@0.6.0"], "imports": []}
     });
     let (config_digest, config_size) = put(&serde_json::to_vec(&config).expect("json"));
     let manifest = json!({

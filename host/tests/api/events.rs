@@ -811,3 +811,36 @@ async fn stock_low_is_written_once_per_crossing(backend: Backend) {
     }
 }
 each_backend!(stock_low, stock_low_is_written_once_per_crossing);
+
+/// PostgreSQL reads a sku's threshold in a checkout's commit without a lock,
+/// after taking the sku's `available` row; a threshold-only change takes that
+/// row too, so it is ordered with the checkouts: while one holds the row
+/// (here a transaction holding it `FOR UPDATE`, as `mercato_tx` does), the
+/// change waits, and it goes through once that ends. (Without the wait a
+/// checkout committing after the change could miss the crossing it made.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_change_is_ordered_with_checkouts_in_flight() {
+    let app = spawn_app_with(Backend::Postgres, |c| c.components.deadline_ms = 10_000).await;
+    let (_, token) = app.merchant("A").await;
+    app.product(&token, crate::interruption::product_with_stock("LOW-X", 500, 100)).await;
+    let pool = app.db.postgres().expect("postgres").clone();
+    let mut checkout = pool.begin().await.expect("begin");
+    sqlx::query(
+        "SELECT version FROM kv WHERE namespace = 'inventory' AND bucket = 'levels' AND key = $1 FOR UPDATE",
+    )
+    .bind("a/LOW-X")
+    .fetch_one(&mut *checkout)
+    .await
+    .expect("the sku's available row");
+    let change = tokio::spawn(send(
+        app.request(Method::PUT, "/v1/merchant/inventory/LOW-X")
+            .bearer_auth(&token)
+            .json(&json!({"low_stock_threshold": 40})),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!change.is_finished(), "the threshold change did not wait for the checkout holding the row");
+    checkout.rollback().await.expect("rollback");
+    let (status, level) = change.await.expect("change");
+    assert_eq!(status, 200, "{level}");
+    assert_eq!(level["low_stock_threshold"], 40);
+}

@@ -489,3 +489,186 @@ async fn recovery_never_overwrites_a_cancel(backend: Backend) {
     assert_eq!(level(&app, &token, "MUG").await, (10, 0), "restocked once");
 }
 each_backend!(recovery_keeps_a_cancel, recovery_never_overwrites_a_cancel);
+
+/// Wait (at most 60 s) until no cancel is part-way, then check every
+/// invariant of cancels from the database itself: each order is paid and
+/// captured (its cancel never claimed, or undone) or cancelled and refunded,
+/// never cancelled without its refund; per sku, on-hand is the initial stock
+/// less the units of orders still paid (a cancelled order's units came back
+/// exactly once); each payment is captured or refunded as its order says;
+/// the outbox holds one `order.paid` per order and one `order.cancelled` per
+/// cancelled order, nothing else. Returns the ids of the cancelled orders.
+pub async fn cancels_settled(db: &mercato::storage::Db, stock: &HashMap<String, u64>) -> HashSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bucket_of(db, "order", "cancelling").await.is_empty() {
+        assert!(Instant::now() < deadline, "cancels still part-way after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let orders: Vec<Value> = bucket_of(db, "order", "orders").await.into_iter().map(|(_, v)| v).collect();
+    let (mut cancelled, mut paid) = (HashSet::new(), HashSet::new());
+    let mut kept: HashMap<String, u64> = HashMap::new();
+    let mut payment_of: HashMap<String, &'static str> = HashMap::new();
+    for o in &orders {
+        let id = s(&o["id"]);
+        match (o["status"].as_str(), o["payment"]["status"].as_str()) {
+            (Some("Cancelled"), Some("Refunded")) => {
+                cancelled.insert(id);
+                payment_of.insert(s(&o["payment"]["id"]), "Refunded");
+            }
+            (Some("Paid"), Some("Succeeded")) => {
+                paid.insert(id);
+                payment_of.insert(s(&o["payment"]["id"]), "Succeeded");
+                for line in o["lines"].as_array().expect("lines") {
+                    *kept.entry(s(&line["sku"])).or_default() += line["quantity"].as_u64().expect("quantity");
+                }
+            }
+            _ => panic!("an order paid and captured, or cancelled and refunded: {o}"),
+        }
+    }
+    for (sku, initial) in stock {
+        let (on_hand, reserved) = stored_level(db, sku).await;
+        assert_eq!(reserved, 0, "{sku}: nothing reserved");
+        assert_eq!(
+            on_hand,
+            initial - kept.get(sku).copied().unwrap_or(0),
+            "{sku}: each cancelled order's units came back once"
+        );
+    }
+    for (key, intent) in bucket_of(db, "payment", "intents").await {
+        let id = s(&intent["payment"]["id"]);
+        assert_eq!(
+            payment_of.get(&id).copied(),
+            intent["payment"]["status"].as_str(),
+            "payment {key} as its order says: {intent}"
+        );
+    }
+    let mut told: HashMap<(String, String), usize> = HashMap::new();
+    for e in crate::events::outbox(db).await {
+        *told.entry((e.kind.clone(), e.subject.clone())).or_default() += 1;
+    }
+    let mut want: HashMap<(String, String), usize> = HashMap::new();
+    for id in paid.iter().chain(&cancelled) {
+        want.insert(("order.paid".into(), id.clone()), 1);
+    }
+    for id in &cancelled {
+        want.insert(("order.cancelled".into(), id.clone()), 1);
+    }
+    assert_eq!(told, want, "one order.paid per order, one order.cancelled per cancelled order");
+    cancelled
+}
+
+/// Paid orders of 3 units of MUG (10 + 3 × `orders` in stock).
+async fn paid_orders(app: &TestApp, token: &str, orders: usize) -> (Vec<String>, HashMap<String, u64>) {
+    let initial = 10 + 3 * orders as u64;
+    app.product(token, product_with_stock("MUG", 1999, u32::try_from(initial).expect("stock"))).await;
+    let mut ids = Vec::new();
+    for i in 0..orders {
+        let cart = cart_with(app, &[("MUG".to_string(), 3)]).await;
+        let (status, order) = send(
+            app.request(Method::POST, &format!("/v1/carts/{cart}/checkout"))
+                .header("Idempotency-Key", format!("paid-{i}"))
+                .json(&json!({"email": "s@example.com", "payment": {"token": "tok_visa"}})),
+        )
+        .await;
+        assert_eq!(status, 201, "{order}");
+        ids.push(s(&order["id"]));
+    }
+    (ids, HashMap::from([("MUG".to_string(), initial)]))
+}
+
+/// Where a test makes a cancel trap (the call completes, then the order
+/// component traps): after the claim, after the refund, after inventory
+/// staged the restock, after the last transaction.
+const CANCEL_TRAP_POINTS: [&str; 4] = [
+    "order.cancel:transactions.commit#1",
+    "order.cancel:payment.refund#1",
+    "order.cancel:inventory.restock#1",
+    "order.cancel:transactions.commit#2",
+];
+
+/// A cancel cut off after each of its steps is finished by recovery once its
+/// lease has passed: refunded once, restocked once, told once.
+async fn a_trap_at_each_cancel_step_is_recovered(backend: Backend) {
+    for point in CANCEL_TRAP_POINTS {
+        let app = spawn_app_with(backend, |c| {
+            c.inject_trap = Some(point.to_string());
+            c.checkout.sweep_interval_ms = 100;
+            c.components.deadline_ms = 500;
+        })
+        .await;
+        let (_, token) = app.merchant("Shop").await;
+        let (ids, stock) = paid_orders(&app, &token, 1).await;
+        let cancel =
+            || app.request(Method::POST, &format!("/v1/orders/{}/cancel", ids[0])).bearer_auth(ADMIN_TOKEN);
+        assert_error(&send(cancel()).await, 500, "component_fault");
+        let cancelled = cancels_settled(&app.db, &stock).await;
+        assert_eq!(cancelled, HashSet::from([ids[0].clone()]), "{point}: the cancel was finished");
+        let (_, order) = app.get_order(&ids[0]).await;
+        assert_eq!(
+            (&order["status"], &order["payment"]["status"]),
+            (&json!("cancelled"), &json!("refunded"))
+        );
+        assert_error(&send(cancel()).await, 409, "conflict");
+        assert_eq!(level(&app, &token, "MUG").await, (13, 0), "{point}: restocked once");
+        cancels_settled(&app.db, &stock).await;
+    }
+}
+each_backend!(trap_at_each_cancel_step, a_trap_at_each_cancel_step_is_recovered);
+
+/// Send an operator's cancel on a raw socket and close it after `after`.
+async fn cancel_and_hang_up(addr: std::net::SocketAddr, order: &str, after: Duration) {
+    let request = format!(
+        "POST /v1/orders/{order}/cancel HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::sleep(after).await;
+    drop(socket);
+}
+
+/// 24 cancels whose clients close the connection 0–46 ms after sending, 8 at
+/// a time, some twice at once: a request's work runs on its own task
+/// (`http::detach`), so every cancel still ends whole — refunded, restocked
+/// once, told once — and a second one at once is refused, never doubled.
+/// (Cancels cut off part-way are `a_trap_at_each_cancel_step_is_recovered`
+/// and `processes::kill_9_under_cancels`.)
+async fn disconnected_cancels_end_whole(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.checkout.sweep_interval_ms = 100;
+        c.components.deadline_ms = 1_000;
+        c.components.max_instances = 1_000;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    let (ids, stock) = paid_orders(&app, &token, 24).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for twice in 0..=usize::from(i % 3 == 0) {
+            let permit = gate.clone().acquire_owned().await.expect("permit");
+            let (addr, id) = (app.addr, id.clone());
+            let after = Duration::from_millis((((i + twice) * 2) % 47) as u64);
+            tasks.push(tokio::spawn(async move {
+                cancel_and_hang_up(addr, &id, after).await;
+                drop(permit);
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    // Every request has ended by its deadline (1 s).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let cancelled = cancels_settled(&app.db, &stock).await;
+    assert_eq!(cancelled.len(), ids.len(), "every cancel ended whole after its client left");
+    assert_eq!(level(&app, &token, "MUG").await, (stock["MUG"], 0), "all the stock back, once");
+    for id in &ids {
+        let (status, body) =
+            send(app.request(Method::POST, &format!("/v1/orders/{id}/cancel")).bearer_auth(ADMIN_TOKEN))
+                .await;
+        assert_eq!((status, &body["error"]["code"]), (409, &json!("conflict")), "{body}");
+    }
+    cancels_settled(&app.db, &stock).await;
+}
+each_backend!(disconnected_cancels, disconnected_cancels_end_whole);

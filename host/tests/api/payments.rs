@@ -27,12 +27,17 @@ struct Ledger {
     charges: usize,
     /// Intent id → its status now (`requires_capture`, `succeeded`, `canceled`).
     intents: HashMap<String, String>,
+    /// Refunds made (a key answered before is replayed, not counted).
     refunds: usize,
+    /// The Idempotency-Key of every refund request, answered or not.
+    refund_keys: Vec<String>,
     delay: Option<Duration>,
     /// Extra time a capture takes.
     capture_delay: Option<Duration>,
     fail: bool,
     refunds_fail: bool,
+    /// Refunds are refused (400): an answer, not an outage.
+    refunds_refused: bool,
 }
 
 #[derive(Clone, Default)]
@@ -126,13 +131,26 @@ async fn settle(
     })
 }
 
-async fn refunds(State(fake): State<Fake>) -> (StatusCode, Json<Value>) {
+async fn refunds(State(fake): State<Fake>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     fake.with(|l| {
+        l.refund_keys.push(key.clone());
+        if let Some((status, body)) = l.answers.get(&key) {
+            return (StatusCode::from_u16(*status).expect("status"), Json(body.clone()));
+        }
         if l.refunds_fail {
             return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "try later"}})));
         }
+        if l.refunds_refused {
+            // An answer the endpoint gave: replayed for the key, as Stripe does.
+            let body = json!({"error": {"code": "charge_disputed", "message": "charge_disputed"}});
+            l.answers.insert(key, (400, body.clone()));
+            return (StatusCode::BAD_REQUEST, Json(body));
+        }
         l.refunds += 1;
-        (StatusCode::OK, Json(json!({"id": "re_fake", "status": "succeeded"})))
+        let body = json!({"id": format!("re_fake_{}", l.refunds), "status": "succeeded"});
+        l.answers.insert(key, (200, body.clone()));
+        (StatusCode::OK, Json(body))
     })
 }
 
@@ -208,21 +226,57 @@ async fn provider_charges_once_per_key_and_gets_the_idempotency_key() {
     }
     assert_eq!(fake.with(|l| l.charges), 2, "one charge per key");
     assert_eq!(on_hand(&app, &token).await, (6, 0));
-    // A refund that fails leaves the order paid, so the cancel can be retried.
+    // A refund the provider refuses (400) is an answer: the order is paid
+    // again and keeps its stock, so the cancel can be asked again.
     let cancel = || {
         app.request(Method::POST, &format!("/v1/orders/{}/cancel", s(&order["id"]))).bearer_auth(ADMIN_TOKEN)
     };
+    fake.with(|l| l.refunds_refused = true);
+    assert_error(&send(cancel()).await, 409, "conflict");
+    let (_, still) = app.get_order(&s(&order["id"])).await;
+    assert_eq!(still["status"], "paid", "{still}");
+    assert_eq!(on_hand(&app, &token).await, (6, 0), "no stock returned without a refund");
+    fake.with(|l| l.refunds_refused = false);
+    // A refund whose outcome is unknown (503) may have happened: the order
+    // stays cancelled, not refunded, no stock back — and the cancel is driven
+    // again (by recovery, after 1 s, 2 s, …) with the same idempotency key
+    // until the provider answers. Then it is refunded once and restocked once.
     fake.with(|l| l.refunds_fail = true);
     assert_error(&send(cancel()).await, 502, "payment_provider_error");
-    let (_, still) = app.get_order(&s(&order["id"])).await;
-    assert_eq!(still["status"], "paid");
-    assert_eq!(on_hand(&app, &token).await, (6, 0), "no stock returned without a refund");
+    let (_, pending) = app.get_order(&s(&order["id"])).await;
+    assert_eq!(
+        (&pending["status"], &pending["payment"]["status"]),
+        (&json!("cancelled"), &json!("succeeded"))
+    );
+    assert_eq!(on_hand(&app, &token).await, (6, 0), "no stock returned before the refund");
+    // The refused one, the request's, and at least one more by recovery.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fake.with(|l| l.refund_keys.len()) < 3 {
+        assert!(std::time::Instant::now() < deadline, "the refund was not asked again");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     fake.with(|l| l.refunds_fail = false);
-    // Cancelling refunds through the provider.
-    let (status, cancelled) = send(cancel()).await;
-    assert_eq!(status, 200, "{cancelled}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, now) = app.get_order(&s(&order["id"])).await;
+        if now["payment"]["status"] == "refunded" {
+            assert_eq!(now["status"], "cancelled");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "recovery never finished the cancel: {now}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(fake.with(|l| l.refunds), 1);
+    // One idempotency key per cancel: the refused one's (whose refusal the
+    // provider would replay) and the second's, asked again and again.
+    let keys = fake.with(|l| l.refund_keys.clone());
+    let prefix = format!("cancel:{}:", s(&order["id"]));
+    assert!(keys.iter().all(|k| k.starts_with(&prefix)), "{keys:?}");
+    assert_ne!(keys[0], keys[1], "a new key for a new cancel: {keys:?}");
+    assert!(keys[1..].iter().all(|k| *k == keys[1]), "the same key while in doubt: {keys:?}");
     assert_eq!(on_hand(&app, &token).await, (8, 0));
+    assert_error(&send(cancel()).await, 409, "conflict");
+    assert_eq!(on_hand(&app, &token).await, (8, 0), "restocked once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,6 +313,80 @@ async fn kill_9_under_checkout_load(backend: Backend) {
 }
 crate::both_backends!(kill_9_under_load, kill_9_under_checkout_load);
 
+/// SPEC §6.7 for cancels: `kill -9` at three moments while 16 cancels run (0,
+/// 10 and 40 ms after the first answer), a restart after each; in the end
+/// every order is paid or cancelled and refunded, its stock back once, its
+/// `order.cancelled` once (`interruption::cancels_settled`), and every
+/// acknowledged cancel stands.
+async fn kill_9_under_cancels(backend: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let pg = fresh_database(backend).await;
+    let url = pg.as_ref().map(|p| p.url.clone());
+    let envs = [("MERCATO_CHECKOUT__SWEEP_INTERVAL_MS", "100"), ("MERCATO_COMPONENTS__DEADLINE_MS", "1000")];
+    let skus = ["KC-1", "KC-2"];
+    let mut token: Option<String> = None;
+    let (mut acknowledged, mut unanswered) = (Vec::new(), 0);
+    for (round, kill_after_ms) in [0u64, 10, 40].into_iter().enumerate() {
+        let p = Serve::start(dir.path(), url.as_deref(), &envs);
+        let t = match &token {
+            Some(t) => t.clone(),
+            None => merchant_with_stock(&p, &skus, 200).await,
+        };
+        token = Some(t);
+        let mut ids = Vec::new();
+        for i in 0..16 {
+            let c = cart(&p, &[(skus[i % 2], 1), (skus[(i + 1) % 2], 2)]).await;
+            let (status, order) = checkout(&p, &c, &format!("kc{round}-{i}")).await.expect("checkout");
+            assert_eq!(status, 201, "{order}");
+            ids.push(s(&order["id"]));
+        }
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                tokio::spawn(send(
+                    p.request(Method::POST, &format!("/v1/orders/{id}/cancel")).bearer_auth(ADMIN_TOKEN),
+                ))
+            })
+            .collect();
+        while !handles.iter().any(|h| h.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        p.kill9();
+        let mut answers: HashMap<u16, usize> = HashMap::new();
+        for (h, id) in handles.into_iter().zip(&ids) {
+            match h.await {
+                Ok((status, _)) if status != 0 => {
+                    *answers.entry(status).or_default() += 1;
+                    if status == 200 {
+                        acknowledged.push(id.clone());
+                    }
+                }
+                _ => unanswered += 1,
+            }
+        }
+        eprintln!("round {round}: killed {kill_after_ms} ms after the first answer; answers {answers:?}");
+    }
+    let p = Serve::start(dir.path(), url.as_deref(), &envs);
+    let db = mercato::storage::Db::connect(url.as_deref(), dir.path()).await.expect("db");
+    let stock: HashMap<String, u64> = skus.iter().map(|s| (s.to_string(), 200)).collect();
+    let cancelled = crate::interruption::cancels_settled(&db, &stock).await;
+    assert!(unanswered > 0, "the kills cut no cancel off");
+    assert!(!acknowledged.is_empty(), "some cancels were acknowledged before a kill");
+    for id in &acknowledged {
+        assert!(cancelled.contains(id), "acknowledged cancel of {id} is undone after kill -9");
+        let (status, order) =
+            send(p.request(Method::GET, &format!("/v1/orders/{id}")).bearer_auth(ADMIN_TOKEN)).await;
+        assert_eq!((status, &order["payment"]["status"]), (200, &json!("refunded")), "{order}");
+    }
+    eprintln!(
+        "{} cancelled, {} acknowledged, {unanswered} cut off by a kill",
+        cancelled.len(),
+        acknowledged.len()
+    );
+}
+crate::both_backends!(kill_9_cancels, kill_9_under_cancels);
+
 /// Two replicas on one PostgreSQL under the disconnect load, one of them
 /// killed half-way: the other recovers its stuck checkouts; no oversell, no
 /// checkout recovered twice into two outcomes, nothing left reserved.

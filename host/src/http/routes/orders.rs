@@ -204,14 +204,16 @@ async fn fulfill(
     summary = "Cancel a paid order and refund it",
     params(("id" = String, Path, description = "The order id")),
     security(("admin_token" = [])),
-    responses((status = 200, description = "The order", body = crate::http::openapi::ShopperOrder), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Not cancellable (`invalid_state`)", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
+    responses((status = 200, description = "The order", body = crate::http::openapi::ShopperOrder), (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::http::openapi::ErrorBody), (status = 409, description = "Not cancellable (`conflict`): not paid, partly fulfilled, the refund refused, or a cancel of it in progress", body = crate::http::openapi::ErrorBody), (status = 502, description = "The refund's outcome is unknown (`payment_provider_error`): the order stays `cancelled`, and the refund is asked again", body = crate::http::openapi::ErrorBody), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`", body = crate::http::openapi::ErrorBody))
 )]
 async fn cancel(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let lease_ms = state.runtime.deadline_ms().saturating_add(LEASE_MARGIN_MS);
     let order = state
         .runtime
         .instance::<crate::bindings::order::Service>()
         .await?
-        .call("cancel", |c, s| c.mercato_commerce_orders().call_cancel(s, &id))
+        // Until the request's deadline (and a margin) recovery leaves the cancel alone.
+        .call("cancel", |c, s| c.mercato_commerce_orders().call_cancel(s, &id, lease_ms))
         .await??;
     Ok(Json(order_json(&order)))
 }
