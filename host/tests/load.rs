@@ -60,11 +60,39 @@ async fn mixed_cart(app: &TestApp) -> String {
     cart
 }
 
-/// SPEC §6.8 under load: 100 concurrent cart reads of a merchant whose plugin
-/// sleeps, while another merchant's carts are read. The other merchant's p99
-/// stays within 2× its value under the same load from a merchant whose
-/// plugin behaves, and every request is answered within its deadline plus a
-/// margin. (Before plugin waits were virtual, each sleeping run held a run
+/// What this machine serves of `cart`'s reads per second with every plugin
+/// behaving: 16 clients reading back to back for 3 s (both cores busy).
+async fn capacity(app: &TestApp, cart: &str) -> f64 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url(&format!("/v1/carts/{cart}")));
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while std::time::Instant::now() < until {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut reads = 0;
+    for c in clients {
+        reads += c.await.unwrap();
+    }
+    f64::from(reads) / 3.0
+}
+
+/// SPEC §6.8 under load: up to 100 concurrent cart reads of a merchant whose
+/// plugin sleeps, while another merchant's carts are read. The other
+/// merchant's p99 stays within 2× its value under the same load from a
+/// merchant whose plugin behaves, and every request is answered within its
+/// deadline plus a margin. The load is 40 % of what the machine serves (the
+/// test's premise is a load the host can carry: on a saturated machine every
+/// tenant waits for CPU whatever a's plugin does, and the comparison says
+/// nothing). (Before plugin waits were virtual, each sleeping run held a run
 /// slot for 30 s: the other merchant waited behind them. Before a wait on
 /// timers alone was decided at once, each sleeping run yielded to the busy
 /// scheduler and held its slot 8–65 ms instead of 1 ms: b's p99 rose 1.5–2.7×.)
@@ -80,21 +108,29 @@ async fn a_sleeping_plugin_slows_no_other_merchant() {
     // Five rounds of each, alternating, so both see the same machine; each
     // compared by its median p99 (one stall of a 2-core machine in one
     // round does not decide).
+    let (status, body) = upload(app, &shop.a.1, artifact("plugin-bundles.wasm")).await;
+    assert_eq!(status, 200, "{body}");
+    let served = capacity(app, &a_cart).await;
+    // Each shopper reads twice a second.
+    let shoppers = ((served * 0.4 / 2.0) as u64).clamp(10, 100);
+    eprintln!(
+        "this machine serves {served:.0} of a's cart reads/s: {shoppers} shoppers reading twice a second"
+    );
     let plugins = ["plugin-bundles.wasm", "zoo-sleep.wasm"];
     let mut p99: [Vec<std::time::Duration>; 2] = [Vec::new(), Vec::new()];
     for (which, plugin) in plugins.iter().cycle().take(10).enumerate().map(|(i, p)| (i % 2, *p)) {
         let (status, body) = upload(app, &shop.a.1, artifact(plugin)).await;
         assert_eq!(status, 200, "{body}");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // 100 shoppers of a, each reading its cart twice a second (spread
-        // out): up to 100 reads in flight at once, a load the host can carry,
-        // so what b sees is what a's plugin costs it.
-        let load: Vec<_> = (0..100u64)
+        // The shoppers of a, each reading its cart twice a second (spread
+        // out): a load the host can carry, so what b sees is what a's plugin
+        // costs it.
+        let load: Vec<_> = (0..shoppers)
             .map(|i| {
                 let (client, url, stop) =
                     (app.client.clone(), app.url(&format!("/v1/carts/{a_cart}")), stop.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(i * 5)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(i * 500 / shoppers)).await;
                     let mut slowest = std::time::Duration::ZERO;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let started = std::time::Instant::now();
