@@ -136,9 +136,7 @@ struct Held {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Cancelling {
     lease_until: u64,
-    #[serde(default)]
     attempts: u32,
-    #[serde(default)]
     refund_key: String,
 }
 
@@ -840,11 +838,7 @@ fn uncancel(id: &str, c: &mut Cancel) -> Result<(), Error> {
 /// Drive a claimed cancel: refund, then inventory's restock, the order
 /// refunded, the entry gone and `order.cancelled` in one transaction.
 fn drive_cancel(id: &str, mut c: Cancel) -> CancelEnd {
-    let key = match c.entry.refund_key.as_str() {
-        "" => format!("cancel:{id}"),
-        key => key.to_string(),
-    };
-    if let Err(e) = payment::refund(&c.order.payment.id, &c.order.payment.amount, &key) {
+    if let Err(e) = payment::refund(&c.order.payment.id, &c.order.payment.amount, &c.entry.refund_key) {
         // A refusal (`conflict`: the provider refused this refund, or the
         // payment is not captured) is an answer; anything else (a time-out,
         // a 5xx, the provider still busy with the key or rate limiting) may

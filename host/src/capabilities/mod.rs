@@ -39,6 +39,11 @@ impl TrapPlan {
         TrapPlan { spec, fired: AtomicBool::new(false) }
     }
 
+    /// Whether a trap is planned at all (only tests plan one).
+    pub(crate) fn armed(&self) -> bool {
+        self.spec.is_some()
+    }
+
     /// Whether this host call of `component` (`<target>.<function>`), just
     /// completed, is the one to trap after; calls are counted in the
     /// request's `staged`.
