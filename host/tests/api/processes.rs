@@ -1,7 +1,7 @@
 //! Real `mercato serve` processes: several replicas on one PostgreSQL
 //! database, and `kill -9` in the middle of checkouts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -407,6 +407,9 @@ async fn two_replicas_recover_each_others_checkouts() {
     let (addr_a, addr_b) = (a.addr.expect("a"), b.addr.expect("b"));
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
+    // Every fourth shopper (all on B) waits for the answer: a 201 must stay
+    // an order, and the answers say what happened if nothing was paid.
+    let mut waited = Vec::new();
     let mut a = Some(a);
     for (i, cart) in carts.iter().enumerate() {
         if i == 80 {
@@ -417,6 +420,15 @@ async fn two_replicas_recover_each_others_checkouts() {
         }
         let addr = if i % 2 == 0 && a.is_some() { addr_a } else { addr_b };
         let permit = gate.clone().acquire_owned().await.expect("permit");
+        if i % 4 == 3 {
+            let answer = checkout(&b, cart, &format!("rr-{i}"));
+            waited.push(tokio::spawn(async move {
+                let answer = answer.await.expect("checkout");
+                drop(permit);
+                answer
+            }));
+            continue;
+        }
         let cart = cart.clone();
         let after = Duration::from_millis(((i * 37) % 101) as u64);
         tasks.push(tokio::spawn(async move {
@@ -429,10 +441,29 @@ async fn two_replicas_recover_each_others_checkouts() {
     for t in tasks {
         let _ = t.await;
     }
+    let mut answers: HashMap<u16, usize> = HashMap::new();
+    let mut acknowledged = Vec::new();
+    for w in waited {
+        let (status, body) = w.await.expect("answer");
+        *answers.entry(status).or_default() += 1;
+        if status == 201 {
+            acknowledged.push(s(&body["id"]));
+        }
+    }
     let db = mercato::storage::Db::connect(Some(&pg.url), dir_b.path()).await.expect("db");
     let stock: HashMap<String, u64> = skus.iter().map(|s| (s.to_string(), 50)).collect();
     let orders = crate::interruption::settled_in(&db, &stock).await;
-    assert!(!orders.is_empty(), "some checkouts were paid");
+    let ids: HashSet<String> = orders.iter().map(|o| s(&o["id"])).collect();
+    let complaints = || {
+        let stderr = b.stderr.lock().expect("lock");
+        let odd: Vec<&String> = stderr.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        format!("answers to the waiting shoppers {answers:?}; B's warnings {:?}", &odd[odd.len().saturating_sub(20)..])
+    };
+    assert!(!orders.is_empty(), "some checkouts were paid: {}", complaints());
+    for id in &acknowledged {
+        assert!(ids.contains(id), "acknowledged order {id} is not paid: {}", complaints());
+    }
+    eprintln!("{} orders paid; answers to the waiting shoppers {answers:?}", orders.len());
     drop(b);
 }
 
