@@ -244,6 +244,11 @@ pub fn events_relay_failed() {
     metrics::counter!("mercato_events_relay_failures_total").increment(1);
 }
 
+/// Events the relay deleted from the outbox past their retention.
+pub fn events_pruned(events: u64) {
+    metrics::counter!("mercato_events_pruned_total").increment(events);
+}
+
 /// A request answered 429 (`limit`: `writes` or `auth`).
 pub fn rate_limited(limit: &'static str) {
     metrics::counter!("mercato_http_rate_limited_total", "limit" => limit).increment(1);

@@ -28,6 +28,12 @@ use crate::storage::events::EventRow;
 pub const LEASE: &str = "events.relay";
 /// PostgreSQL's channel for "events committed" (`0009_events.sql`).
 pub const CHANNEL: &str = "mercato_events";
+/// Events deleted per statement when the outbox is pruned.
+const PRUNE_BATCH: u32 = 1_000;
+/// Statements per prune (the rest waits for the next one).
+const PRUNE_ROUNDS: u32 = 20;
+/// The longest between two prunes.
+const PRUNE_EVERY_MS: i64 = 60_000;
 
 /// `[events]`: where events go and how often the relay looks.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -48,6 +54,10 @@ pub struct EventsConfig {
     pub lease_ms: u64,
     /// Events handed on per round.
     pub batch: u32,
+    /// How long the outbox keeps an event once it is done with (handed
+    /// on, no delivery pending); 0: for ever. The relay deletes older ones,
+    /// with their merchant views and deliveries.
+    pub retention_ms: u64,
     /// Merchants' webhooks (`[events.webhooks]`).
     pub webhooks: crate::events::WebhooksConfig,
 }
@@ -62,6 +72,7 @@ impl Default for EventsConfig {
             relay_interval_ms: 1_000,
             lease_ms: 10_000,
             batch: 256,
+            retention_ms: 30 * 24 * 60 * 60 * 1000,
             webhooks: crate::events::WebhooksConfig::default(),
         }
     }
@@ -184,13 +195,15 @@ pub struct Relay {
     holder: String,
     nats: Option<Nats>,
     webhooks: crate::events::webhooks::Sender,
+    /// When the outbox is pruned next (unix ms).
+    next_prune: i64,
 }
 
 impl Relay {
     pub fn new(db: Db, config: EventsConfig) -> Relay {
         let holder = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         let webhooks = crate::events::webhooks::Sender::new(db.clone(), config.webhooks.clone());
-        Relay { db, config, holder, nats: None, webhooks }
+        Relay { db, config, holder, nats: None, webhooks, next_prune: 0 }
     }
 
     /// Relay until `stop`, then give the lease up.
@@ -265,7 +278,28 @@ impl Relay {
         }
         let handed = self.hand_on().await;
         self.webhooks.dispatch().await?;
+        self.prune(now).await?;
         handed
+    }
+
+    /// Delete what the outbox no longer needs (older than `retention_ms`,
+    /// handed on, no delivery pending), at most once a minute (or once per
+    /// retention, if that is shorter), a bounded amount at a time.
+    async fn prune(&mut self, now: i64) -> anyhow::Result<()> {
+        let retention = i64::try_from(self.config.retention_ms).unwrap_or(i64::MAX);
+        if retention == 0 || now < self.next_prune {
+            return Ok(());
+        }
+        self.next_prune = now.saturating_add(retention.min(PRUNE_EVERY_MS));
+        let before = now.saturating_sub(retention);
+        for _ in 0..PRUNE_ROUNDS {
+            let gone = self.db.events_prune(before, PRUNE_BATCH).await?;
+            crate::telemetry::events_pruned(gone);
+            if gone < u64::from(PRUNE_BATCH) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn hand_on(&mut self) -> anyhow::Result<usize> {

@@ -286,7 +286,18 @@ impl Worker {
     async fn run(self, slots: Arc<Semaphore>) {
         let Ok(_slot) = slots.acquire_owned().await else { return };
         loop {
-            let Ok(Some(hook)) = self.db.webhook(&self.merchant).await else { return };
+            let hook = match self.db.webhook(&self.merchant).await {
+                Ok(Some(hook)) => hook,
+                Ok(None) => {
+                    // Deliveries with no endpoint (a fan-out raced the
+                    // webhook's removal): given up, as the removal does.
+                    if let Err(e) = self.db.deliveries_orphaned(&self.merchant, crate::now_ms()).await {
+                        tracing::warn!(error = %e, "webhooks: could not give up deliveries with no endpoint");
+                    }
+                    return;
+                }
+                Err(_) => return,
+            };
             let Ok(due) = self.db.deliveries_pending(&self.merchant, crate::now_ms(), 100).await else {
                 return;
             };

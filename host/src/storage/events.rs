@@ -80,6 +80,11 @@ pub trait Events: Send + Sync {
     /// the first time.
     async fn events_mark_published(&self, seqs: &[i64], now: i64) -> Result<()>;
 
+    /// Delete at most `limit` events made before `before` (unix ms) that
+    /// are done with: handed on, and no delivery of theirs still pending.
+    /// Their merchant views and deliveries go with them. How many went.
+    async fn events_prune(&self, before: i64, limit: u32) -> Result<u64>;
+
     /// Take or renew the lease `name` for `holder` until `until` (unix ms):
     /// true if `holder` has it now (it was free, lapsed at `now`, or
     /// `holder`'s already).
@@ -194,6 +199,11 @@ pub trait Webhooks: Send + Sync {
     /// Remove a merchant's endpoint (its pending deliveries stop: they are
     /// marked failed). False if there was none.
     async fn webhook_delete(&self, merchant: &str, now: i64) -> Result<bool>;
+
+    /// Give up a merchant's pending deliveries if the merchant has no
+    /// endpoint (made by a fan-out that raced the webhook's removal): how
+    /// many. None while an endpoint is registered.
+    async fn deliveries_orphaned(&self, merchant: &str, now: i64) -> Result<u64>;
 
     /// Make the deliveries of events `seqs`: one per concerned merchant
     /// whose endpoint takes the event's type, due at `now`. Idempotent.

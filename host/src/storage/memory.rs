@@ -792,6 +792,33 @@ impl Events for Memory {
         Ok(())
     }
 
+    async fn events_prune(&self, before: i64, limit: u32) -> Result<u64> {
+        let mut state = self.state();
+        let pending: HashSet<String> = state
+            .deliveries
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Pending)
+            .map(|d| d.event_id.clone())
+            .collect();
+        let gone: Vec<(i64, String)> = state
+            .events
+            .iter()
+            .filter(|e| e.published_at.is_some() && e.created_at < before && !pending.contains(&e.id))
+            .take(limit as usize)
+            .map(|e| (e.seq, e.id.clone()))
+            .collect();
+        let seqs: HashSet<i64> = gone.iter().map(|(seq, _)| *seq).collect();
+        let ids: HashSet<&String> = gone.iter().map(|(_, id)| id).collect();
+        let state = &mut *state;
+        state.events.retain(|e| !seqs.contains(&e.seq));
+        state.deliveries.retain(|d| !ids.contains(&d.event_id));
+        for (seq, id) in &gone {
+            state.event_views.remove(seq);
+            state.event_ids.remove(id);
+        }
+        Ok(gone.len() as u64)
+    }
+
     async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         let mut state = self.state();
         let free = state.leases.get(name).is_none_or(|(h, u)| h == holder || *u < now);
@@ -832,6 +859,23 @@ impl Webhooks for Memory {
             }
         }
         Ok(removed)
+    }
+
+    async fn deliveries_orphaned(&self, merchant: &str, now: i64) -> Result<u64> {
+        let mut state = self.state();
+        if state.webhooks.contains_key(merchant) {
+            return Ok(0);
+        }
+        let mut given_up = 0;
+        for d in state.deliveries.iter_mut() {
+            if d.merchant_id == merchant && d.status == DeliveryStatus::Pending {
+                d.status = DeliveryStatus::Failed;
+                d.last_error = Some("the webhook was removed".into());
+                d.next_at = now;
+                given_up += 1;
+            }
+        }
+        Ok(given_up)
     }
 
     async fn deliveries_fan_out(&self, seqs: &[i64], now: i64) -> Result<()> {

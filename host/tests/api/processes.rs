@@ -457,7 +457,10 @@ async fn two_replicas_recover_each_others_checkouts() {
     let complaints = || {
         let stderr = b.stderr.lock().expect("lock");
         let odd: Vec<&String> = stderr.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
-        format!("answers to the waiting shoppers {answers:?}; B's warnings {:?}", &odd[odd.len().saturating_sub(20)..])
+        format!(
+            "answers to the waiting shoppers {answers:?}; B's warnings {:?}",
+            &odd[odd.len().saturating_sub(20)..]
+        )
     };
     assert!(!orders.is_empty(), "some checkouts were paid: {}", complaints());
     for id in &acknowledged {

@@ -108,6 +108,21 @@ impl Events for Sql {
         Ok(())
     }
 
+    async fn events_prune(&self, before: i64, limit: u32) -> Result<u64> {
+        // Views and deliveries go by ON DELETE CASCADE (SQLite: foreign
+        // keys are on for every connection). `events_created` finds the old
+        // ones without reading the young.
+        Ok(with_query!(
+            write,
+            self,
+            "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e \
+             WHERE e.created_at < ? AND e.published_at IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = e.seq AND d.status = 'pending') \
+             ORDER BY e.created_at LIMIT ?)",
+            |q, pool| q.bind(before).bind(i64::from(limit)).execute(pool).await?.rows_affected()
+        ))
+    }
+
     async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         let taken = with_query!(
             write,
@@ -216,6 +231,17 @@ impl Webhooks for Sql {
             |q, pool| q.bind(now).bind(merchant).execute(pool).await?.rows_affected()
         );
         Ok(removed == 1)
+    }
+
+    async fn deliveries_orphaned(&self, merchant: &str, now: i64) -> Result<u64> {
+        Ok(with_query!(
+            write,
+            self,
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = 'the webhook was removed', next_at = ? \
+             WHERE merchant_id = ? AND status = 'pending' \
+             AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.merchant_id = ?)",
+            |q, pool| q.bind(now).bind(merchant).bind(merchant).execute(pool).await?.rows_affected()
+        ))
     }
 
     async fn deliveries_fan_out(&self, seqs: &[i64], now: i64) -> Result<()> {
