@@ -995,3 +995,126 @@ async fn deliveries_left_without_an_endpoint_are_given_up() {
     }
     assert_eq!(receiver.seen("flaky").len(), 1, "not sent anywhere after its endpoint went");
 }
+
+/// A TCP proxy to the tests' NATS that can go dark: a network partition —
+/// connections stay open, and what is sent either way is lost. When it is
+/// lit again the connections that went dark are closed (their streams lost
+/// bytes) and new ones are carried as before.
+struct PartitionedNats {
+    url: String,
+    dark: tokio::sync::watch::Sender<bool>,
+}
+
+impl PartitionedNats {
+    async fn start() -> PartitionedNats {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("nats://{}", listener.local_addr().expect("addr"));
+        let (dark, _) = tokio::sync::watch::channel(false);
+        let watch = dark.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut state = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:4222").await else { return };
+                    let ((mut cr, mut cw), (mut sr, mut sw)) = (client.into_split(), server.into_split());
+                    let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+                    let mut was_dark = *state.borrow_and_update();
+                    loop {
+                        tokio::select! {
+                            n = cr.read(&mut up) => match n {
+                                Ok(n) if n > 0 => if !was_dark && sw.write_all(&up[..n]).await.is_err() { return },
+                                _ => return,
+                            },
+                            n = sr.read(&mut down) => match n {
+                                Ok(n) if n > 0 => if !was_dark && cw.write_all(&down[..n]).await.is_err() { return },
+                                _ => return,
+                            },
+                            changed = state.changed() => {
+                                let Ok(()) = changed else { return };
+                                let dark = *state.borrow_and_update();
+                                if was_dark && !dark {
+                                    return;
+                                }
+                                was_dark = dark;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        PartitionedNats { url, dark }
+    }
+
+    fn set_dark(&self, dark: bool) {
+        self.dark.send_replace(dark);
+    }
+}
+
+/// NATS cut off by a network partition and back (SPEC §6.9: nothing lost):
+/// checkouts go on while it is away; the relay's publishes get no
+/// acknowledgement, so their events stay in the outbox unmarked (past the
+/// client's 10 s request time-out: the relay gave up on them and
+/// reconnects); once NATS is back every event is in the stream exactly
+/// once, in outbox order.
+async fn a_nats_partition_loses_no_event(backend: Backend) {
+    let (stream, prefix) = nats_names("partition");
+    let nats = PartitionedNats::start().await;
+    let app = spawn_app_with(backend, |c| {
+        c.events.nats_url = Some(mercato::config::Secret(nats.url.clone()));
+        c.events.nats_stream = stream.clone();
+        c.events.nats_subject_prefix = prefix.clone();
+        c.events.relay_interval_ms = 50;
+    })
+    .await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, crate::interruption::product_with_stock("OUT-1", 900, 100)).await;
+    let buy = |i: usize| {
+        let app = &app;
+        async move {
+            let cart = app.cart("EUR").await;
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "OUT-1", "quantity": 1})).await;
+            let (status, order) = checkout(app, &cart, &format!("out-{i}"), "tok_visa").await;
+            assert_eq!(status, 201, "{order}");
+        }
+    };
+    let all_published = |want: usize| {
+        let app = &app;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let events = outbox(&app.db).await;
+                if events.len() == want && events.iter().all(|e| e.published_at.is_some()) {
+                    return events;
+                }
+                assert!(Instant::now() < deadline, "not all {want} published after 60 s: {events:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for i in 0..6 {
+        buy(i).await;
+    }
+    all_published(6).await;
+    nats.set_dark(true);
+    for i in 6..18 {
+        buy(i).await;
+    }
+    // Longer than the relay's wait for an acknowledgement (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let waiting = outbox(&app.db).await;
+    assert_eq!(waiting.len(), 18);
+    assert!(
+        waiting[6..].iter().all(|e| e.published_at.is_none()),
+        "marked though NATS never acknowledged: {waiting:?}"
+    );
+    nats.set_dark(false);
+    let events = all_published(18).await;
+    let messages = stream_messages(&stream).await;
+    let got: Vec<&str> = messages.iter().map(|(id, _, _)| id.as_str()).collect();
+    let want: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(got, want, "each event once, in outbox order");
+    app.stop().await;
+    delete_stream(&stream).await;
+}
+each_backend!(nats_partition, a_nats_partition_loses_no_event);
