@@ -352,8 +352,9 @@ async fn client(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// `mercato events tail`: page through `GET /v1/admin/events` after the
-/// last `seq` seen, printing each event as a JSON line.
+/// `mercato events tail`: page through `GET /v1/admin/events`, printing
+/// each event once as a JSON line, from the first gap in what was seen
+/// ([`mercato::events::tail`]).
 async fn events_tail(
     all: bool,
     after: Option<i64>,
@@ -386,10 +387,13 @@ async fn events_tail(
             Ok::<_, anyhow::Error>((items, page["next_after"].as_i64().unwrap_or(after)))
         }
     };
-    // From now on: skip what is there (pages of 1000).
-    let mut cursor = match (all, after) {
+    let seq_of = |item: &serde_json::Value| item["seq"].as_i64().unwrap_or_default();
+    let start = match (all, after) {
         (_, Some(a)) => a,
-        (true, None) => 0,
+        // From the oldest event kept (what retention deleted leaves no gap
+        // to wait for).
+        (true, None) => page(0).await?.0.first().map_or(0, |e| seq_of(e) - 1),
+        // From now on: skip what is there (pages of 1000).
         (false, None) => {
             let mut at = 0;
             loop {
@@ -401,20 +405,32 @@ async fn events_tail(
             }
         }
     };
+    // Read from the first gap each time: on PostgreSQL a lower seq can
+    // commit after a higher one was read (events::tail).
+    let mut follower = mercato::events::tail::Follower::after(start);
     loop {
-        let (items, next) = page(cursor).await?;
-        {
-            let mut out = std::io::stdout().lock();
-            for item in &items {
-                writeln!(out, "{item}")?;
+        let mut at = follower.cursor();
+        let mut new = 0;
+        loop {
+            let (items, next) = page(at).await?;
+            {
+                let mut out = std::io::stdout().lock();
+                for item in items.iter().filter(|item| follower.show(seq_of(item))) {
+                    writeln!(out, "{item}")?;
+                    new += 1;
+                }
+                out.flush()?;
             }
-            out.flush()?;
+            if items.len() < 1000 || next <= at {
+                break;
+            }
+            at = next;
         }
-        cursor = next;
-        if items.is_empty() {
-            if once {
-                return Ok(());
-            }
+        follower.settle(std::time::Instant::now());
+        if once {
+            return Ok(());
+        }
+        if new == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(interval_ms)).await;
         }
     }

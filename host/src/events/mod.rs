@@ -7,6 +7,7 @@
 //! JetStream when `events.nats_url` is set, and to merchants' [`webhooks`].
 pub mod relay;
 pub mod render;
+pub mod tail;
 pub mod webhooks;
 
 pub use relay::EventsConfig;

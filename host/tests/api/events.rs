@@ -1118,3 +1118,94 @@ async fn a_nats_partition_loses_no_event(backend: Backend) {
     delete_stream(&stream).await;
 }
 each_backend!(nats_partition, a_nats_partition_loses_no_event);
+
+/// `mercato events tail` against a server on PostgreSQL prints each event
+/// once, as it is written — also one whose transaction drew a lower `seq`
+/// and commits after a higher one was printed (PostgreSQL draws `seq` at
+/// insert; the tail reads again from the first gap). `--once` prints what
+/// is there and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_prints_every_event_once_also_one_that_commits_late() {
+    use std::io::BufRead;
+    let app = spawn_app_with(Backend::Postgres, |c| c.events.relay_interval_ms = 50).await;
+    let (_, token) = app.merchant("Shop").await;
+    app.product(&token, crate::interruption::product_with_stock("TAIL-1", 900, 100)).await;
+    let url = format!("http://{}", app.addr);
+    let tail = |once: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"));
+        cmd.args(["events", "tail", "--all", "--interval-ms", "50"])
+            .env("MERCATO_URL", &url)
+            .env("MERCATO_TOKEN", ADMIN_TOKEN)
+            .stdout(std::process::Stdio::piped());
+        if once {
+            cmd.arg("--once");
+        }
+        cmd
+    };
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(tail(false).spawn().expect("mercato events tail"));
+    let printed: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let lines = child.0.stdout.take().expect("stdout");
+    let kept = printed.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(lines).lines().map_while(Result::ok) {
+            let event: Value = serde_json::from_str(&line).expect("a JSON line");
+            kept.lock().expect("lock").push(s(&event["id"]));
+        }
+    });
+    let buy = |i: usize| {
+        let app = &app;
+        async move {
+            let cart = app.cart("EUR").await;
+            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "TAIL-1", "quantity": 1})).await;
+            let (status, order) = checkout(app, &cart, &format!("tail-{i}"), "tok_visa").await;
+            assert_eq!(status, 201, "{order}");
+            outbox(&app.db).await.into_iter().find(|e| e.subject == s(&order["id"])).expect("its event").id
+        }
+    };
+    let printed_now = |id: &str| printed.lock().expect("lock").iter().any(|p| p == id);
+    let first = buy(0).await;
+    wait_for("the tail prints the first event", Duration::from_secs(30), || printed_now(&first)).await;
+    // A transaction draws the next seq and holds it uncommitted…
+    let pool = app.db.postgres().expect("postgres").clone();
+    let mut late = pool.begin().await.expect("begin");
+    let late_seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (id, kind, subject, created_at, data) \
+         VALUES ('evt_tail_late', 'order.paid', 'ord_tail_late', $1, convert_to('{}', 'UTF8')) RETURNING seq",
+    )
+    .bind(chrono::Utc::now().timestamp_millis())
+    .fetch_one(&mut *late)
+    .await
+    .expect("insert");
+    // …while a checkout's event, with a higher seq, commits and is printed…
+    let second = buy(1).await;
+    wait_for("the tail prints the second event", Duration::from_secs(30), || printed_now(&second)).await;
+    let second_seq = outbox(&app.db).await.iter().find(|e| e.id == second).expect("second").seq;
+    assert!(late_seq < second_seq, "the held transaction drew the lower seq");
+    // …then the held one commits: printed too.
+    late.commit().await.expect("commit");
+    wait_for("the tail prints the event that committed late", Duration::from_secs(30), || {
+        printed_now("evt_tail_late")
+    })
+    .await;
+    let third = buy(2).await;
+    wait_for("the tail goes on", Duration::from_secs(30), || printed_now(&third)).await;
+    let got = printed.lock().expect("lock").clone();
+    assert_eq!(got, [first.clone(), second.clone(), "evt_tail_late".to_string(), third.clone()], "each once");
+    drop(child);
+    // --once: what is there, in seq order, then exit.
+    let mut once = tail(true);
+    let out = tokio::task::spawn_blocking(move || once.output().expect("tail --once")).await.expect("join");
+    assert!(out.status.success(), "{out:?}");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| s(&serde_json::from_str::<Value>(l).expect("JSON")["id"]))
+        .collect();
+    assert_eq!(ids, [first, "evt_tail_late".to_string(), second, third]);
+}
