@@ -2,7 +2,8 @@
 //! published. One replica at a time relays — it holds the `events.relay`
 //! lease in the database, renews it every round and gives it up when it
 //! stops; another replica takes over once a lease has lapsed (a killed
-//! holder's, after `lease_ms`).
+//! holder's, after `lease_ms`). Lease time is the database's clock, so
+//! replicas whose clocks disagree do not both think they hold it.
 //!
 //! Delivery is at least once: an event is marked only after its sink
 //! acknowledged it, so a relay killed in between hands it on again, under
@@ -270,8 +271,8 @@ impl Relay {
     /// were handed on.
     async fn round(&mut self) -> anyhow::Result<usize> {
         let now = crate::now_ms();
-        let until = now.saturating_add(self.config.lease_ms as i64);
-        if !self.db.lease(LEASE, &self.holder, now, until).await? {
+        let ttl = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
+        if !self.db.lease(LEASE, &self.holder, ttl).await? {
             // Another replica relays: this one's webhook workers stop.
             self.webhooks.stop();
             return Ok(0);

@@ -85,10 +85,11 @@ pub trait Events: Send + Sync {
     /// Their merchant views and deliveries go with them. How many went.
     async fn events_prune(&self, before: i64, limit: u32) -> Result<u64>;
 
-    /// Take or renew the lease `name` for `holder` until `until` (unix ms):
-    /// true if `holder` has it now (it was free, lapsed at `now`, or
-    /// `holder`'s already).
-    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+    /// Take or renew the lease `name` for `holder` for `ttl_ms`: true if
+    /// `holder` has it now (it was free, lapsed, or `holder`'s already).
+    /// Time is the database's own clock (memory: this process's), so
+    /// replicas whose clocks disagree still agree on who holds a lease.
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
 
     /// Give the lease up, if `holder` has it.
     async fn lease_release(&self, name: &str, holder: &str) -> Result<()>;

@@ -819,7 +819,9 @@ impl Events for Memory {
         Ok(gone.len() as u64)
     }
 
-    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let now = crate::now_ms();
+        let until = now.saturating_add(ttl_ms);
         let mut state = self.state();
         let free = state.leases.get(name).is_none_or(|(h, u)| h == holder || *u < now);
         if free {

@@ -624,3 +624,23 @@ async fn plugin_runs_configuration_and_retention(backend: Backend) {
     assert_eq!(digests, expected, "the 10 binaries run last");
 }
 each_backend!(repo_plugin_runs, plugin_runs_configuration_and_retention);
+
+/// Leases (the event relay's): one holder at a time; the holder renews it;
+/// another takes it only once it has lapsed (by the database's clock);
+/// giving it up frees it at once, and only its holder can.
+async fn leases_have_one_holder_at_a_time(backend: Backend) {
+    let (db, _dir, _pg) = db(backend).await;
+    assert!(db.lease("relay", "a", 10_000).await.expect("lease"), "free: a takes it");
+    assert!(!db.lease("relay", "b", 10_000).await.expect("lease"), "held by a");
+    assert!(db.lease("other", "b", 10_000).await.expect("lease"), "another lease is another matter");
+    assert!(db.lease("relay", "a", 300).await.expect("lease"), "a renews it, for 300 ms");
+    assert!(!db.lease("relay", "b", 10_000).await.expect("lease"), "still a's");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(db.lease("relay", "b", 10_000).await.expect("lease"), "lapsed: b takes it");
+    assert!(!db.lease("relay", "a", 10_000).await.expect("lease"), "b's now");
+    db.lease_release("relay", "a").await.expect("release");
+    assert!(!db.lease("relay", "a", 10_000).await.expect("lease"), "a cannot give up b's lease");
+    db.lease_release("relay", "b").await.expect("release");
+    assert!(db.lease("relay", "a", 10_000).await.expect("lease"), "given up: free at once");
+}
+each_backend!(leases, leases_have_one_holder_at_a_time);

@@ -123,15 +123,24 @@ impl Events for Sql {
         ))
     }
 
-    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
-        let taken = with_query!(
-            write,
-            self,
-            "INSERT INTO leases (name, holder, until_ms) VALUES (?, ?, ?) \
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        // The database's clock, in unix ms: every replica reads the same one.
+        let now = match self {
+            Sql::Sqlite { .. } => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+            Sql::Postgres(_) => "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)",
+        };
+        let sql = format!(
+            "INSERT INTO leases (name, holder, until_ms) VALUES (?, ?, {now} + ?) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
-             WHERE leases.holder = excluded.holder OR leases.until_ms < ?",
-            |q, pool| q.bind(name).bind(holder).bind(until).bind(now).execute(pool).await?.rows_affected()
+             WHERE leases.holder = excluded.holder OR leases.until_ms < {now}"
         );
+        let taken = with_query!(write, self, &sql, |q, pool| q
+            .bind(name)
+            .bind(holder)
+            .bind(ttl_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(taken == 1)
     }
 
