@@ -87,15 +87,30 @@ impl Provider {
 
     /// POST a form; the status and the JSON answer.
     fn post(&self, path: &str, body: &str, idempotency_key: &str) -> Result<(u16, Value), Error> {
-        let headers = Fields::from_list(&[
-            ("content-type".to_string(), b"application/x-www-form-urlencoded".to_vec()),
-            ("authorization".to_string(), format!("Bearer {}", self.secret).into_bytes()),
-            ("idempotency-key".to_string(), idempotency_key.as_bytes().to_vec()),
-        ])
-        .map_err(|e| unavailable(format!("headers: {e:?}")))?;
+        self.call(Method::Post, path, body, Some(idempotency_key))
+    }
+
+    /// GET `path` (with its query); the status and the JSON answer.
+    fn get(&self, path: &str) -> Result<(u16, Value), Error> {
+        self.call(Method::Get, path, "", None)
+    }
+
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Value), Error> {
+        let mut fields = vec![("authorization".to_string(), format!("Bearer {}", self.secret).into_bytes())];
+        if let Some(key) = idempotency_key {
+            fields.push(("content-type".to_string(), b"application/x-www-form-urlencoded".to_vec()));
+            fields.push(("idempotency-key".to_string(), key.as_bytes().to_vec()));
+        }
+        let headers = Fields::from_list(&fields).map_err(|e| unavailable(format!("headers: {e:?}")))?;
         let request = OutgoingRequest::new(headers);
         let bad = |_| unavailable("could not build the request");
-        request.set_method(&Method::Post).map_err(bad)?;
+        request.set_method(&method).map_err(bad)?;
         request.set_scheme(Some(&self.scheme)).map_err(bad)?;
         request.set_authority(Some(&self.authority)).map_err(bad)?;
         request.set_path_with_query(Some(&format!("{}{path}", self.base_path))).map_err(bad)?;
@@ -200,8 +215,42 @@ impl Provider {
     pub fn refund(&self, payment_id: &str, amount: &Money, key: &str) -> Result<Payment, Error> {
         let body = form(&[("payment_intent", payment_id.to_string()), ("amount", amount.amount.to_string())]);
         let (status, json) = self.post("/v1/refunds", &body, key)?;
-        interpret_refund(status, &json, payment_id, amount)
+        match interpret_refund(status, &json, payment_id, amount) {
+            // The endpoint failed: it may have refunded all the same, and
+            // Stripe answers this key with the same error for a day. The
+            // payment's refunds tell.
+            Err(Error::ProviderUnavailable(m)) if status >= 500 => match self.refunded(payment_id, amount) {
+                Ok(true) => Ok(Payment {
+                    id: payment_id.to_string(),
+                    status: PaymentStatus::Refunded,
+                    amount: amount.clone(),
+                }),
+                _ => Err(Error::ProviderUnavailable(m)),
+            },
+            other => other,
+        }
     }
+
+    /// Whether the payment has a refund of `amount` that succeeded or is
+    /// pending (`GET /v1/refunds?payment_intent=`): only a cancel refunds,
+    /// and it refunds the whole amount once.
+    fn refunded(&self, payment_id: &str, amount: &Money) -> Result<bool, Error> {
+        let path = format!("/v1/refunds?payment_intent={}&limit=100", form_encode(payment_id));
+        let (status, json) = self.get(&path)?;
+        Ok(listed_refund(status, &json, amount))
+    }
+}
+
+/// Whether a refund list answer holds a succeeded or pending refund of
+/// `amount`.
+pub fn listed_refund(status: u16, json: &Value, amount: &Money) -> bool {
+    (200..=299).contains(&status)
+        && json["data"].as_array().is_some_and(|refunds| {
+            refunds.iter().any(|r| {
+                (r["status"] == "succeeded" || r["status"] == "pending")
+                    && r["amount"].as_i64() == Some(amount.amount)
+            })
+        })
 }
 
 /// The amount of a payment-intent answer.
@@ -337,6 +386,17 @@ mod tests {
         assert!(matches!(pending, Err(Error::PaymentDeclined(_))));
         assert!(matches!(interpret(500, &json!({}), &eur(5)), Err(Error::ProviderUnavailable(_))));
         assert!(matches!(interpret(200, &json!("garbage"), &eur(5)), Err(Error::ProviderUnavailable(_))));
+    }
+
+    #[test]
+    fn a_listed_refund_of_the_amount_counts() {
+        let list = |refunds: Value| listed_refund(200, &json!({"data": refunds}), &eur(5));
+        assert!(list(json!([{"status": "succeeded", "amount": 5}])));
+        assert!(list(json!([{"status": "failed", "amount": 5}, {"status": "pending", "amount": 5}])));
+        assert!(!list(json!([])));
+        assert!(!list(json!([{"status": "failed", "amount": 5}])));
+        assert!(!list(json!([{"status": "succeeded", "amount": 4}])), "another amount");
+        assert!(!listed_refund(500, &json!({"data": [{"status": "succeeded", "amount": 5}]}), &eur(5)));
     }
 
     #[test]

@@ -38,6 +38,11 @@ struct Ledger {
     refunds_fail: bool,
     /// Refunds are refused (400): an answer, not an outage.
     refunds_refused: bool,
+    /// Refunds are made but answered 500, and the 500 is replayed for the
+    /// key (as Stripe keeps a failed request's answer for a day).
+    refunds_then_500: bool,
+    /// Refunds made: (payment intent, amount).
+    refunds_made: Vec<(String, i64)>,
 }
 
 #[derive(Clone, Default)]
@@ -131,8 +136,14 @@ async fn settle(
     })
 }
 
-async fn refunds(State(fake): State<Fake>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
+async fn refunds(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> (StatusCode, Json<Value>) {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let intent = form.get("payment_intent").cloned().unwrap_or_default();
+    let amount: i64 = form.get("amount").and_then(|a| a.parse().ok()).unwrap_or_default();
     fake.with(|l| {
         l.refund_keys.push(key.clone());
         if let Some((status, body)) = l.answers.get(&key) {
@@ -148,10 +159,39 @@ async fn refunds(State(fake): State<Fake>, headers: HeaderMap) -> (StatusCode, J
             return (StatusCode::BAD_REQUEST, Json(body));
         }
         l.refunds += 1;
+        l.refunds_made.push((intent, amount));
+        if l.refunds_then_500 {
+            let body = json!({"error": {"type": "api_error", "message": "boom"}});
+            l.answers.insert(key, (500, body.clone()));
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(body));
+        }
         let body = json!({"id": format!("re_fake_{}", l.refunds), "status": "succeeded"});
         l.answers.insert(key, (200, body.clone()));
         (StatusCode::OK, Json(body))
     })
+}
+
+/// `GET /v1/refunds?payment_intent=`: the payment's refunds.
+async fn list_refunds(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> (StatusCode, Json<Value>) {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {SECRET}")) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad key"}})));
+    }
+    let intent = query.get("payment_intent").cloned().unwrap_or_default();
+    let data: Vec<Value> = fake.with(|l| {
+        l.refunds_made
+            .iter()
+            .enumerate()
+            .filter(|(_, (pi, _))| *pi == intent)
+            .map(|(i, (pi, amount))| {
+                json!({"id": format!("re_fake_{}", i + 1), "payment_intent": pi, "amount": amount, "status": "succeeded"})
+            })
+            .collect()
+    });
+    (StatusCode::OK, Json(json!({"object": "list", "data": data, "has_more": false})))
 }
 
 async fn start_fake() -> (Fake, SocketAddr) {
@@ -159,7 +199,7 @@ async fn start_fake() -> (Fake, SocketAddr) {
     let app = Router::new()
         .route("/v1/payment_intents", post(intents))
         .route("/v1/payment_intents/{id}/{action}", post(settle))
-        .route("/v1/refunds", post(refunds))
+        .route("/v1/refunds", post(refunds).get(list_refunds))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -277,6 +317,48 @@ async fn provider_charges_once_per_key_and_gets_the_idempotency_key() {
     assert_eq!(on_hand(&app, &token).await, (8, 0));
     assert_error(&send(cancel()).await, 409, "conflict");
     assert_eq!(on_hand(&app, &token).await, (8, 0), "restocked once");
+}
+
+/// A refund the provider made but answered 500 — an answer Stripe replays
+/// for the key for a day, so asking again would not tell — is found among
+/// the payment's refunds (`GET /v1/refunds?payment_intent=`): the cancel
+/// ends refunded and restocked at once, with one refund made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_answered_500_is_found_among_the_payments_refunds() {
+    let (fake, addr) = start_fake().await;
+    let (app, token, cart) = shop_with_provider(format!("http://{addr}"), 5_000).await;
+    let (status, order) = send(checkout_req(&app, &cart, "r500", "tok_visa")).await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(on_hand(&app, &token).await, (8, 0));
+    fake.with(|l| l.refunds_then_500 = true);
+    let id = s(&order["id"]);
+    let (status, cancelled) =
+        send(app.request(Method::POST, &format!("/v1/orders/{id}/cancel")).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(
+        (&cancelled["status"], &cancelled["payment"]["status"]),
+        (&json!("cancelled"), &json!("refunded")),
+        "{cancelled}"
+    );
+    assert_eq!(fake.with(|l| l.refunds), 1, "refunded once");
+    assert_eq!(fake.with(|l| l.refund_keys.len()), 1, "not asked again");
+    assert_eq!(on_hand(&app, &token).await, (10, 0), "restocked");
+    // Another payment's refund does not count for this one.
+    let cart = app.cart("EUR").await;
+    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "MUG", "quantity": 1})).await;
+    let (status, other) = send(checkout_req(&app, &cart, "r500-b", "tok_visa")).await;
+    assert_eq!(status, 201, "{other}");
+    fake.with(|l| {
+        l.refunds_then_500 = false;
+        l.refunds_fail = true;
+    });
+    let other_id = s(&other["id"]);
+    assert_error(
+        &send(app.request(Method::POST, &format!("/v1/orders/{other_id}/cancel")).bearer_auth(ADMIN_TOKEN))
+            .await,
+        502,
+        "payment_provider_error",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
