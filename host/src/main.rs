@@ -388,26 +388,37 @@ async fn events_tail(
         }
     };
     let seq_of = |item: &serde_json::Value| item["seq"].as_i64().unwrap_or_default();
-    let start = match (all, after) {
-        (_, Some(a)) => a,
-        // From the oldest event kept (what retention deleted leaves no gap
-        // to wait for).
-        (true, None) => page(0).await?.0.first().map_or(0, |e| seq_of(e) - 1),
-        // From now on: skip what is there (pages of 1000).
-        (false, None) => {
-            let mut at = 0;
-            loop {
-                let (items, next) = page(at).await?;
-                at = next;
-                if items.is_empty() {
-                    break at;
-                }
-            }
-        }
-    };
     // Read from the first gap each time: on PostgreSQL a lower seq can
     // commit after a higher one was read (events::tail).
-    let mut follower = mercato::events::tail::Follower::after(start);
+    let mut follower = match (all, after) {
+        (_, Some(a)) => mercato::events::tail::Follower::after(a),
+        // From the oldest event kept (what retention deleted leaves no gap
+        // to wait for).
+        (true, None) => {
+            let first = page(0).await?.0.first().map_or(0, |e| seq_of(e) - 1);
+            mercato::events::tail::Follower::after(first)
+        }
+        // From now on: skip what is there (pages of 1000), but follow from
+        // the last page's first event, that page counted as shown, so a
+        // lower seq in flight now is printed when it commits.
+        (false, None) => {
+            let (mut at, mut last) = (0, Vec::new());
+            loop {
+                let (items, next) = page(at).await?;
+                if items.is_empty() {
+                    break;
+                }
+                at = next;
+                last = items;
+            }
+            let mut follower =
+                mercato::events::tail::Follower::after(last.first().map_or(at, |e| seq_of(e) - 1));
+            for item in &last {
+                follower.show(seq_of(item));
+            }
+            follower
+        }
+    };
     loop {
         let mut at = follower.cursor();
         let mut new = 0;

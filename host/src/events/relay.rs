@@ -279,7 +279,10 @@ impl Relay {
         }
         let handed = self.hand_on().await;
         self.webhooks.dispatch().await?;
-        self.prune(now).await?;
+        if let Err(e) = self.prune(now).await {
+            // The events stay a while longer: no reason to hold up relaying.
+            tracing::warn!(error = %e, "events relay: could not prune the outbox; trying again later");
+        }
         handed
     }
 

@@ -46,17 +46,24 @@ impl Follower {
         seq > self.cursor && self.shown.insert(seq)
     }
 
-    /// After a full read from the cursor: move it over what is done with,
-    /// up to the first gap still within its grace at `now`.
+    /// After a full read from the cursor: time every gap in what was shown
+    /// (from when it was first seen), then move the cursor over what is
+    /// done with, up to the first gap still within its grace at `now`.
     pub fn settle(&mut self, now: Instant) {
+        let mut before = self.cursor;
+        for &seq in &self.shown {
+            if seq != before + 1 {
+                // `before + 1 ..= seq - 1` are missing.
+                self.gaps.entry(before + 1).or_insert(now);
+            }
+            before = seq;
+        }
         let mut done = self.cursor;
         for &seq in &self.shown {
-            if seq != done + 1 {
-                // `done + 1 ..= seq - 1` are missing.
-                let first_seen = *self.gaps.entry(done + 1).or_insert(now);
-                if now.duration_since(first_seen) < GAP_GRACE {
-                    break;
-                }
+            if seq != done + 1
+                && self.gaps.get(&(done + 1)).is_some_and(|&t| now.duration_since(t) < GAP_GRACE)
+            {
+                break;
             }
             done = seq;
         }
@@ -97,5 +104,31 @@ mod tests {
         assert!(!f.show(6), "below the cursor: too late");
         assert!(!f.show(8));
         assert!(f.show(9));
+    }
+
+    #[test]
+    fn every_gap_is_timed_from_when_it_was_first_seen() {
+        let t0 = Instant::now();
+        let mut f = Follower::after(0);
+        for seq in [2, 4, 6, 8] {
+            assert!(f.show(seq));
+        }
+        f.settle(t0);
+        assert_eq!(f.cursor(), 0);
+        // Four gaps seen at once are given up at once, not one grace each.
+        f.settle(t0 + GAP_GRACE);
+        assert_eq!(f.cursor(), 8);
+        // A gap seen later keeps its own grace.
+        for seq in [10, 12] {
+            assert!(f.show(seq));
+        }
+        f.settle(t0 + GAP_GRACE);
+        assert!(f.show(14));
+        f.settle(t0 + GAP_GRACE * 3 / 2);
+        assert_eq!(f.cursor(), 8, "9 is within its grace");
+        f.settle(t0 + GAP_GRACE * 2);
+        assert_eq!(f.cursor(), 12, "9 and 11 given up; 13 seen later");
+        f.settle(t0 + GAP_GRACE * 5 / 2);
+        assert_eq!(f.cursor(), 14);
     }
 }

@@ -68,7 +68,10 @@ pub type Outcome = std::result::Result<Vec<i64>, Failed>;
 /// it tells of (SPEC §6.9), already rendered by the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// Stable and unique: an id already in the outbox is not written again.
+    /// Stable and unique: an id already in the outbox is not written again
+    /// (while it is there: retention deletes old events; a change's own
+    /// version precondition is what keeps a re-driven change from writing
+    /// its event twice).
     pub id: String,
     /// `order.paid`, `order.fulfilled`, `order.cancelled`, `stock.low`.
     pub kind: &'static str,

@@ -862,7 +862,7 @@ async fn the_outbox_keeps_what_is_not_done_with(backend: Backend) {
     })
     .await;
     let (_, token_a) = app.merchant("A").await;
-    let (_, token_b) = app.merchant("B").await;
+    let (b_id, token_b) = app.merchant("B").await;
     let (_, token_c) = app.merchant("C").await;
     register(&app, &token_a, &receiver.url("ok", "a"), &["order.paid"]).await;
     register(&app, &token_b, &receiver.url("flaky", "b"), &["order.paid"]).await;
@@ -910,6 +910,12 @@ async fn the_outbox_keeps_what_is_not_done_with(backend: Backend) {
         }
     };
     assert_eq!(deliveries(token_a.clone()).await, Vec::<Value>::new(), "A's delivery went with its event");
+    // Gone from the tables too, not only from what the API joins: one view
+    // (B's) and one delivery (B's) are left.
+    assert_eq!(rows(&app, "event_views").await, Some(1).filter(|_| backend != Backend::Memory));
+    assert_eq!(rows(&app, "webhook_deliveries").await, Some(1).filter(|_| backend != Backend::Memory));
+    // B has an endpoint: its pending delivery is not given up as orphaned.
+    assert_eq!(app.db.deliveries_orphaned(&b_id, mercato::now_ms()).await.expect("orphaned"), 0);
     let b = deliveries(token_b.clone()).await;
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!((&b[0]["status"], &b[0]["attempts"]), (&json!("pending"), &json!(1)), "{b:?}");
@@ -941,6 +947,25 @@ async fn the_outbox_keeps_what_is_not_done_with(backend: Backend) {
     let left = outbox(&app.db).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].published_at.is_none(), "{left:?}");
+    assert_eq!(app.db.events_prune(i64::MAX, 1_000).await.expect("prune"), 0, "not handed on: kept");
+    assert_eq!(outbox(&app.db).await.len(), 1);
+}
+
+/// Rows of `table` in the app's database, counted there (`None` in memory).
+async fn rows(app: &TestApp, table: &str) -> Option<i64> {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    if let Some(pool) = app.db.postgres() {
+        return Some(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.expect("count"));
+    }
+    let file = app.dir.path().join("mercato.db");
+    if !file.exists() {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&file).read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.expect("open the SQLite file");
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.expect("count");
+    pool.close().await;
+    Some(n)
 }
 each_backend!(retention, the_outbox_keeps_what_is_not_done_with);
 
