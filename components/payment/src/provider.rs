@@ -1,7 +1,8 @@
 //! A Stripe-compatible provider over `wasi:http`: `POST /v1/payment_intents`
 //! (amount, currency, the card token, `confirm=true`,
 //! `capture_method=manual`), `POST /v1/payment_intents/{id}/capture`,
-//! `POST /v1/payment_intents/{id}/cancel` and `POST /v1/refunds`,
+//! `POST /v1/payment_intents/{id}/cancel` and `POST /v1/refunds` (and
+//! `GET /v1/refunds?payment_intent=` when a refund's answer was a 5xx),
 //! form-encoded, `Authorization: Bearer <secret key>`, each with an
 //! `Idempotency-Key` so a retried call never charges twice.
 //!
