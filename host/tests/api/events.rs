@@ -34,6 +34,15 @@ async fn checkout(app: &TestApp, cart: &str, key: &str, token: &str) -> (u16, Va
     .await
 }
 
+/// One unit of `sku` bought in a cart of its own under `key`: the order (201).
+async fn buy_one(app: &TestApp, sku: &str, key: &str) -> Value {
+    let cart = app.cart("EUR").await;
+    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 1})).await;
+    let (status, order) = checkout(app, &cart, key, "tok_visa").await;
+    assert_eq!(status, 201, "{order}");
+    order
+}
+
 fn merchants_of(order: &Value) -> BTreeSet<String> {
     order["lines"].as_array().expect("lines").iter().map(|l| s(&l["merchant_id"])).collect()
 }
@@ -869,11 +878,8 @@ async fn the_outbox_keeps_what_is_not_done_with(backend: Backend) {
     let mut paid = HashMap::new();
     for (token, sku) in [(&token_a, "RT-A"), (&token_b, "RT-B"), (&token_c, "RT-C")] {
         app.product(token, crate::interruption::product_with_stock(sku, 1000, 5)).await;
-        let cart = app.cart("EUR").await;
-        app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": sku, "quantity": 1})).await;
         let started = Instant::now();
-        let (status, order) = checkout(&app, &cart, &format!("rt-{sku}"), "tok_visa").await;
-        assert_eq!(status, 201, "{order}");
+        let order = buy_one(&app, sku, &format!("rt-{sku}")).await;
         // Its event (subject: the order) was written: it is there, unless
         // it is already older than the retention.
         let written = outbox(&app.db).await.iter().any(|e| e.subject == s(&order["id"]));
@@ -937,10 +943,7 @@ async fn the_outbox_keeps_what_is_not_done_with(backend: Backend) {
     .await;
     let (_, token) = app.merchant("D").await;
     app.product(&token, crate::interruption::product_with_stock("RT-D", 1000, 5)).await;
-    let cart = app.cart("EUR").await;
-    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "RT-D", "quantity": 1})).await;
-    let (status, order) = checkout(&app, &cart, "rt-d", "tok_visa").await;
-    assert_eq!(status, 201, "{order}");
+    buy_one(&app, "RT-D", "rt-d").await;
     // The relay's rounds fail and back off (100, 200, 400, 800 ms): each
     // prunes.
     tokio::time::sleep(Duration::from_millis(1_600)).await;
@@ -988,10 +991,7 @@ async fn deliveries_left_without_an_endpoint_are_given_up() {
     let (merchant, token) = app.merchant("E").await;
     register(&app, &token, &receiver.url("flaky", "e"), &["order.paid"]).await;
     app.product(&token, crate::interruption::product_with_stock("OR-E", 1000, 5)).await;
-    let cart = app.cart("EUR").await;
-    app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "OR-E", "quantity": 1})).await;
-    let (status, order) = checkout(&app, &cart, "or-e", "tok_visa").await;
-    assert_eq!(status, 201, "{order}");
+    buy_one(&app, "OR-E", "or-e").await;
     wait_for("the first attempt", Duration::from_secs(30), || !receiver.seen("flaky").is_empty()).await;
     let pool = app.db.postgres().expect("postgres").clone();
     sqlx::query("DELETE FROM webhooks WHERE merchant_id = $1")
@@ -1094,15 +1094,6 @@ async fn a_nats_partition_loses_no_event(backend: Backend) {
     .await;
     let (_, token) = app.merchant("Shop").await;
     app.product(&token, crate::interruption::product_with_stock("OUT-1", 900, 100)).await;
-    let buy = |i: usize| {
-        let app = &app;
-        async move {
-            let cart = app.cart("EUR").await;
-            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "OUT-1", "quantity": 1})).await;
-            let (status, order) = checkout(app, &cart, &format!("out-{i}"), "tok_visa").await;
-            assert_eq!(status, 201, "{order}");
-        }
-    };
     let all_published = |want: usize| {
         let app = &app;
         async move {
@@ -1118,12 +1109,12 @@ async fn a_nats_partition_loses_no_event(backend: Backend) {
         }
     };
     for i in 0..6 {
-        buy(i).await;
+        buy_one(&app, "OUT-1", &format!("out-{i}")).await;
     }
     all_published(6).await;
     nats.set_dark(true);
     for i in 6..18 {
-        buy(i).await;
+        buy_one(&app, "OUT-1", &format!("out-{i}")).await;
     }
     // Longer than the relay's wait for an acknowledgement (10 s).
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -1187,10 +1178,7 @@ async fn the_tail_prints_every_event_once_also_one_that_commits_late() {
     let buy = |i: usize| {
         let app = &app;
         async move {
-            let cart = app.cart("EUR").await;
-            app.post(&format!("/v1/carts/{cart}/items"), json!({"sku": "TAIL-1", "quantity": 1})).await;
-            let (status, order) = checkout(app, &cart, &format!("tail-{i}"), "tok_visa").await;
-            assert_eq!(status, 201, "{order}");
+            let order = buy_one(app, "TAIL-1", &format!("tail-{i}")).await;
             outbox(&app.db).await.into_iter().find(|e| e.subject == s(&order["id"])).expect("its event").id
         }
     };
