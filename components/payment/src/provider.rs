@@ -3,7 +3,7 @@
 //! `capture_method=manual`), `POST /v1/payment_intents/{id}/capture`,
 //! `POST /v1/payment_intents/{id}/cancel` and `POST /v1/refunds` (and
 //! `GET /v1/refunds?payment_intent=` when a refund's answer was a 5xx),
-//! form-encoded, `Authorization: Bearer <secret key>`, each with an
+//! form-encoded, `Authorization: Bearer <secret key>`, each POST with an
 //! `Idempotency-Key` so a retried call never charges twice.
 //!
 //! Outcomes: `requires_capture` → authorized; `succeeded` → captured; a card
@@ -226,7 +226,8 @@ impl Provider {
                     status: PaymentStatus::Refunded,
                     amount: amount.clone(),
                 }),
-                _ => Err(Error::ProviderUnavailable(m)),
+                Ok(false) => Err(Error::ProviderUnavailable(format!("{m}; no refund listed yet"))),
+                Err(e) => Err(Error::ProviderUnavailable(format!("{m}; looking the refund up: {e:?}"))),
             },
             other => other,
         }
@@ -238,17 +239,19 @@ impl Provider {
     fn refunded(&self, payment_id: &str, amount: &Money) -> Result<bool, Error> {
         let path = format!("/v1/refunds?payment_intent={}&limit=100", form_encode(payment_id));
         let (status, json) = self.get(&path)?;
-        Ok(listed_refund(status, &json, amount))
+        Ok(listed_refund(status, &json, payment_id, amount))
     }
 }
 
 /// Whether a refund list answer holds a succeeded or pending refund of
-/// `amount`.
-pub fn listed_refund(status: u16, json: &Value, amount: &Money) -> bool {
+/// `amount` of `payment_id` (checked here too: a provider that ignored the
+/// filter must not lend another payment's refund).
+pub fn listed_refund(status: u16, json: &Value, payment_id: &str, amount: &Money) -> bool {
     (200..=299).contains(&status)
         && json["data"].as_array().is_some_and(|refunds| {
             refunds.iter().any(|r| {
                 (r["status"] == "succeeded" || r["status"] == "pending")
+                    && r["payment_intent"] == payment_id
                     && r["amount"].as_i64() == Some(amount.amount)
             })
         })
@@ -391,13 +394,15 @@ mod tests {
 
     #[test]
     fn a_listed_refund_of_the_amount_counts() {
-        let list = |refunds: Value| listed_refund(200, &json!({"data": refunds}), &eur(5));
-        assert!(list(json!([{"status": "succeeded", "amount": 5}])));
-        assert!(list(json!([{"status": "failed", "amount": 5}, {"status": "pending", "amount": 5}])));
+        let list = |refunds: Value| listed_refund(200, &json!({"data": refunds}), "pi_1", &eur(5));
+        let refund = |pi: &str, status: &str, amount: i64| json!({"payment_intent": pi, "status": status, "amount": amount});
+        assert!(list(json!([refund("pi_1", "succeeded", 5)])));
+        assert!(list(json!([refund("pi_1", "failed", 5), refund("pi_1", "pending", 5)])));
         assert!(!list(json!([])));
-        assert!(!list(json!([{"status": "failed", "amount": 5}])));
-        assert!(!list(json!([{"status": "succeeded", "amount": 4}])), "another amount");
-        assert!(!listed_refund(500, &json!({"data": [{"status": "succeeded", "amount": 5}]}), &eur(5)));
+        assert!(!list(json!([refund("pi_1", "failed", 5)])));
+        assert!(!list(json!([refund("pi_1", "succeeded", 4)])), "another amount");
+        assert!(!list(json!([refund("pi_2", "succeeded", 5)])), "another payment's, filter ignored");
+        assert!(!listed_refund(500, &json!({"data": [refund("pi_1", "succeeded", 5)]}), "pi_1", &eur(5)));
     }
 
     #[test]

@@ -271,7 +271,8 @@ impl Relay {
     /// were handed on.
     async fn round(&mut self) -> anyhow::Result<usize> {
         let now = crate::now_ms();
-        let ttl = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
+        // At most a day: the database adds it to its clock.
+        let ttl = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX).min(86_400_000);
         if !self.db.lease(LEASE, &self.holder, ttl).await? {
             // Another replica relays: this one's webhook workers stop.
             self.webhooks.stop();

@@ -313,9 +313,14 @@ impl Worker {
                     async move { (d.seq, worker.attempt(hook, &d).await) }
                 })
                 .buffer_unordered(PER_ENDPOINT);
-            while let Some((seq, attempt)) = attempts.next().await {
-                if let Err(e) = self.db.delivery_attempted(seq, &attempt).await {
-                    tracing::warn!(error = %e, "webhooks: could not record an attempt; it is made again");
+            // Recorded as they end, those that ended together in one write.
+            while let Some(first) = attempts.next().await {
+                let mut ended = vec![first];
+                while let Some(Some(more)) = futures_util::FutureExt::now_or_never(attempts.next()) {
+                    ended.push(more);
+                }
+                if let Err(e) = self.db.deliveries_attempted(&ended).await {
+                    tracing::warn!(error = %e, "webhooks: could not record attempts; they are made again");
                     return;
                 }
             }

@@ -218,8 +218,9 @@ pub trait Webhooks: Send + Sync {
     /// later events wait behind its earlier ones).
     async fn deliveries_pending(&self, merchant: &str, now: i64, limit: u32) -> Result<Vec<DeliveryRow>>;
 
-    /// Record an attempt at delivery `seq`.
-    async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()>;
+    /// Record attempts, each at its delivery `seq` (one that is no longer
+    /// pending is left as it is), in one write.
+    async fn deliveries_attempted(&self, attempts: &[(i64, Attempt)]) -> Result<()>;
 
     /// A merchant's deliveries, newest first, those before `before` (seq).
     async fn deliveries(&self, merchant: &str, before: Option<i64>, limit: u32) -> Result<Vec<DeliveryRow>>;

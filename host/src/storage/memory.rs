@@ -948,12 +948,13 @@ impl Webhooks for Memory {
         Ok(out)
     }
 
-    async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()> {
+    async fn deliveries_attempted(&self, attempts: &[(i64, Attempt)]) -> Result<()> {
         let mut state = self.state();
-        if let Ok(i) = state.deliveries.binary_search_by_key(&seq, |d| d.seq) {
+        for (seq, attempt) in attempts {
+            let Ok(i) = state.deliveries.binary_search_by_key(seq, |d| d.seq) else { continue };
             let d = &mut state.deliveries[i];
             if d.status != DeliveryStatus::Pending {
-                return Ok(());
+                continue;
             }
             d.status = attempt.status;
             d.attempts += 1;

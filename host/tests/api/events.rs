@@ -1222,3 +1222,89 @@ async fn the_tail_prints_every_event_once_also_one_that_commits_late() {
         .collect();
     assert_eq!(ids, [first, "evt_tail_late".to_string(), second, third]);
 }
+
+/// A webhook worker records the attempts that ended together in one write
+/// (`deliveries_attempted`): each row gets its own outcome, and a delivery
+/// that is no longer pending is left as it is.
+async fn attempts_are_recorded_together_each_its_own(backend: Backend) {
+    use mercato::storage::events::{Attempt, DeliveryStatus};
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(backend, |c| {
+        c.events.relay_interval_ms = 50;
+        c.events.webhooks.allow_loopback = true;
+        c.events.webhooks.retry_base_ms = 600_000;
+        c.events.webhooks.retry_max_ms = 600_000;
+    })
+    .await;
+    let (_, token) = app.merchant("F").await;
+    register(&app, &token, &receiver.url("flaky", "f"), &["order.paid"]).await;
+    app.product(&token, crate::interruption::product_with_stock("AT-F", 1000, 5)).await;
+    for i in 0..3 {
+        buy_one(&app, "AT-F", &format!("at-{i}")).await;
+    }
+    let listed = || {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let (status, page) =
+                send(app.request(Method::GET, "/v1/merchant/webhooks/deliveries").bearer_auth(token)).await;
+            assert_eq!(status, 200, "{page}");
+            let mut items = page["items"].as_array().expect("items").clone();
+            items.sort_by_key(|d| d["id"].as_i64());
+            items
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ids: Vec<i64> = loop {
+        let items = listed().await;
+        if items.len() == 3 && items.iter().all(|d| d["attempts"] == 1) {
+            break items.iter().map(|d| d["id"].as_i64().expect("id")).collect();
+        }
+        assert!(Instant::now() < deadline, "three first attempts: {items:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let attempt = |status, http_status: Option<i64>, error: Option<&str>, at| Attempt {
+        status,
+        url: receiver.url("flaky", "f"),
+        http_status,
+        error: error.map(str::to_string),
+        at,
+    };
+    let now = mercato::now_ms();
+    let next = now + 600_000;
+    app.db
+        .deliveries_attempted(&[
+            (ids[0], attempt(DeliveryStatus::Delivered, Some(200), None, now)),
+            (ids[1], attempt(DeliveryStatus::Failed, None, Some("given up here"), now)),
+            (ids[2], attempt(DeliveryStatus::Pending, Some(503), Some("answered 503"), next)),
+        ])
+        .await
+        .expect("record");
+    // Delivered already: a late record of another outcome changes nothing.
+    app.db
+        .deliveries_attempted(&[(ids[0], attempt(DeliveryStatus::Failed, None, Some("late"), now))])
+        .await
+        .expect("record");
+    let items = listed().await;
+    let got: Vec<(Value, Value, Value, Value, Value)> = items
+        .iter()
+        .map(|d| {
+            (d["status"].clone(), d["attempts"].clone(), d["last_status"].clone(), d["last_error"].clone(), {
+                if d["status"] == "delivered" {
+                    d["delivered_at"].clone()
+                } else {
+                    d["next_attempt_at"].clone()
+                }
+            })
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("delivered"), json!(2), json!(200), Value::Null, json!(now)),
+            (json!("failed"), json!(2), Value::Null, json!("given up here"), Value::Null),
+            (json!("pending"), json!(2), json!(503), json!("answered 503"), json!(next)),
+        ]
+    );
+}
+each_backend!(attempts_together, attempts_are_recorded_together_each_its_own);

@@ -311,25 +311,34 @@ impl Webhooks for Sql {
             .collect()))
     }
 
-    async fn delivery_attempted(&self, seq: i64, attempt: &Attempt) -> Result<()> {
-        let delivered = (attempt.status == DeliveryStatus::Delivered).then_some(attempt.at);
-        with_query!(
-            write,
-            self,
-            "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, next_at = ?, last_status = ?, \
-             last_error = ?, delivered_at = COALESCE(?, delivered_at), url = ? WHERE seq = ? AND status = 'pending'",
-            |q, pool| q
-                .bind(attempt.status.as_str())
-                .bind(attempt.at)
-                .bind(attempt.http_status)
-                .bind(&attempt.error)
-                .bind(delivered)
-                .bind(&attempt.url)
-                .bind(seq)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        );
+    async fn deliveries_attempted(&self, attempts: &[(i64, Attempt)]) -> Result<()> {
+        // One statement per 50: UPDATE … FROM (VALUES …), whose columns
+        // both dialects name column1, column2, ….
+        for chunk in attempts.chunks(50) {
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "UPDATE webhook_deliveries SET status = v.column2, attempts = attempts + 1, next_at = v.column3, \
+                 last_status = v.column4, last_error = v.column5, \
+                 delivered_at = COALESCE(v.column6, delivered_at), url = v.column7 \
+                 FROM (VALUES {rows}) AS v \
+                 WHERE webhook_deliveries.seq = v.column1 AND webhook_deliveries.status = 'pending'"
+            );
+            with_query!(write, self, &sql, |q, pool| {
+                let mut q = q;
+                for (seq, a) in chunk {
+                    let delivered = (a.status == DeliveryStatus::Delivered).then_some(a.at);
+                    q = q
+                        .bind(*seq)
+                        .bind(a.status.as_str())
+                        .bind(a.at)
+                        .bind(a.http_status)
+                        .bind(a.error.clone())
+                        .bind(delivered)
+                        .bind(a.url.clone());
+                }
+                q.execute(pool).await?;
+            });
+        }
         Ok(())
     }
 
