@@ -839,6 +839,24 @@ impl Events for Memory {
     }
 }
 
+/// A merchant's pending deliveries marked failed if it has no endpoint:
+/// how many.
+fn give_up_orphans(state: &mut State, merchant: &str, now: i64) -> u64 {
+    if state.webhooks.contains_key(merchant) {
+        return 0;
+    }
+    let mut given_up = 0;
+    for d in state.deliveries.iter_mut().filter(|d| d.merchant_id == merchant) {
+        if d.status == DeliveryStatus::Pending {
+            d.status = DeliveryStatus::Failed;
+            d.last_error = Some("the webhook was removed".into());
+            d.next_at = now;
+            given_up += 1;
+        }
+    }
+    given_up
+}
+
 #[async_trait]
 impl Webhooks for Memory {
     async fn webhook_put(&self, row: &WebhookRow) -> Result<()> {
@@ -853,31 +871,12 @@ impl Webhooks for Memory {
     async fn webhook_delete(&self, merchant: &str, now: i64) -> Result<bool> {
         let mut state = self.state();
         let removed = state.webhooks.remove(merchant).is_some();
-        for d in state.deliveries.iter_mut() {
-            if d.merchant_id == merchant && d.status == DeliveryStatus::Pending {
-                d.status = DeliveryStatus::Failed;
-                d.last_error = Some("the webhook was removed".into());
-                d.next_at = now;
-            }
-        }
+        give_up_orphans(&mut state, merchant, now);
         Ok(removed)
     }
 
     async fn deliveries_orphaned(&self, merchant: &str, now: i64) -> Result<u64> {
-        let mut state = self.state();
-        if state.webhooks.contains_key(merchant) {
-            return Ok(0);
-        }
-        let mut given_up = 0;
-        for d in state.deliveries.iter_mut() {
-            if d.merchant_id == merchant && d.status == DeliveryStatus::Pending {
-                d.status = DeliveryStatus::Failed;
-                d.last_error = Some("the webhook was removed".into());
-                d.next_at = now;
-                given_up += 1;
-            }
-        }
-        Ok(given_up)
+        Ok(give_up_orphans(&mut self.state(), merchant, now))
     }
 
     async fn deliveries_fan_out(&self, seqs: &[i64], now: i64) -> Result<()> {

@@ -232,13 +232,8 @@ impl Webhooks for Sql {
             .execute(pool)
             .await?
             .rows_affected());
-        with_query!(
-            write,
-            self,
-            "UPDATE webhook_deliveries SET status = 'failed', last_error = 'the webhook was removed', next_at = ? \
-             WHERE merchant_id = ? AND status = 'pending'",
-            |q, pool| q.bind(now).bind(merchant).execute(pool).await?.rows_affected()
-        );
+        // Its pending deliveries now have no endpoint.
+        self.deliveries_orphaned(merchant, now).await?;
         Ok(removed == 1)
     }
 
